@@ -1,0 +1,55 @@
+"""What every command line shares: the `--config` flag and one-line user errors."""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from aed_jax import config as config_lib
+
+
+def define_config_flag():
+    """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections."""
+    return config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file (configs/*.py); override keys with --config.<key>=<value>.",
+        lock_config=True)
+
+
+def get_config(flag):
+    """The parsed config, validated; a bad value exits with one line naming the key."""
+    filename = config_flags.get_config_filename(flags.FLAGS[flag.name])
+    if not filename:
+        fail("--config is required, e.g. --config=configs/tiny.py")
+    if not os.path.isfile(filename):
+        fail(f"--config: no such file {filename!r}")
+    try:
+        config_lib.validate(flag.value)
+    except (config_lib.ConfigError, OSError) as e:
+        fail(f"{filename}: {config_lib.one_line(e)}")
+    return flag.value
+
+
+def run(main):
+    """`app.run(main)`, but a bad flag or config file is one line on stderr and exit 1, not a traceback."""
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except AttributeError as e:  # a misspelt key in a config file or an override
+            fail(f"unknown config key: {config_lib.one_line(e).lstrip(chr(39))}")
+        except (flags.Error, TypeError, KeyError, ValueError) as e:
+            fail(config_lib.one_line(e))
+    app.run(main, flags_parser=parse)
+
+
+def no_extra_args(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def fail(message: str):
+    """Exit 1 with `error: message` on stderr, no traceback: the way every CLI reports user errors."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)

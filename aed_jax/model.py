@@ -1,0 +1,337 @@
+"""The AED transformer (Yan, 2024) and its decoder-only baseline, in Flax linen.
+
+Both are the same functions as the reference PyTorch models (../shared/SPEC.md): same blocks, same
+init, same parameter counts, module names that mirror the reference's state-dict names so that
+weights map one to one. A call returns `(logits_BxTxV, losses)` for both models, `losses` holding
+`ce`, `embedding_loss`, `scaled_embedding_loss` and `total`, so the trainer never branches on the
+model. Parameters are float32; activations use `ModelConfig.dtype`; attention probabilities,
+logits and losses are float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from aed_jax import config as config_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything a model needs; built from a run config by `ModelConfig.from_config`."""
+    model_type: str = "aed"
+    alphabet_size: int = 50257
+    context_size: int = 200
+    n_embed: int = 150
+    n_head: int = 5
+    n_layer: int = 13
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    # AED only (SPEC.md "AED model"); the seed's names and enum strings.
+    order_type: str = "ORIGINAL"
+    add_pos_embed_to_decoder: bool = False
+    sub_pos_embed_to_decoder: str = "NO"
+    use_ln_on_encoder_out: bool | None = None
+    add_ln_before_decoder_ff: bool = False
+    embedding_loss_type: str = "NONE"
+    detach_type: str | None = None
+    embedding_loss_coeff: float | None = None
+    embedding_ln_type: str | None = None
+    cross_n_head: int | None = None  # cross_attn_config.n_head; None -> 2 * n_head
+    cross_use_bias: bool | None = None  # cross_attn_config.use_bias; None -> use_bias
+    # Execution.
+    dtype: Any = jnp.float32  # compute dtype
+    remat: bool = False  # recompute block activations in the backward pass
+
+    def __post_init__(self):
+        _check = config_lib.check_choice
+        _check("model_type", self.model_type, config_lib.MODEL_TYPES)
+        _check("order_type", self.order_type, config_lib.ORDER_TYPES)
+        _check("sub_pos_embed_to_decoder", self.sub_pos_embed_to_decoder, config_lib.SUB_POS_EMBED_TYPES)
+        _check("embedding_loss_type", self.embedding_loss_type, config_lib.EMBEDDING_LOSS_TYPES)
+        _check("detach_type", self.detach_type, config_lib.DETACH_TYPES + (None,))
+        _check("embedding_ln_type", self.embedding_ln_type, config_lib.EMBEDDING_LN_TYPES + (None,))
+        heads = (self.n_head, self.cross_heads) if self.model_type == "aed" else (self.n_head,)
+        if any(self.n_embed % h for h in heads):
+            raise config_lib.ConfigError(f"n_embed={self.n_embed} is not divisible by the head counts {heads}")
+
+    @property
+    def cross_heads(self) -> int:
+        return self.cross_n_head if self.cross_n_head is not None else 2 * self.n_head
+
+    @property
+    def cross_bias(self) -> bool:
+        return self.cross_use_bias if self.cross_use_bias is not None else self.use_bias
+
+    @property
+    def loss_coeff(self) -> float:
+        return 1.0 if self.embedding_loss_coeff is None else self.embedding_loss_coeff
+
+    @property
+    def pos_rows(self) -> int:
+        """T+1 rows when a "next position" embedding is used, else T (SPEC.md AED item 1)."""
+        extra = self.model_type == "aed" and (self.add_pos_embed_to_decoder or self.sub_pos_embed_to_decoder != "NO")
+        return self.context_size + int(extra)
+
+    @classmethod
+    def from_config(cls, c: ml_collections.ConfigDict, dtype: Any = jnp.float32, **kw) -> "ModelConfig":
+        m = c.model_config.to_dict()
+        cross = m.pop("cross_attn_config", None) or {}
+        return cls(model_type=c.model_type, cross_n_head=cross.get("n_head"), cross_use_bias=cross.get("use_bias"),
+                   dtype=dtype, **m, **kw)
+
+
+def _dense(cfg: ModelConfig, features: int, name: str, residual: bool = False, use_bias: bool | None = None):
+    """Linear with the reference init: N(0, 0.02), or N(0, 0.02/sqrt(2 n_layer)) for residual_proj."""
+    std = 0.02 / math.sqrt(2 * cfg.n_layer) if residual else 0.02
+    return nn.Dense(features, use_bias=cfg.use_bias if use_bias is None else use_bias, name=name,
+                    dtype=cfg.dtype, kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros)
+
+
+def _layer_norm(cfg: ModelConfig, name: str, use_bias: bool | None = None, dtype: Any = None):
+    return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.use_bias if use_bias is None else use_bias,
+                        dtype=dtype or cfg.dtype, name=name)
+
+
+def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool):
+    """Causal multi-head attention (query t sees keys <= t), with dropout on the probabilities.
+
+    Without dropout this is `jax.nn.dot_product_attention`, which a GPU may run as cuDNN flash
+    attention; dropout on the probabilities needs them explicitly, so that path is written out.
+    """
+    if deterministic or dropout.rate == 0.0:
+        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
+    scale = 1.0 / math.sqrt(q_BxTxNxH.shape[-1])
+    logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
+    t, s = logits_BxNxTxS.shape[-2:]
+    causal_TxS = jnp.tril(jnp.ones((t, s), dtype=bool))
+    probs_BxNxTxS = jax.nn.softmax(jnp.where(causal_TxS[None, None], logits_BxNxTxS, -jnp.inf), axis=-1)
+    probs_BxNxTxS = dropout(probs_BxNxTxS, deterministic=False).astype(v_BxSxNxH.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS, v_BxSxNxH)
+
+
+class SelfAttention(nn.Module):
+    """q, k, v from one Linear D->3D (split in that order), causal attention, residual_proj, dropout."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, deterministic: bool):
+        cfg = self.cfg
+        b, t, d = x_BxTxD.shape
+        qkv_BxTx3D = _dense(cfg, 3 * d, "batch_attn_weights")(x_BxTxD)
+        q, k, v = (a.reshape(b, t, cfg.n_head, d // cfg.n_head) for a in jnp.split(qkv_BxTx3D, 3, axis=-1))
+        out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+        out_BxTxD = _dense(cfg, d, "residual_proj", residual=True)(out_BxTxNxH.reshape(b, t, d))
+        return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
+
+
+class CrossAttention(nn.Module):
+    """k, v from the encoder (Linear D->2D), q from the decoder (Linear D->D); causal like the reference."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, enc_BxSxD, x_BxTxD, deterministic: bool):
+        cfg = self.cfg
+        (b, t, d), s, n = x_BxTxD.shape, enc_BxSxD.shape[1], cfg.cross_heads
+        kv_BxSx2D = _dense(cfg, 2 * d, "k_v_weights", use_bias=cfg.cross_bias)(enc_BxSxD)
+        k, v = (a.reshape(b, s, n, d // n) for a in jnp.split(kv_BxSx2D, 2, axis=-1))
+        q = _dense(cfg, d, "q_weights", use_bias=cfg.cross_bias)(x_BxTxD).reshape(b, t, n, d // n)
+        out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+        out_BxTxD = _dense(cfg, d, "residual_proj", residual=True, use_bias=cfg.cross_bias)(out_BxTxNxH.reshape(b, t, d))
+        return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
+
+
+class FeedForward(nn.Module):
+    """Linear D->4D, exact (erf) GELU, Linear 4D->D (residual_proj), dropout."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, deterministic: bool):
+        h_BxTxF = nn.gelu(_dense(self.cfg, 4 * x_BxTxD.shape[-1], "linear")(x_BxTxD), approximate=False)
+        out_BxTxD = _dense(self.cfg, x_BxTxD.shape[-1], "residual_proj", residual=True)(h_BxTxF)
+        return nn.Dropout(self.cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x += attn(ln1(x)); x += ff(ln2(x))."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, deterministic: bool):
+        x_BxTxD = x_BxTxD + SelfAttention(self.cfg, name="multi_attn_head")(
+            _layer_norm(self.cfg, "ln1")(x_BxTxD), deterministic)
+        return x_BxTxD + FeedForward(self.cfg, name="feed_forward")(_layer_norm(self.cfg, "ln2")(x_BxTxD), deterministic)
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention, cross-attention over the raw encoder output (ORIGINAL order; ALT swaps them), FF."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, enc_BxTxD, x_BxTxD, deterministic: bool):
+        cfg = self.cfg
+
+        def self_attn(x):
+            return x + SelfAttention(cfg, name="decoder_multi_attn_head")(_layer_norm(cfg, "decoder_ln1")(x), deterministic)
+
+        def cross_attn(x):
+            return x + CrossAttention(cfg, name="cross_multi_attn_head")(
+                _layer_norm(cfg, "encoder_cross_ln")(enc_BxTxD), _layer_norm(cfg, "decoder_cross_ln")(x), deterministic)
+
+        first, second = (self_attn, cross_attn) if cfg.order_type == "ORIGINAL" else (cross_attn, self_attn)
+        x_BxTxD = second(first(x_BxTxD))
+        return x_BxTxD + FeedForward(cfg, name="decoder_feed_forward")(_layer_norm(cfg, "decoder_ln2")(x_BxTxD), deterministic)
+
+
+def _block(cfg: ModelConfig, cls):
+    """The block class, rematerialised when asked; `deterministic` (the last argument) stays static."""
+    if not cfg.remat:
+        return cls
+    return nn.remat(cls, static_argnums=(2,) if cls is Block else (3,))
+
+
+def cross_entropy(logits_BxTxV, targets_BxT):
+    """Mean next-token cross-entropy in float32 over every position."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT).mean()
+
+
+def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):
+    """Per-position disaffinity between the running mean of the embeddings and the encoder output.
+
+    The mean of these terms over positions is the embedding loss: for MSE it equals the mean over
+    every element, since every position has D features.
+    """
+    if loss_type == "MSE":
+        return jnp.mean(jnp.square(avg_BxTxD - enc_BxTxD), axis=-1)
+    eps = 1e-8  # torch.nn.functional.cosine_similarity clamps each norm at eps
+    norms_BxT = (jnp.maximum(jnp.linalg.norm(avg_BxTxD, axis=-1), eps)
+                 * jnp.maximum(jnp.linalg.norm(enc_BxTxD, axis=-1), eps))
+    cos_BxT = jnp.sum(avg_BxTxD * enc_BxTxD, axis=-1) / norms_BxT
+    if loss_type == "COSINE":
+        return 1.0 - (cos_BxT + 1.0) / 2.0
+    return -jnp.log((cos_BxT + 1.0) / 2.0)  # LOG_COSINE
+
+
+def _losses(logits_BxTxV, targets_BxT, emb_loss=None, coeff: float = 0.0):
+    zero = jnp.zeros((), jnp.float32)
+    ce = cross_entropy(logits_BxTxV, targets_BxT) if targets_BxT is not None else zero
+    emb = zero if emb_loss is None else emb_loss
+    return {"ce": ce, "embedding_loss": emb, "scaled_embedding_loss": coeff * emb, "total": ce + coeff * emb}
+
+
+class GPT(nn.Module):
+    """The decoder-only baseline: embeddings, n_layer blocks, LayerNorm, tied output layer."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False):
+        cfg, t = self.cfg, tokens_BxT.shape[1]
+        embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
+        x_BxTxD = embed(tokens_BxT) + _embed(cfg, cfg.pos_rows, "positional_embedding")(jnp.arange(t))[None]
+        x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
+        for i in range(cfg.n_layer):
+            x_BxTxD = _block(cfg, Block)(cfg, name=f"transformer_blocks_{i}")(x_BxTxD, not train)
+        logits_BxTxV = embed.attend(_layer_norm(cfg, "ln")(x_BxTxD)).astype(jnp.float32)
+        return logits_BxTxV, _losses(logits_BxTxV, targets_BxT)
+
+
+class AED(nn.Module):
+    """The auto-regressive encoder-decoder transformer; steps numbered as in SPEC.md "AED model"."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False):
+        cfg, t = self.cfg, tokens_BxT.shape[1]
+        embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
+        pos = _embed(cfg, cfg.pos_rows, "positional_embedding")
+        # 2. Input embeddings and the causal encoder.
+        emb_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(jnp.arange(t))[None], deterministic=not train)
+        enc_BxTxD = emb_BxTxD
+        for i in range(cfg.n_layer):
+            enc_BxTxD = _block(cfg, Block)(cfg, name=f"encoder_transformer_blocks_{i}")(enc_BxTxD, not train)
+        # 3. Bridge to the decoder.
+        dec_BxTxD = enc_BxTxD
+        if cfg.add_ln_before_decoder_ff:
+            dec_BxTxD = _layer_norm(cfg, "ffd_ln")(dec_BxTxD)
+        dec_BxTxD = _dense(cfg, cfg.n_embed, "decoder_feed_forward")(dec_BxTxD)
+        if cfg.add_pos_embed_to_decoder:
+            dec_BxTxD = dec_BxTxD + pos(jnp.arange(1, t + 1))[None]
+        # 4. Decoder: every block cross-attends to the same raw encoder output.
+        for i in range(cfg.n_layer):
+            dec_BxTxD = _block(cfg, DecoderBlock)(cfg, name=f"decoder_transformer_blocks_{i}")(enc_BxTxD, dec_BxTxD, not train)
+        # 5. Final LN, optional subtraction of the "next" positions' embeddings, tied output layer.
+        out_BxTxD = _layer_norm(cfg, "ln")(dec_BxTxD)
+        if cfg.sub_pos_embed_to_decoder != "NO":
+            out_BxTxD = out_BxTxD - pos(jnp.arange(1, t + 1))[None]
+            if cfg.sub_pos_embed_to_decoder == "YES_LN":
+                out_BxTxD = _layer_norm(cfg, "post_sub_pos_ln")(out_BxTxD)
+        logits_BxTxV = embed.attend(out_BxTxD).astype(jnp.float32)
+        # 6. Embedding loss (training mode only, as in the reference).
+        emb_loss = None
+        if cfg.embedding_loss_type != "NONE" and (train or self.is_initializing()):
+            emb_loss = self._embedding_loss(emb_BxTxD, enc_BxTxD)
+        elif self.is_initializing():
+            self._declare_embedding_lns(emb_BxTxD)
+        return logits_BxTxV, _losses(logits_BxTxV, targets_BxT, emb_loss, cfg.loss_coeff)
+
+    def _embedding_lns(self):
+        """LayerNorms of the embedding loss, always with bias. The reference creates `embeddings_ln`
+        whenever embedding_ln_type != NONE, so also when it is None (no loss): its 2D parameters
+        are part of the seed's counts (15,763,200 for the no-loss run)."""
+        cfg = self.cfg
+        enc_ln = _layer_norm(cfg, "encoder_out_ln", True, jnp.float32) if cfg.use_ln_on_encoder_out else None
+        emb_ln = _layer_norm(cfg, "embeddings_ln", True, jnp.float32) if cfg.embedding_ln_type != "NONE" else None
+        return enc_ln, emb_ln
+
+    def _declare_embedding_lns(self, x_BxTxD):
+        for ln in self._embedding_lns():
+            if ln is not None:
+                ln(x_BxTxD)
+
+    def _embedding_loss(self, emb_BxTxD, enc_BxTxD):
+        cfg = self.cfg
+        enc_ln, emb_ln = self._embedding_lns()
+        emb_BxTxD, enc_BxTxD = emb_BxTxD.astype(jnp.float32), enc_BxTxD.astype(jnp.float32)
+        if cfg.detach_type == "EMBEDDING":
+            emb_BxTxD = jax.lax.stop_gradient(emb_BxTxD)
+        elif cfg.detach_type == "ENCODER_OUT":
+            enc_BxTxD = jax.lax.stop_gradient(enc_BxTxD)
+        if enc_ln is not None:
+            enc_BxTxD = enc_ln(enc_BxTxD)
+        if cfg.embedding_ln_type == "INIT":
+            emb_BxTxD = emb_ln(emb_BxTxD)
+        count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
+        avg_BxTxD = jnp.cumsum(emb_BxTxD, axis=1) / count_T[None, :, None]
+        if cfg.embedding_ln_type == "AVG_CUM_SUM":
+            avg_BxTxD = emb_ln(avg_BxTxD)
+        terms_BxT = embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
+        self.sow("intermediates", "embedding_loss_BxT", terms_BxT)
+        return terms_BxT.mean()
+
+
+def _embed(cfg: ModelConfig, rows: int, name: str):
+    return nn.Embed(rows, cfg.n_embed, dtype=cfg.dtype, embedding_init=nn.initializers.normal(0.02), name=name)
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+    """The one factory: the AED model or the baseline, by `cfg.model_type`."""
+    return AED(cfg) if cfg.model_type == "aed" else GPT(cfg)
+
+
+def init_params(model: nn.Module, rng: jax.Array, batch_size: int = 1):
+    """float32 parameters of `model` for its context size."""
+    tokens = jnp.zeros((batch_size, model.cfg.context_size), jnp.int32)
+    return model.init({"params": rng, "dropout": rng}, tokens, tokens, train=False)["params"]
+
+
+def count_params(params, exclude_positional: bool = True) -> int:
+    """Parameter count as the seed counts it: the positional table excluded, the tied matrix once."""
+    if exclude_positional:
+        params = {k: v for k, v in params.items() if k != "positional_embedding"}
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,34 @@
+"""`python -m aed_jax.summary --config=configs/<run>.py`: a per-module parameter table.
+
+The last line is `params: N` (thousands commas), counted as the seed counts: the positional
+table excluded, the tied embedding/output matrix once.
+"""
+import jax
+
+from aed_jax import cli
+from aed_jax import model as model_lib
+
+_CONFIG = cli.define_config_flag()
+
+
+def summarize(config) -> str:
+    """The table as text; parameters are shapes only (jax.eval_shape), so nothing is allocated."""
+    cfg = model_lib.ModelConfig.from_config(config)
+    params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
+    rows = [(name, sum(x.size for x in jax.tree_util.tree_leaves(sub))) for name, sub in params.items()]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{cfg.model_type} model: n_embed={cfg.n_embed} n_head={cfg.n_head} n_layer={cfg.n_layer} "
+             f"context_size={cfg.context_size} vocab={cfg.alphabet_size}", f"{'module':<{width}}  {'params':>12}"]
+    lines += [f"{name:<{width}}  {n:>12,}" + ("  (excluded)" if name == "positional_embedding" else "")
+              for name, n in rows]
+    lines.append(f"params: {model_lib.count_params(params):,}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    print(summarize(cli.get_config(_CONFIG)))
+
+
+if __name__ == "__main__":
+    cli.run(main)

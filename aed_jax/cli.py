@@ -1,11 +1,13 @@
 """What every command line shares: the `--config` flag and one-line user errors."""
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from aed_jax import config as config_lib
@@ -41,7 +43,15 @@ def run(main):
             fail(f"unknown config key: {config_lib.one_line(e).lstrip(chr(39))}")
         except (flags.Error, TypeError, KeyError, ValueError) as e:
             fail(config_lib.one_line(e))
-    app.run(main, flags_parser=parse)
+    app.run(lambda argv: main(_quiet_libraries(argv)), flags_parser=parse)
+
+
+def _quiet_libraries(argv):
+    """Keeps orbax's, grain's and jax's INFO lines (one per save, backend probing) out of the log; their warnings still show."""
+    quiet = lambda record: record.levelno >= std_logging.WARNING or not any(
+        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    logging.get_absl_handler().addFilter(quiet)
+    return argv
 
 
 def no_extra_args(argv):

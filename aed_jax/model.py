@@ -6,6 +6,11 @@ weights map one to one. A call returns `(logits_BxTxV, losses)` for both models,
 `ce`, `embedding_loss`, `scaled_embedding_loss` and `total`, so the trainer never branches on the
 model. Parameters are float32; activations use `ModelConfig.dtype`; attention probabilities,
 logits and losses are float32.
+
+Cached decoding: `apply(..., mutable=["cache"])` runs the same modules incrementally. Every
+attention of both models is causal, so each one keeps its keys and values in a "cache" collection
+of context_size rows; a call with tokens [B, S] continues at the cached index (a prompt, then one
+token at a time) and sees every earlier position, as the full window would. aed_jax.sample drives it.
 """
 from __future__ import annotations
 
@@ -99,6 +104,38 @@ def _layer_norm(cfg: ModelConfig, name: str, use_bias: bool | None = None, dtype
                         dtype=dtype or cfg.dtype, name=name)
 
 
+def _decoding(module: nn.Module) -> bool:
+    """True in a cached-decoding call (`apply(..., mutable=["cache"])`), never during init."""
+    return module.is_mutable_collection("cache") and not module.is_initializing()
+
+
+def _cache_index(module: nn.Module, length: int):
+    """Decoding: the cached index (0 in a fresh cache), advanced by `length` for the next call."""
+    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    start = index.value
+    index.value = start + length
+    return start
+
+
+def _positions(module: nn.Module, t: int):
+    """Positions of a call's t tokens: 0..t-1, or when decoding the t positions after the cached ones."""
+    return _cache_index(module, t) + jnp.arange(t) if _decoding(module) else jnp.arange(t)
+
+
+def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH):
+    """Decoding: writes this call's keys and values into the module's cache (context_size rows),
+    then attends causally by absolute position: the query at position p sees cached rows <= p."""
+    b, s, n, h = k_BxSxNxH.shape
+    shape = (b, module.cfg.context_size, n, h)
+    key = module.variable("cache", "key", jnp.zeros, shape, k_BxSxNxH.dtype)
+    value = module.variable("cache", "value", jnp.zeros, shape, v_BxSxNxH.dtype)
+    start = _cache_index(module, s)
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxNxH, (0, start, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxNxH, (0, start, 0, 0))
+    mask_SxC = jnp.arange(shape[1])[None, :] <= (start + jnp.arange(s))[:, None]
+    return jax.nn.dot_product_attention(q_BxSxNxH, key.value, value.value, mask=mask_SxC[None, None])
+
+
 def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool):
     """Causal multi-head attention (query t sees keys <= t), with dropout on the probabilities.
 
@@ -126,7 +163,10 @@ class SelfAttention(nn.Module):
         b, t, d = x_BxTxD.shape
         qkv_BxTx3D = _dense(cfg, 3 * d, "batch_attn_weights")(x_BxTxD)
         q, k, v = (a.reshape(b, t, cfg.n_head, d // cfg.n_head) for a in jnp.split(qkv_BxTx3D, 3, axis=-1))
-        out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+        if _decoding(self):
+            out_BxTxNxH = cached_attention(self, q, k, v)
+        else:
+            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True)(out_BxTxNxH.reshape(b, t, d))
         return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
 
@@ -142,7 +182,10 @@ class CrossAttention(nn.Module):
         kv_BxSx2D = _dense(cfg, 2 * d, "k_v_weights", use_bias=cfg.cross_bias)(enc_BxSxD)
         k, v = (a.reshape(b, s, n, d // n) for a in jnp.split(kv_BxSx2D, 2, axis=-1))
         q = _dense(cfg, d, "q_weights", use_bias=cfg.cross_bias)(x_BxTxD).reshape(b, t, n, d // n)
-        out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+        if _decoding(self):  # the encoder side grows by one position a token, like self-attention's
+            out_BxTxNxH = cached_attention(self, q, k, v)
+        else:
+            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True, use_bias=cfg.cross_bias)(out_BxTxNxH.reshape(b, t, d))
         return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
 
@@ -218,6 +261,9 @@ def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):
     return -jnp.log((cos_BxT + 1.0) / 2.0)  # LOG_COSINE
 
 
+LOSS_KEYS = ("ce", "embedding_loss", "scaled_embedding_loss", "total")
+
+
 def _losses(logits_BxTxV, targets_BxT, emb_loss=None, coeff: float = 0.0):
     zero = jnp.zeros((), jnp.float32)
     ce = cross_entropy(logits_BxTxV, targets_BxT) if targets_BxT is not None else zero
@@ -230,10 +276,11 @@ class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False):
-        cfg, t = self.cfg, tokens_BxT.shape[1]
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
+        """with_embedding_loss: accepted for a uniform call; the baseline has no embedding loss."""
+        cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
-        x_BxTxD = embed(tokens_BxT) + _embed(cfg, cfg.pos_rows, "positional_embedding")(jnp.arange(t))[None]
+        x_BxTxD = embed(tokens_BxT) + _embed(cfg, cfg.pos_rows, "positional_embedding")(positions_T)[None]
         x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
         for i in range(cfg.n_layer):
             x_BxTxD = _block(cfg, Block)(cfg, name=f"transformer_blocks_{i}")(x_BxTxD, not train)
@@ -246,12 +293,14 @@ class AED(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False):
-        cfg, t = self.cfg, tokens_BxT.shape[1]
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
+        """with_embedding_loss: compute the embedding loss (default: only when training, as the
+        reference does); True in eval mode reports it without dropout."""
+        cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
         pos = _embed(cfg, cfg.pos_rows, "positional_embedding")
         # 2. Input embeddings and the causal encoder.
-        emb_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(jnp.arange(t))[None], deterministic=not train)
+        emb_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
         enc_BxTxD = emb_BxTxD
         for i in range(cfg.n_layer):
             enc_BxTxD = _block(cfg, Block)(cfg, name=f"encoder_transformer_blocks_{i}")(enc_BxTxD, not train)
@@ -261,20 +310,21 @@ class AED(nn.Module):
             dec_BxTxD = _layer_norm(cfg, "ffd_ln")(dec_BxTxD)
         dec_BxTxD = _dense(cfg, cfg.n_embed, "decoder_feed_forward")(dec_BxTxD)
         if cfg.add_pos_embed_to_decoder:
-            dec_BxTxD = dec_BxTxD + pos(jnp.arange(1, t + 1))[None]
+            dec_BxTxD = dec_BxTxD + pos(positions_T + 1)[None]
         # 4. Decoder: every block cross-attends to the same raw encoder output.
         for i in range(cfg.n_layer):
             dec_BxTxD = _block(cfg, DecoderBlock)(cfg, name=f"decoder_transformer_blocks_{i}")(enc_BxTxD, dec_BxTxD, not train)
         # 5. Final LN, optional subtraction of the "next" positions' embeddings, tied output layer.
         out_BxTxD = _layer_norm(cfg, "ln")(dec_BxTxD)
         if cfg.sub_pos_embed_to_decoder != "NO":
-            out_BxTxD = out_BxTxD - pos(jnp.arange(1, t + 1))[None]
+            out_BxTxD = out_BxTxD - pos(positions_T + 1)[None]
             if cfg.sub_pos_embed_to_decoder == "YES_LN":
                 out_BxTxD = _layer_norm(cfg, "post_sub_pos_ln")(out_BxTxD)
         logits_BxTxV = embed.attend(out_BxTxD).astype(jnp.float32)
         # 6. Embedding loss (training mode only, as in the reference).
         emb_loss = None
-        if cfg.embedding_loss_type != "NONE" and (train or self.is_initializing()):
+        with_embedding_loss = train if with_embedding_loss is None else with_embedding_loss
+        if cfg.embedding_loss_type != "NONE" and (with_embedding_loss or self.is_initializing()):
             emb_loss = self._embedding_loss(emb_BxTxD, enc_BxTxD)
         elif self.is_initializing():
             self._declare_embedding_lns(emb_BxTxD)

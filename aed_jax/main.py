@@ -1,0 +1,47 @@
+"""`python -m aed_jax.main --config=configs/<run>.py [--config.<key>=<value> ...] [--workdir DIR]`.
+
+Trains a config end to end; re-running the same command resumes from the workdir's latest
+checkpoint. On a cluster, pass --distributed on every host (jax.distributed.initialize reads the
+coordinator from SLURM or the JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
+"""
+import os
+
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from aed_jax import checkpoint
+from aed_jax import cli
+from aed_jax import config as config_lib
+from aed_jax import data
+from aed_jax import tokenizer
+from aed_jax import train
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
+                               "default: config.workdir, else runs/<config file name>.")
+_FRESH = flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints and metrics and start over.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    c = cli.get_config(_CONFIG)
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    workdir = _WORKDIR.value or c.workdir or os.path.join("runs", name)
+    logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,
+                 jax.process_count(), workdir)
+    try:
+        est = train.train_and_evaluate(c, workdir, fresh=_FRESH.value)
+    except (train.TrainError, data.DataError, tokenizer.TokenizerError, checkpoint.CheckpointError,
+            config_lib.ConfigError) as e:
+        cli.fail(str(e))
+    if est:
+        print(f"final: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f} ({workdir})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,33 @@
+"""The seed's optimizer: AdamW with decay on matrices only, linear warmup then cosine to min_lr."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
+    """The seed's get_lr at 0-based step i, with s = i + 1 (SPEC.md "Training recipe").
+
+    Linear warmup to `lr` over warmup_iters, cosine decay to `min_lr` at lr_decay_iters, min_lr
+    beyond. optax's warmup_cosine_decay_schedule is the same curve shifted by one step, so it is
+    evaluated at s, not i.
+    """
+    if not c.decay_lr:
+        return optax.constant_schedule(c.lr)
+    warmup = optax.linear_schedule(0.0, c.lr, c.warmup_iters) if c.warmup_iters else None
+    cosine = optax.cosine_decay_schedule(c.lr, c.lr_decay_iters - c.warmup_iters, alpha=c.min_lr / c.lr)
+    schedule = optax.join_schedules([warmup, cosine], [c.warmup_iters]) if warmup else cosine
+    return lambda i: schedule(i + 1)
+
+
+def decay_mask(params):
+    """Weight decay only on parameters with ndim >= 2: the matrices and both embeddings."""
+    return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW(beta1, beta2, eps 1e-8) with the seed's decay mask and schedule; no gradient clipping."""
+    return optax.adamw(learning_rate(c), b1=c.beta1, b2=c.beta2, eps=1e-8, weight_decay=c.weight_decay,
+                       mask=decay_mask)

@@ -1,0 +1,270 @@
+"""The training loop: sharded init, a jitted step with gradient accumulation, estimation, checkpoints.
+
+Data parallel the JAX way: one `Mesh` over every device (of every host), the batch sharded on its
+`data` axis, parameters and optimizer state replicated; XLA inserts the gradient all-reduce. The
+same code runs on one CPU, N GPUs, or several hosts after `jax.distributed.initialize()`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import tensorboardX
+import tqdm
+
+from aed_jax import checkpoint
+from aed_jax import config as config_lib
+from aed_jax import data
+from aed_jax import model as model_lib
+from aed_jax import optim
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (bad setup, mismatched checkpoint, NaN loss): one line for the user."""
+
+
+def compute_dtype(c: ml_collections.ConfigDict):
+    if c.dtype == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(c.dtype)
+
+
+def make_model(c: ml_collections.ConfigDict):
+    return model_lib.make_model(model_lib.ModelConfig.from_config(c, dtype=compute_dtype(c)))
+
+
+def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, data_sharding):
+    """One optimizer step over `accum_steps` micro-batches: (params, opt_state, metrics).
+
+    The global batch [accum * micro, T] is viewed as [micro, accum, T], so each micro-batch keeps
+    the batch sharding without moving data; gradients and losses are averaged over micro-batches,
+    as the seed's accumulation does. Each micro-batch gets its own dropout key.
+    """
+    def micro_batches(a_NxT):
+        a_AxBxT = a_NxT.reshape(-1, accum_steps, a_NxT.shape[-1]).transpose(1, 0, 2)
+        return jax.lax.with_sharding_constraint(a_AxBxT, data_sharding)
+
+    def loss_fn(p, x_BxT, y_BxT, key):
+        _, losses = model.apply({"params": p}, x_BxT, y_BxT, train=True, rngs={"dropout": key})
+        return losses["total"], losses
+
+    def accumulate(carry, inputs):
+        grads, losses = jax.grad(loss_fn, has_aux=True)(params, *inputs)
+        return jax.tree_util.tree_map(jnp.add, carry, (grads, losses)), None
+
+    zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), {k: jnp.zeros((), jnp.float32) for k in model_lib.LOSS_KEYS})
+    inputs = (micro_batches(batch["x"]), micro_batches(batch["y"]), jax.random.split(rng, accum_steps))
+    (grads, losses), _ = jax.lax.scan(accumulate, zeros, inputs, unroll=accum_steps == 1)
+    grads, losses = jax.tree_util.tree_map(lambda a: a / accum_steps, (grads, losses))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": losses["total"], **{k: v for k, v in losses.items() if k != "total"},
+               "grad_norm": optax.tree_utils.tree_l2_norm(grads)}
+    return params, opt_state, metrics
+
+
+def eval_step(params, batch, *, model):
+    """Eval-mode CE and the seed's "accuracy loss": the fraction of wrong argmax predictions."""
+    logits, losses = model.apply({"params": params}, batch["x"], batch["y"])
+    return {"loss": losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
+
+
+def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh):
+    """The jitted `train_step` for `c` on `mesh`; params and optimizer state are donated."""
+    return jax.jit(functools.partial(
+        train_step, model=model, optimizer=optimizer, accum_steps=c.gradient_accumulation_steps,
+        data_sharding=NamedSharding(mesh, P(None, "data"))), donate_argnums=(0, 1))
+
+
+class Writer:
+    """metrics.jsonl (one JSON object a line, with "step") plus TensorBoard events, on process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self.tb = tensorboardX.SummaryWriter(workdir)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+class Preemption:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _model_config_diff(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
+    flat = lambda c: {"model_type": c.get("model_type"), **{
+        f"model_config.{k}": v for k, v in _flatten(c.model_config.to_dict()).items()}}
+    a, b = flat(saved), flat(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict:
+    """Trains `c` in `workdir`, resuming from its latest checkpoint; returns the last estimate."""
+    config_lib.validate(c)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    n_proc, T = jax.process_count(), c.model_config.context_size
+    rows = c.batch_size * c.gradient_accumulation_steps
+    if c.batch_size % jax.device_count():
+        raise TrainError(f"batch_size={c.batch_size} must be divisible by the device count {jax.device_count()}")
+    if fresh and jax.process_index() == 0:
+        for name in (checkpoint.LATEST, checkpoint.BEST):
+            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            os.remove(os.path.join(workdir, "metrics.jsonl"))
+    os.makedirs(workdir, exist_ok=True)
+
+    if jax.process_index() == 0:
+        data.split_paths(c)  # prepares the built-in corpus once, before the other hosts look for it
+    if n_proc > 1:
+        multihost_utils.sync_global_devices("data ready")
+    train_path, val_path = data.split_paths(c)
+    vocab = c.model_config.alphabet_size
+    train_tokens = data.load_tokens(train_path, vocab, T + 2)
+    val_tokens = data.load_tokens(val_path, vocab, T + 2)
+    train_iter = data.train_iterator(train_path, T, rows // n_proc, c.random_seed, jax.process_index(), n_proc)
+
+    model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
+
+    def init(rng):
+        params = model_lib.init_params(model, rng)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                                      jax.eval_shape(init, jax.random.key(0)))
+    latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
+    start = latest.latest_step()
+    if start is not None:
+        diff = _model_config_diff(checkpoint.saved_config(latest, start), c)
+        if diff:
+            raise TrainError(f"{workdir} holds a checkpoint of a different model ({', '.join(diff)} differ); "
+                             "pass --fresh to start over or choose another --workdir")
+        state = checkpoint.restore(latest, start, abstract, train_iter)
+        logging.info("resuming from step %d in %s", start, workdir)
+    else:
+        state = jax.jit(init, out_shardings=replicated)(jax.random.key(c.random_seed))
+        start = 0
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "config.json"), c.to_dict())
+
+    step_fn = compile_train_step(c, model, optimizer, mesh)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    to_global = lambda batch: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in batch.items()}
+    dropout_key = jax.random.key(c.random_seed + 1)
+
+    def estimate(step: int) -> dict:
+        out = {}
+        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+            seed = (c.random_seed, step, split == "val", jax.process_index())
+            sums = [jax.device_get(eval_fn(state["params"], to_global(b)))
+                    for b in data.random_batches(tokens, T, c.batch_size // n_proc, c.est_steps, seed)]
+            out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
+            out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in sums]))
+        return out
+
+    def save(step: int, est: dict | None) -> None:
+        checkpoint.save(latest, step, state, c, train_iter)
+        if est is not None:
+            checkpoint.save(best, step, state, c, metrics={"val_loss": est["val_loss"]})
+        logging.info("saved checkpoint at step %d", step)
+
+    writer, preemption = Writer(workdir), Preemption()
+    bar = tqdm.tqdm(total=c.train_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                    disable=jax.process_index() != 0)
+    last_est, pending, t_last = {}, None, time.perf_counter()
+
+    def record(i: int, metrics) -> None:
+        """Fetches step i's metrics (the next step is already dispatched), stops on NaN/inf, logs."""
+        nonlocal t_last
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(metrics["loss"]):
+            raise TrainError(f"loss is {metrics['loss']} at step {i + 1}; stopped, the last good checkpoint "
+                             f"(step {latest.latest_step()}) is intact")
+        now = time.perf_counter()
+        metrics.update(step_time_s=now - t_last, tokens_per_s=rows * T / (now - t_last))
+        t_last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        if (i + 1) % c.log_interval == 0:
+            writer.write(i + 1, {**metrics, "lr": schedule(i)})
+
+    try:
+        for i in range(start, c.train_steps):
+            params, opt_state, metrics = step_fn(state["params"], state["opt_state"], to_global(next(train_iter)),
+                                                 jax.random.fold_in(dropout_key, i))
+            state = {"step": jnp.asarray(i + 1, jnp.int32), "params": params, "opt_state": opt_state}
+            if pending is not None:
+                record(*pending)
+            pending = (i, metrics)
+            boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
+            if not (boundary or preemption.signal):
+                continue
+            record(*pending)
+            pending, est = None, None
+            if boundary:
+                last_est = est = estimate(i + 1)
+                writer.write(i + 1, est)
+                bar.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
+            save(i + 1, est)
+            if preemption.signal:
+                logging.info("%s received: checkpoint saved at step %d, exiting", preemption.signal, i + 1)
+                break
+            t_last = time.perf_counter()
+    finally:
+        bar.close()
+        writer.close()
+        preemption.restore()
+        latest.close()
+        best.close()
+    return last_est

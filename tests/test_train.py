@@ -1,0 +1,215 @@
+"""The trainer: the seed's schedule, loss falls, bitwise resume, preemption, sharding, NaN, bad resumes."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from aed_jax import checkpoint
+from aed_jax import config as config_lib
+from aed_jax import optim
+from aed_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 64
+
+
+def write_synthetic(folder, n_train=20000, n_val=4000, seed=0):
+    """A learnable token stream: mostly t -> (3t + 1) mod V, with 10% noise."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        toks = np.empty(n, np.uint16)
+        toks[0] = 1
+        for i in range(1, n):
+            toks[i] = rng.integers(VOCAB) if rng.random() < 0.1 else (3 * toks[i - 1] + 1) % VOCAB
+        toks.tofile(os.path.join(folder, f"synth_{split}.bin"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("synth"))
+    write_synthetic(folder)
+    return folder
+
+
+def small_config(data_dir, **overrides):
+    c = config_lib.base_config("aed")
+    c.model_config.update(dict(
+        n_embed=32, n_head=2, n_layer=1, context_size=16, alphabet_size=VOCAB, sub_pos_embed_to_decoder="YES_NO_LN",
+        embedding_loss_type="MSE", embedding_loss_coeff=1.0, detach_type="ENCODER_OUT", embedding_ln_type="INIT",
+        use_ln_on_encoder_out=True, dropout_rate=0.1))
+    c.update(dict(dataset="synth", data_dir=data_dir, batch_size=8, gradient_accumulation_steps=2, train_steps=8,
+                  lr=3e-3, min_lr=3e-4, warmup_iters=2, lr_decay_iters=40, est_interval=4, est_steps=2, log_interval=1))
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def seed_get_lr(c, i):
+    """The seed's get_lr, transcribed: step i is 0-based, s = i + 1."""
+    s = i + 1
+    if s < c.warmup_iters:
+        return c.lr * s / c.warmup_iters
+    if s > c.lr_decay_iters:
+        return c.min_lr
+    ratio = (s - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.lr - c.min_lr)
+
+
+def test_schedule_matches_the_seed():
+    c = config_lib.base_config("aed")
+    schedule = optim.learning_rate(c)
+    w, d = c.warmup_iters, c.lr_decay_iters
+    for i in (0, 1, w - 2, w - 1, w, w + 1, (w + d) // 2, d - 2, d - 1, d, d + 1, 10 * d):
+        assert float(schedule(i)) == pytest.approx(seed_get_lr(c, i), rel=1e-5, abs=1e-10), i
+
+
+def test_weight_decay_only_on_matrices():
+    params = {"w": np.ones((3, 4)), "b": np.ones(4), "ln": {"scale": np.ones(4)}, "emb": np.ones((5, 4))}
+    assert optim.decay_mask(params) == {"w": True, "b": False, "ln": {"scale": False}, "emb": True}
+
+
+def test_loss_falls(data_dir, tmp_path):
+    c = small_config(data_dir, train_steps=60, est_interval=30, est_steps=4)
+    c.model_config.dropout_rate = 0.0
+    est = train.train_and_evaluate(c, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    ce = [r["ce"] for r in rows if "ce" in r]
+    assert ce[0] > math.log(VOCAB) - 0.5
+    assert np.mean(ce[-5:]) < ce[0] - 1.0
+    assert est["val_loss"] < math.log(VOCAB) - 1.0
+    assert {"embedding_loss", "scaled_embedding_loss", "lr", "tokens_per_s", "step_time_s"} <= set(rows[0])
+    assert os.path.isfile(tmp_path / "config.json")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["30", "60"]
+
+
+def _params(workdir, which="latest"):
+    return checkpoint.restore_params(workdir, which)[0]
+
+
+def test_resume_is_bitwise_identical(data_dir, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(small_config(data_dir, train_steps=8), straight)
+    train.train_and_evaluate(small_config(data_dir, train_steps=4), resumed)
+    train.train_and_evaluate(small_config(data_dir, train_steps=8), resumed)
+    a, b = _params(straight), _params(resumed)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
+
+
+def test_refuses_a_checkpoint_of_another_model(data_dir, tmp_path):
+    train.train_and_evaluate(small_config(data_dir, train_steps=4), str(tmp_path))
+    other = small_config(data_dir, train_steps=8)
+    other.model_config.n_embed = 48
+    with pytest.raises(train.TrainError, match=r"model_config\.n_embed"):
+        train.train_and_evaluate(other, str(tmp_path))
+    train.train_and_evaluate(other, str(tmp_path), fresh=True)
+    assert _params(str(tmp_path))["token_embedding"]["embedding"].shape == (VOCAB, 48)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    train.train_and_evaluate(small_config(data_dir, train_steps=4), str(tmp_path))
+    with pytest.raises(train.TrainError, match="nan"):
+        train.train_and_evaluate(small_config(data_dir, train_steps=12, lr=float("nan")), str(tmp_path))
+    assert checkpoint.resolve_step(str(tmp_path))[1] == 4
+    assert all(np.isfinite(p).all() for p in jax.tree_util.tree_leaves(_params(str(tmp_path))))
+
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from aed_jax import config as config_lib, model as model_lib, optim, train
+    c = config_lib.base_config("baseline")
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=16, alphabet_size=64))
+    c.batch_size, c.gradient_accumulation_steps = 8, 2
+    model, opt = train.make_model(c), optim.make_optimizer(c)
+    x = np.random.default_rng(0).integers(0, 64, (16, 17)).astype(np.int32)
+    out = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = Mesh(np.asarray(devices), ("data",))
+        rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        params = jax.device_put(model_lib.init_params(model, jax.random.key(0)), rep)
+        batch = {"x": jax.device_put(x[:, :-1], rows), "y": jax.device_put(x[:, 1:], rows)}
+        step = train.compile_train_step(c, model, opt, mesh)
+        params, _, metrics = step(params, opt.init(params), batch, jax.random.key(1))
+        out.append((float(metrics["loss"]), jax.device_get(params), len(batch["x"].sharding.device_set)))
+    (loss1, p1, n1), (loss4, p4, n4) = out
+    assert (n1, n4) == (1, 4), (n1, n4)
+    np.testing.assert_allclose(loss1, loss4, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p4)
+    print("sharded ok", loss1, loss4)
+""")
+
+
+def test_four_device_step_equals_one_device_step():
+    result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded ok" in result.stdout
+
+
+def _launch(config_path, workdir, *flags):
+    return subprocess.Popen([sys.executable, "-m", "aed_jax.main", f"--config={config_path}", f"--workdir={workdir}",
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=180):
+    deadline = time.time() + timeout
+    folder = os.path.join(workdir, "checkpoints")
+    while time.time() < deadline:
+        if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture()
+def config_file(data_dir, tmp_path):
+    """A config file for the CLI: small model, long enough to be interrupted mid-run."""
+    path = tmp_path / "small.py"
+    path.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_train import small_config
+
+        def get_config():
+            return small_config({data_dir!r}, train_steps=100000, est_interval=5, est_steps=1)
+    """))
+    return str(path)
+
+
+def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = _launch(config_file, workdir)
+    _wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM received: checkpoint saved at step" in out
+    saved = int(out.split("SIGTERM received: checkpoint saved at step ")[1].split(",")[0])
+    assert checkpoint.resolve_step(workdir)[1] == saved
+
+
+def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = _launch(config_file, workdir)
+    _wait_for_checkpoint(workdir, proc)
+    time.sleep(1.0)
+    proc.kill()
+    proc.communicate()
+    latest = checkpoint.resolve_step(workdir)[1]
+    proc = _launch(config_file, workdir, "--config.train_steps=%d" % (latest + 2))
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resuming from step {latest}" in out
+    assert checkpoint.resolve_step(workdir)[1] == latest + 2

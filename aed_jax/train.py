@@ -235,7 +235,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         metrics.update(step_time_s=now - t_last, tokens_per_s=rows * T / (now - t_last))
         t_last = now
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        bar.set_postfix(ce=f"{metrics['ce']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
         if (i + 1) % c.log_interval == 0:
             writer.write(i + 1, {**metrics, "lr": schedule(i)})
 

@@ -16,7 +16,7 @@ def get_config():
         use_ln_on_encoder_out=True, detach_type="ENCODER_OUT", embedding_ln_type="INIT",
     ))
     c.model_config.cross_attn_config.update(dict(n_head=8, use_bias=False))
-    c.batch_size = 16
+    c.batch_size = 8
     c.gradient_accumulation_steps = 1
     c.train_steps = 300
     c.lr = 3e-3

@@ -63,6 +63,9 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     # Optimisation (names as in the seed's train configs).
     c.batch_size = 50  # sequences per micro-batch
     c.gradient_accumulation_steps = 16  # micro-batches per optimizer step
+    # How the effective batch (batch_size * gradient_accumulation_steps sequences) is split for
+    # compute; the update is the same. None: as large as fits on GPU, batch_size elsewhere.
+    c.micro_batch_size = config_dict.placeholder(int)
     c.train_steps = 9000
     c.lr = 9e-4
     c.min_lr = 9e-5
@@ -114,6 +117,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "keep_checkpoints", "log_interval"):
         if not isinstance(c[key], int) or c[key] <= 0:
             raise ConfigError(f"{key}: must be a positive integer, got {c[key]!r}")
+    rows = c.batch_size * c.gradient_accumulation_steps
+    if c.micro_batch_size is not None and (c.micro_batch_size <= 0 or rows % c.micro_batch_size):
+        raise ConfigError(f"micro_batch_size: {c.micro_batch_size} does not divide batch_size * "
+                          f"gradient_accumulation_steps = {rows}")
     if c.warmup_iters < 0 or c.lr_decay_iters <= c.warmup_iters:
         raise ConfigError(f"lr_decay_iters: must exceed warmup_iters >= 0, got {c.lr_decay_iters} <= {c.warmup_iters}")
     if c.lr <= 0 or c.min_lr < 0:

@@ -6,6 +6,7 @@ same code runs on one CPU, N GPUs, or several hosts after `jax.distributed.initi
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -81,11 +82,62 @@ def eval_step(params, batch, *, model):
     return {"loss": losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
 
 
-def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh):
-    """The jitted `train_step` for `c` on `mesh`; params and optimizer state are donated."""
+def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh, micro_batch_size: int | None = None):
+    """The jitted `train_step` for `c` on `mesh`, `micro_batch_size` sequences a micro-batch
+    (default: batch_size, the seed's split); params and optimizer state are donated."""
+    rows = c.batch_size * c.gradient_accumulation_steps
     return jax.jit(functools.partial(
-        train_step, model=model, optimizer=optimizer, accum_steps=c.gradient_accumulation_steps,
+        train_step, model=model, optimizer=optimizer, accum_steps=rows // (micro_batch_size or c.batch_size),
         data_sharding=NamedSharding(mesh, P(None, "data"))), donate_argnums=(0, 1))
+
+
+def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh, abstract_state) -> int:
+    """`c.micro_batch_size` if set; on GPU, the largest split of the effective batch whose compiled
+    step fits in 90% of device memory (XLA's own memory analysis); elsewhere batch_size."""
+    if c.micro_batch_size is not None or jax.default_backend() != "gpu":
+        return c.micro_batch_size or c.batch_size
+    rows, n_dev, T = c.batch_size * c.gradient_accumulation_steps, jax.device_count(), c.model_config.context_size
+    limit = 0.9 * (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", float("inf"))
+    batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=NamedSharding(mesh, P("data"))) for k in "xy"}
+    for micro in sorted((m for m in range(n_dev, rows + 1, n_dev) if rows % m == 0), reverse=True):
+        step = compile_train_step(c, model, optimizer, mesh, micro)
+        mem = step.lower(abstract_state["params"], abstract_state["opt_state"], batch, jax.random.key(0)).compile(
+        ).memory_analysis()
+        need = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+        if need < limit:
+            logging.info("micro_batch_size %d (%d micro-batches a step): %.1f GiB of %.1f", micro, rows // micro,
+                         need / 2**30, limit / 0.9 / 2**30)
+            return micro
+    return n_dev
+
+
+class DevicePrefetch:
+    """Keeps `size` batches already sent to their devices (transfers are asynchronous), so a step
+    never waits on a host-to-device copy. Its checkpointable state (what grain's orbax handler
+    saves) is the state before the next batch it will yield, not after the ones it holds ahead, so
+    a resumed run sees exactly the stream a straight run sees."""
+
+    def __init__(self, iterator, to_device, size: int = 2):
+        self.iterator, self.to_device, self.size, self.queue = iterator, to_device, size, collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self.queue) < self.size:
+            state = self.iterator.get_state()
+            self.queue.append((state, self.to_device(next(self.iterator))))
+        return self.queue.popleft()[1]
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.queue[0][0] if self.queue else self.iterator.get_state()).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.iterator.set_state(json.loads(state))
+        self.queue.clear()
+
+    def start_prefetch(self) -> None:
+        """Part of the interface grain's checkpoint handler calls after a restore; batches are fetched on demand."""
 
 
 class Writer:
@@ -173,7 +225,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     vocab = c.model_config.alphabet_size
     train_tokens = data.load_tokens(train_path, vocab, T + 2)
     val_tokens = data.load_tokens(val_path, vocab, T + 2)
-    train_iter = data.train_iterator(train_path, T, rows // n_proc, c.random_seed, jax.process_index(), n_proc)
+    to_global = lambda batch: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in batch.items()}
+    train_iter = DevicePrefetch(
+        data.train_iterator(train_path, T, rows // n_proc, c.random_seed, jax.process_index(), n_proc), to_global)
 
     model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
 
@@ -198,9 +252,11 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     if jax.process_index() == 0:
         _write_json_atomic(os.path.join(workdir, "config.json"), c.to_dict())
 
-    step_fn = compile_train_step(c, model, optimizer, mesh)
+    micro = pick_micro_batch_size(c, model, optimizer, mesh, abstract)
+    if micro % jax.device_count():
+        raise TrainError(f"micro_batch_size={micro} must be divisible by the device count {jax.device_count()}")
+    step_fn = compile_train_step(c, model, optimizer, mesh, micro)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
-    to_global = lambda batch: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in batch.items()}
     dropout_key = jax.random.key(c.random_seed + 1)
 
     def estimate(step: int) -> dict:
@@ -241,7 +297,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
 
     try:
         for i in range(start, c.train_steps):
-            params, opt_state, metrics = step_fn(state["params"], state["opt_state"], to_global(next(train_iter)),
+            params, opt_state, metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
                                                  jax.random.fold_in(dropout_key, i))
             state = {"step": jnp.asarray(i + 1, jnp.int32), "params": params, "opt_state": opt_state}
             if pending is not None:

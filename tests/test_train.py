@@ -213,3 +213,36 @@ def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_pa
     assert proc.returncode == 0, out[-3000:]
     assert f"resuming from step {latest}" in out
     assert checkpoint.resolve_step(workdir)[1] == latest + 2
+
+
+def test_micro_batch_size_changes_the_split_not_the_update():
+    from jax.sharding import Mesh
+    c = config_lib.base_config("baseline")
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=16, alphabet_size=VOCAB))
+    c.batch_size, c.gradient_accumulation_steps = 4, 4
+    model, opt = train.make_model(c), optim.make_optimizer(c)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    x = np.random.default_rng(0).integers(0, VOCAB, (16, 17)).astype(np.int32)
+    results = []
+    for micro in (4, 8, 16):
+        params = train.model_lib.init_params(model, jax.random.key(0))
+        step = train.compile_train_step(c, model, opt, mesh, micro)
+        params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1))
+        results.append((float(metrics["loss"]), params))
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, results[0][1])
+
+
+def test_device_prefetch_checkpoints_the_consumed_position(data_dir):
+    path = os.path.join(data_dir, "synth_train.bin")
+    make = lambda: train.DevicePrefetch(train.data.train_iterator(path, 16, 4, seed=3), lambda b: b, size=3)
+    first = make()
+    for _ in range(3):
+        next(first)
+    state = first.get_state()
+    expected = [next(first)["x"] for _ in range(4)]
+    second = make()
+    second.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(second)["x"], want)

@@ -1,0 +1,143 @@
+"""`python -m aed_jax.bench --config=configs/<run>.py [--steps N] [--json]`: training throughput.
+
+Compiles, warms up and times steady-state train steps on random tokens at the config's effective
+batch (batch_size x gradient_accumulation_steps sequences, split by micro_batch_size), then the
+eval forward and cached generation. Prints compile time, median step time, tokens/s, model FLOPs
+per token, MFU and peak device memory.
+
+FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
+    6 * N_matmul + 12 * n_attention * T * D
+N_matmul counts every matmul weight: every Dense kernel plus the tied output layer (V x D);
+embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
+per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
+"""
+import json
+import statistics
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from aed_jax import cli
+from aed_jax import model as model_lib
+from aed_jax import optim
+from aed_jax import sample
+from aed_jax import train
+
+_CONFIG = cli.define_config_flag()
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+_GENERATE = flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).",
+                                 lower_bound=0)
+
+# Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
+    """Training FLOPs per token by the formula in this module's docstring."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [jax.tree_util.keystr(path) for path, _ in flat]
+    matmul = sum(x.size for name, (_, x) in zip(names, flat) if name.endswith("['kernel']"))
+    matmul += cfg.alphabet_size * cfg.n_embed
+    n_attention = sum(name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")) for name in names)
+    return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
+
+
+def peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
+
+
+def _timed(fn, *args, repeats: int):
+    """Median seconds of `repeats` calls after two warm-up calls, each waited for."""
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def run(c, steps: int = 10, generate_tokens: int = 32) -> dict:
+    """The measurements as a dict (see the module docstring)."""
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    cfg, T = model.cfg, c.model_config.context_size
+    rows = c.batch_size * c.gradient_accumulation_steps
+    params = jax.jit(lambda k: model_lib.init_params(model, k), out_shardings=replicated)(jax.random.key(0))
+    opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+    tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
+    batch = {"x": jax.device_put(tokens[:, :-1], rows_sharding), "y": jax.device_put(tokens[:, 1:], rows_sharding)}
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                      {"params": params, "opt_state": opt_state})
+    micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
+    start = time.perf_counter()
+    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
+        params, opt_state, batch, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - start
+
+    state = {"params": params, "opt_state": opt_state}
+
+    def one_step():
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
+        return metrics
+
+    step_s = _timed(one_step, repeats=steps)
+    tokens_per_s = rows * T / step_s
+    fpt = flops_per_token(params, cfg)
+    peak = peak_flops()
+    eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
+    eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
+    eval_s = _timed(eval_fn, state["params"], eval_batch, repeats=steps)
+    out = {
+        "config": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
+        "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
+        "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
+        "eval_tokens_per_s": c.batch_size * T / eval_s,
+        "peak_memory_gib": _peak_memory_gib(),
+    }
+    if generate_tokens:
+        params_host = jax.device_get(state["params"])
+        prompt = tokens[:1, : min(8, T)]
+        sample.generate(model, params_host, prompt, generate_tokens, greedy=True)  # compiles
+        start = time.perf_counter()
+        sample.generate(model, params_host, prompt, generate_tokens, greedy=True)
+        out["generate_tokens_per_s"] = generate_tokens / (time.perf_counter() - start)
+    return out
+
+
+def _peak_memory_gib() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
+
+
+def format_table(r: dict) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    rows = [("device", f"{r['devices']} x {r['device']} ({r['dtype']})"),
+            ("batch", f"{r['batch_tokens']:,} tokens, micro-batch {r['micro_batch_size']} sequences"),
+            ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
+            ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
+            ("MFU", fmt(r["mfu"] and 100 * r["mfu"], ".1f") + (" %" if r["mfu"] else " (no peak known for this device)")),
+            ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")),
+            ("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}")]
+    if "generate_tokens_per_s" in r:
+        rows.append(("generate (cached)", f"{r['generate_tokens_per_s']:,.1f} tokens/s, batch 1"))
+    return "\n".join(f"{name:<18} {value}" for name, value in rows)
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    result = run(cli.get_config(_CONFIG), _STEPS.value, _GENERATE.value)
+    print(json.dumps(result) if _JSON.value else format_table(result))
+
+
+if __name__ == "__main__":
+    cli.run(main)

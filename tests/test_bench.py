@@ -1,0 +1,41 @@
+"""The benchmark command: its FLOPs formula against a hand count, and a CPU smoke run."""
+import jax
+import pytest
+
+from aed_jax import bench
+from aed_jax import config as config_lib
+from aed_jax import model as model_lib
+
+
+def test_flops_per_token_matches_the_hand_count():
+    D, L, T, V = 32, 3, 16, 100
+    cfg = model_lib.ModelConfig(model_type="baseline", alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
+    params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
+    assert bench.flops_per_token(params, cfg) == 6 * (L * 12 * D * D + V * D) + 12 * L * T * D
+    aed = model_lib.ModelConfig(alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
+    params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(aed), jax.random.key(0)))
+    # Encoder blocks 12 D^2, decoder blocks 16 D^2 (cross-attention q, k, v, out), the bridge D^2;
+    # attention in L encoder blocks and 2 L decoder attentions.
+    expected = 6 * (L * 12 * D * D + L * 16 * D * D + D * D + V * D) + 12 * 3 * L * T * D
+    assert bench.flops_per_token(params, aed) == expected
+
+
+def test_bench_runs_on_cpu():
+    c = config_lib.base_config("aed")
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=1, context_size=16, alphabet_size=128))
+    c.batch_size, c.gradient_accumulation_steps = 4, 2
+    result = bench.run(c, steps=2, generate_tokens=4)
+    assert result["tokens_per_s"] > 0 and result["step_ms"] > 0 and result["compile_s"] > 0
+    assert result["batch_tokens"] == 4 * 2 * 16
+    assert result["mfu"] is None  # no peak for a CPU
+    assert result["generate_tokens_per_s"] > 0
+    assert "tokens/s" in bench.format_table(result)
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12)])
+def test_peak_table(kind, peak, monkeypatch):
+    class Device:
+        device_kind = kind
+    monkeypatch.setattr(jax, "devices", lambda: [Device()])
+    assert bench.peak_flops() == peak

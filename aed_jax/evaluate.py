@@ -1,0 +1,158 @@
+"""`python -m aed_jax.evaluate --workdir DIR`: the losses of a checkpoint on a token split.
+
+Reports what the seed's estimates report, in eval mode (no dropout): mean next-token CE, its
+perplexity, the "accuracy loss" (fraction of positions where argmax(logits) != target) and, for an
+AED model with an embedding loss, that loss (computed without dropout; the reference computes it
+only in training). `--full` runs every non-overlapping window of the split in order (offsets 0, T,
+2T, ... while i + T + 1 <= N), so the result is deterministic; `--batches N` draws N random batches
+as the seed's estimate does. Every mean is over all evaluated positions.
+
+Only the parameters are restored (host arrays, then the default device), so a checkpoint written
+on any number of devices evaluates here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+
+from aed_jax import checkpoint as checkpoint_lib
+from aed_jax import cli
+from aed_jax import data as data_lib
+from aed_jax import model as model_lib
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/ (and best/).", flag_values=fv)
+    flags.DEFINE_string("checkpoint", "latest", "Which checkpoint: latest, best, or a step number.", flag_values=fv)
+    flags.DEFINE_string("data", None, "A token folder (<name>_<split>.bin or <split>.bin) or one .bin file; "
+                        "default: the run config's data.", flag_values=fv)
+    flags.DEFINE_enum("split", "val", ["val", "train"], "Split to evaluate (ignored when --data is a file).",
+                      flag_values=fv)
+    flags.DEFINE_integer("batches", None, "Random batches to draw, as the seed's estimate does "
+                         "(default: the config's est_steps).", flag_values=fv)
+    flags.DEFINE_bool("full", False, "Evaluate every non-overlapping window of the split, in order.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the config's batch_size).",
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", None, "Seed of the random batches (default: the config's random_seed).",
+                         flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.", flag_values=fv)
+
+
+def data_path(config, data: str | None, split: str) -> str:
+    """The token file to evaluate: the run's split, a split in the folder `data`, or the file `data`."""
+    if data is None:
+        train_path, val_path = data_lib.split_paths(config)
+        return val_path if split == "val" else train_path
+    if not os.path.isdir(data):
+        return data  # a file: load_tokens checks it
+    for name in (f"{config.dataset}_{split}.bin", f"{split}.bin"):
+        if os.path.isfile(os.path.join(data, name)):
+            return os.path.join(data, name)
+    found = sorted(glob.glob(os.path.join(glob.escape(data), f"*_{split}.bin")))
+    if len(found) == 1:
+        return found[0]
+    raise data_lib.DataError(f"{data}: no {split}.bin or <name>_{split}.bin here"
+                             + (f" (several: {', '.join(map(os.path.basename, found))})" if found else ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_sums(cfg: model_lib.ModelConfig):
+    """A jitted (params, x_BxT, y_BxT, weight_B) -> sums over the positions of rows with weight 1."""
+    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    with_embedding_loss = has_embedding_loss(cfg)
+
+    @jax.jit
+    def sums(params, x_BxT, y_BxT, weight_B):
+        (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
+                                               mutable=["intermediates"])
+        weight_BxT = jnp.broadcast_to(weight_B[:, None], y_BxT.shape)
+        ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
+        wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != y_BxT).astype(jnp.float32)
+        out = {"ce": jnp.sum(ce_BxT * weight_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT),
+               "tokens": jnp.sum(weight_BxT)}
+        if with_embedding_loss:  # per-position terms; their mean over positions is the loss
+            out["embedding"] = jnp.sum(state["intermediates"]["embedding_loss_BxT"][0] * weight_BxT)
+        return out
+
+    return sums
+
+
+def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
+    return cfg.model_type == "aed" and cfg.embedding_loss_type != "NONE"
+
+
+def evaluate(model, params, batches, batch_size: int) -> dict:
+    """{"ce_loss", "perplexity", "accuracy_loss", "tokens"} (+ "embedding_loss" for an AED with one)
+    over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]); short batches are padded."""
+    sums_fn, totals = _eval_sums(model.cfg), {}
+    for batch in batches:
+        b = batch["x"].shape[0]
+        pad = ((0, batch_size - b), (0, 0))
+        weight_B = (np.arange(batch_size) < b).astype(np.float32)
+        sums = sums_fn(params, np.pad(batch["x"], pad), np.pad(batch["y"], pad), weight_B)
+        for key, value in jax.device_get(sums).items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    tokens = totals.get("tokens", 0.0)
+    if not tokens:
+        raise data_lib.DataError("no windows to evaluate")
+    results = {"ce_loss": totals["ce"] / tokens, "perplexity": math.exp(totals["ce"] / tokens),
+               "accuracy_loss": totals["wrong"] / tokens, "tokens": int(tokens)}
+    if "embedding" in totals:
+        results["embedding_loss"] = totals["embedding"] / tokens
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = []
+    for key, value in results.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<16}{text}")
+    return "\n".join(lines)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+    cli.no_extra_args(argv)
+    if not fv.workdir:
+        cli.fail("--workdir is required")
+    if fv.full and fv.batches is not None:
+        cli.fail("--full and --batches exclude each other: evaluate every window, or N random batches")
+    for name in ("batches", "batch_size"):
+        if fv[name].value is not None and fv[name].value < 1:
+            cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
+    try:
+        params, config, step = checkpoint_lib.restore_params(fv.workdir, fv.checkpoint)
+        cfg = model_lib.ModelConfig.from_config(config)
+        path = data_path(config, fv.data, fv.split)
+        context = cfg.context_size
+        tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
+        batch_size = fv.batch_size or config.batch_size
+        if fv.full:
+            batches = data_lib.eval_windows(tokens, context, batch_size)
+        else:
+            seed = config.random_seed if fv.seed is None else fv.seed
+            batches = data_lib.random_batches(tokens, context, batch_size, fv.batches or config.est_steps, seed)
+        results = evaluate(model_lib.make_model(cfg), jax.device_put(params), batches, batch_size)
+    except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
+        cli.fail(str(e))
+    where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,
+             "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches"}
+    if fv.json:
+        print(json.dumps({**results, **where}))
+    else:
+        print(f"{cfg.model_type} model, step {step} of {fv.workdir} ({fv.checkpoint}); {path}, {where['mode']}")
+        print(format_table(results))
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)

@@ -1,0 +1,226 @@
+"""`python -m aed_jax.sample --workdir DIR --prompt "text"`: text from a checkpoint, with a KV cache.
+
+Every attention of both models is causal, so a generated token needs only its own position's
+work: the prompt fills the caches in one call (`prefill`), then each token runs one position
+through the encoder (self-attention cache), the bridge, and the decoder (self-attention cache and
+cross-attention keys/values over the cached encoder outputs). The reference instead re-runs the
+whole window for every token; `use_cache=False` does that, and greedy decoding gives the same
+tokens either way.
+
+Past context_size tokens the window slides: positions are absolute, so every earlier position's
+activations change and the last context_size tokens are re-encoded for each new token, exactly
+as the reference crops them. The cache speeds up the first context_size tokens of a sequence.
+
+`--benchmark` times both paths and prints tokens/s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from aed_jax import api
+from aed_jax import checkpoint as checkpoint_lib
+from aed_jax import cli
+from aed_jax import model as model_lib
+from aed_jax import tokenizer as tokenizer_lib
+
+
+class SampleError(ValueError):
+    """A bad sampling request (prompt, temperature, top_k, ...): the message is one line."""
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/ (and best/).", flag_values=fv)
+    flags.DEFINE_string("checkpoint", "latest", "Which checkpoint: latest, best, or a step number.", flag_values=fv)
+    flags.DEFINE_string("prompt", "\n", "Text to continue; <|endoftext|> is allowed.", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate per sample.", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.8, "Softmax temperature when sampling; must be > 0.", flag_values=fv)
+    flags.DEFINE_integer("top_k", 200, "Sample among the k most likely tokens; 0 keeps every token.", flag_values=fv)
+    flags.DEFINE_integer("seed", 1337, "Random seed of the sampling.", flag_values=fv)
+    flags.DEFINE_integer("num_samples", 1, "Samples to draw (one batch).", flag_values=fv)
+    flags.DEFINE_bool("greedy", False, "Argmax decoding instead of sampling (ignores temperature and top_k).",
+                      flag_values=fv)
+    flags.DEFINE_bool("cache", True, "Use the KV cache; --nocache re-runs the window per token, as the reference.",
+                      flag_values=fv)
+    flags.DEFINE_bool("benchmark", False, "Print tokens/s with and without the cache instead of text.", flag_values=fv)
+
+
+def check_sampling(vocab_size: int, temperature: float, top_k: int | None, greedy: bool) -> None:
+    """Raises SampleError for a temperature <= 0 when sampling or a top_k outside [0, vocab_size]."""
+    if greedy:
+        return
+    if not temperature > 0:
+        raise SampleError(f"--temperature must be > 0 when sampling, got {temperature}; use --greedy for argmax")
+    if top_k is not None and not 0 <= top_k <= vocab_size:
+        raise SampleError(f"--top_k must be between 1 and the vocabulary size {vocab_size} (0: no cut), got {top_k}")
+
+
+def encode_prompt(text: str, vocab_size: int, encoding=None) -> np.ndarray:
+    """The prompt's GPT-2 tokens as int32 [L]; SampleError if there are none or one is out of the vocab."""
+    encoding = encoding or tokenizer_lib.get_encoding()
+    ids = encoding.encode(text, allowed_special={"<|endoftext|>"})
+    if not ids:
+        raise SampleError(f"--prompt {text!r} tokenizes to no tokens")
+    if max(ids) >= vocab_size:
+        raise SampleError(f"--prompt has token id {max(ids)}, outside the model's vocabulary of {vocab_size}")
+    return np.asarray(ids, np.int32)
+
+
+class _Decoder(NamedTuple):
+    full: callable  # (params, window_BxT, length, key, i, temperature, top_k, greedy) -> token_B
+    prefill: callable  # same arguments -> (token_B, cache)
+    step: callable  # (params, cache, token_B, key, i, temperature, top_k, greedy) -> (token_B, cache)
+
+
+def _pick(logits_BxV, key, temperature, top_k: int | None, greedy: bool):
+    """The next token: argmax, or a draw from softmax(logits / temperature) cut to the top k."""
+    if greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV / temperature
+    if not top_k:
+        return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+    # A draw among the k largest only: the same distribution as masking the rest, far cheaper.
+    top_BxK, ids_BxK = jax.lax.top_k(logits_BxV, top_k)
+    choice_B = jax.random.categorical(key, top_BxK, axis=-1)
+    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=1)[:, 0].astype(jnp.int32)
+
+
+def _set_index(cache, index):
+    """The cache with every index (the model's and each attention's) set to `index`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, index) if path[-1].key == "index" else x, cache)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(cfg: model_lib.ModelConfig) -> _Decoder:
+    """Jitted decoding functions for `cfg`, with fixed shapes (windows padded to context_size), so a
+    whole generation compiles each of them once."""
+    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    static = ("top_k", "greedy")
+
+    @functools.partial(jax.jit, static_argnames=static)
+    def full(params, window_BxT, length, key, i, temperature, top_k, greedy):
+        logits_BxTxV, _ = model.apply({"params": params}, window_BxT)
+        return _pick(logits_BxTxV[:, length - 1], jax.random.fold_in(key, i), temperature, top_k, greedy)
+
+    @functools.partial(jax.jit, static_argnames=static)
+    def prefill(params, window_BxT, length, key, i, temperature, top_k, greedy):
+        # The padding rows past `length` fill cache rows that each step overwrites before reading.
+        (logits_BxTxV, _), variables = model.apply({"params": params}, window_BxT, mutable=["cache"])
+        token_B = _pick(logits_BxTxV[:, length - 1], jax.random.fold_in(key, i), temperature, top_k, greedy)
+        return token_B, _set_index(variables["cache"], length)
+
+    @functools.partial(jax.jit, static_argnames=static, donate_argnames=("cache",))
+    def step(params, cache, token_B, key, i, temperature, top_k, greedy):
+        (logits_Bx1xV, _), variables = model.apply({"params": params, "cache": cache}, token_B[:, None],
+                                                   mutable=["cache"])
+        return _pick(logits_Bx1xV[:, 0], jax.random.fold_in(key, i), temperature, top_k, greedy), variables["cache"]
+
+    return _Decoder(full, prefill, step)
+
+
+def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, greedy: bool = False, seed: int = 0, use_cache: bool = True,
+             stats: dict | None = None) -> np.ndarray:
+    """prompt_BxL followed by max_new_tokens generated tokens, as int32 [B, L + max_new_tokens].
+
+    Token i is drawn with the key fold_in(key(seed), i) on both paths, so with the same seed the
+    cached and uncached paths make the same draws. `stats`, when given, receives the number of
+    `prefill`, `step` and `full` (re-encode) calls.
+    """
+    cfg = model.cfg
+    check_sampling(cfg.alphabet_size, temperature, top_k, greedy)
+    context = cfg.context_size
+    prompt_BxL = np.asarray(prompt_BxL, np.int32)
+    (b, length), decoder = prompt_BxL.shape, _decoder(cfg)
+    if length == 0:
+        raise SampleError("the prompt is empty")
+    out_BxN = np.zeros((b, length + max_new_tokens), np.int32)
+    out_BxN[:, :length] = prompt_BxL
+    options = dict(key=jax.random.key(seed), temperature=jnp.float32(temperature), top_k=top_k or None, greedy=greedy)
+    cache, pending, calls = None, {}, {"prefill": 0, "step": 0, "full": 0}
+
+    def fetch():  # device tokens to the host, only when a window needs them: steps queue up meanwhile
+        for n, token_B in pending.items():
+            out_BxN[:, n] = np.asarray(token_B)
+        pending.clear()
+
+    for i, n in enumerate(range(length, length + max_new_tokens)):  # n: tokens so far
+        if cache is not None and n <= context:  # rows 0..n-2 are cached: run the last token (n-1) alone
+            token_B, cache = decoder.step(params, cache, token_B, i=i, **options)
+            calls["step"] += 1
+        else:  # the window is the last `context` tokens at positions 0..; pad it to a fixed shape
+            fetch()
+            window = out_BxN[:, max(0, n - context):n]
+            padded_BxT = np.pad(window, ((0, 0), (0, context - window.shape[1])))
+            if use_cache and n < context:
+                token_B, cache = decoder.prefill(params, padded_BxT, window.shape[1], i=i, **options)
+                calls["prefill"] += 1
+            else:
+                token_B = decoder.full(params, padded_BxT, window.shape[1], i=i, **options)
+                calls["full"] += 1
+        pending[n] = token_B
+    fetch()
+    if stats is not None:
+        stats.update(calls)
+    return out_BxN
+
+
+def benchmark(model, params, prompt_BxL, max_new_tokens: int, repeats: int = 3, **options) -> str:
+    """tokens/s with and without the cache (best of `repeats` runs after a compiling one), as text."""
+    b, length = np.shape(prompt_BxL)
+    lines = [f"benchmark: {b} x {max_new_tokens} new tokens after a {length}-token prompt "
+             f"(context_size {model.cfg.context_size}, {jax.devices()[0].platform})"]
+    tokens, rates = {}, {}
+    for use_cache in (True, False):
+        generate(model, params, prompt_BxL, max_new_tokens, use_cache=use_cache, **options)  # compiles
+        seconds, stats = [], {}
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tokens[use_cache] = generate(model, params, prompt_BxL, max_new_tokens, use_cache=use_cache,
+                                         stats=stats, **options)
+            seconds.append(time.perf_counter() - start)
+        rates[use_cache] = b * max_new_tokens / min(seconds)
+        detail = (f"{stats['prefill']} prefill, {stats['step']} cached steps, {stats['full']} re-encodes"
+                  if use_cache else f"{stats['full']} window runs")
+        name = "with cache" if use_cache else "without cache"
+        lines.append(f"  {name:<14} {rates[use_cache]:10.1f} tokens/s  ({detail})")
+    same = "yes" if np.array_equal(tokens[True], tokens[False]) else "no"
+    lines.append(f"  speedup {rates[True] / rates[False]:.2f}x; same tokens: {same}")
+    return "\n".join(lines)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+    cli.no_extra_args(argv)
+    if not fv.workdir:
+        cli.fail("--workdir is required")
+    for name in ("max_new_tokens", "num_samples"):
+        if fv[name].value < 1:
+            cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
+    try:
+        model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
+        vocab = model.cfg.alphabet_size
+        check_sampling(vocab, fv.temperature, fv.top_k, fv.greedy)
+        prompt_BxL = np.tile(encode_prompt(fv.prompt, vocab, encoding)[None], (fv.num_samples, 1))
+    except (checkpoint_lib.CheckpointError, SampleError, tokenizer_lib.TokenizerError) as e:
+        cli.fail(str(e))
+    options = dict(temperature=fv.temperature, top_k=fv.top_k, greedy=fv.greedy, seed=fv.seed)
+    if fv.benchmark:
+        print(benchmark(model, params, prompt_BxL, fv.max_new_tokens, **options))
+        return
+    tokens_BxN = generate(model, params, prompt_BxL, fv.max_new_tokens, use_cache=fv.cache, **options)
+    for row in tokens_BxN:
+        print(encoding.decode(row.tolist()))
+        print("---------------")
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)

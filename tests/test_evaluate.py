@@ -1,0 +1,127 @@
+"""The evaluator: exact means over every window, seeded random batches, data paths, one-line errors."""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from aed_jax import api
+from aed_jax import config as config_lib
+from aed_jax import evaluate
+from aed_jax import model as model_lib
+
+T, V = 8, 97
+LOSS = dict(embedding_loss_type="MSE", embedding_loss_coeff=2.0, detach_type="ENCODER_OUT",
+            embedding_ln_type="INIT", use_ln_on_encoder_out=True, sub_pos_embed_to_decoder="YES_NO_LN")
+
+
+def tiny_config(model_type="aed", **model):
+    config = config_lib.base_config(model_type)
+    config.model_config.update(dict(n_embed=16, n_head=2, n_layer=1, context_size=T, alphabet_size=V, **model))
+    config.batch_size = 4
+    config.est_steps = 3
+    return config
+
+
+def save_run(workdir, config, seed=0, step=0):
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    params = jax.jit(lambda key: model_lib.init_params(model, key))(jax.random.key(seed))
+    api.save_params(workdir, params, config, step)
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An AED run with an MSE embedding loss (steps 0 and 5, different weights) and a token folder."""
+    root = tmp_path_factory.mktemp("eval")
+    workdir, data = str(root / "run"), root / "data"
+    config = tiny_config(**LOSS)
+    model, params = save_run(workdir, config, seed=0, step=0)
+    save_run(workdir, config, seed=1, step=5)
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    val = rng.integers(0, V, 8 * 11 + 3).astype(np.uint16)  # 11 windows (the last batch of 4 is short)
+    val.tofile(data / "val.bin")
+    rng.integers(0, V, 500).astype(np.uint16).tofile(data / "train.bin")
+    return dict(workdir=workdir, data=str(data), model=model, params=params, val=val)
+
+
+def run_cli(argv):
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    evaluate.main(fv(["evaluate"] + argv), fv)
+
+
+def run_json(capsys, argv):
+    run_cli(argv + ["--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_full_pass_is_the_exact_mean_over_every_window(run, capsys):
+    got = run_json(capsys, ["--workdir", run["workdir"], "--checkpoint", "0", "--data", run["data"], "--full"])
+    windows = (len(run["val"]) - 1) // T
+    assert windows == 11 and got["tokens"] == windows * T
+    window = np.arange(windows)[:, None] * T + np.arange(T + 1)[None]
+    x, y = run["val"][window[:, :-1]].astype(np.int32), run["val"][window[:, 1:]].astype(np.int32)
+    logits, losses = run["model"].apply({"params": run["params"]}, x, y, with_embedding_loss=True)
+    np.testing.assert_allclose(got["ce_loss"], losses["ce"], rtol=1e-5)
+    np.testing.assert_allclose(got["perplexity"], math.exp(got["ce_loss"]), rtol=1e-9)
+    np.testing.assert_allclose(got["accuracy_loss"], np.mean(np.argmax(logits, -1) != y), rtol=1e-6)
+    np.testing.assert_allclose(got["embedding_loss"], losses["embedding_loss"], rtol=1e-5)
+    assert got["step"] == 0 and got["data"] == os.path.join(run["data"], "val.bin")
+
+
+def test_eval_mode_embedding_loss_is_the_training_one_without_dropout(run):
+    x = np.asarray(run["val"][:2 * T].reshape(2, T), np.int32)
+    apply = lambda **kw: run["model"].apply({"params": run["params"]}, x, x, **kw)[1]
+    assert float(apply()["embedding_loss"]) == 0.0  # the reference's eval mode has none
+    np.testing.assert_allclose(apply(with_embedding_loss=True)["embedding_loss"], apply(train=True)["embedding_loss"])
+
+
+def test_random_batches_follow_the_seed(run, capsys):
+    argv = ["--workdir", run["workdir"], "--data", run["data"], "--split", "train", "--batches", "2"]
+    first = run_json(capsys, argv + ["--seed", "1"])
+    assert first["tokens"] == 2 * 4 * T and first["step"] == 5  # latest by default
+    assert run_json(capsys, argv + ["--seed", "1"]) == first
+    assert run_json(capsys, argv + ["--seed", "2"])["ce_loss"] != first["ce_loss"]
+    assert run_json(capsys, argv[:-2])["tokens"] == 3 * 4 * T  # est_steps batches by default
+
+
+def test_table_and_data_file_or_named_split(run, tmp_path, capsys):
+    named = tmp_path / "corpus_val.bin"
+    run["val"].tofile(named)
+    by_file = run_json(capsys, ["--workdir", run["workdir"], "--data", str(named), "--full"])
+    by_folder = run_json(capsys, ["--workdir", run["workdir"], "--data", str(tmp_path), "--full"])
+    assert by_file["ce_loss"] == by_folder["ce_loss"] and by_folder["data"] == str(named)
+    run_cli(["--workdir", run["workdir"], "--data", str(named), "--full"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["ce_loss", "perplexity", "accuracy_loss", "tokens",
+                                                       "embedding_loss"]
+
+
+def test_baseline_reports_no_embedding_loss(tmp_path, run, capsys):
+    save_run(str(tmp_path / "gpt"), tiny_config("baseline"))
+    got = run_json(capsys, ["--workdir", str(tmp_path / "gpt"), "--data", run["data"], "--full"])
+    assert set(got) >= {"ce_loss", "perplexity", "accuracy_loss", "tokens"} and "embedding_loss" not in got
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--workdir", "/nonexistent/run"], "does not exist"),
+    (["--workdir", "{empty}"], "has no checkpoints"),
+    (["--workdir", "{run}", "--checkpoint", "3"], "no checkpoint '3'; saved steps: [0, 5]"),
+    (["--workdir", "{run}", "--checkpoint", "best"], "has no best/ checkpoints"),
+    (["--workdir", "{run}", "--data", "{empty}/none.bin"], "none.bin: no such file"),
+    (["--workdir", "{run}", "--data", "{empty}"], "no val.bin or <name>_val.bin"),
+    (["--workdir", "{run}", "--full", "--batches", "2"], "exclude each other"),
+    (["--workdir", "{run}", "--batches", "0"], "--batches must be at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_1(run, tmp_path, capsys, argv, message):
+    argv = [a.format(empty=str(tmp_path), run=run["workdir"]) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

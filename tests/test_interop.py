@@ -1,0 +1,250 @@
+"""Reference-named npz export/import: SPEC.md's names, PyTorch layouts, the round trip, bad files."""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from aed_jax import api
+from aed_jax import config as config_lib
+from aed_jax import interop
+from aed_jax import model as model_lib
+
+T, V, D = 8, 97, 16
+CONFIGS = {
+    "aed": """
+from aed_jax.config import base_config
+
+def get_config():
+    c = base_config("aed")
+    c.model_config.update(dict(
+        n_embed=16, n_head=2, n_layer=2, context_size=8, alphabet_size=97, use_bias=True, order_type="ALT",
+        add_pos_embed_to_decoder=True, sub_pos_embed_to_decoder="YES_LN", add_ln_before_decoder_ff=True,
+        embedding_loss_type="COSINE", embedding_loss_coeff=2.0, detach_type="ENCODER_OUT",
+        embedding_ln_type="AVG_CUM_SUM", use_ln_on_encoder_out=True))
+    c.model_config.cross_attn_config.update(dict(n_head=4, use_bias=True))
+    return c
+""",
+    "baseline": """
+from aed_jax.config import base_config
+
+def get_config():
+    c = base_config("baseline")
+    c.model_config.update(dict(n_embed=16, n_head=2, n_layer=2, context_size=8, alphabet_size=97, use_bias=True))
+    return c
+""",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def run(request, tmp_path_factory):
+    """A saved run of each model type (random weights, LayerNorm and bias ones perturbed) and its export."""
+    root = tmp_path_factory.mktemp(request.param)
+    config_path = root / "config.py"
+    config_path.write_text(CONFIGS[request.param])
+    config = config_lib.load(str(config_path))
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    params = jax.jit(lambda key: model_lib.init_params(model, key))(jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * np.random.default_rng(p.size).normal(size=p.shape), params)
+    api.save_params(str(root / "run"), params, config)
+    npz, json_path = interop.export(str(root / "run"), str(root / "out" / "model.npz"))
+    return dict(root=root, config=str(config_path), model=model, params=params, npz=npz, json=json_path,
+                arrays=dict(np.load(npz)))
+
+
+def run_cli(argv):
+    fv = flags.FlagValues()
+    interop.define_flags(fv)
+    interop.main(fv(["interop"] + argv), fv)
+
+
+def spec_names(cfg):
+    """SPEC.md's reference state-dict names for `cfg`, written out from its list."""
+    block = ["multi_attn_head.batch_attn_weights", "multi_attn_head.residual_proj", "feed_forward.linear",
+             "feed_forward.residual_proj", "ln1", "ln2"]
+    decoder = ["decoder_multi_attn_head.batch_attn_weights", "decoder_multi_attn_head.residual_proj",
+               "cross_multi_attn_head.k_v_weights", "cross_multi_attn_head.q_weights",
+               "cross_multi_attn_head.residual_proj", "decoder_feed_forward.linear",
+               "decoder_feed_forward.residual_proj", "encoder_cross_ln", "decoder_cross_ln", "decoder_ln1",
+               "decoder_ln2"]
+    if cfg.model_type == "baseline":
+        modules = [f"transformer_blocks.{i}.{m}" for i in range(cfg.n_layer) for m in block] + ["ln"]
+    else:
+        modules = ([f"encoder_transformer_blocks.{i}.{m}" for i in range(cfg.n_layer) for m in block]
+                   + [f"decoder_transformer_blocks.{i}.{m}" for i in range(cfg.n_layer) for m in decoder]
+                   + ["ffd_ln", "decoder_feed_forward", "ln", "post_sub_pos_ln"])
+    names = {f"{m}.{p}" for m in modules for p in ("weight", "bias")}  # use_bias: every one has a bias
+    names |= {"token_embedding.weight", "positional_embedding.weight", "output_layer.weight"}
+    if cfg.model_type == "aed":
+        names |= {"encoder_out_ln.weight", "encoder_out_ln.bias", "embeddings_ln.weight", "embeddings_ln.bias"}
+    return names
+
+
+def test_npz_has_exactly_the_reference_names_in_float32(run):
+    cfg, arrays = run["model"].cfg, run["arrays"]
+    assert set(arrays) == spec_names(cfg)
+    assert all(a.dtype == np.float32 for a in arrays.values())
+    np.testing.assert_array_equal(arrays["output_layer.weight"], arrays["token_embedding.weight"])
+    assert arrays["token_embedding.weight"].shape == (V, D)
+    assert arrays["positional_embedding.weight"].shape == (T + (cfg.model_type == "aed"), D)
+    first = "transformer_blocks.0" if cfg.model_type == "baseline" else "encoder_transformer_blocks.0"
+    assert arrays[f"{first}.feed_forward.linear.weight"].shape == (4 * D, D)  # PyTorch Linear: [out, in]
+    if cfg.model_type == "aed":
+        assert arrays["decoder_transformer_blocks.1.cross_multi_attn_head.k_v_weights.weight"].shape == (2 * D, D)
+
+
+def _layer_norm(x, sd, name):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * sd[f"{name}.weight"] + sd.get(f"{name}.bias", 0.0)
+
+
+def _linear(x, sd, name):  # torch.nn.Linear: x @ W.T + b, W [out, in]
+    return x @ sd[f"{name}.weight"].T + sd.get(f"{name}.bias", 0.0)
+
+
+def _attention(q, k, v, n_head):
+    t, d = q.shape
+    q, k, v = (a.reshape(t, n_head, d // n_head).transpose(1, 0, 2) for a in (q, k, v))
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(d // n_head) + np.triu(np.full((t, t), -np.inf), 1)[None]
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return (probs @ v).transpose(1, 0, 2).reshape(t, d)
+
+
+def _block(x, sd, p, n_head):
+    q, k, v = np.split(_linear(_layer_norm(x, sd, f"{p}.ln1"), sd, f"{p}.multi_attn_head.batch_attn_weights"), 3, -1)
+    x = x + _linear(_attention(q, k, v, n_head), sd, f"{p}.multi_attn_head.residual_proj")
+    return x + _feed_forward(_layer_norm(x, sd, f"{p}.ln2"), sd, f"{p}.feed_forward")
+
+
+def _feed_forward(x, sd, p):
+    h = _linear(x, sd, f"{p}.linear")
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))  # exact GELU
+    return _linear(h, sd, f"{p}.residual_proj")
+
+
+def reference_logits(sd, cfg, x):
+    """The reference's forward (eval mode, one sequence) in numpy, from the state dict alone."""
+    pos = sd["positional_embedding.weight"]
+    h = sd["token_embedding.weight"][x] + pos[:len(x)]
+    if cfg.model_type == "baseline":
+        for i in range(cfg.n_layer):
+            h = _block(h, sd, f"transformer_blocks.{i}", cfg.n_head)
+        return _layer_norm(h, sd, "ln") @ sd["output_layer.weight"].T
+    for i in range(cfg.n_layer):
+        h = _block(h, sd, f"encoder_transformer_blocks.{i}", cfg.n_head)
+    enc = h
+    d = _linear(_layer_norm(enc, sd, "ffd_ln") if cfg.add_ln_before_decoder_ff else enc, sd, "decoder_feed_forward")
+    if cfg.add_pos_embed_to_decoder:
+        d = d + pos[1:len(x) + 1]
+    for i in range(cfg.n_layer):
+        p = f"decoder_transformer_blocks.{i}"
+
+        def self_attn(d):
+            q, k, v = np.split(_linear(_layer_norm(d, sd, f"{p}.decoder_ln1"), sd,
+                                       f"{p}.decoder_multi_attn_head.batch_attn_weights"), 3, -1)
+            return d + _linear(_attention(q, k, v, cfg.n_head), sd, f"{p}.decoder_multi_attn_head.residual_proj")
+
+        def cross_attn(d):
+            k, v = np.split(_linear(_layer_norm(enc, sd, f"{p}.encoder_cross_ln"), sd,
+                                    f"{p}.cross_multi_attn_head.k_v_weights"), 2, -1)
+            q = _linear(_layer_norm(d, sd, f"{p}.decoder_cross_ln"), sd, f"{p}.cross_multi_attn_head.q_weights")
+            return d + _linear(_attention(q, k, v, cfg.cross_heads), sd, f"{p}.cross_multi_attn_head.residual_proj")
+
+        d = cross_attn(self_attn(d)) if cfg.order_type == "ORIGINAL" else self_attn(cross_attn(d))
+        d = d + _feed_forward(_layer_norm(d, sd, f"{p}.decoder_ln2"), sd, f"{p}.decoder_feed_forward")
+    out = _layer_norm(d, sd, "ln")
+    if cfg.sub_pos_embed_to_decoder != "NO":
+        out = out - pos[1:len(x) + 1]
+        if cfg.sub_pos_embed_to_decoder == "YES_LN":
+            out = _layer_norm(out, sd, "post_sub_pos_ln")
+    return out @ sd["output_layer.weight"].T
+
+
+def test_npz_computes_the_model_with_reference_semantics(run):
+    """A numpy transcription of the reference forward, reading only the npz, gives the model's logits."""
+    x = np.random.default_rng(0).integers(0, V, (2, T))
+    logits, _ = run["model"].apply({"params": run["params"]}, x)
+    expected = np.stack([reference_logits({k: v.astype(np.float64) for k, v in run["arrays"].items()},
+                                          run["model"].cfg, row) for row in x])
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_then_import_gives_identical_parameters_and_logits(run, capsys):
+    workdir = str(run["root"] / "imported")
+    run_cli(["import", "--npz", run["npz"], "--config", run["config"], "--workdir", workdir])
+    assert "checkpoint 0" in capsys.readouterr().out
+    model, params, config, _ = api.load(workdir)
+    assert model.cfg == run["model"].cfg and config.workdir == workdir
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, run["params"]))
+    x = np.random.default_rng(1).integers(0, V, (2, T))
+    np.testing.assert_array_equal(model.apply({"params": params}, x)[0],
+                                  run["model"].apply({"params": run["params"]}, x)[0])
+    run_cli(["export", "--workdir", workdir, "--out", str(run["root"] / "again.npz")])
+    again = np.load(run["root"] / "again.npz")
+    assert set(again.files) == set(run["arrays"])
+    assert all(np.array_equal(again[k], run["arrays"][k]) for k in again.files)
+
+
+def test_json_is_the_reference_model_config_with_integer_codes(run):
+    with open(run["json"]) as f:
+        ref = json.load(f)
+    cfg = run["model"].cfg
+    assert ref["n_embed"] == D and ref["context_size"] == T and ref["alphabet_size"] == V
+    if cfg.model_type == "aed":
+        assert (ref["order_type"], ref["sub_pos_embed_to_decoder"], ref["embedding_loss_type"], ref["detach_type"],
+                ref["embedding_ln_type"]) == (2, 3, 3, 3, 3)
+        assert ref["cross_attn_config"] == {"n_head": 4, "use_bias": True}
+        named = dict(ref, order_type="ALT", embedding_loss_type="COSINE_SIM", embedding_ln_type="AVG_CUM_SUM")
+        assert interop.model_config_from_reference(named, "aed") == cfg
+    assert interop.model_config_from_reference(dict(ref, use_flash=True), cfg.model_type) == cfg
+
+
+def _import_error(run, capsys, npz, workdir=None):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["import", "--npz", str(npz), "--config", run["config"],
+                 "--workdir", workdir or str(run["root"] / "never")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+def test_import_names_every_missing_extra_and_misshaped_key(run, capsys):
+    arrays = dict(run["arrays"])
+    del arrays["ln.weight"], arrays["positional_embedding.weight"]
+    arrays["head.weight"] = np.zeros(3, np.float32)
+    arrays["token_embedding.weight"] = arrays["output_layer.weight"] = np.zeros((V, D + 1), np.float32)
+    bad = run["root"] / "bad.npz"
+    np.savez(bad, **arrays)
+    err = _import_error(run, capsys, bad)
+    for text in ("missing keys ['ln.weight', 'positional_embedding.weight']", "unexpected keys ['head.weight']",
+                 f"output_layer.weight ({V}, {D + 1}) (expected ({V}, {D}))",
+                 f"token_embedding.weight ({V}, {D + 1}) (expected ({V}, {D}))"):
+        assert text in err
+
+
+def test_import_rejects_untied_output_layer_disagreeing_json_and_a_used_workdir(run, capsys):
+    arrays = dict(run["arrays"], **{"output_layer.weight": run["arrays"]["output_layer.weight"] + 1})
+    np.savez(run["root"] / "untied.npz", **arrays)
+    assert "ties them" in _import_error(run, capsys, run["root"] / "untied.npz")
+    os.makedirs(run["root"] / "other", exist_ok=True)
+    np.savez(run["root"] / "other" / "model.npz", **run["arrays"])
+    with open(run["json"]) as f:
+        ref = dict(json.load(f), n_layer=3)
+    with open(run["root"] / "other" / "model.json", "w") as f:
+        json.dump(ref, f)
+    assert "disagree on n_layer (3 there, 2 here)" in _import_error(run, capsys, run["root"] / "other" / "model.npz")
+    assert "already has checkpoints" in _import_error(run, capsys, run["npz"], str(run["root"] / "run"))
+    assert "no such file" in _import_error(run, capsys, run["root"] / "missing.npz")
+
+
+def test_cli_usage_and_export_errors(run, capsys):
+    for argv, message in [(["convert"], "usage:"), (["export", "--workdir", "/nonexistent"], "needs --out"),
+                          (["export", "--workdir", "/nonexistent", "--out", "x.npz"], "does not exist")]:
+        with pytest.raises(SystemExit):
+            run_cli(argv)
+        assert message in capsys.readouterr().err

@@ -1,0 +1,154 @@
+"""Cached decoding against the full forward, greedy equivalence with and without the cache, the CLI."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from aed_jax import api
+from aed_jax import config as config_lib
+from aed_jax import model as model_lib
+from aed_jax import sample
+
+T = 16
+SMALL = dict(alphabet_size=97, context_size=T, n_embed=32, n_head=2, n_layer=2)
+VARIANTS = {
+    "aed": dict(sub_pos_embed_to_decoder="YES_NO_LN"),
+    "aed_every_option": dict(order_type="ALT", sub_pos_embed_to_decoder="YES_LN", add_pos_embed_to_decoder=True,
+                             add_ln_before_decoder_ff=True, use_bias=True, cross_n_head=4, cross_use_bias=True),
+    "baseline": dict(model_type="baseline"),
+}
+
+
+@functools.cache
+def build(name):
+    """A small model with its matrices scaled up, so greedy decoding does not just repeat a token,
+    and its jitted full forward."""
+    model = model_lib.make_model(model_lib.ModelConfig(**{**SMALL, **VARIANTS[name]}))
+    params = model_lib.init_params(model, jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda p: p * 8.0 if p.ndim == 2 else p, params)
+    return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+
+
+@pytest.mark.parametrize("name", ["aed_every_option", "baseline"])
+def test_cached_decoding_matches_the_full_forward(name):
+    """A 5-token prefill then one token a call reproduce the full window's logits at every position."""
+    model, params, forward = build(name)
+    decode = jax.jit(lambda p, c, x: model.apply({"params": p, "cache": c}, x, mutable=["cache"]))
+    prefill = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["cache"]))
+    x = np.asarray(jax.random.randint(jax.random.key(1), (2, T), 0, SMALL["alphabet_size"]))
+    (logits, _), variables = prefill(params, x[:, :5])
+    rows = [logits]
+    for i in range(5, T):
+        (logits, _), variables = decode(params, variables["cache"], x[:, i:i + 1])
+        rows.append(logits)
+    np.testing.assert_allclose(np.concatenate(rows, axis=1), forward(params, x), rtol=1e-4, atol=1e-4)
+
+
+def naive_greedy(forward, params, prompt, n):
+    """The reference's loop: the window (the last T tokens) re-run for every token. The window is
+    padded to T to compile once; causality (tests/test_model.py) makes the padding inert."""
+    seq = np.asarray(prompt)
+    for _ in range(n):
+        window = seq[:, -T:]
+        logits = forward(params, np.pad(window, ((0, 0), (0, T - window.shape[1]))))
+        seq = np.concatenate([seq, np.argmax(logits[:, window.shape[1] - 1], axis=-1)[:, None]], axis=1)
+    return seq
+
+
+@pytest.mark.parametrize("name", ["aed", "baseline"])
+@pytest.mark.parametrize("prompt_len,new", [(5, 14), (20, 3)])  # crosses the context; starts past it
+def test_greedy_with_cache_gives_the_tokens_of_greedy_without(name, prompt_len, new):
+    model, params, forward = build(name)
+    prompt = np.asarray(jax.random.randint(jax.random.key(2), (2, prompt_len), 0, SMALL["alphabet_size"]))
+    stats = {}
+    cached = sample.generate(model, params, prompt, new, greedy=True, stats=stats)
+    uncached = sample.generate(model, params, prompt, new, greedy=True, use_cache=False)
+    expected = naive_greedy(forward, params, prompt, new)
+    np.testing.assert_array_equal(cached, expected)
+    np.testing.assert_array_equal(uncached, expected)
+    if prompt_len < T:
+        assert len(set(expected[:, prompt_len:].ravel().tolist())) > 3  # a real test, not one repeated token
+        assert stats == {"prefill": 1, "step": T - prompt_len, "full": prompt_len + new - 1 - T}
+    else:
+        assert stats == {"prefill": 0, "step": 0, "full": new}
+
+
+def test_sampling_is_seeded_and_the_same_with_or_without_the_cache():
+    model, params, _ = build("aed")
+    prompt = np.zeros((3, 4), np.int32)
+    run = lambda **kw: sample.generate(model, params, prompt, 8, **{"temperature": 1.0, "top_k": 20, **kw})
+    first = run(seed=3)
+    np.testing.assert_array_equal(first, run(seed=3))
+    np.testing.assert_array_equal(first, run(seed=3, use_cache=False))
+    assert not np.array_equal(first, run(seed=4))
+    assert len({tuple(row) for row in first[:, 4:].tolist()}) > 1  # each row draws its own tokens
+
+
+def test_top_k_draws_only_among_the_k_largest():
+    logits = jax.random.normal(jax.random.key(0), (4, 50))
+    top3 = np.argsort(np.asarray(logits), axis=-1)[:, -3:]
+    for seed in range(5):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(sample._pick(logits, key, 1.0, 1, False), np.argmax(logits, axis=-1))
+        drawn = np.asarray(sample._pick(logits, key, 2.0, 3, False))
+        assert all(d in row for d, row in zip(drawn, top3))
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, 10), (-1.0, 10), (1.0, -1), (1.0, 98)])
+def test_generate_rejects_bad_sampling_options(temperature, top_k):
+    model, params, _ = build("baseline")
+    with pytest.raises(sample.SampleError):
+        sample.generate(model, params, np.zeros((1, 2), np.int32), 2, temperature=temperature, top_k=top_k)
+
+
+# The command line, on a tiny GPT-2-vocabulary run saved as the trainer saves it.
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("run"))
+    config = config_lib.base_config("aed")
+    config.model_config.update(dict(n_embed=16, n_head=2, n_layer=1, context_size=8))
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    api.save_params(path, jax.jit(lambda key: model_lib.init_params(model, key))(jax.random.key(0)), config)
+    return path
+
+
+def run_cli(argv):
+    fv = flags.FlagValues()
+    sample.define_flags(fv)
+    argv = fv(["sample"] + argv)
+    sample.main(argv, fv)
+
+
+def test_cli_prints_the_prompt_and_its_continuations(workdir, capsys):
+    run_cli(["--workdir", workdir, "--prompt", "Hello world", "--max_new_tokens", "12", "--num_samples", "2"])
+    texts = capsys.readouterr().out.split("---------------\n")
+    assert len(texts) == 3 and texts[2] == ""
+    assert all(text.startswith("Hello world") and len(text) > len("Hello world") for text in texts[:2])
+
+
+def test_cli_benchmark_prints_both_rates(workdir, capsys):
+    run_cli(["--workdir", workdir, "--benchmark", "--max_new_tokens", "10", "--greedy"])
+    out = capsys.readouterr().out
+    assert "with cache" in out and "without cache" in out and "same tokens: yes" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--workdir", "/nonexistent/run"], "does not exist"),
+    (["--workdir", "{empty}"], "has no checkpoints"),
+    (["--workdir", "{run}", "--checkpoint", "7"], "no checkpoint '7'; saved steps: [0]"),
+    (["--workdir", "{run}", "--prompt", ""], "tokenizes to no tokens"),
+    (["--workdir", "{run}", "--temperature", "0"], "--temperature must be > 0"),
+    (["--workdir", "{run}", "--top_k", "-1"], "--top_k must be between 1 and"),
+    (["--workdir", "{run}", "--top_k", "50258"], "--top_k must be between 1 and"),
+    (["--workdir", "{run}", "--num_samples", "0"], "--num_samples must be at least 1"),
+])
+def test_cli_bad_input_is_one_line_and_exit_1(workdir, tmp_path, capsys, argv, message):
+    argv = [a.format(empty=str(tmp_path), run=workdir) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

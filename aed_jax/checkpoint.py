@@ -44,9 +44,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
-    """Restores the state into `abstract_state`'s shapes and shardings, and the data iterator in place."""
+    """Restores the state into `abstract_state`'s shapes and shardings, and the data iterator in place.
+
+    A checkpoint without a data item (written by `interop import`) leaves the iterator at its start.
+    """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    if data_iter is not None and os.path.isdir(os.path.join(str(mngr.directory), str(step), "data")):
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
 

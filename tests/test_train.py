@@ -246,3 +246,14 @@ def test_device_prefetch_checkpoints_the_consumed_position(data_dir):
     second.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(second)["x"], want)
+
+
+def test_trains_on_from_an_imported_checkpoint(data_dir, tmp_path):
+    """`interop import` writes params without a data-iterator item; the trainer starts its stream afresh."""
+    from aed_jax import api
+    c = small_config(data_dir, train_steps=4)
+    params = train.model_lib.init_params(train.make_model(c), jax.random.key(7))
+    api.save_params(str(tmp_path), params, c)
+    train.train_and_evaluate(c, str(tmp_path))
+    assert checkpoint.resolve_step(str(tmp_path))[1] == 4
+    assert not np.array_equal(_params(str(tmp_path))["ln"]["scale"], params["ln"]["scale"])

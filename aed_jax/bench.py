@@ -27,11 +27,6 @@ from aed_jax import optim
 from aed_jax import sample
 from aed_jax import train
 
-_CONFIG = cli.define_config_flag()
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-_GENERATE = flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).",
-                                 lower_bound=0)
 
 # Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -133,11 +128,21 @@ def format_table(r: dict) -> str:
     return "\n".join(f"{name:<18} {value}" for name, value in rows)
 
 
+def define_flags() -> None:
+    """The command's flags; defined only when run as a command, so importing this module defines none."""
+    cli.define_config_flag()
+    flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1)
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0)
+
+
 def main(argv):
     cli.no_extra_args(argv)
-    result = run(cli.get_config(_CONFIG), _STEPS.value, _GENERATE.value)
-    print(json.dumps(result) if _JSON.value else format_table(result))
+    fv = flags.FLAGS
+    result = run(cli.get_config(), fv.steps, fv.generate_tokens)
+    print(json.dumps(result) if fv.json else format_table(result))
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

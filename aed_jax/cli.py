@@ -20,9 +20,10 @@ def define_config_flag():
         lock_config=True)
 
 
-def get_config(flag):
-    """The parsed config, validated; a bad value exits with one line naming the key."""
-    filename = config_flags.get_config_filename(flags.FLAGS[flag.name])
+def get_config():
+    """The parsed `--config`, validated; a bad value exits with one line naming the key."""
+    flag = flags.FLAGS["config"]
+    filename = config_flags.get_config_filename(flag)
     if not filename:
         fail("--config is required, e.g. --config=configs/tiny.py")
     if not os.path.isfile(filename):

@@ -15,15 +15,17 @@ from ml_collections import config_dict
 MODEL_TYPES = ("aed", "baseline")
 ORDER_TYPES = ("ORIGINAL", "ALT")
 SUB_POS_EMBED_TYPES = ("NO", "YES_NO_LN", "YES_LN")
-EMBEDDING_LOSS_TYPES = ("NONE", "MSE", "COSINE", "LOG_COSINE")
+EMBEDDING_LOSS_TYPES = ("NONE", "MSE", "COSINE", "LOG_COSINE", "HUBER")
 DETACH_TYPES = ("NONE", "EMBEDDING", "ENCODER_OUT")
 EMBEDDING_LN_TYPES = ("NONE", "INIT", "AVG_CUM_SUM")
+EMBEDDING_AGGREGATIONS = ("CUM_MEAN", "CAUSAL_CONV")
 DTYPES = ("auto", "float32", "bfloat16")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # The AED-only keys of model_config: absent from a baseline config.
 AED_KEYS = (
-    "order_type", "add_pos_embed_to_decoder", "sub_pos_embed_to_decoder", "use_ln_on_encoder_out",
-    "add_ln_before_decoder_ff", "embedding_loss_type", "detach_type", "embedding_loss_coeff",
-    "embedding_ln_type", "cross_attn_config",
+    "order_type", "add_pos_embed_to_decoder", "use_ln_on_encoder_out", "add_ln_before_decoder_ff",
+    "embedding_loss_type", "detach_type", "embedding_loss_coeff", "embedding_ln_type", "cross_attn_config",
+    "n_layer_encoder", "n_layer_decoder", "embedding_aggregation", "embedding_aggregation_kernel_size",
 )
 
 
@@ -46,10 +48,12 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     m.use_bias = False  # biases in Linear and LayerNorm
     m.dropout_rate = 0.0
     m.alphabet_size = 50257  # vocabulary size (GPT-2 BPE); the seed's name for it
+    # NO | YES_NO_LN | YES_LN: subtract pos_emb(1..T) (the next positions) before the output layer.
+    # The seed has it for AED; for the baseline it is one of the seed's "next steps".
+    m.sub_pos_embed_to_decoder = "NO"
     if model_type == "aed":
         m.order_type = "ORIGINAL"  # ORIGINAL: self-attn then cross-attn; ALT: the reverse
         m.add_pos_embed_to_decoder = False  # add pos_emb(1..T) to the decoder input
-        m.sub_pos_embed_to_decoder = "NO"  # NO | YES_NO_LN | YES_LN: subtract pos_emb(1..T) before the head
         m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on enc before the embedding loss
         m.add_ln_before_decoder_ff = False  # LN before the encoder->decoder Linear
         m.embedding_loss_type = "NONE"  # NONE | MSE | COSINE | LOG_COSINE
@@ -59,6 +63,13 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
         m.cross_attn_config = ml_collections.ConfigDict()
         m.cross_attn_config.n_head = config_dict.placeholder(int)  # default 2 * n_head
         m.cross_attn_config.use_bias = config_dict.placeholder(bool)  # default use_bias
+        # The seed's "next steps", all off by default:
+        m.n_layer_encoder = config_dict.placeholder(int)  # encoder depth; default n_layer
+        m.n_layer_decoder = config_dict.placeholder(int)  # decoder depth; default n_layer
+        # What the encoder output is pulled towards: CUM_MEAN (the seed: running mean of the
+        # embeddings) or CAUSAL_CONV (a learned causal depthwise convolution over them).
+        m.embedding_aggregation = "CUM_MEAN"
+        m.embedding_aggregation_kernel_size = 16  # CAUSAL_CONV window
 
     # Optimisation (names as in the seed's train configs).
     c.batch_size = 50  # sequences per micro-batch
@@ -77,6 +88,12 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.beta2 = 0.95
     c.random_seed = 1337
     c.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+
+    # Execution: how the same function is computed.
+    c.attention_impl = "auto"  # auto (cuDNN flash attention on GPU, XLA elsewhere) | xla | cudnn
+    c.ce_chunk_tokens = config_dict.placeholder(int)  # cross-entropy chunk; None: 8192 on GPU/TPU, whole on CPU; 0: whole
+    c.scan_layers = False  # stack each stack's blocks with nn.scan: compile time flat in depth (stacked params)
+    c.remat = False  # recompute block activations in the backward pass
 
     # Estimation, as the seed does it.
     c.est_interval = 500  # estimate every est_interval steps and at the last step
@@ -101,12 +118,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (one line, naming the key) for any bad value; SPEC.md item 8."""
     check_choice("model_type", c.model_type, MODEL_TYPES)
     check_choice("dtype", c.dtype, DTYPES)
+    check_choice("attention_impl", c.attention_impl, ATTENTION_IMPLS)
+    if c.ce_chunk_tokens is not None and c.ce_chunk_tokens < 0:
+        raise ConfigError(f"ce_chunk_tokens: must be >= 0, got {c.ce_chunk_tokens}")
     m = c.model_config
     for key in ("context_size", "n_embed", "n_head", "n_layer", "alphabet_size"):
         if not isinstance(m[key], int) or m[key] <= 0:
             raise ConfigError(f"model_config.{key}: must be a positive integer, got {m[key]!r}")
     if m.n_embed % m.n_head:
         raise ConfigError(f"model_config.n_head: n_embed={m.n_embed} is not divisible by n_head={m.n_head}")
+    check_choice("model_config.sub_pos_embed_to_decoder", m.sub_pos_embed_to_decoder, SUB_POS_EMBED_TYPES)
     if not 0.0 <= m.dropout_rate < 1.0:
         raise ConfigError(f"model_config.dropout_rate: must be in [0, 1), got {m.dropout_rate}")
     if c.model_type == "aed":
@@ -129,7 +150,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def _validate_aed(m: ml_collections.ConfigDict) -> None:
     check_choice("model_config.order_type", m.order_type, ORDER_TYPES)
-    check_choice("model_config.sub_pos_embed_to_decoder", m.sub_pos_embed_to_decoder, SUB_POS_EMBED_TYPES)
     check_choice("model_config.embedding_loss_type", m.embedding_loss_type, EMBEDDING_LOSS_TYPES)
     loss_keys = ("use_ln_on_encoder_out", "embedding_ln_type", "detach_type")
     if m.embedding_loss_type == "NONE":
@@ -144,6 +164,10 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
         check_choice("model_config.embedding_ln_type", m.embedding_ln_type, EMBEDDING_LN_TYPES)
         if m.embedding_loss_coeff is not None and not m.embedding_loss_coeff > 0:
             raise ConfigError(f"model_config.embedding_loss_coeff: must be > 0, got {m.embedding_loss_coeff}")
+    check_choice("model_config.embedding_aggregation", m.embedding_aggregation, EMBEDDING_AGGREGATIONS)
+    for key in ("n_layer_encoder", "n_layer_decoder", "embedding_aggregation_kernel_size"):
+        if m[key] is not None and m[key] <= 0:
+            raise ConfigError(f"model_config.{key}: must be a positive integer, got {m[key]}")
     heads = m.cross_attn_config.n_head
     if heads is not None and (heads <= 0 or m.n_embed % heads):
         raise ConfigError(f"model_config.cross_attn_config.n_head: n_embed={m.n_embed} is not divisible by {heads}")

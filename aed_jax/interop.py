@@ -19,6 +19,7 @@ model.json beside the npz, when present, must describe the same model as --confi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -44,6 +45,9 @@ ENUMS = {
     "embedding_ln_type": ("NONE", "INIT", "AVG_CUM_SUM"),
 }
 _ALIASES = {"COSINE_SIM": "COSINE", "CONSINE_SIM": "COSINE", "LOG_COSINE_SIM": "LOG_COSINE"}
+# Our "next steps" options, absent from the reference: exported only at these (the seed's) values.
+OURS_ONLY = {"n_layer_encoder": None, "n_layer_decoder": None, "embedding_aggregation": "CUM_MEAN",
+             "embedding_aggregation_kernel_size": 16}
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
@@ -77,7 +81,7 @@ def _relayout(path, array):
 def to_reference(params) -> dict[str, np.ndarray]:
     """flax params -> {reference name: float32 array in PyTorch layout}, output_layer.weight included."""
     arrays = {reference_name(path): _relayout(path, leaf)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+              for path, leaf in jax.tree_util.tree_flatten_with_path(model_lib.unstack_layers(params))[0]}
     arrays["output_layer.weight"] = arrays["token_embedding.weight"]
     return arrays
 
@@ -87,7 +91,8 @@ def from_reference(arrays: dict[str, np.ndarray], cfg: model_lib.ModelConfig, so
     mis-shaped or non-float key, or an output layer that is not the token embedding."""
     arrays = {k.removeprefix("_orig_mod."): v for k, v in arrays.items()}  # torch.compile's prefix
     arrays = {k: v for k, v in arrays.items() if not k.endswith(".tril")}  # the non-flash causal-mask buffer
-    template = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
+    per_layer = dataclasses.replace(cfg, scan_layers=False)  # the reference's layout; stacked at the end
+    template = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(per_layer), jax.random.key(0)))
     expected = {reference_name(path): (path, leaf.shape[::-1] if path[-1].key == "kernel" else leaf.shape)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
     expected["output_layer.weight"] = (None, expected["token_embedding.weight"][1])
@@ -105,7 +110,8 @@ def from_reference(arrays: dict[str, np.ndarray], cfg: model_lib.ModelConfig, so
         raise InteropError(f"{source}: {'; '.join(problems)}")
     if not np.array_equal(arrays["output_layer.weight"], arrays["token_embedding.weight"]):
         raise InteropError(f"{source}: output_layer.weight differs from token_embedding.weight; the model ties them")
-    return jax.tree_util.tree_map_with_path(lambda path, _: _relayout(path, arrays[reference_name(path)]), template)
+    params = jax.tree_util.tree_map_with_path(lambda path, _: _relayout(path, arrays[reference_name(path)]), template)
+    return model_lib.stack_layers(params, cfg)
 
 
 def reference_config(config: ml_collections.ConfigDict) -> dict:
@@ -113,6 +119,12 @@ def reference_config(config: ml_collections.ConfigDict) -> dict:
     cross-attention defaults made explicit."""
     cfg = model_lib.ModelConfig.from_config(config)
     out = config.model_config.to_dict()
+    ours_only = dict(OURS_ONLY, sub_pos_embed_to_decoder="NO") if cfg.model_type == "baseline" else OURS_ONLY
+    if changed := sorted(k for k, default in ours_only.items() if out.get(k, default) != default):
+        raise InteropError(f"model_config {changed}: options the reference implementation does not have")
+    if cfg.embedding_loss_type == "HUBER":
+        raise InteropError("model_config.embedding_loss_type: HUBER is not in the reference implementation")
+    out = {k: v for k, v in out.items() if k not in ours_only}
     for key, names in ENUMS.items():
         if out.get(key) is not None:
             out[key] = names.index(out[key]) + 1
@@ -144,7 +156,8 @@ def model_config_from_reference(ref: dict, model_type: str) -> model_lib.ModelCo
 
 def _architecture(cfg: model_lib.ModelConfig) -> dict:
     """What defines the model, with the defaults of cross_attn_config and the loss coefficient resolved."""
-    skip = ("dtype", "remat", "cross_n_head", "cross_use_bias", "embedding_loss_coeff")
+    skip = ("dtype", "remat", "scan_layers", "attention_impl", "ce_chunk_tokens", "cross_n_head", "cross_use_bias",
+            "embedding_loss_coeff")
     out = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in skip}
     if cfg.model_type == "aed":
         out.update(cross_heads=cfg.cross_heads, cross_bias=cfg.cross_bias,
@@ -155,12 +168,15 @@ def _architecture(cfg: model_lib.ModelConfig) -> dict:
 def export(workdir: str, out: str, checkpoint: str = "latest") -> tuple[str, str]:
     """Writes `out` (the npz) and the model_config JSON beside it; returns both paths."""
     params, config, _ = checkpoint_lib.restore_params(workdir, checkpoint)
+    reference = reference_config(config)  # refuses options the reference lacks before writing anything
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
+    with open(out + ".tmp", "wb") as f:  # a file object, so numpy does not append ".npz" to the name
         np.savez(f, **to_reference(params))
+    os.replace(out + ".tmp", out)
     json_path = os.path.splitext(out)[0] + ".json"
-    with open(json_path, "w") as f:
-        json.dump(reference_config(config), f, indent=2)
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(reference, f, indent=2)
+    os.replace(json_path + ".tmp", json_path)
     return out, json_path
 
 

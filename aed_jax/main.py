@@ -18,24 +18,27 @@ from aed_jax import data
 from aed_jax import tokenizer
 from aed_jax import train
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
-                               "default: config.workdir, else runs/<config file name>.")
-_FRESH = flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints and metrics and start over.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+def define_flags() -> None:
+    """The command's flags; defined only when run as a command, so importing this module defines none."""
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
+                        "default: config.workdir, else runs/<config file name>.")
+    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints and metrics and start over.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 
 
 def main(argv):
     cli.no_extra_args(argv)
-    c = cli.get_config(_CONFIG)
-    if _DISTRIBUTED.value:
+    c = cli.get_config()
+    fv = flags.FLAGS
+    if fv.distributed:
         jax.distributed.initialize()
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    workdir = _WORKDIR.value or c.workdir or os.path.join("runs", name)
+    workdir = fv.workdir or c.workdir or os.path.join("runs", name)
     logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,
                  jax.process_count(), workdir)
     try:
-        est = train.train_and_evaluate(c, workdir, fresh=_FRESH.value)
+        est = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
     except (train.TrainError, data.DataError, tokenizer.TokenizerError, checkpoint.CheckpointError,
             config_lib.ConfigError) as e:
         cli.fail(str(e))
@@ -44,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -22,9 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from aed_jax import config as config_lib
+from aed_jax import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +38,10 @@ class ModelConfig:
     n_layer: int = 13
     use_bias: bool = False
     dropout_rate: float = 0.0
+    sub_pos_embed_to_decoder: str = "NO"  # AED in the seed; the baseline's as a "next step" option
     # AED only (SPEC.md "AED model"); the seed's names and enum strings.
     order_type: str = "ORIGINAL"
     add_pos_embed_to_decoder: bool = False
-    sub_pos_embed_to_decoder: str = "NO"
     use_ln_on_encoder_out: bool | None = None
     add_ln_before_decoder_ff: bool = False
     embedding_loss_type: str = "NONE"
@@ -50,8 +50,16 @@ class ModelConfig:
     embedding_ln_type: str | None = None
     cross_n_head: int | None = None  # cross_attn_config.n_head; None -> 2 * n_head
     cross_use_bias: bool | None = None  # cross_attn_config.use_bias; None -> use_bias
-    # Execution.
+    # The seed's "next steps" (off by default). Unequal depths keep the residual init at n_layer.
+    n_layer_encoder: int | None = None
+    n_layer_decoder: int | None = None
+    embedding_aggregation: str = "CUM_MEAN"  # or CAUSAL_CONV: a learned causal depthwise convolution
+    embedding_aggregation_kernel_size: int = 16
+    # Execution: the same function, computed differently.
     dtype: Any = jnp.float32  # compute dtype
+    attention_impl: str = "auto"  # auto: cuDNN flash attention on GPU in bf16/fp16, XLA elsewhere
+    ce_chunk_tokens: int | None = None  # None: 8192 on GPU/TPU, unchunked on CPU; 0: unchunked
+    scan_layers: bool = False  # nn.scan over each stack (stacked parameters; see unstack_layers)
     remat: bool = False  # recompute block activations in the backward pass
 
     def __post_init__(self):
@@ -62,6 +70,8 @@ class ModelConfig:
         _check("embedding_loss_type", self.embedding_loss_type, config_lib.EMBEDDING_LOSS_TYPES)
         _check("detach_type", self.detach_type, config_lib.DETACH_TYPES + (None,))
         _check("embedding_ln_type", self.embedding_ln_type, config_lib.EMBEDDING_LN_TYPES + (None,))
+        _check("embedding_aggregation", self.embedding_aggregation, config_lib.EMBEDDING_AGGREGATIONS)
+        _check("attention_impl", self.attention_impl, config_lib.ATTENTION_IMPLS)
         heads = (self.n_head, self.cross_heads) if self.model_type == "aed" else (self.n_head,)
         if any(self.n_embed % h for h in heads):
             raise config_lib.ConfigError(f"n_embed={self.n_embed} is not divisible by the head counts {heads}")
@@ -81,15 +91,31 @@ class ModelConfig:
     @property
     def pos_rows(self) -> int:
         """T+1 rows when a "next position" embedding is used, else T (SPEC.md AED item 1)."""
-        extra = self.model_type == "aed" and (self.add_pos_embed_to_decoder or self.sub_pos_embed_to_decoder != "NO")
+        extra = (self.model_type == "aed" and self.add_pos_embed_to_decoder) or self.sub_pos_embed_to_decoder != "NO"
         return self.context_size + int(extra)
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.n_layer_encoder or self.n_layer
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_layer_decoder or self.n_layer
+
+    @property
+    def ce_chunk(self) -> int:
+        """Tokens per cross-entropy chunk, 0 for unchunked; None means 8192 on accelerators."""
+        if self.ce_chunk_tokens is None:
+            return 8192 if jax.default_backend() in ("gpu", "tpu") else 0
+        return self.ce_chunk_tokens
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict, dtype: Any = jnp.float32, **kw) -> "ModelConfig":
         m = c.model_config.to_dict()
         cross = m.pop("cross_attn_config", None) or {}
+        execution = {k: c[k] for k in ("attention_impl", "ce_chunk_tokens", "scan_layers", "remat") if k in c}
         return cls(model_type=c.model_type, cross_n_head=cross.get("n_head"), cross_use_bias=cross.get("use_bias"),
-                   dtype=dtype, **m, **kw)
+                   dtype=dtype, **m, **{**execution, **kw})
 
 
 def _dense(cfg: ModelConfig, features: int, name: str, residual: bool = False, use_bias: bool | None = None):
@@ -136,14 +162,25 @@ def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH):
     return jax.nn.dot_product_attention(q_BxSxNxH, key.value, value.value, mask=mask_SxC[None, None])
 
 
-def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool):
+def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool, impl: str = "xla"):
     """Causal multi-head attention (query t sees keys <= t), with dropout on the probabilities.
 
-    Without dropout this is `jax.nn.dot_product_attention`, which a GPU may run as cuDNN flash
-    attention; dropout on the probabilities needs them explicitly, so that path is written out.
+    Without dropout this is `jax.nn.dot_product_attention`: cuDNN flash attention on a GPU in
+    bf16/fp16 (impl "auto" or "cudnn"), XLA elsewhere. cuDNN wants a head size that is a multiple
+    of 8 (the seed's AED has 30 and 15): q, k, v are zero-padded to one, which changes no score
+    (the scale stays 1/sqrt(head size)) and only adds zero columns to the output, sliced off.
+    Dropout on the probabilities needs them explicitly, so that path is written out.
     """
     if deterministic or dropout.rate == 0.0:
-        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
+        h = q_BxTxNxH.shape[-1]
+        if impl == "auto":
+            impl = "cudnn" if jax.default_backend() == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+        if impl == "xla":
+            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
+        pad = [(0, 0)] * 3 + [(0, -h % 8)]
+        out = jax.nn.dot_product_attention(*(jnp.pad(a, pad) for a in (q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)),
+                                           scale=1.0 / math.sqrt(h), is_causal=True, implementation="cudnn")
+        return out[..., :h]
     scale = 1.0 / math.sqrt(q_BxTxNxH.shape[-1])
     logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
     t, s = logits_BxNxTxS.shape[-2:]
@@ -166,7 +203,7 @@ class SelfAttention(nn.Module):
         if _decoding(self):
             out_BxTxNxH = cached_attention(self, q, k, v)
         else:
-            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic, cfg.attention_impl)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True)(out_BxTxNxH.reshape(b, t, d))
         return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
 
@@ -185,7 +222,7 @@ class CrossAttention(nn.Module):
         if _decoding(self):  # the encoder side grows by one position a token, like self-attention's
             out_BxTxNxH = cached_attention(self, q, k, v)
         else:
-            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic)
+            out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic, cfg.attention_impl)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True, use_bias=cfg.cross_bias)(out_BxTxNxH.reshape(b, t, d))
         return nn.Dropout(cfg.dropout_rate)(out_BxTxD, deterministic=deterministic)
 
@@ -232,43 +269,66 @@ class DecoderBlock(nn.Module):
         return x_BxTxD + FeedForward(cfg, name="decoder_feed_forward")(_layer_norm(cfg, "decoder_ln2")(x_BxTxD), deterministic)
 
 
-def _block(cfg: ModelConfig, cls):
-    """The block class, rematerialised when asked; `deterministic` (the last argument) stays static."""
-    if not cfg.remat:
-        return cls
-    return nn.remat(cls, static_argnums=(2,) if cls is Block else (3,))
+class _Layer(nn.Module):
+    """One block as an nn.scan body: (x, enc) -> (x, None), its parameters under "block"."""
+    cfg: ModelConfig
+    decoder: bool
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, enc_BxTxD):
+        if self.decoder:
+            return DecoderBlock(self.cfg, name="block")(enc_BxTxD, x_BxTxD, self.deterministic), None
+        return Block(self.cfg, name="block")(x_BxTxD, self.deterministic), None
 
 
-def cross_entropy(logits_BxTxV, targets_BxT):
-    """Mean next-token cross-entropy in float32 over every position."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT).mean()
-
-
-def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):
-    """Per-position disaffinity between the running mean of the embeddings and the encoder output.
-
-    The mean of these terms over positions is the embedding loss: for MSE it equals the mean over
-    every element, since every position has D features.
-    """
-    if loss_type == "MSE":
-        return jnp.mean(jnp.square(avg_BxTxD - enc_BxTxD), axis=-1)
-    eps = 1e-8  # torch.nn.functional.cosine_similarity clamps each norm at eps
-    norms_BxT = (jnp.maximum(jnp.linalg.norm(avg_BxTxD, axis=-1), eps)
-                 * jnp.maximum(jnp.linalg.norm(enc_BxTxD, axis=-1), eps))
-    cos_BxT = jnp.sum(avg_BxTxD * enc_BxTxD, axis=-1) / norms_BxT
-    if loss_type == "COSINE":
-        return 1.0 - (cos_BxT + 1.0) / 2.0
-    return -jnp.log((cos_BxT + 1.0) / 2.0)  # LOG_COSINE
+def _stack(cfg: ModelConfig, name: str, depth: int, x_BxTxD, enc_BxTxD=None, deterministic: bool = True):
+    """`depth` blocks (decoder blocks when `enc_BxTxD` is given) named `<name>_<i>` like the reference,
+    or with `scan_layers` one nn.scan over them, parameters stacked under `<name>/block`."""
+    decoder = enc_BxTxD is not None
+    if cfg.scan_layers:
+        layer = nn.remat(_Layer, prevent_cse=False) if cfg.remat else _Layer
+        scanned = nn.scan(layer, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast, length=depth)
+        return scanned(cfg, decoder, deterministic, name=name)(x_BxTxD, enc_BxTxD)[0]
+    cls = DecoderBlock if decoder else Block
+    if cfg.remat:  # `deterministic`, the last argument, stays static
+        cls = nn.remat(cls, static_argnums=(3,) if decoder else (2,))
+    for i in range(depth):
+        args = (enc_BxTxD, x_BxTxD) if decoder else (x_BxTxD,)
+        x_BxTxD = cls(cfg, name=f"{name}_{i}")(*args, deterministic)
+    return x_BxTxD
 
 
 LOSS_KEYS = ("ce", "embedding_loss", "scaled_embedding_loss", "total")
 
 
-def _losses(logits_BxTxV, targets_BxT, emb_loss=None, coeff: float = 0.0):
+def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, emb_loss=None):
+    """Tied output layer and the losses dict. With `ce_chunk`, the cross-entropy streams through the
+    vocabulary in chunks; the full logits are still returned, and under jit XLA drops them when
+    only the loss is used (the train step)."""
+    logits_BxTxV = embed.attend(out_BxTxD).astype(jnp.float32)
     zero = jnp.zeros((), jnp.float32)
-    ce = cross_entropy(logits_BxTxV, targets_BxT) if targets_BxT is not None else zero
+    if targets_BxT is None:
+        ce = zero
+    elif cfg.ce_chunk:
+        ce = losses.chunked_cross_entropy(out_BxTxD, embed.embedding, targets_BxT, cfg.ce_chunk, cfg.dtype)
+    else:
+        ce = losses.cross_entropy(logits_BxTxV, targets_BxT)
     emb = zero if emb_loss is None else emb_loss
-    return {"ce": ce, "embedding_loss": emb, "scaled_embedding_loss": coeff * emb, "total": ce + coeff * emb}
+    coeff = cfg.loss_coeff if emb_loss is not None else 0.0
+    return logits_BxTxV, {"ce": ce, "embedding_loss": emb, "scaled_embedding_loss": coeff * emb,
+                          "total": ce + coeff * emb}
+
+
+def _sub_next_positions(cfg: ModelConfig, out_BxTxD, pos: nn.Embed, positions_T):
+    """SPEC.md AED step 5: subtract the next positions' embeddings; YES_LN then applies a LayerNorm."""
+    if cfg.sub_pos_embed_to_decoder == "NO":
+        return out_BxTxD
+    out_BxTxD = out_BxTxD - pos(positions_T + 1)[None]
+    if cfg.sub_pos_embed_to_decoder == "YES_LN":
+        out_BxTxD = _layer_norm(cfg, "post_sub_pos_ln")(out_BxTxD)
+    return out_BxTxD
 
 
 class GPT(nn.Module):
@@ -279,13 +339,11 @@ class GPT(nn.Module):
     def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
         """with_embedding_loss: accepted for a uniform call; the baseline has no embedding loss."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
-        embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
-        x_BxTxD = embed(tokens_BxT) + _embed(cfg, cfg.pos_rows, "positional_embedding")(positions_T)[None]
-        x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
-        for i in range(cfg.n_layer):
-            x_BxTxD = _block(cfg, Block)(cfg, name=f"transformer_blocks_{i}")(x_BxTxD, not train)
-        logits_BxTxV = embed.attend(_layer_norm(cfg, "ln")(x_BxTxD)).astype(jnp.float32)
-        return logits_BxTxV, _losses(logits_BxTxV, targets_BxT)
+        embed, pos = _embed(cfg, cfg.alphabet_size, "token_embedding"), _embed(cfg, cfg.pos_rows, "positional_embedding")
+        x_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
+        x_BxTxD = _stack(cfg, "transformer_blocks", cfg.n_layer, x_BxTxD, deterministic=not train)
+        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), pos, positions_T)
+        return _head(cfg, embed, out_BxTxD, targets_BxT)
 
 
 class AED(nn.Module):
@@ -297,13 +355,10 @@ class AED(nn.Module):
         """with_embedding_loss: compute the embedding loss (default: only when training, as the
         reference does); True in eval mode reports it without dropout."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
-        embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
-        pos = _embed(cfg, cfg.pos_rows, "positional_embedding")
+        embed, pos = _embed(cfg, cfg.alphabet_size, "token_embedding"), _embed(cfg, cfg.pos_rows, "positional_embedding")
         # 2. Input embeddings and the causal encoder.
         emb_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
-        enc_BxTxD = emb_BxTxD
-        for i in range(cfg.n_layer):
-            enc_BxTxD = _block(cfg, Block)(cfg, name=f"encoder_transformer_blocks_{i}")(enc_BxTxD, not train)
+        enc_BxTxD = _stack(cfg, "encoder_transformer_blocks", cfg.encoder_layers, emb_BxTxD, deterministic=not train)
         # 3. Bridge to the decoder.
         dec_BxTxD = enc_BxTxD
         if cfg.add_ln_before_decoder_ff:
@@ -312,15 +367,9 @@ class AED(nn.Module):
         if cfg.add_pos_embed_to_decoder:
             dec_BxTxD = dec_BxTxD + pos(positions_T + 1)[None]
         # 4. Decoder: every block cross-attends to the same raw encoder output.
-        for i in range(cfg.n_layer):
-            dec_BxTxD = _block(cfg, DecoderBlock)(cfg, name=f"decoder_transformer_blocks_{i}")(enc_BxTxD, dec_BxTxD, not train)
+        dec_BxTxD = _stack(cfg, "decoder_transformer_blocks", cfg.decoder_layers, dec_BxTxD, enc_BxTxD, not train)
         # 5. Final LN, optional subtraction of the "next" positions' embeddings, tied output layer.
-        out_BxTxD = _layer_norm(cfg, "ln")(dec_BxTxD)
-        if cfg.sub_pos_embed_to_decoder != "NO":
-            out_BxTxD = out_BxTxD - pos(positions_T + 1)[None]
-            if cfg.sub_pos_embed_to_decoder == "YES_LN":
-                out_BxTxD = _layer_norm(cfg, "post_sub_pos_ln")(out_BxTxD)
-        logits_BxTxV = embed.attend(out_BxTxD).astype(jnp.float32)
+        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(dec_BxTxD), pos, positions_T)
         # 6. Embedding loss (training mode only, as in the reference).
         emb_loss = None
         with_embedding_loss = train if with_embedding_loss is None else with_embedding_loss
@@ -328,7 +377,7 @@ class AED(nn.Module):
             emb_loss = self._embedding_loss(emb_BxTxD, enc_BxTxD)
         elif self.is_initializing():
             self._declare_embedding_lns(emb_BxTxD)
-        return logits_BxTxV, _losses(logits_BxTxV, targets_BxT, emb_loss, cfg.loss_coeff)
+        return _head(cfg, embed, out_BxTxD, targets_BxT, emb_loss)
 
     def _embedding_lns(self):
         """LayerNorms of the embedding loss, always with bias. The reference creates `embeddings_ln`
@@ -356,11 +405,17 @@ class AED(nn.Module):
             enc_BxTxD = enc_ln(enc_BxTxD)
         if cfg.embedding_ln_type == "INIT":
             emb_BxTxD = emb_ln(emb_BxTxD)
-        count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
-        avg_BxTxD = jnp.cumsum(emb_BxTxD, axis=1) / count_T[None, :, None]
+        if cfg.embedding_aggregation == "CUM_MEAN":
+            count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
+            avg_BxTxD = jnp.cumsum(emb_BxTxD, axis=1) / count_T[None, :, None]
+        else:  # CAUSAL_CONV: position t mixes positions t-K+1..t, one learned filter a feature
+            k = cfg.embedding_aggregation_kernel_size
+            conv = nn.Conv(cfg.n_embed, (k,), padding=[(k - 1, 0)], feature_group_count=cfg.n_embed,
+                           kernel_init=nn.initializers.constant(1.0 / k), name="embedding_aggregation")
+            avg_BxTxD = conv(emb_BxTxD)
         if cfg.embedding_ln_type == "AVG_CUM_SUM":
             avg_BxTxD = emb_ln(avg_BxTxD)
-        terms_BxT = embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
+        terms_BxT = losses.embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
         self.sow("intermediates", "embedding_loss_BxT", terms_BxT)
         return terms_BxT.mean()
 
@@ -385,3 +440,29 @@ def count_params(params, exclude_positional: bool = True) -> int:
     if exclude_positional:
         params = {k: v for k, v in params.items() if k != "positional_embedding"}
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def unstack_layers(params):
+    """Parameters of a `scan_layers` model in the per-layer layout (`<stack>_<i>`) of the reference
+    and of the unscanned model; other parameters pass through unchanged."""
+    out = {}
+    for name, sub in params.items():
+        if isinstance(sub, dict) and set(sub) == {"block"}:
+            depth = jax.tree_util.tree_leaves(sub)[0].shape[0]
+            out.update({f"{name}_{i}": jax.tree_util.tree_map(lambda a, i=i: a[i], sub["block"]) for i in range(depth)})
+        else:
+            out[name] = sub
+    return out
+
+
+def stack_layers(params, cfg: ModelConfig):
+    """The inverse of `unstack_layers` for `cfg` (a no-op unless cfg.scan_layers)."""
+    if not cfg.scan_layers:
+        return params
+    stacks = {"transformer_blocks": cfg.n_layer} if cfg.model_type == "baseline" else {
+        "encoder_transformer_blocks": cfg.encoder_layers, "decoder_transformer_blocks": cfg.decoder_layers}
+    out = {k: v for k, v in params.items() if not any(k.startswith(f"{name}_") for name in stacks)}
+    for name, depth in stacks.items():
+        layers = [params[f"{name}_{i}"] for i in range(depth)]
+        out[name] = {"block": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)}
+    return out

@@ -8,9 +8,6 @@ import jax
 from aed_jax import cli
 from aed_jax import model as model_lib
 
-_CONFIG = cli.define_config_flag()
-
-
 def summarize(config) -> str:
     """The table as text; parameters are shapes only (jax.eval_shape), so nothing is allocated."""
     cfg = model_lib.ModelConfig.from_config(config)
@@ -27,8 +24,9 @@ def summarize(config) -> str:
 
 def main(argv):
     cli.no_extra_args(argv)
-    print(summarize(cli.get_config(_CONFIG)))
+    print(summarize(cli.get_config()))
 
 
 if __name__ == "__main__":
+    cli.define_config_flag()
     cli.run(main)

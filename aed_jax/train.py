@@ -188,7 +188,7 @@ def _write_json_atomic(path: str, obj) -> None:
 
 
 def _model_config_diff(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
-    flat = lambda c: {"model_type": c.get("model_type"), **{
+    flat = lambda c: {"model_type": c.get("model_type"), "scan_layers": c.get("scan_layers", False), **{
         f"model_config.{k}": v for k, v in _flatten(c.model_config.to_dict()).items()}}
     a, b = flat(saved), flat(current)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

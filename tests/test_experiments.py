@@ -1,0 +1,106 @@
+"""The reproduction's smoke suite (results.md, results.csv, figures) and the Colab notebook, run headless on CPU."""
+import csv
+import os
+import struct
+import subprocess
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
+from experiments import reproduce  # noqa: E402
+
+
+def png_size(path):
+    """(width, height) of a PNG, read from its IHDR chunk."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke suite run once through its CLI, on a small synthetic token folder (nanoGPT names)."""
+    data_dir, out = tmp_path_factory.mktemp("tokens"), tmp_path_factory.mktemp("smoke")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20000), ("val", 4000)):
+        rng.integers(0, 64, n).astype(np.uint16).tofile(data_dir / f"{split}.bin")
+    command = [sys.executable, "-m", "experiments.reproduce", "--suite", "smoke", "--out", str(out),
+               "--data_dir", str(data_dir)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, command, result
+
+
+def test_smoke_suite_writes_results_and_figures(smoke):
+    out, command, result = smoke
+    names = [run.name for run in reproduce.SUITES["smoke"].runs]
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == names
+    for r in rows:
+        assert r["status"] == "finished" and r["step"] == r["train_steps"] == "6", r
+        for key in ("train_loss", "val_loss", "wall_time_s", "tokens_per_s", "params", "seed_train_loss",
+                    "seed_val_loss"):
+            assert float(r[key]) > 0, (key, r)
+    assert float(rows[0]["embedding_loss"]) > 0 and rows[1]["embedding_loss"] == ""  # the AED has an embedding loss
+    assert (rows[0]["seed_val_loss"], rows[1]["seed_val_loss"]) == ("3.378", "3.424")
+
+    md = (out / "results.md").read_text()
+    assert "| run | status | steps | params | train loss | seed | val loss | seed |" in md
+    assert "|   | Train loss | seed | Val loss | seed | Size (params) | seed |" in md
+    for r in rows:
+        line = next(line for line in md.splitlines() if line.startswith(f"| {r['label']} (`{r['run']}`)"))
+        assert f"{float(r['train_loss']):.3f}" in line and f"{float(r['seed_val_loss']):.3f}" in line
+
+    for name in ("embedding_loss", "baselines"):
+        assert f"]({name}.png)" in md
+        width, height = png_size(out / f"{name}.png")
+        assert width > 600 and height > 300 and os.path.getsize(out / f"{name}.png") > 20_000
+
+    for r in rows:  # run.json of each workdir
+        assert os.path.isfile(out / r["run"] / "run.json")
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count(": skipped") == 2, again.stdout
+
+
+def test_cli_reports_user_errors_in_one_line():
+    for args, message in ((["--runs", "nope"], "unknown run 'nope'"),
+                          (["--suite", "smoke", "--scale", "mini"], "--scale")):
+        result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_colab_notebook_runs_headless_on_cpu(tmp_path, smoke):
+    """Executes experiments/colab.ipynb with a tiny CPU setting injected after its parameters cell.
+
+    Depends on `smoke` only so that it runs after it: the tiny config and its smoke overrides are
+    the same, so the notebook's train step comes from the persistent compilation cache.
+    """
+    nb = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
+    index = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
+    workdir, data_dir = tmp_path / "run", tmp_path / "data"
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
+        f"CONFIG = 'configs/tiny.py'\nOVERRIDES = {reproduce.SMOKE_OVERRIDES!r}\nWORKDIR = {str(workdir)!r}\n"
+        f"DATA_DIR = {str(data_dir)!r}\nEVAL_BATCHES = 2\nMAX_NEW_TOKENS = 5\nPROMPT = 'Paris is'",
+        metadata={"tags": ["injected-parameters"]}))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+
+    text = lambda cell: "".join(o.get("text", "") for o in cell.get("outputs", []))
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert "devices:" in "".join(map(text, code))
+    assert os.path.isfile(data_dir / "wiki_vital_train.bin")  # the built-in corpus, really prepared
+    assert "step 6: train loss" in "".join(map(text, code))
+    assert png_size(workdir / "curves.png")[0] > 600
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for cell in code for o in cell.outputs)
+    assert "ce_loss" in "".join(map(text, code)) and "perplexity" in "".join(map(text, code))
+    assert text(code[-1]).startswith("Paris is") and len(text(code[-1]).strip()) > len("Paris is")

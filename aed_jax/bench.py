@@ -34,11 +34,11 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
     """Training FLOPs per token by the formula in this module's docstring."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    names = [jax.tree_util.keystr(path) for path, _ in flat]
-    matmul = sum(x.size for name, (_, x) in zip(names, flat) if name.endswith("['kernel']"))
-    matmul += cfg.alphabet_size * cfg.n_embed
-    n_attention = sum(name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")) for name in names)
+    flat = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]]
+    matmul = sum(x.size for name, x in flat if name.endswith("['kernel']")) + cfg.alphabet_size * cfg.n_embed
+    # One attention per q/k/v projection; a scanned stack holds its layers' kernels as [L, in, out].
+    n_attention = sum(x.shape[0] if x.ndim == 3 else 1 for name, x in flat
+                      if name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")))
     return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
 
 

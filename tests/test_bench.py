@@ -1,4 +1,6 @@
 """The benchmark command: its FLOPs formula against a hand count, and a CPU smoke run."""
+import dataclasses
+
 import jax
 import pytest
 
@@ -18,6 +20,9 @@ def test_flops_per_token_matches_the_hand_count():
     # attention in L encoder blocks and 2 L decoder attentions.
     expected = 6 * (L * 12 * D * D + L * 16 * D * D + D * D + V * D) + 12 * 3 * L * T * D
     assert bench.flops_per_token(params, aed) == expected
+    scanned = dataclasses.replace(aed, scan_layers=True)
+    params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(scanned), jax.random.key(0)))
+    assert bench.flops_per_token(params, scanned) == expected
 
 
 def test_bench_runs_on_cpu():

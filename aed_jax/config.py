@@ -56,7 +56,7 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
         m.add_pos_embed_to_decoder = False  # add pos_emb(1..T) to the decoder input
         m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on enc before the embedding loss
         m.add_ln_before_decoder_ff = False  # LN before the encoder->decoder Linear
-        m.embedding_loss_type = "NONE"  # NONE | MSE | COSINE | LOG_COSINE
+        m.embedding_loss_type = "NONE"  # NONE | MSE | COSINE | LOG_COSINE | HUBER
         m.detach_type = config_dict.placeholder(str)  # NONE | EMBEDDING | ENCODER_OUT
         m.embedding_loss_coeff = config_dict.placeholder(float)  # scale of the embedding loss
         m.embedding_ln_type = config_dict.placeholder(str)  # NONE | INIT | AVG_CUM_SUM
@@ -156,6 +156,9 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
         for key in loss_keys + ("embedding_loss_coeff",):
             if m[key] is not None:
                 raise ConfigError(f"model_config.{key}: must be unset (None) when embedding_loss_type is NONE")
+        if m.embedding_aggregation != "CUM_MEAN":
+            raise ConfigError("model_config.embedding_aggregation: only the embedding loss uses it; "
+                              "it must stay CUM_MEAN when embedding_loss_type is NONE")
     else:
         for key in loss_keys:
             if m[key] is None:

@@ -14,7 +14,9 @@ def summarize(config) -> str:
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
     rows = [(name, sum(x.size for x in jax.tree_util.tree_leaves(sub))) for name, sub in params.items()]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{cfg.model_type} model: n_embed={cfg.n_embed} n_head={cfg.n_head} n_layer={cfg.n_layer} "
+    depth = (f"n_layer={cfg.n_layer}" if cfg.model_type == "baseline" else
+             f"n_layer={cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder")
+    lines = [f"{cfg.model_type} model: n_embed={cfg.n_embed} n_head={cfg.n_head} {depth} "
              f"context_size={cfg.context_size} vocab={cfg.alphabet_size}", f"{'module':<{width}}  {'params':>12}"]
     lines += [f"{name:<{width}}  {n:>12,}" + ("  (excluded)" if name == "positional_embedding" else "")
               for name, n in rows]

@@ -72,7 +72,7 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": losses["total"], **{k: v for k, v in losses.items() if k != "total"},
-               "grad_norm": optax.tree_utils.tree_l2_norm(grads)}
+               "grad_norm": optax.tree_utils.tree_norm(grads)}
     return params, opt_state, metrics
 
 

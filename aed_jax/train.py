@@ -262,7 +262,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     def estimate(step: int) -> dict:
         out = {}
         for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            seed = (c.random_seed, step, split == "val", jax.process_index())
+            seed = (c.random_seed, step, int(split == "val"), jax.process_index())
             sums = [jax.device_get(eval_fn(state["params"], to_global(b)))
                     for b in data.random_batches(tokens, T, c.batch_size // n_proc, c.est_steps, seed)]
             out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
@@ -270,6 +270,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         return out
 
     def save(step: int, est: dict | None) -> None:
+        state["step"] = jax.device_put(np.int32(step), replicated)  # a global array, as on every host
         checkpoint.save(latest, step, state, c, train_iter)
         if est is not None:
             checkpoint.save(best, step, state, c, metrics={"val_loss": est["val_loss"]})
@@ -299,7 +300,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         for i in range(start, c.train_steps):
             params, opt_state, metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
                                                  jax.random.fold_in(dropout_key, i))
-            state = {"step": jnp.asarray(i + 1, jnp.int32), "params": params, "opt_state": opt_state}
+            state = {"step": state["step"], "params": params, "opt_state": opt_state}
             if pending is not None:
                 record(*pending)
             pending = (i, metrics)

@@ -43,7 +43,7 @@ def test_model_with_chunked_ce_gives_the_same_loss_and_gradients(model_type):
     chunked = model_lib.make_model(dataclasses.replace(cfg, ce_chunk_tokens=7))
     params = model_lib.init_params(model, jax.random.key(0))
     x, y = tokens(cfg, 1), tokens(cfg, 2)
-    loss = lambda m: jax.value_and_grad(lambda p: m.apply({"params": p}, x, y, train=True)[1]["total"])(params)
+    loss = lambda m: jax.jit(jax.value_and_grad(lambda p: m.apply({"params": p}, x, y, train=True)[1]["total"]))(params)
     (l1, g1), (l2, g2) = loss(model), loss(chunked)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
@@ -65,7 +65,7 @@ def test_scanned_stacks_are_the_same_function(model_type, remat):
     x, y = tokens(cfg, 1), tokens(cfg, 2)
 
     def loss_and_grads(m, p):
-        return jax.value_and_grad(lambda p: m.apply({"params": p}, x, y, train=True)[1]["total"])(p)
+        return jax.jit(jax.value_and_grad(lambda p: m.apply({"params": p}, x, y, train=True)[1]["total"]))(p)
 
     (l1, g1), (l2, g2) = loss_and_grads(model, params), loss_and_grads(scanned, stacked)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)

@@ -14,14 +14,15 @@ def cross_entropy(logits_BxTxV, targets_BxT):
 def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: int, dtype=jnp.float32):
     """`cross_entropy(out @ embedding.T, targets)` without the [B*T, V] float32 logits in memory.
 
-    The B*T rows go through the tied output layer `chunk_tokens` at a time inside a rematerialised
-    scan, so the forward keeps one chunk's logits and the backward recomputes them chunk by chunk.
+    The B*T rows go through the tied output layer at most `chunk_tokens` at a time inside a
+    rematerialised scan, so the forward keeps one chunk's logits and the backward recomputes them chunk by chunk.
     The matmul runs in `dtype` with float32 accumulation, as the unchunked path does.
     """
     d = out_BxTxD.shape[-1]
     out_NxD, targets_N = out_BxTxD.reshape(-1, d), targets_BxT.reshape(-1)
     n = out_NxD.shape[0]
     chunks = -(-n // chunk_tokens)
+    chunk_tokens = -(-n // chunks)  # the same number of chunks, evened out: padding < chunks rows
     pad = chunks * chunk_tokens - n
     out_CxKxD = jnp.pad(out_NxD, ((0, pad), (0, 0))).reshape(chunks, chunk_tokens, d).astype(dtype)
     targets_CxK = jnp.pad(targets_N, (0, pad)).reshape(chunks, chunk_tokens)

@@ -15,9 +15,11 @@ token at a time) and sees every earlier position, as the full window would. aed_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,25 +164,39 @@ def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH):
     return jax.nn.dot_product_attention(q_BxSxNxH, key.value, value.value, mask=mask_SxC[None, None])
 
 
+def padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, implementation: str = "cudnn"):
+    """Causal attention with the head size zero-padded to a multiple of 8, as cuDNN wants (the seed's
+    AED has heads of 30 and 15). Padding changes no score (the scale stays 1/sqrt(head size)) and
+    only adds zero columns to the output, which are sliced off."""
+    h = q_BxTxNxH.shape[-1]
+    pad = [(0, 0)] * 3 + [(0, -h % 8)]
+    out = jax.nn.dot_product_attention(*(jnp.pad(a, pad) for a in (q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)),
+                                       scale=1.0 / math.sqrt(h), is_causal=True, implementation=implementation)
+    return out[..., :h]
+
+
+@functools.cache
+def _warn_cudnn_fallback(reason: str) -> None:
+    logging.warning("attention_impl=auto: cuDNN flash attention unavailable (%s); using XLA attention", reason)
+
+
 def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool, impl: str = "xla"):
     """Causal multi-head attention (query t sees keys <= t), with dropout on the probabilities.
 
-    Without dropout this is `jax.nn.dot_product_attention`: cuDNN flash attention on a GPU in
-    bf16/fp16 (impl "auto" or "cudnn"), XLA elsewhere. cuDNN wants a head size that is a multiple
-    of 8 (the seed's AED has 30 and 15): q, k, v are zero-padded to one, which changes no score
-    (the scale stays 1/sqrt(head size)) and only adds zero columns to the output, sliced off.
+    Without dropout this is `jax.nn.dot_product_attention`: impl "cudnn" is cuDNN flash attention
+    (`padded_attention`), "xla" XLA's, and "auto" cuDNN on a GPU in bf16/fp16, XLA elsewhere and
+    wherever cuDNN refuses the call (no cuDNN, an unsupported GPU or shape: jax checks at trace time).
     Dropout on the probabilities needs them explicitly, so that path is written out.
     """
     if deterministic or dropout.rate == 0.0:
-        h = q_BxTxNxH.shape[-1]
-        if impl == "auto":
-            impl = "cudnn" if jax.default_backend() == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16) else "xla"
-        if impl == "xla":
-            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
-        pad = [(0, 0)] * 3 + [(0, -h % 8)]
-        out = jax.nn.dot_product_attention(*(jnp.pad(a, pad) for a in (q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)),
-                                           scale=1.0 / math.sqrt(h), is_causal=True, implementation="cudnn")
-        return out[..., :h]
+        if impl == "auto" and jax.default_backend() == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16):
+            try:
+                return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
+            except (RuntimeError, NotImplementedError, ValueError) as e:
+                _warn_cudnn_fallback(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if impl == "cudnn":
+            return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
+        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
     scale = 1.0 / math.sqrt(q_BxTxNxH.shape[-1])
     logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
     t, s = logits_BxNxTxS.shape[-2:]

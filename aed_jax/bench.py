@@ -3,7 +3,9 @@
 Compiles, warms up and times steady-state train steps on random tokens at the config's effective
 batch (batch_size x gradient_accumulation_steps sequences, split by micro_batch_size), then the
 eval forward and cached generation. Prints compile time, median step time, tokens/s, model FLOPs
-per token, MFU and peak device memory.
+per token, MFU, and device memory: the allocator's peak where the backend reports one (GPU, TPU)
+and, on every backend, what XLA's buffer assignment says the compiled step needs. With
+--input_pipeline it also times steps fed by the real data pipeline, with and without prefetch.
 
 FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
     6 * N_matmul + 12 * n_attention * T * D
@@ -22,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from aed_jax import cli
+from aed_jax import data
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import sample
@@ -59,8 +62,9 @@ def _timed(fn, *args, repeats: int):
     return statistics.median(seconds)
 
 
-def run(c, steps: int = 10, generate_tokens: int = 32) -> dict:
-    """The measurements as a dict (see the module docstring)."""
+def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False) -> dict:
+    """The measurements as a dict (see the module docstring); `input_pipeline` adds
+    `time_input_pipeline`'s."""
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     model, optimizer = train.make_model(c), optim.make_optimizer(c)
@@ -77,6 +81,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32) -> dict:
     step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
         params, opt_state, batch, jax.random.key(1)).compile()
     compile_s = time.perf_counter() - start
+    step_memory_gib = train.compiled_memory_bytes(step) / 2**30
 
     state = {"params": params, "opt_state": opt_state}
 
@@ -97,8 +102,10 @@ def run(c, steps: int = 10, generate_tokens: int = 32) -> dict:
         "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
         "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
         "eval_tokens_per_s": c.batch_size * T / eval_s,
-        "peak_memory_gib": _peak_memory_gib(),
+        "peak_memory_gib": _peak_memory_gib(), "step_memory_gib": step_memory_gib,
     }
+    if input_pipeline:
+        out.update(time_input_pipeline(c, step, state, mesh, steps))
     if generate_tokens:
         params_host = jax.device_get(state["params"])
         prompt = tokens[:1, : min(8, T)]
@@ -106,6 +113,39 @@ def run(c, steps: int = 10, generate_tokens: int = 32) -> dict:
         start = time.perf_counter()
         sample.generate(model, params_host, prompt, generate_tokens, greedy=True)
         out["generate_tokens_per_s"] = generate_tokens / (time.perf_counter() - start)
+    return out
+
+
+def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
+    """Train steps fed by the real pipeline (the config's dataset through grain), as the trainer's
+    loop runs them (dispatch step i, then read step i-1's metrics): once through `DevicePrefetch`,
+    once copying each batch to the device when the step asks for it. Reports each loop's step time
+    and the time it spent waiting for its batch, per step."""
+    rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
+    rows_sharding = NamedSharding(mesh, P("data"))
+    train_path, _ = data.split_paths(c)
+    to_global = lambda b: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in b.items()}
+    out = {}
+    for name in ("prefetch", "sync"):
+        host = data.train_iterator(train_path, T, rows // jax.process_count(), c.random_seed, jax.process_index(),
+                                   jax.process_count())
+        batches = train.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
+        pending, wait_s = None, 0.0
+        for i in range(steps + 2):  # two warm-up steps
+            if i == 2:
+                jax.block_until_ready(pending)
+                start, wait_s = time.perf_counter(), 0.0
+            t = time.perf_counter()
+            batch = next(batches)
+            wait_s += time.perf_counter() - t
+            state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
+                                                                jax.random.key(i))
+            if pending is not None:
+                jax.device_get(pending)
+            pending = metrics
+        jax.device_get(pending)
+        out[f"fed_step_ms_{name}"] = 1e3 * (time.perf_counter() - start) / steps
+        out[f"data_wait_ms_{name}"] = 1e3 * wait_s / steps
     return out
 
 
@@ -121,11 +161,16 @@ def format_table(r: dict) -> str:
             ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
             ("MFU", fmt(r["mfu"] and 100 * r["mfu"], ".1f") + (" %" if r["mfu"] else " (no peak known for this device)")),
-            ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")),
+            ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")
+             + f" (allocator); step needs {r['step_memory_gib']:.2f} GiB (XLA's buffer assignment)"),
             ("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}")]
+    for name in ("prefetch", "sync"):
+        if f"fed_step_ms_{name}" in r:
+            rows.append((f"data-fed ({name})", f"{r[f'fed_step_ms_{name}']:.1f} ms a step, "
+                                               f"{r[f'data_wait_ms_{name}']:.2f} ms of it waiting for the batch"))
     if "generate_tokens_per_s" in r:
         rows.append(("generate (cached)", f"{r['generate_tokens_per_s']:,.1f} tokens/s, batch 1"))
-    return "\n".join(f"{name:<18} {value}" for name, value in rows)
+    return "\n".join(f"{name:<20} {value}" for name, value in rows)
 
 
 def define_flags() -> None:
@@ -133,13 +178,15 @@ def define_flags() -> None:
     cli.define_config_flag()
     flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1)
     flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.DEFINE_bool("input_pipeline", False, "Also time steps fed by the config's dataset through grain, with and "
+                      "without host-to-device prefetch (prepares the built-in corpus on first use).")
     flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0)
 
 
 def main(argv):
     cli.no_extra_args(argv)
     fv = flags.FLAGS
-    result = run(cli.get_config(), fv.steps, fv.generate_tokens)
+    result = run(cli.get_config(), fv.steps, fv.generate_tokens, fv.input_pipeline)
     print(json.dumps(result) if fv.json else format_table(result))
 
 

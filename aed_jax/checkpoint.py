@@ -84,8 +84,9 @@ def restore_params(workdir: str, which: str | int = "latest"):
     device count.
     """
     mngr, step = resolve_step(workdir, which)
-    metadata = mngr.item_metadata(step)["state"]
-    abstract = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), dict(metadata))
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()))
-    return restored["state"]["params"], ml_collections.ConfigDict(restored["config"]), step
+    params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
+    abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
+    with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
+        state = checkpointer.restore(os.path.join(str(mngr.directory), str(step), "state"),
+                                     args=ocp.args.PyTreeRestore(abstract, partial_restore=True))
+    return state["params"], saved_config(mngr, step), step

@@ -14,10 +14,16 @@ from aed_jax import config as config_lib
 
 
 def define_config_flag():
-    """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections."""
-    return config_flags.DEFINE_config_file(
+    """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections.
+
+    Call it from the command's own module: the flag is declared key to the running program, so
+    `--help` lists it beside the command's other flags (absl lists only the main module's).
+    """
+    holder = config_flags.DEFINE_config_file(
         "config", None, "Path to a config file (configs/*.py); override keys with --config.<key>=<value>.",
         lock_config=True)
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["config"])
+    return holder
 
 
 def get_config():

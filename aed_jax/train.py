@@ -91,6 +91,13 @@ def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mes
         data_sharding=NamedSharding(mesh, P(None, "data"))), donate_argnums=(0, 1))
 
 
+def compiled_memory_bytes(compiled) -> int:
+    """Device memory a compiled step needs by XLA's own buffer assignment, on any backend: its
+    arguments, outputs and temporaries, less the outputs written into donated arguments."""
+    mem = compiled.memory_analysis()
+    return mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+
+
 def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh, abstract_state) -> int:
     """`c.micro_batch_size` if set; on GPU, the largest split of the effective batch whose compiled
     step fits in 90% of device memory (XLA's own memory analysis); elsewhere batch_size."""
@@ -101,9 +108,8 @@ def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: 
     batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=NamedSharding(mesh, P("data"))) for k in "xy"}
     for micro in sorted((m for m in range(n_dev, rows + 1, n_dev) if rows % m == 0), reverse=True):
         step = compile_train_step(c, model, optimizer, mesh, micro)
-        mem = step.lower(abstract_state["params"], abstract_state["opt_state"], batch, jax.random.key(0)).compile(
-        ).memory_analysis()
-        need = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+        need = compiled_memory_bytes(
+            step.lower(abstract_state["params"], abstract_state["opt_state"], batch, jax.random.key(0)).compile())
         if need < limit:
             logging.info("micro_batch_size %d (%d micro-batches a step): %.1f GiB of %.1f", micro, rows // micro,
                          need / 2**30, limit / 0.9 / 2**30)
@@ -141,13 +147,24 @@ class DevicePrefetch:
 
 
 class Writer:
-    """metrics.jsonl (one JSON object a line, with "step") plus TensorBoard events, on process 0 only."""
+    """metrics.jsonl (one JSON object a line, with "step") plus TensorBoard events, on process 0 only.
 
-    def __init__(self, workdir: str):
+    A run resumed at `start_step` first drops what an interrupted run logged after that step (it
+    will be logged again), so each step appears once: from metrics.jsonl by an atomic rewrite, and
+    from TensorBoard with its purge_step.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0):
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-            self.tb = tensorboardX.SummaryWriter(workdir)
+            path = os.path.join(workdir, "metrics.jsonl")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    kept = [line.rstrip("\n") + "\n" for line in f
+                            if (step := _logged_step(line)) is not None and step <= start_step]
+                _write_atomic(path, "".join(kept))
+            self.jsonl = open(path, "a", encoding="utf-8")
+            self.tb = tensorboardX.SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -180,11 +197,23 @@ class Preemption:
             signal.signal(s, handler)
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _model_config_diff(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
@@ -276,7 +305,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
             checkpoint.save(best, step, state, c, metrics={"val_loss": est["val_loss"]})
         logging.info("saved checkpoint at step %d", step)
 
-    writer, preemption = Writer(workdir), Preemption()
+    writer, preemption = Writer(workdir, start), Preemption()
     bar = tqdm.tqdm(total=c.train_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                     disable=jax.process_index() != 0)
     last_est, pending, t_last = {}, None, time.perf_counter()

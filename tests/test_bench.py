@@ -2,6 +2,7 @@
 import dataclasses
 
 import jax
+import numpy as np
 import pytest
 
 from aed_jax import bench
@@ -25,16 +26,26 @@ def test_flops_per_token_matches_the_hand_count():
     assert bench.flops_per_token(params, scanned) == expected
 
 
-def test_bench_runs_on_cpu():
+def test_bench_runs_on_cpu(tmp_path):
     c = config_lib.base_config("aed")
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=1, context_size=16, alphabet_size=128))
     c.batch_size, c.gradient_accumulation_steps = 4, 2
-    result = bench.run(c, steps=2, generate_tokens=4)
+    c.dataset, c.data_dir = "toy", str(tmp_path)
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, 128, 1000).astype(np.uint16).tofile(tmp_path / f"toy_{split}.bin")
+    result = bench.run(c, steps=2, generate_tokens=4, input_pipeline=True)
     assert result["tokens_per_s"] > 0 and result["step_ms"] > 0 and result["compile_s"] > 0
     assert result["batch_tokens"] == 4 * 2 * 16
     assert result["mfu"] is None  # no peak for a CPU
     assert result["generate_tokens_per_s"] > 0
-    assert "tokens/s" in bench.format_table(result)
+    # The step holds at least its params, the two Adam moments and the [B, T, V] float32 logits.
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
+        model_lib.init_params(bench.train.make_model(c), jax.random.key(0))))
+    assert result["step_memory_gib"] * 2**30 >= 4 * (3 * n_params + 4 * 16 * 128)
+    for name in ("prefetch", "sync"):
+        assert result[f"fed_step_ms_{name}"] > 0 and 0 <= result[f"data_wait_ms_{name}"] < result[f"fed_step_ms_{name}"]
+    table = bench.format_table(result)
+    assert "tokens/s" in table and "data-fed (prefetch)" in table
 
 
 @pytest.mark.parametrize("kind,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),

@@ -103,6 +103,20 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
     assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
+    assert steps == sorted(steps)
+
+
+def test_resumed_writer_drops_what_the_interrupted_run_logged_after_the_checkpoint(tmp_path):
+    """A run killed at step 10 after a checkpoint at 6: the resumed run logs 7.. again, once."""
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 11))
+        f.write('{"step": 11, "lo')  # cut short by the kill
+    writer = train.Writer(str(tmp_path), start_step=6)
+    writer.write(7, {"loss": 0.5})
+    writer.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert rows[5]["loss"] == 1.0 / 6 and rows[6]["loss"] == 0.5
 
 
 def test_refuses_a_checkpoint_of_another_model(data_dir, tmp_path):

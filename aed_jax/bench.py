@@ -173,14 +173,17 @@ def format_table(r: dict) -> str:
     return "\n".join(f"{name:<20} {value}" for name, value in rows)
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags; defined only when run as a command, so importing this module defines none."""
-    cli.define_config_flag()
-    flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1)
-    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    cli.define_config_flag(flag_values)
+    flags.DEFINE_integer("steps", 10, "Timed train steps (after 2 warm-up steps).", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.", flag_values=flag_values)
     flags.DEFINE_bool("input_pipeline", False, "Also time steps fed by the config's dataset through grain, with and "
-                      "without host-to-device prefetch (prepares the built-in corpus on first use).")
-    flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0)
+                      "without host-to-device prefetch (prepares the built-in corpus on first use).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0,
+                         flag_values=flag_values)
 
 
 def main(argv):

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from aed_jax import config as config_lib
 
 
-def define_config_flag():
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS):
     """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections.
 
     Call it from the command's own module: the flag is declared key to the running program, so
@@ -21,8 +21,8 @@ def define_config_flag():
     """
     holder = config_flags.DEFINE_config_file(
         "config", None, "Path to a config file (configs/*.py); override keys with --config.<key>=<value>.",
-        lock_config=True)
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["config"])
+        lock_config=True, flag_values=flag_values)
+    flag_values.register_key_flag_for_module(sys.argv[0], flag_values["config"])
     return holder
 
 

@@ -8,12 +8,14 @@
 # with every row that succeeded; a row that fails or overruns its time limit is logged and skipped.
 # With ROW names, only those rows run. On a machine without this project's dependencies, install
 # them first (grain, ml_collections, tensorboardX, array-record and portpicker are the ones a JAX
-# GPU image usually lacks).
+# GPU image usually lacks). PYTHON picks the interpreter (default python3), ROW_TIMEOUT_S the
+# limit of each row in seconds (default 150).
 set -u
 out=${1:?usage: experiments/bench_gpu.sh OUT_DIR [ROW ...]}
 shift
 mkdir -p "$out"
 limit=${ROW_TIMEOUT_S:-150}
+python=${PYTHON:-python3}
 
 rows=(
   # name | bench arguments
@@ -36,8 +38,8 @@ for row in "${rows[@]}"; do
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
   echo "== $name: python -m aed_jax.bench $args --json"
   # shellcheck disable=SC2086
-  if timeout "$limit" python -m aed_jax.bench $args --json >"$out/$name.json" 2>"$out/$name.log"; then
-    python - "$name" "$args" "$out/$name.json" >>"$out/rows.jsonl" <<'EOF'
+  if timeout "$limit" "$python" -m aed_jax.bench $args --json >"$out/$name.json" 2>"$out/$name.log"; then
+    "$python" - "$name" "$args" "$out/$name.json" >>"$out/rows.jsonl" <<'EOF'
 import json, sys
 name, args, path = sys.argv[1:]
 print(json.dumps({"row": name, "command": f"python -m aed_jax.bench {args}", **json.load(open(path))}))

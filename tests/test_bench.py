@@ -1,6 +1,10 @@
 """The benchmark command: its FLOPs formula against a hand count, and a CPU smoke run."""
 import dataclasses
+import pathlib
+import re
+import sys
 
+from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -55,3 +59,19 @@ def test_peak_table(kind, peak, monkeypatch):
         device_kind = kind
     monkeypatch.setattr(jax, "devices", lambda: [Device()])
     assert bench.peak_flops() == peak
+
+
+def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
+    """Every row of experiments/bench_gpu.sh (run only where a GPU is lent) names a real config,
+    real keys and bench's own flags, and yields a valid config: a typo must not cost a GPU lease."""
+    script = pathlib.Path(__file__).parent.parent / "experiments" / "bench_gpu.sh"
+    rows = re.findall(r'^\s*"(\w+)\|([^"]+)"', script.read_text(), re.M)
+    assert len(rows) >= 8 and {"baseline", "aed_mse_pos_sub"} <= {name for name, _ in rows}
+    for name, args in rows:
+        argv = ["bench", *args.split(), "--json"]
+        monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads --config.<key> overrides from sys.argv
+        flag_values = flags.FlagValues()
+        bench.define_flags(flag_values)
+        flag_values(argv)
+        config_lib.validate(flag_values.config)
+        assert flag_values.json, name

@@ -188,6 +188,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv):
     cli.no_extra_args(argv)
+    jax.config.update("jax_enable_compilation_cache", False)  # compile_s times a compile, never a cache load
     fv = flags.FLAGS
     result = run(cli.get_config(), fv.steps, fv.generate_tokens, fv.input_pipeline)
     print(json.dumps(result) if fv.json else format_table(result))

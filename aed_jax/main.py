@@ -18,6 +18,7 @@ from aed_jax import data
 from aed_jax import tokenizer
 from aed_jax import train
 
+
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so importing this module defines none."""
     cli.define_config_flag()
@@ -25,6 +26,10 @@ def define_flags() -> None:
                         "default: config.workdir, else runs/<config file name>.")
     flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints and metrics and start over.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+    flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
+                        "JAX's persistent compilation cache, so a resumed run loads its train step instead of "
+                        "compiling it again, as does the run after micro_batch_size auto-sizing compiled it; "
+                        "'' disables it. The JAX_COMPILATION_CACHE_DIR variable, when set, wins.")
 
 
 def main(argv):
@@ -33,6 +38,8 @@ def main(argv):
     fv = flags.FLAGS
     if fv.distributed:
         jax.distributed.initialize()
+    if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
     workdir = fv.workdir or c.workdir or os.path.join("runs", name)
     logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,

@@ -171,9 +171,9 @@ def test_four_device_step_equals_one_device_step():
     assert "sharded ok" in result.stdout
 
 
-def _launch(config_path, workdir, *flags):
+def _launch(config_path, workdir, *flags, env=None):
     return subprocess.Popen([sys.executable, "-m", "aed_jax.main", f"--config={config_path}", f"--workdir={workdir}",
-                             *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=180):
@@ -203,8 +203,10 @@ def config_file(data_dir, tmp_path):
 
 
 def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
-    workdir = str(tmp_path / "run")
-    proc = _launch(config_file, workdir)
+    """Also runs with main's own compilation cache (not the suite's): the train step lands in it."""
+    workdir, cache = str(tmp_path / "run"), tmp_path / "xla_cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    proc = _launch(config_file, workdir, f"--compilation_cache_dir={cache}", env=env)
     _wait_for_checkpoint(workdir, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -212,6 +214,7 @@ def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
     assert "SIGTERM received: checkpoint saved at step" in out
     saved = int(out.split("SIGTERM received: checkpoint saved at step ")[1].split(",")[0])
     assert checkpoint.resolve_step(workdir)[1] == saved
+    assert cache.is_dir() and any(cache.iterdir())
 
 
 def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_path):
@@ -246,6 +249,35 @@ def test_micro_batch_size_changes_the_split_not_the_update():
     for loss, params in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, results[0][1])
+
+
+def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
+    """On a GPU (faked), auto takes the largest divisor of the effective batch whose compiled step
+    fits in 90% of the device's memory, by XLA's own memory analysis; elsewhere the seed's split."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    c = config_lib.base_config("baseline")
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=64, alphabet_size=512))
+    c.batch_size, c.gradient_accumulation_steps = 2, 8
+    model, opt = train.make_model(c), optim.make_optimizer(c)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    assert train.pick_micro_batch_size(c, model, opt, mesh, None) == 2  # CPU: batch_size
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
+        jax.eval_shape(lambda: (lambda p: {"params": p, "opt_state": opt.init(p)})(
+            train.model_lib.init_params(model, jax.random.key(0)))))
+    batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=NamedSharding(mesh, P("data"))) for k in "xy"}
+    need = {m: train.compiled_memory_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
+    assert need[8] > need[4]
+
+    class Device:
+        def memory_stats(self):
+            return {"bytes_limit": (need[4] + need[8]) / 2 / 0.9}
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
+    assert train.pick_micro_batch_size(c, model, opt, mesh, abstract) == 4
+    c.micro_batch_size = 16  # set by hand: taken as it is
+    assert train.pick_micro_batch_size(c, model, opt, mesh, abstract) == 16
 
 
 def test_device_prefetch_checkpoints_the_consumed_position(data_dir):

@@ -1,8 +1,11 @@
 """Losses in float32: next-token cross-entropy (whole or chunked) and the AED embedding loss terms."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -14,9 +17,12 @@ def cross_entropy(logits_BxTxV, targets_BxT):
 def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: int, dtype=jnp.float32):
     """`cross_entropy(out @ embedding.T, targets)` without the [B*T, V] float32 logits in memory.
 
-    The B*T rows go through the tied output layer at most `chunk_tokens` at a time inside a
-    rematerialised scan, so the forward keeps one chunk's logits and the backward recomputes them chunk by chunk.
-    The matmul runs in `dtype` with float32 accumulation, as the unchunked path does.
+    The B*T rows go through the tied output layer at most `chunk_tokens` at a time in a scan, so
+    only one chunk's logits exist at once. Under differentiation each chunk's gradients (softmax -
+    one-hot, through both matmuls) are taken as soon as its logits exist, in the same scan: the
+    backward pass only scales them, so the head costs the FLOPs of the unchunked path, with no
+    recomputation (a rematerialised scan would run the head's forward matmul twice). The matmuls
+    run in `dtype` with float32 accumulation, as the unchunked path's do.
     """
     d = out_BxTxD.shape[-1]
     out_NxD, targets_N = out_BxTxD.reshape(-1, d), targets_BxT.reshape(-1)
@@ -24,19 +30,54 @@ def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: i
     chunks = -(-n // chunk_tokens)
     chunk_tokens = -(-n // chunks)  # the same number of chunks, evened out: padding < chunks rows
     pad = chunks * chunk_tokens - n
-    out_CxKxD = jnp.pad(out_NxD, ((0, pad), (0, 0))).reshape(chunks, chunk_tokens, d).astype(dtype)
+    out_CxKxD = jnp.pad(out_NxD, ((0, pad), (0, 0))).reshape(chunks, chunk_tokens, d)
     targets_CxK = jnp.pad(targets_N, (0, pad)).reshape(chunks, chunk_tokens)
-    valid_CxK = (jnp.arange(chunks * chunk_tokens) < n).reshape(chunks, chunk_tokens)
-    embedding_VxD = embedding_VxD.astype(dtype)
+    valid_CxK = (jnp.arange(chunks * chunk_tokens) < n).reshape(chunks, chunk_tokens).astype(jnp.float32)
+    return _ce_sum(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, jnp.dtype(dtype)) / n
 
-    @jax.checkpoint
-    def chunk_loss(out_KxD, targets_K, valid_K):
-        logits_KxV = jnp.einsum("kd,vd->kv", out_KxD, embedding_VxD, preferred_element_type=jnp.float32)
-        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_KxV, targets_K) * valid_K)
 
-    total, _ = jax.lax.scan(lambda acc, xs: (acc + chunk_loss(*xs), None), jnp.zeros((), jnp.float32),
-                            (out_CxKxD, targets_CxK, valid_CxK))
-    return total / n
+def _chunk_logits(out_KxD, embedding_VxD, dtype):
+    return jnp.einsum("kd,vd->kv", out_KxD.astype(dtype), embedding_VxD.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ce_sum(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, dtype):
+    """Summed cross-entropy of the valid rows, chunk by chunk (the value alone: evaluation)."""
+    def chunk(total, xs):
+        out_KxD, targets_K, valid_K = xs
+        ce_K = optax.softmax_cross_entropy_with_integer_labels(_chunk_logits(out_KxD, embedding_VxD, dtype), targets_K)
+        return total + jnp.sum(ce_K * valid_K), None
+    return jax.lax.scan(chunk, jnp.zeros((), jnp.float32), (out_CxKxD, targets_CxK, valid_CxK))[0]
+
+
+def _ce_sum_fwd(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, dtype):
+    emb = embedding_VxD.astype(dtype)
+
+    def chunk(d_emb_VxD, xs):
+        out_KxD, targets_K, valid_K = xs
+        logits_KxV = _chunk_logits(out_KxD, emb, dtype)
+        lse_K = jax.nn.logsumexp(logits_KxV, axis=-1)
+        ce_K = lse_K - jnp.take_along_axis(logits_KxV, targets_K[:, None], axis=-1)[:, 0]
+        d_logits_KxV = (jnp.exp(logits_KxV - lse_K[:, None])
+                        - jax.nn.one_hot(targets_K, logits_KxV.shape[-1], dtype=jnp.float32)) * valid_K[:, None]
+        d_logits_KxV = d_logits_KxV.astype(dtype)
+        d_out_KxD = jnp.einsum("kv,vd->kd", d_logits_KxV, emb, preferred_element_type=jnp.float32)
+        d_emb_VxD += jnp.einsum("kv,kd->vd", d_logits_KxV, out_KxD.astype(dtype), preferred_element_type=jnp.float32)
+        return d_emb_VxD, (jnp.sum(ce_K * valid_K), d_out_KxD.astype(out_KxD.dtype))
+
+    d_emb_VxD, (ce_C, d_out_CxKxD) = jax.lax.scan(
+        chunk, jnp.zeros(embedding_VxD.shape, jnp.float32), (out_CxKxD, targets_CxK, valid_CxK))
+    return jnp.sum(ce_C), (d_out_CxKxD, d_emb_VxD.astype(embedding_VxD.dtype), targets_CxK, valid_CxK)
+
+
+def _ce_sum_bwd(dtype, residuals, g):
+    d_out_CxKxD, d_emb_VxD, targets_CxK, valid_CxK = residuals
+    return ((g * d_out_CxKxD).astype(d_out_CxKxD.dtype), (g * d_emb_VxD).astype(d_emb_VxD.dtype),
+            np.zeros(targets_CxK.shape, jax.dtypes.float0), jnp.zeros_like(valid_CxK))
+
+
+_ce_sum.defvjp(_ce_sum_fwd, _ce_sum_bwd)
 
 
 def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):

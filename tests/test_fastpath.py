@@ -134,11 +134,11 @@ def test_execution_keys_reach_the_model_and_are_validated():
         config_lib.validate(c)
 
 
-def _train_losses(dtype: str, steps: int = 30):
+def _train_losses(dtype: str, steps: int = 30, ce_chunk_tokens: int = 0):
     from jax.sharding import Mesh
     c = config_lib.base_config("aed")
     c.model_config.update(dict(SMALL, n_layer=1))
-    c.dtype = dtype
+    c.dtype, c.ce_chunk_tokens = dtype, ce_chunk_tokens
     c.batch_size, c.gradient_accumulation_steps, c.lr, c.warmup_iters, c.lr_decay_iters = 8, 2, 1e-2, 3, 100
     model, opt = train.make_model(c), train.optim.make_optimizer(c)
     step = train.compile_train_step(c, model, opt, Mesh(np.asarray(jax.devices()), ("data",)))
@@ -153,11 +153,18 @@ def _train_losses(dtype: str, steps: int = 30):
     return float(metrics["ce"])
 
 
-def test_bfloat16_loss_within_one_percent_of_float32():
-    """The numerics check of the bf16 path: after 30 steps its loss is within 1% of float32's."""
-    f32, bf16 = _train_losses("float32"), _train_losses("bfloat16")
-    assert f32 < 4.0  # it learned something (ln 97 = 4.57)
-    assert abs(bf16 - f32) / f32 < 0.01, (bf16, f32)
+@pytest.fixture(scope="module")
+def float32_loss():
+    return _train_losses("float32")
+
+
+@pytest.mark.parametrize("ce_chunk_tokens", [0, 40])
+def test_bfloat16_loss_within_one_percent_of_float32(float32_loss, ce_chunk_tokens):
+    """The numerics check of the bf16 path, as a GPU runs it (chunked CE) and unchunked: after 30
+    steps its loss is within 1% of float32's."""
+    bf16 = _train_losses("bfloat16", ce_chunk_tokens=ce_chunk_tokens)
+    assert float32_loss < 4.0  # it learned something (ln 97 = 4.57)
+    assert abs(bf16 - float32_loss) / float32_loss < 0.01, (bf16, float32_loss)
 
 
 def test_chunked_cross_entropy_keeps_one_chunk_of_logits_in_memory():
@@ -175,3 +182,20 @@ def test_chunked_cross_entropy_keeps_one_chunk_of_logits_in_memory():
     assert whole >= logits_bytes
     assert temp_bytes(lambda o, e: losses.chunked_cross_entropy(o, e, y, 32)) < logits_bytes / 2
     assert temp_bytes(lambda o, e: losses.chunked_cross_entropy(o, e, y, 1 << 20)) <= 1.5 * whole
+
+
+def test_chunked_cross_entropy_gradient_costs_no_recomputation():
+    """The chunked loss's gradient takes the FLOPs of the whole path's (three V x D matmuls per row),
+    not a rematerialised one's four. XLA's cost analysis counts a loop body once, so two chunks of
+    half the rows each must cost half the whole path (a rematerialised scan measures 0.67)."""
+    out = jax.random.normal(jax.random.key(0), (4, 64, 32))
+    emb = jax.random.normal(jax.random.key(1), (5000, 32))
+    y = jax.random.randint(jax.random.key(2), (4, 64), 0, 5000)
+
+    def flops(loss):
+        cost = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(out, emb).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    whole = flops(lambda o, e: losses.cross_entropy(jnp.einsum("btd,vd->btv", o, e), y))
+    assert whole >= 3 * 2 * 256 * 5000 * 32
+    assert flops(lambda o, e: losses.chunked_cross_entropy(o, e, y, 128)) <= 0.55 * whole

@@ -134,12 +134,14 @@ def test_execution_keys_reach_the_model_and_are_validated():
         config_lib.validate(c)
 
 
-def _train_losses(dtype: str, steps: int = 30, ce_chunk_tokens: int = 0):
+def _train_losses(dtype: str, steps: int = 50, ce_chunk_tokens: int = 0):
     from jax.sharding import Mesh
     c = config_lib.base_config("aed")
     c.model_config.update(dict(SMALL, n_layer=1))
     c.dtype, c.ce_chunk_tokens = dtype, ce_chunk_tokens
-    c.batch_size, c.gradient_accumulation_steps, c.lr, c.warmup_iters, c.lr_decay_iters = 8, 2, 1e-2, 3, 100
+    # lr 3e-3: at 1e-2 this tiny model's trajectories are chaotic, and any two float paths (bf16 vs
+    # fp32, even both unchunked) end up to 1.7% apart after 50 steps, depending on the seed.
+    c.batch_size, c.gradient_accumulation_steps, c.lr, c.warmup_iters, c.lr_decay_iters = 8, 2, 3e-3, 3, 100
     model, opt = train.make_model(c), train.optim.make_optimizer(c)
     step = train.compile_train_step(c, model, opt, Mesh(np.asarray(jax.devices()), ("data",)))
     params = model_lib.init_params(model, jax.random.key(0))
@@ -160,7 +162,7 @@ def float32_loss():
 
 @pytest.mark.parametrize("ce_chunk_tokens", [0, 40])
 def test_bfloat16_loss_within_one_percent_of_float32(float32_loss, ce_chunk_tokens):
-    """The numerics check of the bf16 path, as a GPU runs it (chunked CE) and unchunked: after 30
+    """The numerics check of the bf16 path, as a GPU runs it (chunked CE) and unchunked: after 50
     steps its loss is within 1% of float32's."""
     bf16 = _train_losses("bfloat16", ce_chunk_tokens=ce_chunk_tokens)
     assert float32_loss < 4.0  # it learned something (ln 97 = 4.57)

@@ -86,7 +86,8 @@ def restore_params(workdir: str, which: str | int = "latest"):
     mngr, step = resolve_step(workdir, which)
     params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
     abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
     with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
         state = checkpointer.restore(os.path.join(str(mngr.directory), str(step), "state"),
-                                     args=ocp.args.PyTreeRestore(abstract, partial_restore=True))
+                                     args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
     return state["params"], saved_config(mngr, step), step

@@ -4,8 +4,9 @@
 #
 #   experiments/bench_gpu.sh OUT_DIR [ROW ...]
 #
-# Writes OUT_DIR/<row>.json (bench --json) and OUT_DIR/<row>.log per row, then OUT_DIR/rows.jsonl
-# with every row that succeeded; a row that fails or overruns its time limit is logged and skipped.
+# Writes two files, whatever the number of rows: OUT_DIR/rows.jsonl, one JSON object per row that
+# succeeded (bench --json plus the row's name and command), and OUT_DIR/bench.log, every row's
+# stderr. A row that fails or overruns its time limit is reported and skipped.
 # With ROW names, only those rows run. On a machine without this project's dependencies, install
 # them first (grain, ml_collections, tensorboardX, array-record and portpicker are the ones a JAX
 # GPU image usually lacks). PYTHON picks the interpreter (default python3), ROW_TIMEOUT_S the
@@ -32,20 +33,22 @@ rows=(
   "baseline_scan_layers|--config=configs/baseline.py --config.scan_layers=True --generate_tokens 0"
 )
 
+result=$(mktemp)
+trap 'rm -f "$result"' EXIT
 for row in "${rows[@]}"; do
   name=${row%%|*}
   args=${row#*|}
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
-  echo "== $name: python -m aed_jax.bench $args --json"
+  echo "== $name: python -m aed_jax.bench $args --json" | tee -a "$out/bench.log"
   # shellcheck disable=SC2086
-  if timeout "$limit" "$python" -m aed_jax.bench $args --json >"$out/$name.json" 2>"$out/$name.log"; then
-    "$python" - "$name" "$args" "$out/$name.json" >>"$out/rows.jsonl" <<'EOF'
+  if timeout "$limit" "$python" -m aed_jax.bench $args --json >"$result" 2>>"$out/bench.log"; then
+    "$python" - "$name" "$args" "$result" >>"$out/rows.jsonl" <<'EOF'
 import json, sys
 name, args, path = sys.argv[1:]
 print(json.dumps({"row": name, "command": f"python -m aed_jax.bench {args}", **json.load(open(path))}))
 EOF
-    tail -c 400 "$out/$name.json"; echo
+    tail -n 1 "$out/rows.jsonl"
   else
-    echo "FAILED or timed out ($limit s): see $out/$name.log"; tail -5 "$out/$name.log"
+    echo "FAILED or timed out ($limit s): see $out/bench.log"; tail -5 "$out/bench.log"
   fi
 done

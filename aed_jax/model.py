@@ -319,15 +319,18 @@ def _stack(cfg: ModelConfig, name: str, depth: int, x_BxTxD, enc_BxTxD=None, det
 LOSS_KEYS = ("ce", "embedding_loss", "scaled_embedding_loss", "total")
 
 
-def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, emb_loss=None):
-    """Tied output layer and the losses dict. With `ce_chunk`, the cross-entropy streams through the
-    vocabulary in chunks; the full logits are still returned, and under jit XLA drops them when
-    only the loss is used (the train step)."""
-    logits_BxTxV = embed.attend(out_BxTxD).astype(jnp.float32)
+def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, train: bool, emb_loss=None):
+    """Tied output layer and the losses dict. The logits are a float32-accumulated matmul of the
+    compute-dtype activations and embedding. Training with `ce_chunk` streams the cross-entropy
+    through chunks of rows instead: the full logits are still returned, and under jit XLA drops
+    them when only the loss is used (the train step). Evaluation returns the logits anyway (the
+    accuracy loss needs them), so its cross-entropy comes from them and the head runs once."""
+    logits_BxTxV = jnp.einsum("btd,vd->btv", out_BxTxD.astype(cfg.dtype), embed.embedding.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
     zero = jnp.zeros((), jnp.float32)
     if targets_BxT is None:
         ce = zero
-    elif cfg.ce_chunk:
+    elif cfg.ce_chunk and train:
         ce = losses.chunked_cross_entropy(out_BxTxD, embed.embedding, targets_BxT, cfg.ce_chunk, cfg.dtype)
     else:
         ce = losses.cross_entropy(logits_BxTxV, targets_BxT)
@@ -359,7 +362,7 @@ class GPT(nn.Module):
         x_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
         x_BxTxD = _stack(cfg, "transformer_blocks", cfg.n_layer, x_BxTxD, deterministic=not train)
         out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), pos, positions_T)
-        return _head(cfg, embed, out_BxTxD, targets_BxT)
+        return _head(cfg, embed, out_BxTxD, targets_BxT, train)
 
 
 class AED(nn.Module):
@@ -393,7 +396,7 @@ class AED(nn.Module):
             emb_loss = self._embedding_loss(emb_BxTxD, enc_BxTxD)
         elif self.is_initializing():
             self._declare_embedding_lns(emb_BxTxD)
-        return _head(cfg, embed, out_BxTxD, targets_BxT, emb_loss)
+        return _head(cfg, embed, out_BxTxD, targets_BxT, train, emb_loss)
 
     def _embedding_lns(self):
         """LayerNorms of the embedding loss, always with bias. The reference creates `embeddings_ln`

@@ -51,6 +51,19 @@ def test_model_with_chunked_ce_gives_the_same_loss_and_gradients(model_type):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
 
 
+def test_chunked_ce_model_in_eval_mode_takes_the_ce_from_its_logits():
+    """Evaluation returns the full logits anyway, so its CE comes from them (one head matmul, not
+    two); in float32 that is the chunked training loss to rounding."""
+    cfg = model_lib.ModelConfig(**SMALL, ce_chunk_tokens=7)
+    model = model_lib.make_model(cfg)
+    params = model_lib.init_params(model, jax.random.key(0))
+    x, y = tokens(cfg, 1), tokens(cfg, 2)
+    logits, eval_losses = jax.jit(lambda p: model.apply({"params": p}, x, y))(params)
+    assert eval_losses["ce"] == losses.cross_entropy(logits, y)
+    train_ce = jax.jit(lambda p: model.apply({"params": p}, x, y, train=True)[1]["ce"])(params)
+    np.testing.assert_allclose(eval_losses["ce"], train_ce, rtol=1e-6)
+
+
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
 @pytest.mark.parametrize("remat", [False, True])
 def test_scanned_stacks_are_the_same_function(model_type, remat):

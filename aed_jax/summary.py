@@ -3,16 +3,25 @@
 The last line is `params: N` (thousands commas), counted as the seed counts: the positional
 table excluded, the tied embedding/output matrix once.
 """
+import re
+
 import jax
 
 from aed_jax import cli
 from aed_jax import model as model_lib
 
+
+def _natural(name: str) -> list:
+    """Sort key that orders numbered modules by number: blocks_2 before blocks_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def summarize(config) -> str:
     """The table as text; parameters are shapes only (jax.eval_shape), so nothing is allocated."""
     cfg = model_lib.ModelConfig.from_config(config)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
-    rows = [(name, sum(x.size for x in jax.tree_util.tree_leaves(sub))) for name, sub in params.items()]
+    named = sorted(params.items(), key=lambda item: _natural(item[0]))
+    rows = [(name, sum(x.size for x in jax.tree_util.tree_leaves(sub))) for name, sub in named]
     width = max(len(name) for name, _ in rows)
     depth = (f"n_layer={cfg.n_layer}" if cfg.model_type == "baseline" else
              f"n_layer={cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder")

@@ -21,6 +21,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
 import numpy as np
 
 from aed_jax import cli
@@ -97,7 +98,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
     eval_s = _timed(eval_fn, state["params"], eval_batch, repeats=steps)
     out = {
-        "config": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
         "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
         "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
@@ -156,7 +157,9 @@ def _peak_memory_gib() -> float | None:
 
 def format_table(r: dict) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
-    rows = [("device", f"{r['devices']} x {r['device']} ({r['dtype']})"),
+    model = r["model_type"] + (f" ({r['config']})" if "config" in r else "")
+    rows = [("model", model),
+            ("device", f"{r['devices']} x {r['device']} ({r['dtype']})"),
             ("batch", f"{r['batch_tokens']:,} tokens, micro-batch {r['micro_batch_size']} sequences"),
             ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
@@ -190,7 +193,10 @@ def main(argv):
     cli.no_extra_args(argv)
     jax.config.update("jax_enable_compilation_cache", False)  # compile_s times a compile, never a cache load
     fv = flags.FLAGS
-    result = run(cli.get_config(), fv.steps, fv.generate_tokens, fv.input_pipeline)
+    config = cli.get_config()
+    # The config file as given on the command line: which run was measured, not only which model type.
+    result = {"config": config_flags.get_config_filename(fv["config"]),
+              **run(config, fv.steps, fv.generate_tokens, fv.input_pipeline)}
     print(json.dumps(result) if fv.json else format_table(result))
 
 

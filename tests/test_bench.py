@@ -1,7 +1,9 @@
 """The benchmark command: its FLOPs formula against a hand count, and a CPU smoke run."""
 import dataclasses
+import json
 import pathlib
 import re
+import subprocess
 import sys
 
 from absl import flags
@@ -49,7 +51,26 @@ def test_bench_runs_on_cpu(tmp_path):
     for name in ("prefetch", "sync"):
         assert result[f"fed_step_ms_{name}"] > 0 and 0 <= result[f"data_wait_ms_{name}"] < result[f"fed_step_ms_{name}"]
     table = bench.format_table(result)
-    assert "tokens/s" in table and "data-fed (prefetch)" in table
+    assert "tokens/s" in table and "data-fed (prefetch)" in table and table.startswith("model                aed\n")
+
+
+def test_cli_json_names_the_config_file(tmp_path):
+    """--json reports which config file was measured, beside the model type."""
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, 128, 1000).astype(np.uint16).tofile(tmp_path / f"toy_{split}.bin")
+    config = tmp_path / "toy_aed.py"
+    config.write_text(
+        "from aed_jax import config as config_lib\n\n\ndef get_config():\n"
+        "    c = config_lib.base_config('aed')\n"
+        "    c.model_config.update(dict(n_embed=16, n_head=2, n_layer=1, context_size=8, alphabet_size=128))\n"
+        f"    c.batch_size, c.gradient_accumulation_steps, c.dataset, c.data_dir = 2, 1, 'toy', {str(tmp_path)!r}\n"
+        "    return c\n")
+    result = subprocess.run([sys.executable, "-m", "aed_jax.bench", f"--config={config}", "--steps=1",
+                             "--generate_tokens=0", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["config"] == str(config) and row["model_type"] == "aed" and row["tokens_per_s"] > 0
+    assert f"aed ({config})" in bench.format_table(row)
 
 
 @pytest.mark.parametrize("kind,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),

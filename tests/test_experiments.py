@@ -1,10 +1,14 @@
 """The reproduction's smoke suite (results.md, results.csv, figures) and the Colab notebook, run headless on CPU."""
+import ast
 import csv
+import importlib.metadata
 import os
 import struct
 import subprocess
 import sys
+import zipfile
 
+import jax
 import nbformat
 from nbclient import NotebookClient
 import numpy as np
@@ -37,6 +41,7 @@ def smoke(tmp_path_factory):
     return out, command, result
 
 
+@pytest.mark.slow
 def test_smoke_suite_writes_results_and_figures(smoke):
     out, command, result = smoke
     names = [run.name for run in reproduce.SUITES["smoke"].runs]
@@ -79,6 +84,7 @@ def test_cli_reports_user_errors_in_one_line():
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_colab_notebook_runs_headless_on_cpu(tmp_path, smoke):
     """Executes experiments/colab.ipynb with a tiny CPU setting injected after its parameters cell.
 
@@ -104,3 +110,57 @@ def test_colab_notebook_runs_headless_on_cpu(tmp_path, smoke):
                for cell in code for o in cell.outputs)
     assert "ce_loss" in "".join(map(text, code)) and "perplexity" in "".join(map(text, code))
     assert text(code[-1]).startswith("Paris is") and len(text(code[-1]).strip()) > len("Paris is")
+
+
+def test_colab_setup_cells_on_a_simulated_colab(tmp_path):
+    """The notebook's Colab-only path without Colab, a network or pip: `google.colab` faked, a zip of a
+    repository uploaded, pip recorded (its first call failing, as when the runtime's JAX is too old)."""
+    nb = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
+    cells = {cell.id: cell.source for cell in nb.cells}
+    (tmp_path / "uploads").mkdir()
+    with zipfile.ZipFile(tmp_path / "uploads" / "aed_jax.zip", "w") as archive:  # GitHub's "Download ZIP" layout
+        archive.writestr("aed_jax-main/setup.cfg", "[metadata]\nname = aed_jax\n")
+        archive.writestr("aed_jax-main/aed_jax/__init__.py", "")
+    record_pip = (
+        "calls = []\n"
+        "def fake_run(command, **kwargs):\n"
+        "    constraints = open(command[command.index('-c') + 1]).read() if '-c' in command else None\n"
+        "    calls.append((command[1:], constraints))\n"
+        "    return subprocess.CompletedProcess(command, int(len(calls) == 1), '', 'ERROR: ResolutionImpossible')\n"
+        "subprocess.run = fake_run")
+    sources = [
+        cells["parameters"],
+        "import sys, types\ncolab = sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+        "colab.output = types.ModuleType('google.colab.output')  # jax's debugger imports it on Colab",
+        cells["get-code"],  # 2: no REPO, no upload
+        "os.replace('uploads/aed_jax.zip', 'aed_jax.zip')",
+        cells["get-code"],  # 4: finds /content/aed_jax.zip (here tmp_path/aed_jax.zip)
+        record_pip,
+        cells["install"],  # 6
+        "print(calls)",
+        f"del sys.modules['google.colab']\nos.chdir({str(tmp_path)!r})",
+        cells["get-code"],  # 9: outside Colab, not in a checkout
+    ]
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    NotebookClient(run, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    def error(i):
+        errors = [o for o in run.cells[i].outputs if o.output_type == "error"]
+        return errors[0].traceback if errors else None
+
+    assert error(2) == ["error: no code to install: set REPO in the parameters cell to a git URL, a .zip or a "
+                        "folder of the repository, or upload aed_jax.zip to /content (the first cell says how)"]
+    assert error(4) is None and run.cells[4].outputs[-1].text == f"code: {tmp_path}/aed_jax_repo/aed_jax-main\n"
+    calls = ast.literal_eval(run.cells[7].outputs[0].text)  # [(command without python, constraints text)]
+    versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib")}
+    assert calls[0][0][:6] == ["-m", "pip", "install", "-q", "-e", "."] and calls[0][0][6] == "-c"
+    assert {f"{name}=={v}" for name, v in versions.items()} <= set(calls[0][1].split())  # the runtime's JAX kept
+    assert calls[1] == (["-m", "pip", "install", "-q", "-e", ".[cuda12]"], None)  # fallback: the CUDA 12 extra
+    install_text = "".join(o.get("text", "") for o in run.cells[6].outputs)
+    assert f"jax=={versions['jax']}, jaxlib=={versions['jaxlib']}" in install_text and "devices:" in install_text
+    no_gpu = ["error: JAX sees no GPU: choose Runtime > Change runtime type > GPU (this restarts the runtime), "
+              "then Runtime > Run all"]
+    assert error(6) == (None if jax.default_backend() == "gpu" else no_gpu)
+    assert error(9) == ["error: open this notebook from the aed_jax repository (or its experiments/ folder) after "
+                        "pip install -e \".[dev]\""]

@@ -1,7 +1,7 @@
 """The AED transformer (Yan, 2024) and its decoder-only baseline, in Flax linen.
 
-Both are the same functions as the reference PyTorch models (../shared/SPEC.md): same blocks, same
-init, same parameter counts, module names that mirror the reference's state-dict names so that
+Both are the same functions as the reference PyTorch models (docs/model.md states them): same blocks,
+same init, same parameter counts, module names that mirror the reference's state-dict names so that
 weights map one to one. A call returns `(logits_BxTxV, losses)` for both models, `losses` holding
 `ce`, `embedding_loss`, `scaled_embedding_loss` and `total`, so the trainer never branches on the
 model. Parameters are float32; activations use `ModelConfig.dtype`; attention probabilities,
@@ -41,7 +41,7 @@ class ModelConfig:
     use_bias: bool = False
     dropout_rate: float = 0.0
     sub_pos_embed_to_decoder: str = "NO"  # AED in the seed; the baseline's as a "next step" option
-    # AED only (SPEC.md "AED model"); the seed's names and enum strings.
+    # AED only (docs/model.md, "The AED model"); the seed's names and enum strings.
     order_type: str = "ORIGINAL"
     add_pos_embed_to_decoder: bool = False
     use_ln_on_encoder_out: bool | None = None
@@ -92,7 +92,7 @@ class ModelConfig:
 
     @property
     def pos_rows(self) -> int:
-        """T+1 rows when a "next position" embedding is used, else T (SPEC.md AED item 1)."""
+        """T+1 rows when a "next position" embedding is used, else T (docs/model.md, AED step 1)."""
         extra = (self.model_type == "aed" and self.add_pos_embed_to_decoder) or self.sub_pos_embed_to_decoder != "NO"
         return self.context_size + int(extra)
 
@@ -341,7 +341,7 @@ def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, train: bool
 
 
 def _sub_next_positions(cfg: ModelConfig, out_BxTxD, pos: nn.Embed, positions_T):
-    """SPEC.md AED step 5: subtract the next positions' embeddings; YES_LN then applies a LayerNorm."""
+    """AED step 5 (docs/model.md): subtract the next positions' embeddings; YES_LN then applies a LayerNorm."""
     if cfg.sub_pos_embed_to_decoder == "NO":
         return out_BxTxD
     out_BxTxD = out_BxTxD - pos(positions_T + 1)[None]
@@ -366,7 +366,7 @@ class GPT(nn.Module):
 
 
 class AED(nn.Module):
-    """The auto-regressive encoder-decoder transformer; steps numbered as in SPEC.md "AED model"."""
+    """The auto-regressive encoder-decoder transformer, its steps numbered as in docs/model.md."""
     cfg: ModelConfig
 
     @nn.compact

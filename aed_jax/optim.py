@@ -8,7 +8,7 @@ import optax
 
 
 def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
-    """The seed's get_lr at 0-based step i, with s = i + 1 (SPEC.md "Training recipe").
+    """The seed's get_lr at 0-based step i, with s = i + 1 (docs/model.md, "Training recipe").
 
     Linear warmup to `lr` over warmup_iters, cosine decay to `min_lr` at lr_decay_iters, min_lr
     beyond. optax's warmup_cosine_decay_schedule is the same curve shifted by one step, so it is

@@ -1,4 +1,4 @@
-"""The GPT-2 BPE tokenizer (SPEC.md: 50,257 tokens, "<|endoftext|>" = 50256), built with no network.
+"""The GPT-2 BPE tokenizer (50,257 tokens, "<|endoftext|>" = 50256), built with no network.
 
 tiktoken's own `get_encoding("gpt2")` downloads its ranks on first use. Here the ranks ship with
 the package (assets/gpt2.tiktoken, see assets/NOTICE) and are checked against their published

@@ -6,7 +6,7 @@ is heavier than an encoder block (12*D^2 + 2*D), so moving three blocks to the e
 3 * (360,600 - 270,300) = 270,900 parameters.
 
 n_layer stays 13 and still sets the init of every residual_proj weight, N(0, 0.02/sqrt(2*13)), as
-in the reference (SPEC.md "Init"): the depths change, the init scale does not.
+in the reference (docs/model.md, "Initialisation"): the depths change, the init scale does not.
 """
 from aed_jax.config import base_config
 

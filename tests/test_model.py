@@ -1,4 +1,4 @@
-"""The models against SPEC.md: parameter counts, causality, the embedding loss, pos sub, tying, init."""
+"""The models against docs/model.md: parameter counts, causality, the embedding loss, pos sub, tying, init."""
 import dataclasses
 import glob
 import math

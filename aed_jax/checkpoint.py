@@ -1,25 +1,46 @@
 """Orbax checkpoints of a run: `<workdir>/checkpoints` keeps the latest few, `<workdir>/best` the lowest val loss.
 
-A checkpoint holds three items: `state` (params, opt_state, step), `data` (the grain iterator's
-state, so a resumed run continues the same stream) and `config` (the run config as JSON). Orbax
-writes each step to a temporary folder and renames it when complete, so a run killed mid-save
-leaves the previous checkpoint as the latest one.
+A checkpoint holds four items: `state` (params, opt_state, step), `checksums` (the crc32 of every
+array of the state as written), `data` (the grain iterator's state, so a resumed run continues the
+same stream) and `config` (the run config as JSON). Orbax writes each step to a temporary folder
+and renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest
+one; `clean_interrupted` removes the temporary folder it leaves.
+
+A file damaged after the save (a full disk, a bad copy, bit rot) either fails to restore or restores
+different bytes; the checksums catch the second kind, which would otherwise load silently and
+surface later as a NaN. The trainer resumes from the newest step that restores and verifies, and
+moves each damaged one to `<workdir>/damaged/` (never deleted: it may still be worth rescuing);
+readers (evaluate, sample, export) only report it, naming the intact steps.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging as std_logging
+import math
 import os
+import shutil
+import sys
+import zlib
 
+from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-LATEST, BEST = "checkpoints", "best"
+LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
+CHECKSUMS = "checksums"
 
 
 class CheckpointError(ValueError):
     """A missing or unusable checkpoint: the message is one line naming the workdir or step."""
+
+
+class _Damaged(Exception):
+    """A checkpoint that restored but does not verify; the message is the cause."""
 
 
 def manager(workdir: str, kind: str = LATEST, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
@@ -29,34 +50,265 @@ def manager(workdir: str, kind: str = LATEST, keep: int = 3, create: bool = True
         max_to_keep=1 if best else keep, best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
         enable_async_checkpointing=False, create=create)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler()}
+                CHECKSUMS: ocp.JsonCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, kind)), options=options, item_handlers=handlers)
+
+
+def _host(leaf) -> np.ndarray:
+    """A leaf's value on this host: one replica of a replicated global array, which every process holds."""
+    if isinstance(leaf, jax.Array):
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        if not leaf.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
+def checksums(tree) -> dict[str, int]:
+    """{"params/..." path: crc32 of the array's bytes} for every leaf of `tree`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(_host(leaf))
+        out[jax.tree_util.keystr(path, simple=True, separator="/")] = zlib.crc32(array.reshape(-1).view(np.uint8))
+    return out
+
+
+def _verify(tree, recorded: dict | None) -> None:
+    """_Damaged naming the first array of `tree` whose bytes differ from the checksum recorded at save."""
+    if recorded is None:  # written before checkpoints carried checksums
+        logging.debug("checkpoint without checksums: not verified")
+        return
+    expected = recorded["crc32"]
+    for path, crc in checksums(tree).items():
+        if path not in expected:
+            raise _Damaged(f"no checksum recorded for {path}")
+        if crc != expected[path]:
+            raise _Damaged(f"checksum mismatch in {path}")
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+    return os.path.join(str(mngr.directory), str(step))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
          data_iter=None, metrics: dict | None = None) -> None:
-    """Saves `state`, the config and (when given) the data iterator at `step`, synchronously."""
-    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
+    """Saves `state`, its checksums, the config and (when given) the data iterator at `step`,
+    synchronously; a `step` already there (left by an interrupted run being re-run) is replaced."""
+    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict()),
+             CHECKSUMS: ocp.args.JsonSave({"crc32": checksums(state)})}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    if step in mngr.all_steps():
+        mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
     mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
-    """Restores the state into `abstract_state`'s shapes and shardings, and the data iterator in place.
+def best_val_loss(mngr: ocp.CheckpointManager) -> float:
+    """The val loss of the step `best/` keeps; inf when it keeps none (or one without metrics)."""
+    step = mngr.best_step()
+    metrics = mngr.metrics(step) if step is not None else None
+    return float(metrics["val_loss"]) if metrics and "val_loss" in metrics else math.inf
 
-    A checkpoint without a data item (written by `interop import`) leaves the iterator at its start.
+
+def save_best(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
+              val_loss: float) -> bool:
+    """Saves `step` to `best/` when `val_loss` is finite and lower than the kept best's; whether it saved.
+
+    Orbax deletes the previous best only once the new one is complete, so a kill mid-save keeps
+    it; the trainer saves the best before the latest checkpoint, so its re-run reaches this step again.
     """
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None and os.path.isdir(os.path.join(str(mngr.directory), str(step), "data")):
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+    if not math.isfinite(val_loss) or val_loss >= best_val_loss(mngr):
+        return False
+    save(mngr, step, state, config, metrics={"val_loss": float(val_loss)})
+    return True
+
+
+def clean_interrupted(workdir: str) -> list[str]:
+    """Removes the temporary folders interrupted saves left in `checkpoints/` and `best/`; their paths.
+
+    Only the trainer calls it, holding the workdir's lock (no save can be in progress). Orbax's
+    own `cleanup_tmp_directories` option does the same silently in every manager it creates,
+    readers' included, and readers never modify a workdir; this uses orbax's test of what is
+    temporary and says what it removed.
+    """
+    removed = []
+    for kind in (LATEST, BEST):
+        folder = os.path.join(workdir, kind)
+        if not os.path.isdir(folder):
+            continue
+        for tmp in ocp.path.step.all_temporary_paths(folder):
+            path = str(tmp.get())
+            shutil.rmtree(path)
+            removed.append(path)
+    return sorted(removed)
+
+
+def _cause(e: BaseException) -> str:
+    """One line of at most 200 characters: what went wrong, for a warning or an error."""
+    text = " ".join(str(e).split()) or "no message"
+    text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _DropOrbaxErrors(std_logging.Filter):
+    """Orbax and asyncio log the failure of a damaged checkpoint's reads themselves; the caller
+    reports it in one line instead."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (record.name == "asyncio" or any(f"{os.sep}{lib}{os.sep}" in record.pathname
+                                                    for lib in ("orbax", "grain", "tensorstore")))
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """When one read of a damaged checkpoint fails, orbax closes its event loop while tensorstore
+    still completes the others; each completion's callback then raises "Event loop is closed" in a
+    tensorstore thread, which Python prints as a traceback (dozens of them). Those, and only those,
+    are dropped for the rest of the process: they can arrive after the restore has returned."""
+    global _CLOSED_LOOP_HOOK
+    if _CLOSED_LOOP_HOOK:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    sys.unraisablehook, _CLOSED_LOOP_HOOK = hook, True
+
+
+_CLOSED_LOOP_HOOK = False
+
+
+@contextlib.contextmanager
+def _quiet_restore():
+    """While restoring: no orbax, grain or asyncio log record, no closed-loop tracebacks."""
+    _drop_closed_loop_callbacks()
+    quiet = _DropOrbaxErrors()
+    handlers = [logging.get_absl_handler(), *std_logging.getLogger().handlers]
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
+def _check_layout(mngr: ocp.CheckpointManager, step: int) -> None:
+    """_Damaged naming a missing item or item metadata, which orbax reports only as a TypeError or KeyError."""
+    for path in ("state/", "config/", "state/_METADATA", "config/metadata"):
+        if not os.path.exists(os.path.join(_step_dir(mngr, step), path)):
+            raise _Damaged(f"{path} is missing")
+
+
+def _restore_item(mngr: ocp.CheckpointManager, step: int, name: str, arg):
+    """One item of `step`, quietly; any failure is _Damaged naming the item."""
+    try:
+        with _quiet_restore():
+            return mngr.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
+    except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
+        raise _Damaged(f"{name}: {_cause(e)}") from None
+
+
+def _config(mngr: ocp.CheckpointManager, step: int) -> dict:
+    config = _restore_item(mngr, step, "config", ocp.args.JsonRestore())
+    if not isinstance(config, dict):
+        raise _Damaged("config: not a JSON object")
+    return config
+
+
+def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+    """The checksums saved with `step`; None for a checkpoint written before there were any."""
+    if not os.path.isdir(os.path.join(_step_dir(mngr, step), CHECKSUMS)):
+        return None
+    recorded = _restore_item(mngr, step, CHECKSUMS, ocp.args.JsonRestore())
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("crc32"), dict):
+        raise _Damaged(f"{CHECKSUMS}: not a JSON object with crc32")
+    return recorded
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_same_state(mngr: ocp.CheckpointManager, step: int, abstract_state) -> None:
+    """CheckpointError when `step` holds arrays of other names or shapes than `abstract_state`: a
+    different model, not damage, so nothing is moved aside."""
+    try:
+        with _quiet_restore():
+            saved = _shapes(dict(mngr.item_metadata(step)["state"]))
+    except Exception as e:  # unreadable metadata is damage
+        raise _Damaged(f"state/_METADATA: {_cause(e)}") from None
+    wanted = _shapes(abstract_state)
+    if differ := sorted(set(saved) ^ set(wanted)) or sorted(k for k in saved if saved[k] != wanted[k]):
+        key = differ[0]
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} holds another state than this config's "
+                              f"({key}: {saved.get(key, 'absent')} there, {wanted.get(key, 'absent')} here)")
+
+
+def _restore_verified(mngr: ocp.CheckpointManager, step: int, abstract_state):
+    """The state of `step`, its arrays verified against their checksums; its config read too (a
+    checkpoint whose config cannot be read is as unusable as one whose arrays cannot)."""
+    _check_layout(mngr, step)
+    _check_same_state(mngr, step, abstract_state)
+    _config(mngr, step)
+    state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(abstract_state))
+    _verify(state, _recorded(mngr, step))
+    return state
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+    """Renames `step` to `<workdir>/damaged/<kind>-<step>-<time>`, outside the folder orbax manages."""
+    kind_dir = str(mngr.directory)
+    workdir, kind = os.path.dirname(kind_dir), os.path.basename(kind_dir)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    target = os.path.join(workdir, DAMAGED, f"{kind}-{step}-{stamp}")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(_step_dir(mngr, step), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moved aside {kind} {step}")
+    return target
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) -> tuple[object, int] | None:
+    """(state, step) of the newest step that restores and verifies, the data iterator set to its
+    position; None when there is no checkpoint. Each damaged step is reported in one warning line
+    and moved aside; CheckpointError (one line) when every step is damaged.
+
+    A step without a data item leaves the iterator at its start: a warning, except at step 0 (what
+    `interop import` writes), where a new run starts the stream too.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        return None
+    for step in steps:
+        data_dir = os.path.join(_step_dir(mngr, step), "data")
+        try:
+            state = _restore_verified(mngr, step, abstract_state)
+            if data_iter is not None and os.path.isdir(data_dir):
+                _restore_item(mngr, step, "data", grain.checkpoint.CheckpointRestore(data_iter))
+        except _Damaged as e:
+            moved = _move_aside(mngr, step)
+            mngr.reload()
+            logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, mngr.directory, e, moved)
+            continue
+        if data_iter is not None and not os.path.isdir(data_dir) and step > 0:  # step 0 (an import) starts there anyway
+            logging.warning("checkpoint %d in %s has no data item: the data stream restarts from its beginning",
+                            step, mngr.directory)
+        return state, step
+    raise CheckpointError(f"every checkpoint in {mngr.directory} is damaged (steps {', '.join(map(str, steps))}, "
+                          f"moved to {os.path.join(os.path.dirname(str(mngr.directory)), DAMAGED)}); pass --fresh "
+                          "to start over")
 
 
 def saved_config(mngr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-    config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    return ml_collections.ConfigDict(config)
+    """The config `step` was saved with; CheckpointError (one line) when it cannot be read."""
+    try:
+        return ml_collections.ConfigDict(_config(mngr, step))
+    except _Damaged as e:
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} has an unreadable config ({e})") from None
 
 
 def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.CheckpointManager, int]:
@@ -77,17 +329,54 @@ def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.Checkpo
     raise CheckpointError(f"workdir {workdir!r} has no checkpoint {which!r}; saved steps: {sorted(steps)}")
 
 
+def _read_params(mngr: ocp.CheckpointManager, step: int):
+    """(params as host numpy, config) of `step`, the params verified against their checksums."""
+    _check_layout(mngr, step)
+    config = _config(mngr, step)
+    try:
+        with _quiet_restore():
+            params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
+            abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
+            as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+            with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
+                params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"), args=ocp.args.PyTreeRestore(
+                    abstract, as_numpy, partial_restore=True))["params"]
+    except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
+        raise _Damaged(f"state: {_cause(e)}") from None
+    recorded = _recorded(mngr, step)
+    if recorded is not None:
+        recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.startswith("params/")}}
+    _verify({"params": params}, recorded)
+    return params, ml_collections.ConfigDict(config)
+
+
 def restore_params(workdir: str, which: str | int = "latest"):
-    """(params, config, step) from a run's checkpoint, without the optimizer state.
+    """(params, config, step) from a run's checkpoint, without the optimizer state, verified.
 
     Every array comes back as host numpy, so a checkpoint written on N devices loads on any other
-    device count.
+    device count. A damaged checkpoint is CheckpointError naming the steps of `checkpoints/` that
+    are intact; nothing in the workdir is changed.
     """
     mngr, step = resolve_step(workdir, which)
-    params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
-    abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
-    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
-        state = checkpointer.restore(os.path.join(str(mngr.directory), str(step), "state"),
-                                     args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
-    return state["params"], saved_config(mngr, step), step
+    try:
+        params, config = _read_params(mngr, step)
+    except _Damaged as e:
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} is damaged ({e}); "
+                              f"{_intact(workdir, skip=(str(mngr.directory), step))}") from None
+    return params, config, step
+
+
+def _intact(workdir: str, skip: tuple[str, int]) -> str:
+    """"intact steps: 30, 35" (those of `checkpoints/` that restore and verify), or that there are none."""
+    if not os.path.isdir(os.path.join(workdir, LATEST)):
+        return "no intact checkpoint"
+    mngr, intact = manager(workdir, LATEST, create=False), []
+    for step in sorted(mngr.all_steps()):
+        if (str(mngr.directory), step) == skip:
+            continue
+        try:
+            _read_params(mngr, step)
+            intact.append(step)
+        except _Damaged:  # damaged too: not listed
+            continue
+    return f"intact steps: {', '.join(map(str, intact))}" if intact else "no intact checkpoint"

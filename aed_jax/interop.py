@@ -3,11 +3,11 @@
     python -m aed_jax.interop export --workdir DIR --out model.npz   # writes model.npz and model.json
     python -m aed_jax.interop import --npz model.npz --config configs/X.py --workdir NEW_DIR
 
-The npz holds float32 arrays keyed by the reference's state-dict names (SPEC.md, last section),
-in PyTorch layouts: Linear weights are [out, in] (the transpose of a flax kernel), LayerNorm and
-Embedding weights are flax's `scale` and `embedding`. `output_layer.weight` is there too, equal to
-`token_embedding.weight` (the reference ties them). model.json is the reference's model_config,
-its enums as the integer codes of its YAML files. On the PyTorch side:
+The npz holds float32 arrays keyed by the reference's state-dict names (docs/model.md, "Reference
+state-dict names"), in PyTorch layouts: Linear weights are [out, in] (the transpose of a flax
+kernel), LayerNorm and Embedding weights are flax's `scale` and `embedding`. `output_layer.weight`
+is there too, equal to `token_embedding.weight` (the reference ties them). model.json is the
+reference's model_config, its enums as the integer codes of its YAML files. On the PyTorch side:
 
     state = {k: torch.from_numpy(v) for k, v in np.load("model.npz").items()}
     model = AutoregressiveEncoderDecoderTransformer(ModelConfig(**json.load(open("model.json"))))

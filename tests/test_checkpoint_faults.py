@@ -1,0 +1,290 @@
+"""Damaged checkpoints: each fault is found, reported in one line, set aside, and the previous step restores."""
+import hashlib
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from aed_jax import checkpoint
+from aed_jax import data
+from aed_jax import model as model_lib
+from aed_jax import optim
+from aed_jax import train
+from test_train import ROOT, data_dir, small_config  # noqa: F401
+
+STEPS = (2, 4, 6)
+
+
+def _state(c, seed: int, step: int):
+    params = model_lib.init_params(train.make_model(c), jax.random.key(seed))
+    params = jax.tree_util.tree_map(lambda p: p + 0.01 * seed, params)  # a moment's Adam state that is not zeros
+    opt_state = optim.make_optimizer(c).init(params)
+    opt_state = jax.tree_util.tree_map(lambda a: a + step if a.dtype.kind == "f" else a, opt_state)
+    return {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+
+
+def _iterator(c):
+    train_path = data.split_paths(c)[0]
+    return data.train_iterator(train_path, c.model_config.context_size, c.batch_size, c.random_seed)
+
+
+def _abstract(c):
+    return jax.eval_shape(lambda: _state(c, 0, 0))
+
+
+@pytest.fixture(scope="module")
+def pristine(data_dir, tmp_path_factory):  # noqa: F811
+    """A workdir with checkpoints 2, 4, 6 (the iterator two batches on at each) and best/ at 4; the states saved."""
+    c = small_config(data_dir)
+    workdir = str(tmp_path_factory.mktemp("pristine") / "run")
+    latest, best, it, states, positions = checkpoint.manager(workdir), checkpoint.manager(workdir, checkpoint.BEST), \
+        _iterator(c), {}, {}
+    for step in STEPS:
+        next(it), next(it)
+        states[step], positions[step] = _state(c, step, step), it.get_state()
+        checkpoint.save(latest, step, states[step], c, it)
+    assert checkpoint.save_best(best, 4, states[4], c, 1.5)
+    latest.close(), best.close()
+    return c, workdir, states, positions
+
+
+@pytest.fixture
+def run(pristine, tmp_path):
+    """A copy of the pristine workdir to break."""
+    c, workdir, states, positions = pristine
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    return c, copy, states, positions
+
+
+def _largest_array_file(step_dir):
+    folder = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+    return max((os.path.join(folder, n) for n in os.listdir(folder)), key=os.path.getsize)
+
+
+def _rewrite(path, change):
+    content = bytearray(open(path, "rb").read())
+    change(content)
+    open(path, "wb").write(bytes(content))
+
+
+def _flip3(b):
+    for i in (len(b) // 3, len(b) // 2, 2 * len(b) // 3):
+        b[i] ^= 0xFF
+
+
+def _random1000(b):
+    b[len(b) // 2:len(b) // 2 + 1000] = np.random.default_rng(0).integers(0, 256, 1000, np.uint8).tobytes()
+
+
+FAULTS = {
+    "truncated": lambda d: os.truncate(_largest_array_file(d), os.path.getsize(_largest_array_file(d)) // 2),
+    "zero-filled": lambda d: _rewrite(_largest_array_file(d), lambda b: b.__setitem__(slice(None), bytes(len(b)))),
+    "3 flipped bytes": lambda d: _rewrite(_largest_array_file(d), _flip3),
+    "1000 random bytes": lambda d: _rewrite(_largest_array_file(d), _random1000),
+    "no _METADATA": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "broken config": lambda d: open(os.path.join(d, "config", "metadata"), "w").write('{"broken'),
+    "no state": lambda d: shutil.rmtree(os.path.join(d, "state")),
+}
+CAUSES = {"3 flipped bytes": "checksum mismatch in ", "1000 random bytes": "",  # either, by where they land
+          "no _METADATA": "state/_METADATA is missing", "broken config": "config: JSONDecodeError",
+          "no state": "state/ is missing"}
+
+
+def _tree_digest(folder) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _assert_identical(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restores(run, fault, caplog, capfd):
+    c, workdir, states, positions = run
+    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    FAULTS[fault](step_dir)
+    damaged = _tree_digest(step_dir)
+
+    with pytest.raises(checkpoint.CheckpointError) as e:  # a reader reports it and changes nothing
+        checkpoint.restore_params(workdir, "latest")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"checkpoint 6 in {os.path.join(workdir, 'checkpoints')} "
+                                                      "is damaged (")
+    assert message.endswith("; intact steps: 2, 4") and CAUSES.get(fault, "state: ") in message
+    assert _tree_digest(step_dir) == damaged
+
+    it = _iterator(c)
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+    assert step == 4
+    _assert_identical(state, states[4])
+    assert it.get_state() == positions[4]
+    [warning] = _warnings(caplog)
+    assert "\n" not in warning and warning.startswith("checkpoint 6 in ") and "is damaged (" in warning
+    [aside] = os.listdir(os.path.join(workdir, checkpoint.DAMAGED))
+    assert aside.startswith("checkpoints-6-") and aside in warning
+    assert _tree_digest(os.path.join(workdir, checkpoint.DAMAGED, aside)) == damaged  # moved, byte for byte
+    assert sorted(os.listdir(os.path.join(workdir, checkpoint.LATEST))) == ["2", "4"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_missing_data_item_is_a_warning_that_the_stream_restarts(run, caplog):
+    c, workdir, states, _ = run
+    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "6", "data"))
+    it = _iterator(c)
+    start = it.get_state()
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+    assert step == 6 and it.get_state() == start
+    _assert_identical(state, states[6])
+    [warning] = _warnings(caplog)
+    assert "checkpoint 6 in" in warning and "no data item: the data stream restarts from its beginning" in warning
+    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+
+
+def test_an_imported_step_0_without_data_restores_silently(data_dir, tmp_path, caplog):  # noqa: F811
+    c = small_config(data_dir)
+    state = _state(c, 1, 0)
+    checkpoint.save(checkpoint.manager(str(tmp_path)), 0, state, c)
+    with caplog.at_level(logging.WARNING):
+        restored, step = checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), _abstract(c), _iterator(c))
+    assert step == 0 and not _warnings(caplog)
+    _assert_identical(restored, state)
+
+
+def test_checkpoints_without_checksums_still_load(run, caplog):
+    """As written before checkpoints carried checksums."""
+    c, workdir, states, _ = run
+    for step in STEPS:
+        shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, str(step), checkpoint.CHECKSUMS))
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), _iterator(c))
+        params, _, _ = checkpoint.restore_params(workdir, "latest")
+    assert step == 6 and not _warnings(caplog)
+    _assert_identical(state, states[6])
+    _assert_identical(params, jax.device_get(states[6]["params"]))
+
+
+def test_every_checkpoint_damaged_is_one_line_and_nothing_is_deleted(run, caplog):
+    c, workdir, _, _ = run
+    for step in STEPS:
+        os.remove(os.path.join(workdir, checkpoint.LATEST, str(step), "state", "_METADATA"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"^every checkpoint in \S+ is damaged \(steps 6, 4, 2, "
+                                                         r"moved to \S+/damaged\); pass --fresh to start over$"):
+        checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c))
+    assert len(_warnings(caplog)) == 3 and len(os.listdir(os.path.join(workdir, checkpoint.DAMAGED))) == 3
+    with pytest.raises(checkpoint.CheckpointError, match="has no checkpoints in checkpoints/"):
+        checkpoint.restore_params(workdir)
+
+
+def test_another_models_checkpoint_is_not_taken_for_damage(run):
+    c, workdir, _, _ = run
+    other = small_config(c.data_dir)
+    other.model_config.n_embed = 64
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ holds another state than this "
+                                                         r"config's \(.*\)$"):
+        checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(other))
+    assert sorted(os.listdir(os.path.join(workdir, checkpoint.LATEST))) == ["2", "4", "6"]
+    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+
+
+def test_no_checkpoint_restores_nothing(tmp_path, data_dir):  # noqa: F811
+    assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), _abstract(small_config(data_dir))) is None
+
+
+def test_a_damaged_best_names_the_intact_steps(run):
+    _, workdir, _, _ = run
+    FAULTS["3 flipped bytes"](os.path.join(workdir, checkpoint.BEST, "4"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 4 in \S+/best is damaged \(checksum mismatch "
+                                                         r"in params/\S+\); intact steps: 2, 4, 6$"):
+        checkpoint.restore_params(workdir, "best")
+
+
+def test_saved_config_of_a_broken_config_is_one_line(run):
+    _, workdir, _, _ = run
+    FAULTS["broken config"](os.path.join(workdir, checkpoint.LATEST, "6"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ has an unreadable config "
+                                                         r"\(config: JSONDecodeError: [^\n]*\)$"):
+        checkpoint.saved_config(checkpoint.manager(workdir), 6)
+
+
+def test_save_replaces_a_step_that_exists(run):
+    """A re-run after an interrupted one saves a step again."""
+    c, workdir, states, _ = run
+    checkpoint.save(checkpoint.manager(workdir), 6, states[2], c)
+    params, _, step = checkpoint.restore_params(workdir, 6)
+    assert step == 6
+    _assert_identical(params, jax.device_get(states[2]["params"]))
+
+
+def test_best_only_moves_to_a_finite_lower_val_loss(run):
+    c, workdir, states, _ = run
+    best = checkpoint.manager(workdir, checkpoint.BEST)
+    assert checkpoint.best_val_loss(best) == 1.5
+    for step, loss in ((6, math.nan), (6, math.inf), (6, 1.5), (6, 2.0)):
+        assert not checkpoint.save_best(best, step, states[6], c, loss)
+    assert best.all_steps() == [4]
+    assert checkpoint.save_best(best, 6, states[6], c, 1.0)
+    assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 1.0
+    assert checkpoint.save_best(best, 6, states[2], c, 0.9)  # the same step again, better: replaced
+    assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 0.9
+    _assert_identical(checkpoint.restore_params(workdir, "best")[0], jax.device_get(states[2]["params"]))
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the save it kills
+def test_an_interrupted_best_save_is_cleaned_and_the_best_kept(run, monkeypatch):
+    c, workdir, states, _ = run
+
+    def killed(self, *args, **kwargs):  # dies while orbax writes into its temporary folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_best(checkpoint.manager(workdir, checkpoint.BEST), 6, states[6], c, 1.0)
+    monkeypatch.undo()
+    left = [n for n in os.listdir(os.path.join(workdir, checkpoint.BEST)) if n != "4"]
+    assert left and all(".orbax-checkpoint-tmp" in n for n in left)
+    assert checkpoint.clean_interrupted(workdir) == [os.path.join(workdir, checkpoint.BEST, n) for n in sorted(left)]
+    assert os.listdir(os.path.join(workdir, checkpoint.BEST)) == ["4"]
+    assert checkpoint.clean_interrupted(workdir) == []
+    params, _, step = checkpoint.restore_params(workdir, "best")
+    assert step == 4
+    _assert_identical(params, jax.device_get(states[4]["params"]))
+    best = checkpoint.manager(workdir, checkpoint.BEST)  # the re-run saves that best again
+    assert checkpoint.save_best(best, 6, states[6], c, 1.0) and best.all_steps() == [6]
+
+
+@pytest.mark.parametrize("command", [["aed_jax.evaluate"], ["aed_jax.sample", "--prompt=a"],
+                                     ["aed_jax.interop", "export", "--out=OUT/m.npz"]])
+def test_readers_of_a_damaged_checkpoint_print_one_line(run, command, tmp_path):
+    _, workdir, _, _ = run
+    FAULTS["truncated"](os.path.join(workdir, checkpoint.LATEST, "6"))
+    args = [a.replace("OUT", str(tmp_path)) for a in command]
+    proc = subprocess.run([sys.executable, "-m", *args, f"--workdir={workdir}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: checkpoint 6 in {workdir}/checkpoints is "
+                                                                    "damaged (state: ")
+    assert proc.stderr.endswith("; intact steps: 2, 4\n")
+    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))

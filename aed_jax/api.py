@@ -24,7 +24,8 @@ def load(workdir: str, checkpoint: str | int = "latest", dtype=jnp.float32
 
     Only the parameters are used (no optimizer), put on the default device, so a checkpoint saved
     on any number of devices loads here. `dtype` is the model's compute dtype. Raises
-    checkpoint.CheckpointError (one line) for a missing workdir, checkpoint or step.
+    checkpoint.CheckpointError (one line) for a missing workdir, checkpoint or step, and for a
+    damaged checkpoint (naming the intact steps).
     """
     params, config, _ = checkpoint_lib.restore_params(workdir, checkpoint)
     model = model_lib.make_model(model_lib.ModelConfig.from_config(config, dtype=dtype))

@@ -144,9 +144,12 @@ def clean_interrupted(workdir: str) -> list[str]:
     return sorted(removed)
 
 
-def _cause(e: BaseException) -> str:
-    """One line of at most 200 characters: what went wrong, for a warning or an error."""
-    text = " ".join(str(e).split()) or "no message"
+def _cause(e: BaseException, step_dir: str) -> str:
+    """One line of at most 200 characters for a warning or an error: the innermost exception (what
+    tensorstore or zstd found, not orbax's wrapper), paths relative to the step's folder."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e).replace(step_dir + os.sep, "").replace(step_dir, ".").split()) or "no message"
     text = f"{type(e).__name__}: {text}"
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -160,29 +163,28 @@ class _DropOrbaxErrors(std_logging.Filter):
                                                     for lib in ("orbax", "grain", "tensorstore")))
 
 
-def _drop_closed_loop_callbacks() -> None:
-    """When one read of a damaged checkpoint fails, orbax closes its event loop while tensorstore
-    still completes the others; each completion's callback then raises "Event loop is closed" in a
-    tensorstore thread, which Python prints as a traceback (dozens of them). Those, and only those,
-    are dropped for the rest of the process: they can arrive after the restore has returned."""
-    global _CLOSED_LOOP_HOOK
-    if _CLOSED_LOOP_HOOK:
-        return
-    previous = sys.unraisablehook
+class _DropRestoreDebris:
+    """An unraisable-exception hook that drops what a failed restore leaves behind. When one read of
+    a damaged checkpoint fails, orbax closes its event loop with the other reads still pending:
+    each later completion raises "Event loop is closed" in a tensorstore thread, and each abandoned
+    read coroutine raises when it is garbage-collected; Python prints every one as a traceback
+    (dozens), at any later time. Everything else goes to the previous hook."""
 
-    def hook(unraisable) -> None:
-        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
-    sys.unraisablehook, _CLOSED_LOOP_HOOK = hook, True
+    def __init__(self, previous):
+        self.previous = previous
 
-
-_CLOSED_LOOP_HOOK = False
+    def __call__(self, unraisable) -> None:
+        closed_loop = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed_loop or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+            self.previous(unraisable)
 
 
 @contextlib.contextmanager
 def _quiet_restore():
-    """While restoring: no orbax, grain or asyncio log record, no closed-loop tracebacks."""
-    _drop_closed_loop_callbacks()
+    """While restoring: no orbax, grain or asyncio log record; for good: no debris of a failed restore."""
+    if not isinstance(sys.unraisablehook, _DropRestoreDebris):
+        sys.unraisablehook = _DropRestoreDebris(sys.unraisablehook)
     quiet = _DropOrbaxErrors()
     handlers = [logging.get_absl_handler(), *std_logging.getLogger().handlers]
     for h in handlers:
@@ -207,7 +209,7 @@ def _restore_item(mngr: ocp.CheckpointManager, step: int, name: str, arg):
         with _quiet_restore():
             return mngr.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
-        raise _Damaged(f"{name}: {_cause(e)}") from None
+        raise _Damaged(f"{name}: {_cause(e, _step_dir(mngr, step))}") from None
 
 
 def _config(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -239,7 +241,7 @@ def _check_same_state(mngr: ocp.CheckpointManager, step: int, abstract_state) ->
         with _quiet_restore():
             saved = _shapes(dict(mngr.item_metadata(step)["state"]))
     except Exception as e:  # unreadable metadata is damage
-        raise _Damaged(f"state/_METADATA: {_cause(e)}") from None
+        raise _Damaged(f"state/_METADATA: {_cause(e, _step_dir(mngr, step))}") from None
     wanted = _shapes(abstract_state)
     if differ := sorted(set(saved) ^ set(wanted)) or sorted(k for k in saved if saved[k] != wanted[k]):
         key = differ[0]
@@ -342,7 +344,7 @@ def _read_params(mngr: ocp.CheckpointManager, step: int):
                 params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"), args=ocp.args.PyTreeRestore(
                     abstract, as_numpy, partial_restore=True))["params"]
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
-        raise _Damaged(f"state: {_cause(e)}") from None
+        raise _Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)
     if recorded is not None:
         recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.startswith("params/")}}

@@ -288,3 +288,72 @@ def test_readers_of_a_damaged_checkpoint_print_one_line(run, command, tmp_path):
                                                                     "damaged (state: ")
     assert proc.stderr.endswith("; intact steps: 2, 4\n")
     assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+
+
+# The trainer over damaged or interrupted checkpoints (est_interval 2: a checkpoint and an estimate every 2 steps).
+
+def _kind_steps(workdir, kind=checkpoint.LATEST):
+    return sorted(int(n) for n in os.listdir(os.path.join(workdir, kind)) if n.isdigit())
+
+
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):  # noqa: F811
+    """A run straight to step 10, then a copy stopped at step 8 (checkpoints 4, 6, 8) for each test to break."""
+    c = small_config(data_dir, train_steps=10, est_interval=2)
+    straight, at_8 = str(tmp_path_factory.mktemp("straight")), str(tmp_path_factory.mktemp("at8") / "run")
+    train.train_and_evaluate(c, straight)
+    train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), at_8)
+    return c, checkpoint.restore_params(straight, "latest")[0], at_8
+
+
+@pytest.fixture
+def at_8(straight, tmp_path):
+    c, params, workdir = straight
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    return c, params, copy
+
+
+def test_training_resumes_from_the_newest_intact_checkpoint(at_8, caplog):
+    c, straight_params, workdir = at_8
+    FAULTS["3 flipped bytes"](os.path.join(workdir, checkpoint.LATEST, "8"))
+    with caplog.at_level(logging.WARNING):
+        assert train.train_and_evaluate(c, workdir).step == 10
+    [warning] = _warnings(caplog)
+    assert warning.startswith("checkpoint 8 in ") and "checksum mismatch in " in warning
+    assert [n.split("-")[:2] for n in os.listdir(os.path.join(workdir, checkpoint.DAMAGED))] == [["checkpoints", "8"]]
+    assert _kind_steps(workdir) == [6, 8, 10]
+    _assert_identical(checkpoint.restore_params(workdir)[0], straight_params)  # the same stream, from step 6
+
+
+def test_best_ahead_of_checkpoints_resumes(at_8):
+    """A kill between the best save and the latest save of step 8."""
+    c, straight_params, workdir = at_8
+    assert _kind_steps(workdir, checkpoint.BEST) == [8]  # the loss falls: the last estimate is the best
+    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "8"))
+    assert train.train_and_evaluate(c, workdir).step == 10
+    assert _kind_steps(workdir) == [6, 8, 10]
+    _assert_identical(checkpoint.restore_params(workdir)[0], straight_params)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the save it kills
+def test_a_kill_during_the_best_save_loses_no_best(at_8, monkeypatch, caplog):
+    c, _, workdir = at_8
+    best_dir = os.path.join(workdir, checkpoint.BEST)
+    async_save = ocp.StandardCheckpointHandler.async_save
+
+    def killed_in_best(self, directory, *args, **kwargs):
+        if str(directory).startswith(best_dir):
+            raise KeyboardInterrupt
+        return async_save(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", killed_in_best)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(c, workdir)
+    monkeypatch.undo()
+    assert _kind_steps(workdir) == [4, 6, 8] and _kind_steps(workdir, checkpoint.BEST) == [8]
+    assert any(".orbax-checkpoint-tmp" in n for n in os.listdir(best_dir))
+    with caplog.at_level(logging.WARNING):
+        assert train.train_and_evaluate(c, workdir).step == 10
+    assert any("orbax-checkpoint-tmp" in w and "interrupted save" in w for w in _warnings(caplog))
+    assert os.listdir(best_dir) == ["10"]

@@ -1,35 +1,69 @@
 """`python -m aed_jax.main --config=configs/<run>.py [--config.<key>=<value> ...] [--workdir DIR]`.
 
-Trains a config end to end; re-running the same command resumes from the workdir's latest
-checkpoint. On a cluster, pass --distributed on every host (jax.distributed.initialize reads the
-coordinator from SLURM or the JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
+Trains a config end to end; re-running the same command resumes from the workdir's latest intact
+checkpoint, and says so when the run is already finished. At the end it prints the final losses
+and a greedy and a sampled continuation of a prompt. On a cluster, pass --distributed on every
+host (jax.distributed.initialize reads the coordinator from SLURM or the
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
 """
-import os
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while the libraries load or the run is set up: one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted; the workdir keeps its latest checkpoint"))
+
+import os  # noqa: E402
 
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from aed_jax import api
 from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
+from aed_jax import rundir
+from aed_jax import sample
 from aed_jax import tokenizer
 from aed_jax import train
+
+DEFAULT_DATASET = config_lib.base_config().dataset
 
 
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so importing this module defines none."""
     cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
-                        "default: config.workdir, else runs/<config file name>.")
-    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints and metrics and start over.")
+                        "default: config.workdir, else runs/<config file name>, plus -<dataset> when the "
+                        f"dataset is not {DEFAULT_DATASET}.")
+    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints, metrics and TensorBoard events and "
+                      "start over.")
+    flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
+    flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
+                         "training ends; 0 prints none.", lower_bound=0)
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
     flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
                         "JAX's persistent compilation cache, so a resumed run loads its train step instead of "
                         "compiling it again, as does the run after micro_batch_size auto-sizing compiled it; "
                         "'' disables it. The JAX_COMPILATION_CACHE_DIR variable, when set, wins.")
+
+
+def default_workdir(c, config_path: str) -> str:
+    """runs/<config name>, plus -<dataset> for a dataset other than the built-in one, so training a
+    config on your own data never lands in (and is never refused by) the built-in corpus's run."""
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{c.dataset}")
+
+
+def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
+    """A greedy and a sampled continuation of `prompt` by the latest checkpoint: what the model learnt."""
+    model, params, _, encoding = api.load(workdir)
+    prompt_1xL = sample.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
+    for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=200, seed=0))):
+        tokens = sample.generate(model, params, prompt_1xL, max_new_tokens, **options)[0]
+        print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 
 
 def main(argv):
@@ -40,17 +74,36 @@ def main(argv):
         jax.distributed.initialize()
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
-    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    workdir = fv.workdir or c.workdir or os.path.join("runs", name)
+    workdir = fv.workdir or c.workdir or default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,
                  jax.process_count(), workdir)
     try:
-        est = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
-    except (train.TrainError, data.DataError, tokenizer.TokenizerError, checkpoint.CheckpointError,
+        outcome = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
+    except (train.TrainError, rundir.RunError, data.DataError, tokenizer.TokenizerError, checkpoint.CheckpointError,
             config_lib.ConfigError) as e:
         cli.fail(str(e))
-    if est:
-        print(f"final: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f} ({workdir})")
+    except OSError as e:
+        cli.fail(f"{e.filename or workdir}: {e.strerror or e}")
+    if jax.process_index() == 0:
+        report(outcome, workdir, c.train_steps, fv.sample_prompt, fv.sample_tokens)
+
+
+def report(outcome: train.Outcome, workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
+    est = outcome.estimate
+    losses = (f"train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f} (estimated at step "
+              f"{est['step']})" if est else "no estimate yet")
+    if outcome.stopped_by:
+        print(f"stopped by {outcome.stopped_by} at step {outcome.step} of {train_steps}, checkpoint saved; run the "
+              f"same command to resume. Last {losses}")
+        return
+    if outcome.already_finished:
+        print(f"{workdir} is already finished at step {outcome.step} (train_steps {train_steps}): {losses}. "
+              f"Checkpoints in {os.path.join(workdir, 'checkpoints')}, the best in {os.path.join(workdir, 'best')}. "
+              "Raise --config.train_steps to train on, or pass --fresh to start over")
+        return
+    print(f"final: {losses} ({workdir})")
+    if sample_tokens:
+        print_continuations(workdir, prompt, sample_tokens)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 Data parallel the JAX way: one `Mesh` over every device (of every host), the batch sharded on its
 `data` axis, parameters and optimizer state replicated; XLA inserts the gradient all-reduce. The
 same code runs on one CPU, N GPUs, or several hosts after `jax.distributed.initialize()`.
+The run's folder (its lock, the same-run checks of a resume, its metrics) is `rundir`'s.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
-import os
-import shutil
 import signal
+import sys
 import time
 
 from absl import logging
@@ -22,7 +23,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
-import tensorboardX
 import tqdm
 
 from aed_jax import checkpoint
@@ -30,6 +30,7 @@ from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import rundir
 
 
 class TrainError(RuntimeError):
@@ -146,42 +147,6 @@ class DevicePrefetch:
         """Part of the interface grain's checkpoint handler calls after a restore; batches are fetched on demand."""
 
 
-class Writer:
-    """metrics.jsonl (one JSON object a line, with "step") plus TensorBoard events, on process 0 only.
-
-    A run resumed at `start_step` first drops what an interrupted run logged after that step (it
-    will be logged again), so each step appears once: from metrics.jsonl by an atomic rewrite, and
-    from TensorBoard with its purge_step.
-    """
-
-    def __init__(self, workdir: str, start_step: int = 0):
-        self.enabled = jax.process_index() == 0
-        if self.enabled:
-            path = os.path.join(workdir, "metrics.jsonl")
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    kept = [line.rstrip("\n") + "\n" for line in f
-                            if (step := _logged_step(line)) is not None and step <= start_step]
-                _write_atomic(path, "".join(kept))
-            self.jsonl = open(path, "a", encoding="utf-8")
-            self.tb = tensorboardX.SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
-
-    def write(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        metrics = {k: float(v) for k, v in metrics.items()}
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
-
-
 class Preemption:
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
 
@@ -197,67 +162,102 @@ class Preemption:
             signal.signal(s, handler)
 
 
-def _logged_step(line: str) -> int | None:
-    """The step of a metrics.jsonl line; None for a line cut short by a crash."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
+
+class Progress:
+    """A tqdm bar on a terminal; in a log file (stderr not a tty), a plain line at most every
+    `every_s` seconds instead of a bar's hundreds of carriage-return updates. Process 0 only."""
+
+    def __init__(self, start: int, total: int, every_s: float = 30.0):
+        self.enabled, self.tty = jax.process_index() == 0, sys.stderr.isatty()
+        self.total, self.every_s, self.last_line = total, every_s, time.perf_counter()
+        self.bar = tqdm.tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                             disable=not (self.enabled and self.tty))
+
+    def update(self, step: int, metrics: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(ce=f"{metrics['ce']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        now = time.perf_counter()
+        if self.enabled and not self.tty and now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.write(f"step {step}/{self.total}: ce {metrics['ce']:.4f}, {metrics['tokens_per_s']:,.0f} tokens/s")
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            self.bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+@dataclasses.dataclass
+class Outcome:
+    """How train_and_evaluate ended: what main reports."""
+    step: int  # the step the workdir's latest checkpoint now holds
+    estimate: dict  # the last estimate (train_loss, val_loss, accuracy losses, "step"); {} before any
+    stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run
+    already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _model_config_diff(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
-    flat = lambda c: {"model_type": c.get("model_type"), "scan_layers": c.get("scan_layers", False), **{
-        f"model_config.{k}": v for k, v in _flatten(c.model_config.to_dict()).items()}}
-    a, b = flat(saved), flat(current)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+def _data_files(c: ml_collections.ConfigDict) -> tuple[str, str]:
+    """The train and val token files; process 0 prepares the built-in corpus before the others look."""
+    if jax.process_index() == 0:
+        data.split_paths(c)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("data ready")
+    return data.split_paths(c)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+def _saved_run(workdir: str, latest) -> tuple[dict | None, dict | None, bool]:
+    """(config, data record, model_only) of the run the workdir holds. Written by the trainer when it
+    accepted the run; for a checkpoint `interop import` wrote, the newest readable checkpoint's
+    config, whose model alone must match (it was never trained on any data)."""
+    saved_config, saved_data = rundir.recorded(workdir)
+    if saved_config is not None or latest.latest_step() is None:
+        return saved_config, saved_data, False
+    for step in sorted(latest.all_steps(), reverse=True):
+        try:
+            return checkpoint.saved_config(latest, step).to_dict(), None, True
+        except checkpoint.CheckpointError as e:
+            logging.warning("%s", e)
+    return None, None, False
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict:
-    """Trains `c` in `workdir`, resuming from its latest checkpoint; returns the last estimate."""
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
+    """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
+    if c.batch_size % jax.device_count():
+        raise TrainError(f"batch_size={c.batch_size} must be divisible by the device count {jax.device_count()}")
+    with rundir.locked(workdir):
+        if jax.process_index() == 0:
+            if fresh:
+                rundir.start_over(workdir)
+            for path in checkpoint.clean_interrupted(workdir):
+                logging.warning("removed %s, left by an interrupted save", path)
+        return _train(c, workdir)
+
+
+def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     n_proc, T = jax.process_count(), c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
-    if c.batch_size % jax.device_count():
-        raise TrainError(f"batch_size={c.batch_size} must be divisible by the device count {jax.device_count()}")
-    if fresh and jax.process_index() == 0:
-        for name in (checkpoint.LATEST, checkpoint.BEST):
-            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-            os.remove(os.path.join(workdir, "metrics.jsonl"))
-    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
 
-    if jax.process_index() == 0:
-        data.split_paths(c)  # prepares the built-in corpus once, before the other hosts look for it
-    if n_proc > 1:
-        multihost_utils.sync_global_devices("data ready")
-    train_path, val_path = data.split_paths(c)
+    train_path, val_path = _data_files(c)
+    data_record = rundir.data_record(train_path, val_path)
+    latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
+    rundir.check_same_run(workdir, c, data_record, *_saved_run(workdir, latest))
+
     vocab = c.model_config.alphabet_size
     train_tokens = data.load_tokens(train_path, vocab, T + 2)
     val_tokens = data.load_tokens(val_path, vocab, T + 2)
     to_global = lambda batch: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in batch.items()}
     train_iter = DevicePrefetch(
         data.train_iterator(train_path, T, rows // n_proc, c.random_seed, jax.process_index(), n_proc), to_global)
-
     model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
 
     def init(rng):
@@ -266,27 +266,31 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
 
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                                       jax.eval_shape(init, jax.random.key(0)))
-    latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
-    start = latest.latest_step()
-    if start is not None:
-        diff = _model_config_diff(checkpoint.saved_config(latest, start), c)
-        if diff:
-            raise TrainError(f"{workdir} holds a checkpoint of a different model ({', '.join(diff)} differ); "
-                             "pass --fresh to start over or choose another --workdir")
-        state = checkpoint.restore(latest, start, abstract, train_iter)
-        logging.info("resuming from step %d in %s", start, workdir)
+    restored = checkpoint.restore_latest(latest, abstract, train_iter)
+    if restored is None:
+        state, start = jax.jit(init, out_shardings=replicated)(jax.random.key(c.random_seed)), 0
     else:
-        state = jax.jit(init, out_shardings=replicated)(jax.random.key(c.random_seed))
-        start = 0
-    if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, "config.json"), c.to_dict())
+        state, start = restored
+        logging.info("resuming from step %d in %s", start, workdir)
+    if start >= c.train_steps:
+        latest.close()
+        best.close()
+        return Outcome(start, rundir.last_estimate(workdir), already_finished=True)
+    if is_main:
+        rundir.accept(workdir, c, data_record)
 
     micro = pick_micro_batch_size(c, model, optimizer, mesh, abstract)
     if micro % jax.device_count():
         raise TrainError(f"micro_batch_size={micro} must be divisible by the device count {jax.device_count()}")
     step_fn = compile_train_step(c, model, optimizer, mesh, micro)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    finite_fn = jax.jit(_all_finite)
     dropout_key = jax.random.key(c.random_seed + 1)
+
+    def last_good() -> str:
+        step = latest.latest_step()
+        return f"the last finite checkpoint is step {step} in {latest.directory}" if step is not None else \
+            "no checkpoint was saved"
 
     def estimate(step: int) -> dict:
         out = {}
@@ -299,29 +303,30 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         return out
 
     def save(step: int, est: dict | None) -> None:
+        """best/ first, then checkpoints/: a kill between them leaves checkpoints/ one interval behind,
+        and the re-run recomputes this step's best. Never a non-finite state."""
         state["step"] = jax.device_put(np.int32(step), replicated)  # a global array, as on every host
-        checkpoint.save(latest, step, state, c, train_iter)
-        if est is not None:
-            checkpoint.save(best, step, state, c, metrics={"val_loss": est["val_loss"]})
+        try:
+            if est is not None:
+                checkpoint.save_best(best, step, state, c, est["val_loss"])
+            checkpoint.save(latest, step, state, c, train_iter)
+        except OSError as e:
+            raise TrainError(f"saving step {step} in {workdir} failed ({e.strerror or e}); {last_good()}") from None
         logging.info("saved checkpoint at step %d", step)
 
-    writer, preemption = Writer(workdir, start), Preemption()
-    bar = tqdm.tqdm(total=c.train_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                    disable=jax.process_index() != 0)
-    last_est, pending, t_last = {}, None, time.perf_counter()
+    writer, preemption, progress = rundir.MetricsWriter(workdir, start), Preemption(), Progress(start, c.train_steps)
+    outcome, pending, t_last = Outcome(start, rundir.last_estimate(workdir)), None, time.perf_counter()
 
     def record(i: int, metrics) -> None:
         """Fetches step i's metrics (the next step is already dispatched), stops on NaN/inf, logs."""
         nonlocal t_last
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(metrics["loss"]):
-            raise TrainError(f"loss is {metrics['loss']} at step {i + 1}; stopped, the last good checkpoint "
-                             f"(step {latest.latest_step()}) is intact")
+            raise TrainError(f"loss is {metrics['loss']} at step {i + 1}; stopped without saving it; {last_good()}")
         now = time.perf_counter()
         metrics.update(step_time_s=now - t_last, tokens_per_s=rows * T / (now - t_last))
         t_last = now
-        bar.update(1)
-        bar.set_postfix(ce=f"{metrics['ce']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        progress.update(i + 1, metrics)
         if (i + 1) % c.log_interval == 0:
             writer.write(i + 1, {**metrics, "lr": schedule(i)})
 
@@ -338,19 +343,28 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
                 continue
             record(*pending)
             pending, est = None, None
+            if not bool(finite_fn(state)):
+                raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
+                                 f"{last_good()}")
             if boundary:
-                last_est = est = estimate(i + 1)
+                est = estimate(i + 1)
+                if not np.isfinite(est["val_loss"]):
+                    raise TrainError(f"val loss is {est['val_loss']} at step {i + 1}; stopped without saving it; "
+                                     f"{last_good()}")
                 writer.write(i + 1, est)
-                bar.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
+                outcome.estimate = {**est, "step": i + 1}
+                progress.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
             save(i + 1, est)
+            outcome.step = i + 1
             if preemption.signal:
                 logging.info("%s received: checkpoint saved at step %d, exiting", preemption.signal, i + 1)
+                outcome.stopped_by = preemption.signal
                 break
             t_last = time.perf_counter()
     finally:
-        bar.close()
+        progress.close()
         writer.close()
         preemption.restore()
         latest.close()
         best.close()
-    return last_est
+    return outcome

@@ -1,0 +1,247 @@
+"""A run's folder: who may write it (a lock), whether a resume is the same run, and what it logs.
+
+A workdir belongs to one trainer at a time: process 0 holds an OS file lock on `<workdir>/.lock`
+for the trainer's lifetime, so a crashed trainer never leaves it held, and a second trainer exits
+before touching anything. Readers (evaluate, sample, export) never take it.
+
+A resume must continue the same run: `config.json` and `data.json` record, once the run is
+accepted, the config and the token files it trains on; the next start compares them with what it
+is asked to do. Only the keys of MAY_CHANGE (how long, how often it reports, how it computes) may
+differ; anything else is refused in one line that names the keys and the two ways out.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import glob
+import json
+import os
+import shutil
+import socket
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import tensorboardX
+
+from aed_jax import checkpoint
+
+# Keys a resumed run may change: its length, its reporting, and how (not what) it computes.
+MAY_CHANGE = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints", "workdir",
+              "data_dir", "micro_batch_size", "attention_impl", "ce_chunk_tokens", "remat", "dtype")
+MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' shapes depend on
+CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
+
+
+class RunError(RuntimeError):
+    """The workdir cannot be used as asked (locked, another run, unwritable): one line for the user."""
+
+
+class Lock:
+    """An exclusive `flock` on `<workdir>/.lock`, which records its holder (host, pid, start time).
+
+    The kernel drops a flock when its process dies, however it dies, so a stale lock cannot block
+    the next run; the file itself stays (it is only a place to lock) and says who held it last.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"{workdir}: cannot write the workdir ({e.strerror})") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 4096).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise RunError(f"{workdir} is in use by another trainer ({holder}); wait for it to end or choose "
+                           "another --workdir") from None
+        os.ftruncate(self.fd, 0)
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.write(self.fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {started}\n".encode())
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+@contextlib.contextmanager
+def locked(workdir: str):
+    """The workdir's lock for the duration of the block, taken by process 0; every process learns
+    whether it got it, so a refused cluster run stops everywhere instead of waiting at a barrier."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = Lock(workdir)
+        except RunError as e:
+            error = str(e)
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(lock is not None)):
+        error = error or f"process 0 could not lock {workdir}"  # process 0's value, on every process
+    if error:
+        raise RunError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def start_over(workdir: str) -> None:
+    """What --fresh removes: the checkpoints, the metrics, the TensorBoard events and the run's
+    record, so no old curve or step mixes with the new run. Damaged checkpoints set aside stay."""
+    for name in (checkpoint.LATEST, checkpoint.BEST):
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    for path in [os.path.join(workdir, name) for name in (METRICS, CONFIG, DATA)] + glob.glob(
+            os.path.join(glob.escape(workdir), "events.out.tfevents.*")):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def data_record(train_path: str, val_path: str) -> dict:
+    """What identifies the token files: their names, sizes and, when prepare's meta.json beside
+    them lists them, their sha256 (free to read; hashing a large corpus at every start is not)."""
+    record = {}
+    for split, path in (("train", train_path), ("val", val_path)):
+        meta_path = os.path.join(os.path.dirname(path), "meta.json")
+        sha = None
+        if os.path.isfile(meta_path):
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    meta = json.load(f).get(split, {})
+                sha = meta.get("sha256") if meta.get("file") == os.path.basename(path) else None
+            except (OSError, ValueError, AttributeError):
+                sha = None
+        record[split] = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": sha}
+    return record
+
+
+def recorded(workdir: str) -> tuple[dict | None, dict | None]:
+    """(config dict, data record) written when the run was accepted; None for what is absent."""
+    out = []
+    for name in (CONFIG, DATA):
+        path = os.path.join(workdir, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                out.append(json.load(f))
+        except FileNotFoundError:
+            out.append(None)
+        except (OSError, ValueError) as e:
+            raise RunError(f"{path}: unreadable ({e}); pass --fresh to start over or choose another --workdir") from None
+    return out[0], out[1]
+
+
+def differences(saved: dict, current: dict, saved_data: dict | None, current_data: dict,
+                model_only: bool = False) -> list[str]:
+    """The keys (and data files) in which `current` is another run than `saved`, as "key (old -> new)";
+    with `model_only`, the model's keys alone (a checkpoint imported from the reference's weights)."""
+    a, b = _flatten(saved), _flatten(current)
+    compared = lambda k: (k.split(".")[0] in MODEL_KEYS) if model_only else (k.split(".")[0] not in MAY_CHANGE)
+    out = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(a.keys() | b.keys())
+           if compared(k) and a.get(k) != b.get(k)]
+    for split in ("train", "val"):
+        old, new = (saved_data or {}).get(split), current_data[split]
+        if old is None:
+            continue
+        same_hash = old["sha256"] is None or new["sha256"] is None or old["sha256"] == new["sha256"]
+        if old["bytes"] != new["bytes"] or not same_hash:
+            out.append(f"{split} data ({old['file']}: {old['bytes']:,} bytes -> {new['file']}: {new['bytes']:,} bytes"
+                       + ("" if same_hash else ", other contents") + ")")
+    return out
+
+
+def check_same_run(workdir: str, c: ml_collections.ConfigDict, data: dict, saved_config: dict | None,
+                   saved_data: dict | None, model_only: bool = False) -> None:
+    """RunError naming what differs when `c` on `data` is not the run the workdir's checkpoints hold."""
+    if saved_config is None:
+        return
+    diff = differences(saved_config, c.to_dict(), saved_data, data, model_only)
+    if diff:
+        raise RunError(f"{workdir} holds another run: {'; '.join(diff)}. Choose another --workdir for a new run, "
+                       "or pass --fresh to start this one over")
+    if saved_config.get("train_steps") != c.train_steps:
+        logging.info("continuing %s: train_steps %s -> %d", workdir, saved_config.get("train_steps"), c.train_steps)
+
+
+def accept(workdir: str, c: ml_collections.ConfigDict, data: dict) -> None:
+    """Records the run as the workdir's own, once it has passed every check."""
+    _write_atomic(os.path.join(workdir, CONFIG), json.dumps(c.to_dict(), indent=2, sort_keys=True))
+    _write_atomic(os.path.join(workdir, DATA), json.dumps(data, indent=2, sort_keys=True))
+
+
+def last_estimate(workdir: str) -> dict:
+    """The last estimate line of metrics.jsonl (with "step"), or {} when there is none."""
+    found = {}
+    path = os.path.join(workdir, METRICS)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if "val_loss" in row:
+                    found = row
+    return found
+
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object a line, with "step") plus TensorBoard events, on process 0 only.
+
+    A run resumed at `start_step` first drops what an interrupted run logged after that step (it
+    will be logged again), so each step appears once: from metrics.jsonl by an atomic rewrite, and
+    from TensorBoard with its purge_step.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            path = os.path.join(workdir, METRICS)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    kept = [line.rstrip("\n") + "\n" for line in f
+                            if (step := _logged_step(line)) is not None and step <= start_step]
+                _write_atomic(path, "".join(kept))
+            self.jsonl = open(path, "a", encoding="utf-8")
+            self.tb = tensorboardX.SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

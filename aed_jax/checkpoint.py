@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
 
 
 class _Damaged(Exception):
-    """A checkpoint that restored but does not verify; the message is the cause."""
+    """A checkpoint that fails to restore or to verify; the message is the cause, in one line."""
 
 
 def manager(workdir: str, kind: str = LATEST, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
@@ -127,10 +127,10 @@ def save_best(mngr: ocp.CheckpointManager, step: int, state, config: ml_collecti
 def clean_interrupted(workdir: str) -> list[str]:
     """Removes the temporary folders interrupted saves left in `checkpoints/` and `best/`; their paths.
 
-    Only the trainer calls it, holding the workdir's lock (no save can be in progress). Orbax's
-    own `cleanup_tmp_directories` option does the same silently in every manager it creates,
-    readers' included, and readers never modify a workdir; this uses orbax's test of what is
-    temporary and says what it removed.
+    Only the trainer calls it, holding the workdir's lock, so no save is in progress. Orbax's
+    `cleanup_tmp_directories` option removes the same folders, but in the background of the
+    manager's constructor and without saying which; this uses orbax's own test of what is
+    temporary, and returns the paths for the log.
     """
     removed = []
     for kind in (LATEST, BEST):
@@ -301,8 +301,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) 
                             step, mngr.directory)
         return state, step
     raise CheckpointError(f"every checkpoint in {mngr.directory} is damaged (steps {', '.join(map(str, steps))}, "
-                          f"moved to {os.path.join(os.path.dirname(str(mngr.directory)), DAMAGED)}); pass --fresh "
-                          "to start over")
+                          f"moved to {os.path.join(os.path.dirname(str(mngr.directory)), DAMAGED)}); the same "
+                          "command now trains from step 0")
 
 
 def saved_config(mngr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
@@ -325,7 +325,8 @@ def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.Checkpo
     if not steps:
         raise CheckpointError(f"workdir {workdir!r} has no checkpoints in {kind}/")
     if which in ("latest", "best"):
-        return mngr, max(steps) if which == "latest" else (mngr.best_step() or max(steps))
+        best = mngr.best_step() if which == "best" else None
+        return mngr, max(steps) if best is None else best
     if str(which).isdigit() and int(which) in steps:
         return mngr, int(which)
     raise CheckpointError(f"workdir {workdir!r} has no checkpoint {which!r}; saved steps: {sorted(steps)}")
@@ -341,8 +342,9 @@ def _read_params(mngr: ocp.CheckpointManager, step: int):
             abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
             as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
             with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
-                params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"), args=ocp.args.PyTreeRestore(
-                    abstract, as_numpy, partial_restore=True))["params"]
+                params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"),
+                                              args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
+            params = params["params"]
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
         raise _Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)
@@ -369,7 +371,7 @@ def restore_params(workdir: str, which: str | int = "latest"):
 
 
 def _intact(workdir: str, skip: tuple[str, int]) -> str:
-    """"intact steps: 30, 35" (those of `checkpoints/` that restore and verify), or that there are none."""
+    """Which steps of `checkpoints/` restore and verify, for an error message: `intact steps: 30, 35`."""
     if not os.path.isdir(os.path.join(workdir, LATEST)):
         return "no intact checkpoint"
     mngr, intact = manager(workdir, LATEST, create=False), []

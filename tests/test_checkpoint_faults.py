@@ -190,8 +190,8 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_is_deleted(run, caplog
     c, workdir, _, _ = run
     for step in STEPS:
         os.remove(os.path.join(workdir, checkpoint.LATEST, str(step), "state", "_METADATA"))
-    with pytest.raises(checkpoint.CheckpointError, match=r"^every checkpoint in \S+ is damaged \(steps 6, 4, 2, "
-                                                         r"moved to \S+/damaged\); pass --fresh to start over$"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"^every checkpoint in \S+ is damaged \(steps 6, 4, 2, moved "
+                                                         r"to \S+/damaged\); the same command now trains from step 0$"):
         checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c))
     assert len(_warnings(caplog)) == 3 and len(os.listdir(os.path.join(workdir, checkpoint.DAMAGED))) == 3
     with pytest.raises(checkpoint.CheckpointError, match="has no checkpoints in checkpoints/"):

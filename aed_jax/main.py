@@ -103,7 +103,10 @@ def report(outcome: train.Outcome, workdir: str, train_steps: int, prompt: str, 
         return
     print(f"final: {losses} ({workdir})")
     if sample_tokens:
-        print_continuations(workdir, prompt, sample_tokens)
+        try:
+            print_continuations(workdir, prompt, sample_tokens)
+        except sample.SampleError as e:  # e.g. a model whose vocabulary is not GPT-2's
+            logging.info("no continuations printed: %s", e)
 
 
 if __name__ == "__main__":

@@ -1,51 +1,110 @@
 """Token files and the input pipeline: random training windows on grain, and evaluation passes.
 
 A token file is a flat uint16 array (the seed's and nanoGPT's format), read through np.memmap, so
-a batch costs only the pages it touches, whatever the file's size. Every window is SPEC.md's: an
-offset i, x = data[i:i+T], y = data[i+1:i+T+1]; random offsets are uniform in [0, N - T - 1), as
-the seed draws them (so at least T + 2 tokens are needed to sample a split at random).
+a batch costs only the pages it touches, whatever the file's size. A window at offset i is
+x = data[i:i+T], y = data[i+1:i+T+1], as the seed and docs/model.md define it; random offsets are
+uniform in [0, N - T - 1), as the seed draws them (so at least T + 2 tokens are needed to sample a
+split at random).
+
+A folder's token files change together or not at all: `commit_files` moves a complete new set in
+through a commit folder, and `find_splits` finishes a move that a killed process left half done
+before it looks, so no reader ever gets a new val file beside an old train file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import grain
 import numpy as np
-from absl import logging
+
+if TYPE_CHECKING:
+    import grain
 
 _CHECK_CHUNK = 1 << 24  # tokens per read when checking ids: 32 MiB at a time
 _READ_THREADS = 2  # grain threads drawing training batches ahead of the trainer
 _PREFETCH = 8  # training batches kept ready (50 x 200 int32 pairs are 80 kB each)
+COMMIT = ".prepare-commit"  # a complete new set of files, still being moved into the folder beside it
 
 
 class DataError(ValueError):
     """A user error in the data: the message is one line naming the file and the problem."""
 
 
-def split_paths(config) -> tuple[str, str]:
-    """The train and val token files of `config.dataset` in `config.data_dir` (default data/<dataset>).
+def data_folder(config) -> str:
+    """Where `config.dataset`'s token files live: `config.data_dir`, by default data/<dataset>."""
+    return config.data_dir or os.path.join("data", config.dataset)
 
-    Accepts the seed's names (<dataset>_train.bin, <dataset>_val.bin) or nanoGPT's (train.bin,
-    val.bin). The built-in corpus wiki_vital is prepared on first use; any other missing file is
-    a DataError.
+
+def find_splits(folder: str, name: str) -> tuple[str, str] | None:
+    """The train and val token files of `name` in `folder`, or None if either is missing.
+
+    Accepts the seed's names (<name>_train.bin, <name>_val.bin) or nanoGPT's (train.bin, val.bin).
     """
-    folder = config.data_dir or os.path.join("data", config.dataset)
-    ours = tuple(os.path.join(folder, f"{config.dataset}_{split}.bin") for split in ("train", "val"))
-    nanogpt = tuple(os.path.join(folder, f"{split}.bin") for split in ("train", "val"))
-    for paths in (ours, nanogpt):
+    finish_commit(folder)
+    for prefix in (f"{name}_", ""):
+        paths = tuple(os.path.join(folder, f"{prefix}{split}.bin") for split in ("train", "val"))
         if all(os.path.isfile(path) for path in paths):
             return paths
-    if config.dataset != "wiki_vital":
-        missing = next(path for path in ours if not os.path.isfile(path))
-        raise DataError(f"{missing}: no such file; make it with "
-                        f"python -m aed_jax.prepare --input ... --out {folder} --name {config.dataset}")
-    from aed_jax import prepare  # imported here: prepare imports this module, and only this path needs it
+    return None
 
-    logging.info("Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in %s", folder)
-    prepare.prepare_wiki_vital(folder, name=config.dataset, progress=False)
-    return ours
+
+def split_paths(config) -> tuple[str, str]:
+    """The train and val token files of `config.dataset` (see find_splits); if missing, a DataError
+    saying which and the command that makes them."""
+    folder = data_folder(config)
+    paths = find_splits(folder, config.dataset)
+    if paths is None:
+        missing = os.path.join(folder, f"{config.dataset}_train.bin")
+        if os.path.isfile(missing):
+            missing = os.path.join(folder, f"{config.dataset}_val.bin")
+        source = "--dataset wiki_vital" if config.dataset == "wiki_vital" else "--input YOUR_CORPUS"
+        raise DataError(f"{missing}: no such file; make it with "
+                        f"python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}")
+    return paths
+
+
+def commit_files(staging: str, folder: str) -> None:
+    """Moves every file of `staging` (a complete set written in a folder inside `folder`) into
+    `folder`, all or none: renaming `staging` to COMMIT is the moment the new set counts as in
+    place; whoever looks next (find_splits, or the next commit) finishes the move if this process
+    dies during it. Synced to disk in that order, so a power cut keeps the same promise."""
+    finish_commit(folder)
+    _fsync(staging)
+    os.rename(staging, os.path.join(folder, COMMIT))
+    _fsync(folder)
+    finish_commit(folder)
+
+
+def finish_commit(folder: str) -> None:
+    """Moves the rest of an interrupted commit's files into `folder`; nothing if there is none.
+    Safe to run in several processes at once: a file another one moved first is skipped."""
+    commit = os.path.join(folder, COMMIT)
+    try:
+        names = sorted(os.listdir(commit))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(os.path.join(commit, name), os.path.join(folder, name))
+        _fsync(folder)
+    except OSError as e:
+        raise DataError(f"{commit}: new token files that an interrupted prepare left to move into {folder}, "
+                        f"and moving them failed ({e.strerror}); run again with write access to {folder}") from None
+    with contextlib.suppress(OSError):  # gone already, or a newer commit arrived: its writer finishes it
+        os.rmdir(commit)
+
+
+def _fsync(path: str) -> None:
+    """Flushes a folder's entries (or a file) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open(path: str, min_tokens: int) -> np.memmap:
@@ -103,6 +162,8 @@ def train_iterator(path: str, context_size: int, batch_size: int, seed: int, pro
     have yielded next. grain's orbax handler (grain.checkpoint.CheckpointSave/CheckpointRestore)
     saves and restores it that way, so a resumed run continues the same stream.
     """
+    import grain  # here only: prepare's worker processes import this module, and grain brings jax (150 MB each)
+
     tokens = _open(path, context_size + 2)
 
     def batch(k: int) -> dict[str, np.ndarray]:

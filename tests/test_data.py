@@ -3,7 +3,7 @@
 The test files hold tokens[i] = i, so a window's first x token is its offset.
 """
 import json
-import logging
+import os
 
 import grain
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 from etils import epath
 
 from aed_jax import config as config_lib
-from aed_jax import data, prepare
+from aed_jax import data
 
 T, B = 8, 4
 
@@ -184,28 +184,49 @@ def test_split_paths_finds_seed_and_nanogpt_files(tmp_path, monkeypatch, names):
     assert data.split_paths(make_config("mine", str(elsewhere))) == tuple(str(elsewhere / name) for name in names)
 
 
-def test_split_paths_names_a_missing_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset, command", [
+    ("mine", "python -m aed_jax.prepare --input YOUR_CORPUS --out data/mine --name mine"),
+    ("wiki_vital", "python -m aed_jax.prepare --dataset wiki_vital --out data/wiki_vital --name wiki_vital"),
+])
+def test_split_paths_names_a_missing_file_and_the_command_that_makes_it(tmp_path, monkeypatch, dataset, command):
+    """Reading never writes token files (prepare.ensure_data prepares the built-in corpus)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DataError, match="data/mine/mine_train.bin: no such file"):
-        data.split_paths(make_config("mine"))
+    with pytest.raises(data.DataError) as error:
+        data.split_paths(make_config(dataset))
+    assert str(error.value) == f"data/{dataset}/{dataset}_train.bin: no such file; make it with {command}"
+    (tmp_path / "data" / dataset).mkdir(parents=True)
+    token_file(tmp_path / "data" / dataset / f"{dataset}_train.bin", 100)
+    with pytest.raises(data.DataError, match=f"data/{dataset}/{dataset}_val.bin: no such file"):
+        data.split_paths(make_config(dataset))
+    assert os.listdir(tmp_path / "data" / dataset) == [f"{dataset}_train.bin"]
 
 
-def test_split_paths_prepares_wiki_vital_once(tmp_path, monkeypatch, caplog):
-    """A missing built-in corpus is prepared, with one log line saying so and where."""
-    monkeypatch.chdir(tmp_path)
-    calls = []
+def files(folder) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
 
-    def fake_prepare(out_dir, name, progress):
-        calls.append(out_dir)
-        (tmp_path / out_dir).mkdir(parents=True)
-        for split in ("train", "val"):
-            token_file(tmp_path / out_dir / f"{name}_{split}.bin", 100)
 
-    monkeypatch.setattr(prepare, "prepare_wiki_vital", fake_prepare)
-    with caplog.at_level(logging.INFO):
-        paths = data.split_paths(make_config("wiki_vital"))
-        assert data.split_paths(make_config("wiki_vital")) == paths
-    assert paths == ("data/wiki_vital/wiki_vital_train.bin", "data/wiki_vital/wiki_vital_val.bin")
-    assert calls == ["data/wiki_vital"]
-    assert [r.getMessage() for r in caplog.records] == [
-        "Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in data/wiki_vital"]
+def test_commit_files_moves_a_set_in_and_leaves_other_files(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".staging").mkdir(parents=True)
+    for name, payload in (("mine_train.bin", b"old train"), ("mine_val.bin", b"old val"), ("notes.txt", b"user's")):
+        (folder / name).write_bytes(payload)
+    new = {"mine_train.bin": b"new train", "mine_val.bin": b"new val", "meta.json": b"{}"}
+    for name, payload in new.items():
+        (folder / ".staging" / name).write_bytes(payload)
+    data.commit_files(str(folder / ".staging"), str(folder))
+    assert files(folder) == {**new, "notes.txt": b"user's"}
+
+
+def test_split_paths_finishes_an_interrupted_commit_first(tmp_path):
+    """A writer killed after its commit point, with only val.bin moved: the reader moves the rest
+    in before it looks, so it gets the new set, never the new val beside the old train."""
+    folder = tmp_path / "mine"
+    (folder / data.COMMIT).mkdir(parents=True)
+    (folder / "mine_train.bin").write_bytes(b"old train")
+    (folder / "mine_val.bin").write_bytes(b"new val")
+    (folder / "meta.json").write_bytes(b"old meta")
+    (folder / data.COMMIT / "mine_train.bin").write_bytes(b"new train")
+    (folder / data.COMMIT / "meta.json").write_bytes(b"new meta")
+    paths = data.split_paths(make_config("mine", str(folder)))
+    assert paths == (str(folder / "mine_train.bin"), str(folder / "mine_val.bin"))
+    assert files(folder) == {"mine_train.bin": b"new train", "mine_val.bin": b"new val", "meta.json": b"new meta"}

@@ -1,14 +1,25 @@
-"""prepare: each source kind against a direct tiktoken encoding, meta.json, atomic writes, bad inputs."""
+"""prepare: each source kind against a direct tiktoken encoding, meta.json, the command line, bad inputs.
+
+Interrupted and killed runs: test_prepare_faults.py.
+"""
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import pathlib
+import pty
 import subprocess
+import struct
 import sys
+import termios
 
 import numpy as np
 import pytest
+from absl import flags
 
+from aed_jax import config as config_lib
 from aed_jax import prepare, tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,6 +46,13 @@ def check_output(out: pathlib.Path, name: str, text: str, val_fraction: float = 
                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def run_cli(argv: list[str]) -> None:
+    """`python -m aed_jax.prepare ARGV`, in this process; a user error raises SystemExit(1)."""
+    fv = flags.FlagValues()
+    prepare.define_flags(fv)
+    prepare.main(fv(["prepare", *argv]), fv)
+
+
 def newline_text(path: pathlib.Path) -> str:
     """The file's text as the seed reads it: Python's universal newlines turn "\r\n" into "\n"."""
     with open(path, encoding="utf-8") as f:
@@ -44,7 +62,7 @@ def newline_text(path: pathlib.Path) -> str:
 def test_text_file(tmp_path):
     (tmp_path / "corpus.txt").write_text(TEXT * 20, encoding="utf-8")
     out = tmp_path / "mine"
-    assert prepare.main(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)]) == 0
+    run_cli(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)])
     check_output(out, "mine", newline_text(tmp_path / "corpus.txt"))  # --name defaults to basename of --out
 
 
@@ -54,7 +72,7 @@ def test_folder_of_text_files(tmp_path):
     for name, text in (("z.txt", "Last file."), ("b.txt", TEXT), ("sub/m.txt", "Middle file.\n"), ("notes.md", "skip")):
         (corpus / name).write_text(text * 5, encoding="utf-8")
     out = tmp_path / "out"
-    assert prepare.main(["--input", str(corpus), "--out", str(out), "--name", "books"]) == 0
+    run_cli(["--input", str(corpus), "--out", str(out), "--name", "books"])
     documents = [newline_text(corpus / name) for name in ("b.txt", "sub/m.txt", "z.txt")]  # sorted paths
     check_output(out, "books", prepare.SEPARATOR.join(documents))
 
@@ -64,8 +82,7 @@ def test_jsonl_field(tmp_path):
     lines = [json.dumps(r) for r in records[:5]] + [""] + [json.dumps(r) for r in records[5:]]  # blank lines skipped
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    assert prepare.main(["--input", str(tmp_path / "docs.jsonl"), "--field", "text", "--out", str(out),
-                         "--val_fraction", "0.25"]) == 0
+    run_cli(["--input", str(tmp_path / "docs.jsonl"), "--field", "text", "--out", str(out), "--val_fraction", "0.25"])
     check_output(out, "out", prepare.SEPARATOR.join(r["text"] for r in records), val_fraction=0.25)
 
 
@@ -119,8 +136,8 @@ def test_interrupted_run_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tokenizer, "encode_uint16", encode_then_interrupt)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        prepare.main(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)])
-    assert os.listdir(out) == []
+        run_cli(["--input", str(tmp_path / "corpus.txt"), "--out", str(out)])
+    assert os.listdir(out) == []  # not even the hidden folder the files were being written in
 
 
 def write_bytes(path: pathlib.Path, data: bytes) -> str:
@@ -151,25 +168,113 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_and_keeps_good_files(case, tmp_path, capsys):
     out = tmp_path / "out"
     (tmp_path / "good.txt").write_text(TEXT * 5, encoding="utf-8")
-    assert prepare.main(["--input", str(tmp_path / "good.txt"), "--out", str(out)]) == 0
+    run_cli(["--input", str(tmp_path / "good.txt"), "--out", str(out)])
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     capsys.readouterr()
-    make_input, flags, message = BAD_INPUTS[case]
-    assert prepare.main(["--input", make_input(tmp_path / "in"), "--out", str(out), *flags]) == 1
+    make_input, extra, message = BAD_INPUTS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--input", make_input(tmp_path / "in"), "--out", str(out), *extra])
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
-def test_command_line_error_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "aed_jax.prepare", "--input", str(tmp_path / "absent.txt"),
-                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr == f"error: {tmp_path / 'absent.txt'}: no such file or folder\n"
+BAD_FLAGS = {
+    "both sources": (["--input", "a.txt", "--dataset", "wiki_vital"], "give either --input"),
+    "no source": ([], "give either --input"),
+    "no --out": (["--dataset", "wiki_vital", "--out", ""], "--out is required"),
+    "--field without --input": (["--dataset", "wiki_vital", "--field", "text"], "--field applies to a .jsonl --input"),
+    "--val_fraction 0": (["--input", "a.txt", "--val_fraction", "0"], "--val_fraction must be between 0 and 1"),
+    "--val_fraction 1": (["--input", "a.txt", "--val_fraction", "1"], "--val_fraction must be between 0 and 1"),
+}
 
 
-def test_help(capsys):
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flags_are_one_line(case, tmp_path, capsys):
+    argv, message = BAD_FLAGS[case]
+    argv = argv + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_info:
-        prepare.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "--dataset" in capsys.readouterr().out
+        run_cli(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--input", "{tmp}/absent.txt"], "error: {tmp}/absent.txt: no such file or folder\n"),
+    (["--dataset", "nope"], "error: flag --dataset=nope: value should be one of <wiki_vital>\n"),
+])
+def test_command_line_error_has_no_traceback(tmp_path, argv, expected):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    result = subprocess.run([sys.executable, "-m", "aed_jax.prepare", *argv, "--out", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == expected.format(tmp=tmp_path)
+
+
+def test_help_describes_every_flag():
+    result = subprocess.run([sys.executable, "-m", "aed_jax.prepare", "--help"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.stderr == ""  # absl's --help exits 1, as for every command
+    fv = flags.FlagValues()
+    prepare.define_flags(fv)
+    for name in ("input", "dataset", "field", "out", "name", "val_fraction"):
+        assert fv[name].help and f"--{name}: {fv[name].help.split()[0]}" in result.stdout, name
+    assert result.stdout.startswith(prepare.__doc__.splitlines()[0])
+
+
+def test_progress_bar_on_a_terminal_and_silence_in_a_pipe(tmp_path):
+    """The bar goes to stderr when it is a terminal; with both streams piped (a log, CI), stdout
+    has the one summary line and stderr nothing."""
+    (tmp_path / "corpus.txt").write_text(TEXT * 20, encoding="utf-8")
+    command = [sys.executable, "-m", "aed_jax.prepare", "--input", str(tmp_path / "corpus.txt")]
+    piped = subprocess.run(command + ["--out", str(tmp_path / "a")], cwd=REPO, capture_output=True, text=True)
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert piped.returncode == 0 and piped.stderr == ""
+    tokens = meta["train"]["tokens"], meta["val"]["tokens"]
+    assert piped.stdout == f"{tmp_path / 'a'}: {tokens[0]:,} train and {tokens[1]:,} val tokens\n"
+    terminal, terminal_end = pty.openpty()
+    fcntl.ioctl(terminal_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    shown = subprocess.run(command + ["--out", str(tmp_path / "b")], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=terminal_end)
+    os.close(terminal_end)
+    bar = b""
+    with contextlib.suppress(OSError):  # EIO once everything written is read
+        while chunk := os.read(terminal, 1 << 16):
+            bar += chunk
+    os.close(terminal)
+    bar = bar.decode()
+    assert shown.returncode == 0
+    assert "100%" in bar and "char" in bar, bar
+
+
+def make_config(dataset: str, data_dir=None):
+    c = config_lib.base_config("baseline")
+    c.dataset, c.data_dir = dataset, data_dir
+    return c
+
+
+def test_ensure_data_prepares_wiki_vital_once(tmp_path, monkeypatch, caplog):
+    """A missing built-in corpus is prepared, with one log line saying so and where; other datasets never are."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_prepare(out_dir, name, progress):
+        calls.append(out_dir)
+        (tmp_path / out_dir).mkdir(parents=True)
+        for split in ("train", "val"):
+            np.arange(100, dtype=np.uint16).tofile(tmp_path / out_dir / f"{name}_{split}.bin")
+
+    monkeypatch.setattr(prepare, "prepare_wiki_vital", fake_prepare)
+    with caplog.at_level(logging.INFO):
+        paths = prepare.ensure_data(make_config("wiki_vital"))
+        assert prepare.ensure_data(make_config("wiki_vital")) == paths
+    assert paths == ("data/wiki_vital/wiki_vital_train.bin", "data/wiki_vital/wiki_vital_val.bin")
+    assert calls == ["data/wiki_vital"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in data/wiki_vital"]
+    with pytest.raises(prepare.DataError, match="data/mine/mine_train.bin: no such file"):
+        prepare.ensure_data(make_config("mine"))
+    assert calls == ["data/wiki_vital"]

@@ -28,6 +28,7 @@ from aed_jax import cli
 from aed_jax import data
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import prepare
 from aed_jax import sample
 from aed_jax import train
 
@@ -124,7 +125,7 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
     and the time it spent waiting for its batch, per step."""
     rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
     rows_sharding = NamedSharding(mesh, P("data"))
-    train_path, _ = data.split_paths(c)
+    train_path, _ = prepare.ensure_data(c)
     to_global = lambda b: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in b.items()}
     out = {}
     for name in ("prefetch", "sync"):

@@ -30,6 +30,7 @@ from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import prepare
 from aed_jax import rundir
 
 
@@ -205,7 +206,7 @@ def _all_finite(tree) -> jax.Array:
 def _data_files(c: ml_collections.ConfigDict) -> tuple[str, str]:
     """The train and val token files; process 0 prepares the built-in corpus before the others look."""
     if jax.process_index() == 0:
-        data.split_paths(c)
+        prepare.ensure_data(c)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("data ready")
     return data.split_paths(c)

@@ -1,4 +1,4 @@
-"""What every command line shares: the `--config` flag and one-line user errors."""
+"""What every command line shares: the `--config` flag, one-line user errors, memory limits."""
 from __future__ import annotations
 
 import logging as std_logging
@@ -13,44 +13,70 @@ from ml_collections import config_flags
 from aed_jax import config as config_lib
 
 
-def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS):
-    """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections.
+class _ConfigFileParser(flags.ArgumentParser):
+    """In place of ml_collections' parser: reads the file with `config_lib.read`, so a missing file, a
+    syntax error or a file without `get_config` is one line naming it, whatever overrides follow
+    (raised as a flags.Error, which absl passes on unwrapped)."""
 
-    Call it from the command's own module: the flag is declared key to the running program, so
-    `--help` lists it beside the command's other flags (absl lists only the main module's).
+    def parse(self, path):
+        try:
+            return config_lib.read(path)
+        except config_lib.ConfigError as e:
+            raise flags.Error(str(e)) from None
+
+    def flag_type(self):
+        return "config file"
+
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS):
+    """`--config=configs/x.py` plus `--config.key=value` overrides, type-checked by ml_collections,
+    and `--show_config`.
+
+    Call it from the command's own module: the flags are declared key to the running program, so
+    `--help` lists them beside the command's other flags (absl lists only the main module's).
     """
     holder = config_flags.DEFINE_config_file(
         "config", None, "Path to a config file (configs/*.py); override keys with --config.<key>=<value>.",
         lock_config=True, flag_values=flag_values)
-    flag_values.register_key_flag_for_module(sys.argv[0], flag_values["config"])
+    flag_values["config"].parser = _ConfigFileParser()
+    flags.DEFINE_bool("show_config", False, "Print every config key with its value (overrides applied) and its "
+                      "meaning, then exit.", flag_values=flag_values)
+    for name in ("config", "show_config"):
+        flag_values.register_key_flag_for_module(sys.argv[0], flag_values[name])
     return holder
 
 
-def get_config():
-    """The parsed `--config`, validated; a bad value exits with one line naming the key."""
-    flag = flags.FLAGS["config"]
-    filename = config_flags.get_config_filename(flag)
-    if not filename:
+def get_config(flag_values: flags.FlagValues = flags.FLAGS):
+    """The parsed `--config`, validated; a bad value exits with one line naming the key. With
+    `--show_config`, prints the keys, values and meanings and exits 0."""
+    flag = flag_values["config"]
+    if flag.value is None:
         fail("--config is required, e.g. --config=configs/tiny.py")
-    if not os.path.isfile(filename):
-        fail(f"--config: no such file {filename!r}")
+    filename = config_flags.get_config_filename(flag)
     try:
         config_lib.validate(flag.value)
-    except (config_lib.ConfigError, OSError) as e:
-        fail(f"{filename}: {config_lib.one_line(e)}")
+    except config_lib.ConfigError as e:
+        fail(f"{filename}: {e}")
+    if flag_values.show_config:
+        print(f"{filename}, overrides applied:\n{config_lib.describe(flag.value)}")
+        sys.exit(0)
     return flag.value
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """`flag_values(argv)`, but a bad flag or config file is one line on stderr and exit 1."""
+    try:
+        return flag_values(argv)
+    except (AttributeError, KeyError) as e:  # a misspelt key in an override; ml_collections quotes it
+        key, _, hint = config_lib.one_line(e).partition(" Did you mean ")
+        fail(f"unknown config key {key}" + (f"; did you mean {hint}" if hint else "; --show_config lists the keys"))
+    except (flags.Error, TypeError, ValueError) as e:
+        fail(config_lib.one_line(e))
 
 
 def run(main):
     """`app.run(main)`, but a bad flag or config file is one line on stderr and exit 1, not a traceback."""
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except AttributeError as e:  # a misspelt key in a config file or an override
-            fail(f"unknown config key: {config_lib.one_line(e).lstrip(chr(39))}")
-        except (flags.Error, TypeError, KeyError, ValueError) as e:
-            fail(config_lib.one_line(e))
-    app.run(lambda argv: main(_quiet_libraries(argv)), flags_parser=parse)
+    app.run(lambda argv: main(_quiet_libraries(argv)), flags_parser=parse_flags)
 
 
 def _quiet_libraries(argv):
@@ -64,6 +90,28 @@ def _quiet_libraries(argv):
 def no_extra_args(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def memory_free(device) -> tuple[int, str]:
+    """(bytes, what they are) that a new computation on `device` may allocate: its allocator's limit
+    less what is in use where jax reports them (GPU, TPU), else the host's available memory (CPU)."""
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"free {device.device_kind} memory"
+    return host_memory(), "available host memory"
+
+
+def host_memory() -> int:
+    """Bytes the host can still give: MemAvailable on Linux, elsewhere all physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def fail(message: str):

@@ -7,7 +7,11 @@ Enumerated options are the seed's enum names as strings (e.g. "YES_NO_LN").
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import math
 import os
+import re
+import traceback
 
 import ml_collections
 from ml_collections import config_dict
@@ -34,7 +38,10 @@ class ConfigError(ValueError):
 
 
 def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
-    """Every default; the training recipe is the seed's (SPEC.md, "Training recipe")."""
+    """Every default; the training recipe is the seed's (docs/model.md, "Training recipe").
+
+    The comment closing each key's line is its meaning, as `--show_config` prints it (`meanings`).
+    """
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"model_type: {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
     c = ml_collections.ConfigDict()
@@ -42,51 +49,51 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
 
     m = c.model_config = ml_collections.ConfigDict()
     m.context_size = 200  # T: tokens per training window
-    m.n_embed = 150  # D
-    m.n_head = 5
+    m.n_embed = 150  # D: embedding width
+    m.n_head = 5  # self-attention heads (D must be divisible by it)
     m.n_layer = 13  # blocks per stack (AED has n_layer encoder + n_layer decoder blocks)
     m.use_bias = False  # biases in Linear and LayerNorm
-    m.dropout_rate = 0.0
+    m.dropout_rate = 0.0  # dropout probability in training, in [0, 1)
     m.alphabet_size = 50257  # vocabulary size (GPT-2 BPE); the seed's name for it
-    # NO | YES_NO_LN | YES_LN: subtract pos_emb(1..T) (the next positions) before the output layer.
-    # The seed has it for AED; for the baseline it is one of the seed's "next steps".
-    m.sub_pos_embed_to_decoder = "NO"
+    # pos_emb(1..T) are the embeddings of the positions being predicted. The seed has it for AED;
+    # for the baseline it is one of the seed's "next steps".
+    m.sub_pos_embed_to_decoder = "NO"  # NO | YES_NO_LN | YES_LN: subtract pos_emb(1..T) from the output
     if model_type == "aed":
         m.order_type = "ORIGINAL"  # ORIGINAL: self-attn then cross-attn; ALT: the reverse
         m.add_pos_embed_to_decoder = False  # add pos_emb(1..T) to the decoder input
-        m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on enc before the embedding loss
+        m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on the encoder output in the embedding loss
         m.add_ln_before_decoder_ff = False  # LN before the encoder->decoder Linear
-        m.embedding_loss_type = "NONE"  # NONE | MSE | COSINE | LOG_COSINE | HUBER
-        m.detach_type = config_dict.placeholder(str)  # NONE | EMBEDDING | ENCODER_OUT
-        m.embedding_loss_coeff = config_dict.placeholder(float)  # scale of the embedding loss
-        m.embedding_ln_type = config_dict.placeholder(str)  # NONE | INIT | AVG_CUM_SUM
+        m.embedding_loss_type = "NONE"  # encoder output vs mean embedding: NONE | MSE | COSINE | LOG_COSINE | HUBER
+        m.detach_type = config_dict.placeholder(str)  # embedding-loss gradient stop: NONE | EMBEDDING | ENCODER_OUT
+        m.embedding_loss_coeff = config_dict.placeholder(float)  # scale of the embedding loss, > 0; None: 1
+        m.embedding_ln_type = config_dict.placeholder(str)  # embedding LN: NONE | INIT | AVG_CUM_SUM
         m.cross_attn_config = ml_collections.ConfigDict()
-        m.cross_attn_config.n_head = config_dict.placeholder(int)  # default 2 * n_head
-        m.cross_attn_config.use_bias = config_dict.placeholder(bool)  # default use_bias
+        m.cross_attn_config.n_head = config_dict.placeholder(int)  # cross-attention heads; None: 2 * n_head
+        m.cross_attn_config.use_bias = config_dict.placeholder(bool)  # cross-attention biases; None: use_bias
         # The seed's "next steps", all off by default:
         m.n_layer_encoder = config_dict.placeholder(int)  # encoder depth; default n_layer
         m.n_layer_decoder = config_dict.placeholder(int)  # decoder depth; default n_layer
-        # What the encoder output is pulled towards: CUM_MEAN (the seed: running mean of the
-        # embeddings) or CAUSAL_CONV (a learned causal depthwise convolution over them).
-        m.embedding_aggregation = "CUM_MEAN"
+        # CUM_MEAN is the seed's running mean of the embeddings; CAUSAL_CONV a learned causal
+        # depthwise convolution over them.
+        m.embedding_aggregation = "CUM_MEAN"  # what the encoder output is pulled towards: CUM_MEAN | CAUSAL_CONV
         m.embedding_aggregation_kernel_size = 16  # CAUSAL_CONV window
 
     # Optimisation (names as in the seed's train configs).
     c.batch_size = 50  # sequences per micro-batch
     c.gradient_accumulation_steps = 16  # micro-batches per optimizer step
-    # How the effective batch (batch_size * gradient_accumulation_steps sequences) is split for
-    # compute; the update is the same. None: as large as fits on GPU, batch_size elsewhere.
-    c.micro_batch_size = config_dict.placeholder(int)
-    c.train_steps = 9000
-    c.lr = 9e-4
-    c.min_lr = 9e-5
-    c.warmup_iters = 300
-    c.lr_decay_iters = 700000
-    c.decay_lr = True  # False: constant lr
-    c.weight_decay = 0.1  # on parameters with ndim >= 2 only
-    c.beta1 = 0.9
-    c.beta2 = 0.95
-    c.random_seed = 1337
+    # The effective batch, batch_size * gradient_accumulation_steps sequences, can be computed in
+    # splits of any size that divides it; the update is the same.
+    c.micro_batch_size = config_dict.placeholder(int)  # sequences per split; None: most that fit on GPU, else batch_size
+    c.train_steps = 9000  # optimizer steps
+    c.lr = 9e-4  # peak learning rate, reached after warmup_iters
+    c.min_lr = 9e-5  # learning rate at lr_decay_iters and after, in [0, lr]
+    c.warmup_iters = 300  # steps of linear warmup from 0 to lr
+    c.lr_decay_iters = 700000  # step where the cosine decay reaches min_lr
+    c.decay_lr = True  # warmup then cosine decay; False: constant lr
+    c.weight_decay = 0.1  # AdamW decoupled weight decay, on parameters with ndim >= 2 only
+    c.beta1 = 0.9  # AdamW first-moment decay, in [0, 1)
+    c.beta2 = 0.95  # AdamW second-moment decay, in [0, 1)
+    c.random_seed = 1337  # seeds the initialisation, the batches and dropout, in [0, 2**32)
     c.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
 
     # Execution: how the same function is computed.
@@ -100,9 +107,9 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.est_steps = 200  # batches of train and of val per estimate
 
     # Data and outputs.
-    c.dataset = "wiki_vital"  # the built-in corpus; prepared on first use if missing
+    c.dataset = "wiki_vital"  # corpus name; wiki_vital is built in, prepared on first use
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
-    c.workdir = config_dict.placeholder(str)  # default runs/<config file name>
+    c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
     c.keep_checkpoints = 3  # most recent checkpoints kept (the best-val one is kept besides)
     c.log_interval = 10  # steps between training-metric log lines
     c.lock()
@@ -114,8 +121,15 @@ def check_choice(key: str, value, choices) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
 
 
+def check_number(key: str, value, ok, rule: str) -> None:
+    """ConfigError unless `value` is a finite number (never NaN or inf) for which `ok(value)` holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{key}: must be a finite number {rule}, got {value!r}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError (one line, naming the key) for any bad value; SPEC.md item 8."""
+    """Raises ConfigError (one line, naming the key) for any bad value: a wrong choice, a size that is
+    not a positive integer, a number that is not finite or out of its range, inconsistent keys."""
     check_choice("model_type", c.model_type, MODEL_TYPES)
     check_choice("dtype", c.dtype, DTYPES)
     check_choice("attention_impl", c.attention_impl, ATTENTION_IMPLS)
@@ -128,8 +142,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if m.n_embed % m.n_head:
         raise ConfigError(f"model_config.n_head: n_embed={m.n_embed} is not divisible by n_head={m.n_head}")
     check_choice("model_config.sub_pos_embed_to_decoder", m.sub_pos_embed_to_decoder, SUB_POS_EMBED_TYPES)
-    if not 0.0 <= m.dropout_rate < 1.0:
-        raise ConfigError(f"model_config.dropout_rate: must be in [0, 1), got {m.dropout_rate}")
+    check_number("model_config.dropout_rate", m.dropout_rate, lambda v: 0 <= v < 1, "in [0, 1)")
     if c.model_type == "aed":
         _validate_aed(m)
     elif any(k in m for k in AED_KEYS):
@@ -144,8 +157,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
                           f"gradient_accumulation_steps = {rows}")
     if c.warmup_iters < 0 or c.lr_decay_iters <= c.warmup_iters:
         raise ConfigError(f"lr_decay_iters: must exceed warmup_iters >= 0, got {c.lr_decay_iters} <= {c.warmup_iters}")
-    if c.lr <= 0 or c.min_lr < 0:
-        raise ConfigError(f"lr: lr must be > 0 and min_lr >= 0, got lr={c.lr} min_lr={c.min_lr}")
+    check_number("lr", c.lr, lambda v: v > 0, "> 0")
+    check_number("min_lr", c.min_lr, lambda v: 0 <= v <= c.lr, f"in [0, lr={c.lr}]")
+    check_number("weight_decay", c.weight_decay, lambda v: v >= 0, ">= 0")
+    for key in ("beta1", "beta2"):
+        check_number(key, c[key], lambda v: 0 <= v < 1, "in [0, 1)")
+    if not 0 <= c.random_seed < 2**32:
+        raise ConfigError(f"random_seed: must be in [0, 2**32), got {c.random_seed}")
 
 
 def _validate_aed(m: ml_collections.ConfigDict) -> None:
@@ -165,8 +183,8 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"model_config.{key}: must be set when embedding_loss_type is {m.embedding_loss_type}")
         check_choice("model_config.detach_type", m.detach_type, DETACH_TYPES)
         check_choice("model_config.embedding_ln_type", m.embedding_ln_type, EMBEDDING_LN_TYPES)
-        if m.embedding_loss_coeff is not None and not m.embedding_loss_coeff > 0:
-            raise ConfigError(f"model_config.embedding_loss_coeff: must be > 0, got {m.embedding_loss_coeff}")
+        if m.embedding_loss_coeff is not None:
+            check_number("model_config.embedding_loss_coeff", m.embedding_loss_coeff, lambda v: v > 0, "> 0")
     check_choice("model_config.embedding_aggregation", m.embedding_aggregation, EMBEDDING_AGGREGATIONS)
     for key in ("n_layer_encoder", "n_layer_decoder", "embedding_aggregation_kernel_size"):
         if m[key] is not None and m[key] <= 0:
@@ -176,23 +194,74 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model_config.cross_attn_config.n_head: n_embed={m.n_embed} is not divisible by {heads}")
 
 
-def load(path: str) -> ml_collections.ConfigDict:
-    """Loads `get_config()` from a config file; any user error becomes one ConfigError line."""
+def read(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file, locked, not yet validated (command-line overrides come
+    first); anything wrong with the file itself is one ConfigError line naming it."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config: no such file {path!r}")
+        raise ConfigError(f"{path or repr(path)}: no such file")
     spec = importlib.util.spec_from_file_location("_aed_jax_config", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError("defines no get_config() function")
         c = module.get_config()
-    except (AttributeError, TypeError, KeyError, ValueError) as e:
-        raise ConfigError(f"{path}: {one_line(e)}") from None
-    validate(c)
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename}, line {e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # whatever the file's own code raised: where, and what
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+                 if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f"{path}, line {lines[-1]}" if lines else path
+        what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {one_line(e)}"
+        raise ConfigError(f"{where}: {what}") from None
+    if not isinstance(c, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned a {type(c).__name__}, not a ConfigDict")
+    c.lock()
     return c
+
+
+def load(path: str) -> ml_collections.ConfigDict:
+    """`read(path)`, validated; any user error is one ConfigError line naming the file."""
+    c = read(path)
+    try:
+        validate(c)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return c
+
+
+def meanings() -> dict[str, str]:
+    """Each key's meaning, e.g. {"model_config.n_embed": "D: embedding width"}: the comment closing
+    its line in `base_config`, so a default and its meaning are written once, side by side."""
+    prefixes = {"c": "", "m": "model_config.", "m.cross_attn_config": "model_config.cross_attn_config."}
+    found = (re.match(r"\s*(c|m|m\.cross_attn_config)\.(\w+) = .*?  # (.*)", line)
+             for line in inspect.getsource(base_config).splitlines())
+    return {prefixes[f[1]] + f[2]: f[3] for f in found if f}
+
+
+def describe(c: ml_collections.ConfigDict) -> str:
+    """Every key of `c`, its value and its meaning, one a line in `base_config`'s order: what
+    `--show_config` prints."""
+    values = dict(leaves(c))
+    rows = [("key", "value", "meaning")] + [(key, repr(values[key]), meaning)
+                                            for key, meaning in meanings().items() if key in values]
+    width = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    return "\n".join(f"{key:<{width[0]}}  {value:<{width[1]}}  {meaning}" for key, value, meaning in rows)
+
+
+def leaves(c: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted key, value) of every non-dict entry of `c`."""
+    for key, value in c.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
 
 
 def one_line(e: BaseException) -> str:
     """An exception as one short line (ml_collections lists every other field; drop that)."""
     text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-    text = text.split(" Other fields present")[0]
+    text, _, others = text.partition(" Other fields present")
+    if others:  # ml_collections quotes its message up to the list of every other field
+        text = text.lstrip("'")
     return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text

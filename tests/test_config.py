@@ -1,10 +1,14 @@
-"""Config validation (SPEC.md item 8) and the one-line errors of the command lines."""
+"""Config validation, the keys' meanings (--show_config), and the one-line errors of the command lines."""
+import math
 import os
+import re
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import summary
 
@@ -21,7 +25,7 @@ def mse_config():
     ("sub_pos_embed_to_decoder", "YES", r"model_config\.sub_pos_embed_to_decoder: 'YES' is not one of"),
     ("order_type", "REVERSED", r"model_config\.order_type"),
     ("detach_type", "BOTH", r"model_config\.detach_type"),
-    ("embedding_loss_coeff", 0.0, r"model_config\.embedding_loss_coeff: must be > 0"),
+    ("embedding_loss_coeff", 0.0, r"model_config\.embedding_loss_coeff: must be a finite number > 0, got 0.0"),
     ("dropout_rate", 1.5, r"model_config\.dropout_rate"),
 ])
 def test_bad_values_name_their_key(key, value, match):
@@ -62,19 +66,124 @@ def test_micro_batch_size_must_divide_the_effective_batch():
         config_lib.validate(c)
 
 
+def test_every_float_key_must_be_finite():
+    """NaN and inf are refused for every float key, present or future, naming the key."""
+    floats = [key for key, value in config_lib.leaves(mse_config()) if isinstance(value, float)]
+    assert {"lr", "min_lr", "weight_decay", "beta1", "beta2", "model_config.dropout_rate",
+            "model_config.embedding_loss_coeff"} <= set(floats)
+    for key in floats:
+        for bad in (math.nan, math.inf, -math.inf):
+            c = mse_config()
+            c.update_from_flattened_dict({key: bad})
+            message = rf"^{re.escape(key)}: must be a finite number .*, got -?(nan|inf)$"
+            with pytest.raises(config_lib.ConfigError, match=message):
+                config_lib.validate(c)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("min_lr", 1.0, r"^min_lr: must be a finite number in \[0, lr=0.0009\], got 1.0$"),
+    ("min_lr", -1e-5, r"^min_lr: "),
+    ("lr", 0.0, r"^lr: must be a finite number > 0"),
+    ("weight_decay", -0.1, r"^weight_decay: must be a finite number >= 0"),
+    ("beta1", 1.0, r"^beta1: must be a finite number in \[0, 1\)"),
+    ("beta2", -0.5, r"^beta2: "),
+    ("random_seed", -1, r"^random_seed: must be in \[0, 2\*\*32\)"),
+])
+def test_numbers_out_of_range_name_their_key(key, value, match):
+    c = mse_config()
+    c[key] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c)
+
+
+def test_every_key_has_a_meaning_and_show_config_lists_them():
+    """The meanings are the comments in base_config: every key of both model types has one, and
+    describe() prints each key once with its value."""
+    meanings = config_lib.meanings()
+    for model_type in config_lib.MODEL_TYPES:
+        keys = [key for key, _ in config_lib.leaves(config_lib.base_config(model_type))]
+        assert all(meanings.get(key) for key in keys), [key for key in keys if not meanings.get(key)]
+    assert meanings["model_config.n_embed"] == "D: embedding width"
+    c = mse_config()
+    c.lr = 0.25
+    lines = config_lib.describe(c).splitlines()
+    assert lines[0].split() == ["key", "value", "meaning"]
+    assert len(lines) == 1 + len(list(config_lib.leaves(c)))
+    row = next(line for line in lines if line.startswith("lr "))
+    assert row.split()[:2] == ["lr", "0.25"] and row.endswith(meanings["lr"])
+
+
+def test_file_errors_are_one_line_naming_the_file(tmp_path):
+    files = {
+        "syntax.py": ("def get_config(:\n", r"syntax\.py, line 1: syntax error"),
+        "none.py": ("X = 1\n", r"none\.py: defines no get_config\(\) function$"),
+        "typo.py": ("from aed_jax import config\n\ndef get_config():\n    c = config.base_config()\n"
+                    "    c.lr_typo = 1.0\n    return c\n",
+                    r'typo\.py, line 5: AttributeError: Key "lr_typo" does not exist'),
+        "raises.py": ("from aed_jax import config\n\ndef get_config():\n    return config.base_config('gpt')\n",
+                      r"raises\.py, line 4: model_type: 'gpt' is not one of aed, baseline$"),
+    }
+    for name, (text, match) in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(config_lib.ConfigError, match=match):
+            config_lib.read(str(tmp_path / name))
+    with pytest.raises(config_lib.ConfigError, match=r"nope\.py: no such file$"):
+        config_lib.read(str(tmp_path / "nope.py"))
+
+
+def parse(monkeypatch, capsys, args):
+    """A command line with --config, parsed as every command parses it: (exit code, stdout, stderr)."""
+    argv = ["prog", *args]
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads --config.<key> overrides from sys.argv
+    flag_values = flags.FlagValues()
+    cli.define_config_flag(flag_values)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_flags(argv, flag_values)
+        cli.get_config(flag_values)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--config=configs/mse.py", "--config.model_config.n_hed=3"], "error: unknown config key: n_hed"),
+    ([], "error: --config is required"),
+    (["--config=configs/nope.py", "--config.train_steps=4"], "error: configs/nope.py: no such file"),
+    (["--config=configs/mse.py", "--config.lr_typo=3"], "error: unknown config key 'lr_typo'; --show_config lists"),
+    (["--config=configs/mse.py", "--config.model_config.nonsense=3"], "error: unknown config key 'nonsense';"),
+    (["--config=configs/mse.py", "--config.model_confg.n_head=3"],
+     "error: unknown config key 'model_confg'; did you mean \"model_config\""),
     (["--config=configs/mse.py", "--config.model_config.embedding_loss_type=MSEE"],
      "error: configs/mse.py: model_config.embedding_loss_type: 'MSEE' is not one of"),
-    (["--config=configs/nope.py"], "error: --config: no such file 'configs/nope.py'"),
+    (["--config=configs/mse.py", "--config.lr=nan"], "error: configs/mse.py: lr: must be a finite number > 0, got nan"),
+    (["--config=configs/mse.py", "--config.beta2=inf"], "error: configs/mse.py: beta2: must be a finite number"),
     (["--config=configs/mse.py", "--config.model_config.n_head=x"], "error: flag --config.model_config.n_head=x"),
 ])
-def test_cli_errors_are_one_line(args, message):
-    result = subprocess.run([sys.executable, "-m", "aed_jax.summary", *args], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+def test_config_errors_are_one_line(monkeypatch, capsys, args, message):
+    code, out, err = parse(monkeypatch, capsys, args)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_show_config_prints_every_key_with_overrides_and_exits_0(monkeypatch, capsys):
+    code, out, err = parse(monkeypatch, capsys, ["--config=configs/tiny.py", "--config.lr=0.125", "--show_config"])
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "configs/tiny.py, overrides applied:"
+    assert len(lines) == 2 + len(list(config_lib.leaves(config_lib.load(os.path.join(ROOT, "configs", "tiny.py")))))
+    assert any(line.split()[:2] == ["lr", "0.125"] for line in lines)
+
+
+def test_commands_report_config_errors_in_one_line():
+    """End to end, as a user runs them: no --config (main once raised UnparsedFlagError), a missing
+    file with an override (once an OSError traceback)."""
+    for command, args, message in [
+        ("main", [], "error: --config is required"),
+        ("summary", ["--config=configs/nope.py", "--config.train_steps=4"], "error: configs/nope.py: no such file"),
+    ]:
+        result = subprocess.run([sys.executable, "-m", f"aed_jax.{command}", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
 
 
 def test_summary_ends_with_the_count_line():

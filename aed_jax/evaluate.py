@@ -87,6 +87,15 @@ def _eval_sums(cfg: model_lib.ModelConfig):
     return sums
 
 
+def step_memory(cfg: model_lib.ModelConfig, params, batch_size: int) -> int:
+    """Bytes the eval step allocates for a batch of `batch_size` (its temporaries and outputs, by XLA's
+    buffer assignment); `evaluate` then runs this very compile."""
+    x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32)
+    weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    mem = _eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B).compile().memory_analysis()
+    return mem.temp_size_in_bytes + mem.output_size_in_bytes
+
+
 def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
     return cfg.model_type == "aed" and cfg.embedding_loss_type != "NONE"
 
@@ -129,6 +138,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     for name in ("batches", "batch_size"):
         if fv[name].value is not None and fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
+    if fv.seed is not None and fv.seed < 0:
+        cli.fail(f"--seed must be >= 0, got {fv.seed}")
     try:
         params, config, step = checkpoint_lib.restore_params(fv.workdir, fv.checkpoint)
         cfg = model_lib.ModelConfig.from_config(config)
@@ -136,12 +147,18 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         context = cfg.context_size
         tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
         batch_size = fv.batch_size or config.batch_size
+        params = jax.device_put(params)
+        need, (free, what) = step_memory(cfg, params, batch_size), cli.memory_free(jax.local_devices()[0])
+        if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
+            cli.fail(f"a batch of {batch_size} sequences needs {cli.gib(need)} in the eval step (XLA's buffer "
+                     f"assignment), more than the {cli.gib(free)} of {what}; pass --batch_size "
+                     f"{max(1, batch_size * free // need)} or less")
         if fv.full:
             batches = data_lib.eval_windows(tokens, context, batch_size)
         else:
             seed = config.random_seed if fv.seed is None else fv.seed
             batches = data_lib.random_batches(tokens, context, batch_size, fv.batches or config.est_steps, seed)
-        results = evaluate(model_lib.make_model(cfg), jax.device_put(params), batches, batch_size)
+        results = evaluate(model_lib.make_model(cfg), params, batches, batch_size)
     except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
         cli.fail(str(e))
     where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,

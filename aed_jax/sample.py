@@ -73,6 +73,31 @@ def encode_prompt(text: str, vocab_size: int, encoding=None) -> np.ndarray:
     return np.asarray(ids, np.int32)
 
 
+def check_memory(model, params, num_samples: int, prompt_length: int, max_new_tokens: int, *,
+                 use_cache: bool = True, top_k: int | None = None, greedy: bool = False) -> None:
+    """Raises SampleError, naming the limit, when the tokens (int32 [num_samples, prompt_length +
+    max_new_tokens]) outgrow the host's available memory, or the first decoding call (a whole window
+    for every sample, the largest) the device's free memory by XLA's buffer assignment. That call is
+    compiled exactly as `generate` makes it, so `generate` then reuses the compile."""
+    need, free = 4 * num_samples * (prompt_length + max_new_tokens), cli.host_memory()
+    if need > free:
+        most = free // (4 * num_samples) - prompt_length
+        fix = f"pass --max_new_tokens {most} or less" if most > 0 else "pass a smaller --num_samples"
+        raise SampleError(f"the tokens, int32 [--num_samples {num_samples}, {prompt_length} prompt + --max_new_tokens "
+                          f"{max_new_tokens}], need {cli.gib(need)}, more than the {cli.gib(free)} of available host "
+                          f"memory; {fix}")
+    context, decoder = model.cfg.context_size, _decoder(model.cfg)
+    first = decoder.prefill if use_cache and prompt_length < context else decoder.full
+    window_BxT = jax.ShapeDtypeStruct((num_samples, context), jnp.int32)
+    mem = first.lower(params, window_BxT, min(prompt_length, context), key=jax.random.key(0), i=0,
+                      temperature=jnp.float32(1.0), top_k=top_k or None, greedy=greedy).compile().memory_analysis()
+    need, (free, what) = mem.temp_size_in_bytes + mem.output_size_in_bytes, cli.memory_free(jax.local_devices()[0])
+    if need > free:
+        raise SampleError(f"--num_samples {num_samples}: a decoding call needs {cli.gib(need)} (XLA's buffer "
+                          f"assignment), more than the {cli.gib(free)} of {what}; pass --num_samples "
+                          f"{max(1, num_samples * free // need)} or less")
+
+
 class _Decoder(NamedTuple):
     full: callable  # (params, window_BxT, length, key, i, temperature, top_k, greedy) -> token_B
     prefill: callable  # same arguments -> (token_B, cache)
@@ -208,7 +233,10 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
         vocab = model.cfg.alphabet_size
         check_sampling(vocab, fv.temperature, fv.top_k, fv.greedy)
-        prompt_BxL = np.tile(encode_prompt(fv.prompt, vocab, encoding)[None], (fv.num_samples, 1))
+        prompt_L = encode_prompt(fv.prompt, vocab, encoding)
+        check_memory(model, params, fv.num_samples, len(prompt_L), fv.max_new_tokens, use_cache=fv.cache,
+                     top_k=fv.top_k, greedy=fv.greedy)
+        prompt_BxL = np.tile(prompt_L[None], (fv.num_samples, 1))
     except (checkpoint_lib.CheckpointError, SampleError, tokenizer_lib.TokenizerError) as e:
         cli.fail(str(e))
     options = dict(temperature=fv.temperature, top_k=fv.top_k, greedy=fv.greedy, seed=fv.seed)

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from aed_jax import api
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import evaluate
 from aed_jax import model as model_lib
@@ -117,11 +118,28 @@ def test_baseline_reports_no_embedding_loss(tmp_path, run, capsys):
     (["--workdir", "{run}", "--data", "{empty}"], "no val.bin or <name>_val.bin"),
     (["--workdir", "{run}", "--full", "--batches", "2"], "exclude each other"),
     (["--workdir", "{run}", "--batches", "0"], "--batches must be at least 1"),
+    (["--workdir", "{run}", "--seed", "-1"], "--seed must be >= 0"),
+    (["--workdir", "{run}", "--data", "{data}", "--full", "--batch_size", "1000000000"],
+     "error: a batch of 1000000000 sequences needs"),
 ])
 def test_bad_input_is_one_line_and_exit_1(run, tmp_path, capsys, argv, message):
-    argv = [a.format(empty=str(tmp_path), run=run["workdir"]) for a in argv]
+    argv = [a.format(empty=str(tmp_path), run=run["workdir"], data=run["data"]) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_batch_beyond_memory_is_refused_with_one_that_fits(run, capsys, monkeypatch):
+    """On CPU the limit is the host's available memory (here 1 GiB): the refusal names it, and the
+    batch it suggests does fit by the same measure (XLA's buffer assignment of the eval step)."""
+    monkeypatch.setattr(cli, "host_memory", lambda: 2**30)
+    with pytest.raises(SystemExit):
+        run_cli(["--workdir", run["workdir"], "--data", run["data"], "--full", "--batch_size", "10000000"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: a batch of 10000000 sequences needs ") and err.count("\n") == 1
+    assert "more than the 1.0 GiB of available host memory; pass --batch_size " in err
+    fits = int(err.split("--batch_size ")[1].split()[0])
+    cfg = run["model"].cfg
+    assert 1000 < fits < 10000000 and evaluate.step_memory(cfg, run["params"], fits) <= 2**30

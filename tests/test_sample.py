@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from aed_jax import api
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import model as model_lib
 from aed_jax import sample
@@ -144,6 +145,8 @@ def test_cli_benchmark_prints_both_rates(workdir, capsys):
     (["--workdir", "{run}", "--top_k", "-1"], "--top_k must be between 1 and"),
     (["--workdir", "{run}", "--top_k", "50258"], "--top_k must be between 1 and"),
     (["--workdir", "{run}", "--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--workdir", "{run}", "--max_new_tokens", "1000000000000"], "of available host memory; pass --max_new_tokens"),
+    (["--workdir", "{run}", "--num_samples", "1000000"], "--num_samples 1000000: a decoding call needs"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_1(workdir, tmp_path, capsys, argv, message):
     argv = [a.format(empty=str(tmp_path), run=workdir) for a in argv]
@@ -152,3 +155,20 @@ def test_cli_bad_input_is_one_line_and_exit_1(workdir, tmp_path, capsys, argv, m
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_request_beyond_memory_is_refused_with_the_largest_that_fits(workdir, monkeypatch):
+    """With 1 GiB free, 2 samples of 3 + N int32 tokens fit up to N = 2**30 / 8 - 3; a batch whose
+    decoding call needs more (by XLA's buffer assignment) is refused with a smaller one that fits."""
+    monkeypatch.setattr(cli, "host_memory", lambda: 2**30)
+    model, params, _, _ = api.load(workdir)
+    sample.check_memory(model, params, 2, 3, 2**27 - 3)
+    with pytest.raises(sample.SampleError, match=rf"need 1\.0 GiB, .* 1\.0 GiB of available host memory; "
+                                                 rf"pass --max_new_tokens {2**27 - 3} or less$"):
+        sample.check_memory(model, params, 2, 3, 2**27 - 2)
+    with pytest.raises(sample.SampleError, match=r"^--num_samples 1000: a decoding call needs .* pass --num_samples"
+                                                 r" (\d+) or less$") as error:
+        sample.check_memory(model, params, 1000, 3, 1)  # logits alone: 1000 x 8 x 50257 x 4 bytes = 1.5 GiB
+    fits = int(error.value.args[0].split()[-3])
+    assert 1 <= fits < 1000
+    sample.check_memory(model, params, fits, 3, 1)  # the suggestion fits by the same measure

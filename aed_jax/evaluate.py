@@ -55,6 +55,7 @@ def data_path(config, data: str | None, split: str) -> str:
         return val_path if split == "val" else train_path
     if not os.path.isdir(data):
         return data  # a file: load_tokens checks it
+    data_lib.finish_commit(data)  # a prepare killed mid-commit: move the rest of its files in first
     for name in (f"{config.dataset}_{split}.bin", f"{split}.bin"):
         if os.path.isfile(os.path.join(data, name)):
             return os.path.join(data, name)

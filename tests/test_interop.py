@@ -1,4 +1,4 @@
-"""Reference-named npz export/import: SPEC.md's names, PyTorch layouts, the round trip, bad files."""
+"""Reference-named npz export/import: the reference's state-dict names (docs/model.md), PyTorch layouts, the round trip, bad files."""
 import json
 import math
 import os
@@ -62,7 +62,7 @@ def run_cli(argv):
 
 
 def spec_names(cfg):
-    """SPEC.md's reference state-dict names for `cfg`, written out from its list."""
+    """docs/model.md's reference state-dict names for `cfg`, written out from its list."""
     block = ["multi_attn_head.batch_attn_weights", "multi_attn_head.residual_proj", "feed_forward.linear",
              "feed_forward.residual_proj", "ln1", "ln2"]
     decoder = ["decoder_multi_attn_head.batch_attn_weights", "decoder_multi_attn_head.residual_proj",

@@ -75,8 +75,14 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 
 
 def run(main):
-    """`app.run(main)`, but a bad flag or config file is one line on stderr and exit 1, not a traceback."""
-    app.run(lambda argv: main(_quiet_libraries(argv)), flags_parser=parse_flags)
+    """`app.run(main)`, but a bad flag or config file, or Ctrl-C, is one line on stderr and exit 1,
+    not a traceback. (The trainer catches Ctrl-C itself in its loop, to save first.)"""
+    def interruptible(argv):
+        try:
+            return main(_quiet_libraries(argv))
+        except KeyboardInterrupt:
+            fail("interrupted")
+    app.run(interruptible, flags_parser=parse_flags)
 
 
 def _quiet_libraries(argv):

@@ -1,7 +1,16 @@
-"""CPU quick start: the MSE + pos-sub AED model, shrunk to train in about two minutes on 2 cores.
+"""CPU quick start: the MSE + pos-sub AED model, shrunk to train in about 2.5 minutes on 2 cores.
 
-The vocabulary stays GPT-2's, so the tied 50,257-row matrix dominates the parameters; the
-stacks are shallow and the context short so a few hundred steps fit the budget.
+What to expect: 1,200 steps of 8 x 64 tokens (614k tokens, two thirds of an epoch of the
+built-in corpus) take val loss from 10.8 to about 6.5 (6.35-6.6 across random seeds; the whole
+val split scores 6.51). A unigram model scores 7.4 there, so this is past word frequencies and
+into word order: the greedy continuation is real words, repetitive ("the most city of the ...").
+
+Why it looks like this: the tied 50,257 x 64 output layer and its softmax are nearly all of a
+step, so the stacks cost little, and what is short is steps: a wider model (n_embed 128) gets
+fewer of them and ends higher. Chunked cross-entropy (128 rows) keeps the softmax's buffers small
+and is ~20% faster than the whole [512, V] logits on CPU. Learning rate 1.5e-3..3e-3 (higher ends
+worse), batch 4..16 sequences at equal time, beta2 0.99 and embedding_loss_coeff 1 all land within
+the seed-to-seed spread (about 0.1), so the seed's recipe stays.
 """
 from aed_jax.config import base_config
 
@@ -18,11 +27,12 @@ def get_config():
     c.model_config.cross_attn_config.update(dict(n_head=8, use_bias=False))
     c.batch_size = 8
     c.gradient_accumulation_steps = 1
-    c.train_steps = 300
+    c.ce_chunk_tokens = 128
+    c.train_steps = 1200
     c.lr = 3e-3
     c.min_lr = 3e-4
     c.warmup_iters = 30
-    c.lr_decay_iters = 300
-    c.est_interval = 100
+    c.lr_decay_iters = 1200
+    c.est_interval = 300
     c.est_steps = 10
     return c

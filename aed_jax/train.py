@@ -163,7 +163,6 @@ class Preemption:
             signal.signal(s, handler)
 
 
-
 class Progress:
     """A tqdm bar on a terminal; in a log file (stderr not a tty), a plain line at most every
     `every_s` seconds instead of a bar's hundreds of carriage-return updates. Process 0 only."""

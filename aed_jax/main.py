@@ -6,13 +6,29 @@ and a greedy and a sampled continuation of a prompt. On a cluster, pass --distri
 host (jax.distributed.initialize reads the coordinator from SLURM or the
 JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
 """
+import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while the libraries load or the run is set up: one line, no traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit("error: interrupted; the workdir keeps its latest checkpoint"))
 
-import os  # noqa: E402
+def _interrupted(*_):
+    """Ctrl-C outside the training loop (which saves and stops by itself): one line, exit 1.
+
+    os._exit, not sys.exit: a SystemExit raised while the interpreter runs a gc callback or a
+    __del__ is swallowed ("Exception ignored in ...") and the run would go on. Nothing is lost:
+    every write of the run folder survives a kill -9, which is what this is.
+    """
+    try:
+        sys.stdout.flush()
+    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
+        pass
+    os.write(2, b"error: interrupted; the workdir keeps its latest checkpoint\n")
+    os._exit(1)
+
+
+if __name__ == "__main__":  # Ctrl-C while the libraries load or the run is set up
+    signal.signal(signal.SIGINT, _interrupted)
+
 
 from absl import flags
 from absl import logging

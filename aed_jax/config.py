@@ -101,6 +101,9 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.ce_chunk_tokens = config_dict.placeholder(int)  # cross-entropy chunk; None: 8192 on GPU/TPU, whole on CPU; 0: whole
     c.scan_layers = False  # stack each stack's blocks with nn.scan: compile time flat in depth (stacked params)
     c.remat = False  # recompute block activations in the backward pass
+    # The device mesh: batch rows split over data x fsdp; parameters and AdamW moments split over fsdp.
+    c.mesh_data = -1  # devices on the data-parallel axis; -1: every device the fsdp axis leaves
+    c.mesh_fsdp = 1  # devices each parameter is sharded over (FSDP); -1: every device the data axis leaves
 
     # Estimation, as the seed does it.
     c.est_interval = 500  # estimate every est_interval steps and at the last step
@@ -151,6 +154,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "keep_checkpoints", "log_interval"):
         if not isinstance(c[key], int) or c[key] <= 0:
             raise ConfigError(f"{key}: must be a positive integer, got {c[key]!r}")
+    for key in ("mesh_data", "mesh_fsdp"):
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or not (c[key] == -1 or c[key] > 0):
+            raise ConfigError(f"{key}: must be a positive integer or -1 (every remaining device), got {c[key]!r}")
+    if c.mesh_data == c.mesh_fsdp == -1:
+        raise ConfigError("mesh_fsdp: at most one mesh axis can be -1 (mesh_data is -1 already)")
     rows = c.batch_size * c.gradient_accumulation_steps
     if c.micro_batch_size is not None and (c.micro_batch_size <= 0 or rows % c.micro_batch_size):
         raise ConfigError(f"micro_batch_size: {c.micro_batch_size} does not divide batch_size * "

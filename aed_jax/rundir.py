@@ -31,7 +31,8 @@ from aed_jax import checkpoint
 
 # Keys a resumed run may change: its length, its reporting, and how (not what) it computes.
 MAY_CHANGE = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints", "workdir",
-              "data_dir", "micro_batch_size", "attention_impl", "ce_chunk_tokens", "remat", "dtype")
+              "data_dir", "micro_batch_size", "attention_impl", "ce_chunk_tokens", "remat", "dtype",
+              "mesh_data", "mesh_fsdp")
 MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' shapes depend on
 CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
 

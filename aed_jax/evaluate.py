@@ -5,7 +5,8 @@ perplexity, the "accuracy loss" (fraction of positions where argmax(logits) != t
 AED model with an embedding loss, that loss (computed without dropout; the reference computes it
 only in training). `--full` runs every non-overlapping window of the split in order (offsets 0, T,
 2T, ... while i + T + 1 <= N), so the result is deterministic; `--batches N` draws N random batches
-as the seed's estimate does. Every mean is over all evaluated positions.
+as the seed's estimate does. Every mean is over all evaluated positions; `--json` also gives
+`ce_by_position`, the mean CE at each window position t = 0..T-1.
 
 Only the parameters are restored (host arrays, then the default device), so a checkpoint written
 on any number of devices evaluates here.
@@ -80,7 +81,7 @@ def _eval_sums(cfg: model_lib.ModelConfig):
         ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
         wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != y_BxT).astype(jnp.float32)
         out = {"ce": jnp.sum(ce_BxT * weight_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT),
-               "tokens": jnp.sum(weight_BxT)}
+               "tokens": jnp.sum(weight_BxT), "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT * weight_BxT, axis=0)}
         if with_embedding_loss:  # per-position terms; their mean over positions is the loss
             out["embedding"] = jnp.sum(state["intermediates"]["embedding_loss_BxT"][0] * weight_BxT)
         return out
@@ -103,7 +104,9 @@ def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
 
 def evaluate(model, params, batches, batch_size: int) -> dict:
     """{"ce_loss", "perplexity", "accuracy_loss", "tokens"} (+ "embedding_loss" for an AED with one)
-    over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]); short batches are padded."""
+    over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]), and "ce_by_position"
+    (T floats: the mean CE at each window position, where in the window a model gains or loses);
+    short batches are padded."""
     sums_fn, totals = _eval_sums(model.cfg), {}
     for batch in batches:
         b = batch["x"].shape[0]
@@ -111,14 +114,16 @@ def evaluate(model, params, batches, batch_size: int) -> dict:
         weight_B = (np.arange(batch_size) < b).astype(np.float32)
         sums = sums_fn(params, np.pad(batch["x"], pad), np.pad(batch["y"], pad), weight_B)
         for key, value in jax.device_get(sums).items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    tokens = totals.get("tokens", 0.0)
+            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
+    tokens = float(totals.get("tokens", 0.0))
     if not tokens:
         raise data_lib.DataError("no windows to evaluate")
-    results = {"ce_loss": totals["ce"] / tokens, "perplexity": math.exp(totals["ce"] / tokens),
-               "accuracy_loss": totals["wrong"] / tokens, "tokens": int(tokens)}
+    ce = float(totals["ce"]) / tokens
+    results = {"ce_loss": ce, "perplexity": math.exp(ce), "accuracy_loss": float(totals["wrong"]) / tokens,
+               "tokens": int(tokens)}
     if "embedding" in totals:
-        results["embedding_loss"] = totals["embedding"] / tokens
+        results["embedding_loss"] = float(totals["embedding"]) / tokens
+    results["ce_by_position"] = (totals["ce_T"] / totals["rows"]).tolist()
     return results
 
 
@@ -168,7 +173,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         print(json.dumps({**results, **where}))
     else:
         print(f"{cfg.model_type} model, step {step} of {fv.workdir} ({fv.checkpoint}); {path}, {where['mode']}")
-        print(format_table(results))
+        print(format_table({k: v for k, v in results.items() if k != "ce_by_position"}))
 
 
 if __name__ == "__main__":

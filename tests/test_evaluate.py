@@ -72,6 +72,12 @@ def test_full_pass_is_the_exact_mean_over_every_window(run, capsys):
     np.testing.assert_allclose(got["perplexity"], math.exp(got["ce_loss"]), rtol=1e-9)
     np.testing.assert_allclose(got["accuracy_loss"], np.mean(np.argmax(logits, -1) != y), rtol=1e-6)
     np.testing.assert_allclose(got["embedding_loss"], losses["embedding_loss"], rtol=1e-5)
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce_T = -np.take_along_axis(logp, y[..., None], -1)[..., 0].mean(axis=0)  # mean over windows, per position
+    assert len(got["ce_by_position"]) == T and np.ptp(ce_T) > 1e-3
+    np.testing.assert_allclose(got["ce_by_position"], ce_T, rtol=1e-5)
     assert got["step"] == 0 and got["data"] == os.path.join(run["data"], "val.bin")
 
 

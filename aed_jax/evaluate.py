@@ -6,7 +6,7 @@ AED model with an embedding loss, that loss (computed without dropout; the refer
 only in training). `--full` runs every non-overlapping window of the split in order (offsets 0, T,
 2T, ... while i + T + 1 <= N), so the result is deterministic; `--batches N` draws N random batches
 as the seed's estimate does. Every mean is over all evaluated positions; `--json` also gives
-`ce_by_position`, the mean CE at each window position t = 0..T-1.
+`ce_by_position`, the mean CE at each window position t = 0..T-1 (and `embedding_loss_by_position`).
 
 Only the parameters are restored (host arrays, then the default device), so a checkpoint written
 on any number of devices evaluates here.
@@ -67,9 +67,51 @@ def data_path(config, data: str | None, split: str) -> str:
                              + (f" (several: {', '.join(map(os.path.basename, found))})" if found else ""))
 
 
+def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None) -> dict:
+    """Sums over the positions of rows with weight 1: what `means` averages. The one place
+    the evaluation numbers are computed (aed_jax.analyze adds these sums to its own pass)."""
+    weight_BxT = jnp.broadcast_to(weight_B[:, None], y_BxT.shape)
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT) * weight_BxT
+    wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != y_BxT).astype(jnp.float32)
+    out = {"ce": jnp.sum(ce_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT), "tokens": jnp.sum(weight_BxT),
+           "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT, axis=0)}
+    if embedding_terms_BxT is not None:  # per-position terms; their mean over positions is the loss
+        out["embedding_T"] = jnp.sum(embedding_terms_BxT * weight_BxT, axis=0)
+    return out
+
+
+def accumulate(totals: dict, sums: dict) -> None:
+    """Adds a batch's sums (device arrays) into `totals` (float64 host arrays)."""
+    for key, value in jax.device_get(sums).items():
+        totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
+
+
+def means(totals: dict) -> dict:
+    """The means of `evaluate` from accumulated `loss_sums`; DataError when no position was evaluated."""
+    tokens = float(totals.get("tokens", 0.0))
+    if not tokens:
+        raise data_lib.DataError("no windows to evaluate")
+    ce = float(totals["ce"]) / tokens
+    out = {"ce_loss": ce, "perplexity": math.exp(ce), "accuracy_loss": float(totals["wrong"]) / tokens,
+           "tokens": int(tokens)}
+    if "embedding_T" in totals:
+        out["embedding_loss"] = float(np.sum(totals["embedding_T"])) / tokens
+    out["ce_by_position"] = (totals["ce_T"] / totals["rows"]).tolist()
+    if "embedding_T" in totals:
+        out["embedding_loss_by_position"] = (totals["embedding_T"] / totals["rows"]).tolist()
+    return out
+
+
+def pad_batch(batch: dict, batch_size: int):
+    """(x_BxT, y_BxT, weight_B): a batch of b <= batch_size rows padded to batch_size, weight 0 on the padding."""
+    b = batch["x"].shape[0]
+    pad = ((0, batch_size - b), (0, 0))
+    return np.pad(batch["x"], pad), np.pad(batch["y"], pad), (np.arange(batch_size) < b).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=8)
 def _eval_sums(cfg: model_lib.ModelConfig):
-    """A jitted (params, x_BxT, y_BxT, weight_B) -> sums over the positions of rows with weight 1."""
+    """A jitted (params, x_BxT, y_BxT, weight_B) -> `loss_sums`."""
     model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
     with_embedding_loss = has_embedding_loss(cfg)
 
@@ -77,14 +119,8 @@ def _eval_sums(cfg: model_lib.ModelConfig):
     def sums(params, x_BxT, y_BxT, weight_B):
         (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
                                                mutable=["intermediates"])
-        weight_BxT = jnp.broadcast_to(weight_B[:, None], y_BxT.shape)
-        ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
-        wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != y_BxT).astype(jnp.float32)
-        out = {"ce": jnp.sum(ce_BxT * weight_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT),
-               "tokens": jnp.sum(weight_BxT), "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT * weight_BxT, axis=0)}
-        if with_embedding_loss:  # per-position terms; their mean over positions is the loss
-            out["embedding"] = jnp.sum(state["intermediates"]["embedding_loss_BxT"][0] * weight_BxT)
-        return out
+        terms_BxT = state["intermediates"]["embedding_loss_BxT"][0] if with_embedding_loss else None
+        return loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
 
     return sums
 
@@ -105,26 +141,12 @@ def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
 def evaluate(model, params, batches, batch_size: int) -> dict:
     """{"ce_loss", "perplexity", "accuracy_loss", "tokens"} (+ "embedding_loss" for an AED with one)
     over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]), and "ce_by_position"
-    (T floats: the mean CE at each window position, where in the window a model gains or loses);
-    short batches are padded."""
+    (T floats: the mean CE at each window position, where in the window a model gains or loses; and
+    "embedding_loss_by_position" with an embedding loss); short batches are padded."""
     sums_fn, totals = _eval_sums(model.cfg), {}
     for batch in batches:
-        b = batch["x"].shape[0]
-        pad = ((0, batch_size - b), (0, 0))
-        weight_B = (np.arange(batch_size) < b).astype(np.float32)
-        sums = sums_fn(params, np.pad(batch["x"], pad), np.pad(batch["y"], pad), weight_B)
-        for key, value in jax.device_get(sums).items():
-            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
-    tokens = float(totals.get("tokens", 0.0))
-    if not tokens:
-        raise data_lib.DataError("no windows to evaluate")
-    ce = float(totals["ce"]) / tokens
-    results = {"ce_loss": ce, "perplexity": math.exp(ce), "accuracy_loss": float(totals["wrong"]) / tokens,
-               "tokens": int(tokens)}
-    if "embedding" in totals:
-        results["embedding_loss"] = float(totals["embedding"]) / tokens
-    results["ce_by_position"] = (totals["ce_T"] / totals["rows"]).tolist()
-    return results
+        accumulate(totals, sums_fn(params, *pad_batch(batch, batch_size)))
+    return means(totals)
 
 
 def format_table(results: dict) -> str:
@@ -173,7 +195,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         print(json.dumps({**results, **where}))
     else:
         print(f"{cfg.model_type} model, step {step} of {fv.workdir} ({fv.checkpoint}); {path}, {where['mode']}")
-        print(format_table({k: v for k, v in results.items() if k != "ce_by_position"}))
+        print(format_table({k: v for k, v in results.items() if not isinstance(v, list)}))
 
 
 if __name__ == "__main__":

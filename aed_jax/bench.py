@@ -1,4 +1,4 @@
-"""`python -m aed_jax.bench --config=configs/<run>.py [--steps N] [--json]`: training throughput.
+"""`python -m aed_jax.bench --config=configs/<run>.py [--steps N] [--json] [--memory_only]`: training throughput.
 
 Compiles, warms up and times steady-state train steps on random tokens at the config's effective
 batch (batch_size x gradient_accumulation_steps sequences, split by micro_batch_size), then the
@@ -6,6 +6,9 @@ eval forward and cached generation. Prints compile time, median step time, token
 per token, MFU, and device memory: the allocator's peak where the backend reports one (GPU, TPU)
 and, on every backend, what XLA's buffer assignment says the compiled step needs. With
 --input_pipeline it also times steps fed by the real data pipeline, with and without prefetch.
+The step runs on the config's mesh (mesh_data x mesh_fsdp), so per-device memory shows what FSDP
+saves; --memory_only compiles the step and reports its memory without running it (a model too big
+to time on this machine still gets its figures).
 
 FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
     6 * N_matmul + 12 * n_attention * T * D
@@ -13,6 +16,7 @@ N_matmul counts every matmul weight: every Dense kernel plus the tied output lay
 embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
 per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
 """
+import functools
 import json
 import statistics
 import time
@@ -20,12 +24,13 @@ import time
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from ml_collections import config_flags
 import numpy as np
 
 from aed_jax import cli
 from aed_jax import data
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
@@ -64,20 +69,38 @@ def _timed(fn, *args, repeats: int):
     return statistics.median(seconds)
 
 
+def memory(c) -> dict:
+    """Per-device memory of `c`'s train step on its mesh, by XLA's buffer assignment, compiled and
+    not run: the parameters + AdamW state one device holds, and what the whole step needs."""
+    mesh = mesh_lib.make_mesh(c)
+    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    abstract = train.abstract_state(model, optimizer, mesh)
+    micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
+    batch = {k: jax.ShapeDtypeStruct((c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size),
+                                     np.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
+    start = time.perf_counter()
+    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(1)).compile()
+    return {"model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "micro_batch_size": micro,
+            "params": sum(a.size for a in jax.tree_util.tree_leaves(abstract["params"])),
+            "state_gib_per_device": mesh_lib.bytes_per_device((abstract["params"], abstract["opt_state"])) / 2**30,
+            "step_memory_gib": train.compiled_memory_bytes(step) / 2**30, "compile_s": time.perf_counter() - start}
+
+
 def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False) -> dict:
     """The measurements as a dict (see the module docstring); `input_pipeline` adds
     `time_input_pipeline`'s."""
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    mesh = mesh_lib.make_mesh(c)
     model, optimizer = train.make_model(c), optim.make_optimizer(c)
     cfg, T = model.cfg, c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
-    params = jax.jit(lambda k: model_lib.init_params(model, k), out_shardings=replicated)(jax.random.key(0))
-    opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+    abstract = train.abstract_state(model, optimizer, mesh)
+    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer),
+                    out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))(jax.random.key(0))
+    params, opt_state = state["params"], state["opt_state"]
     tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
-    batch = {"x": jax.device_put(tokens[:, :-1], rows_sharding), "y": jax.device_put(tokens[:, 1:], rows_sharding)}
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                                      {"params": params, "opt_state": opt_state})
+    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
     micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
     start = time.perf_counter()
     step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
@@ -100,11 +123,12 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     eval_s = _timed(eval_fn, state["params"], eval_batch, repeats=steps)
     out = {
         "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-        "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
+        "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
         "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
         "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
         "eval_tokens_per_s": c.batch_size * T / eval_s,
         "peak_memory_gib": _peak_memory_gib(), "step_memory_gib": step_memory_gib,
+        "state_gib_per_device": mesh_lib.bytes_per_device(state) / 2**30,
     }
     if input_pipeline:
         out.update(time_input_pipeline(c, step, state, mesh, steps))
@@ -124,13 +148,11 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
     once copying each batch to the device when the step asks for it. Reports each loop's step time
     and the time it spent waiting for its batch, per step."""
     rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
-    rows_sharding = NamedSharding(mesh, P("data"))
     train_path, _ = prepare.ensure_data(c)
-    to_global = lambda b: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in b.items()}
+    to_global = functools.partial(mesh_lib.to_global, mesh)
     out = {}
     for name in ("prefetch", "sync"):
-        host = data.train_iterator(train_path, T, rows // jax.process_count(), c.random_seed, jax.process_index(),
-                                   jax.process_count())
+        host = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows))
         batches = train.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
         pending, wait_s = None, 0.0
         for i in range(steps + 2):  # two warm-up steps
@@ -160,13 +182,14 @@ def format_table(r: dict) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     model = r["model_type"] + (f" ({r['config']})" if "config" in r else "")
     rows = [("model", model),
-            ("device", f"{r['devices']} x {r['device']} ({r['dtype']})"),
+            ("device", f"{r['devices']} x {r['device']} ({r['dtype']}), mesh data x fsdp = {r['mesh']}"),
             ("batch", f"{r['batch_tokens']:,} tokens, micro-batch {r['micro_batch_size']} sequences"),
             ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
             ("MFU", fmt(r["mfu"] and 100 * r["mfu"], ".1f") + (" %" if r["mfu"] else " (no peak known for this device)")),
             ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")
-             + f" (allocator); step needs {r['step_memory_gib']:.2f} GiB (XLA's buffer assignment)"),
+             + f" (allocator); step needs {r['step_memory_gib']:.2f} GiB (XLA's buffer assignment), params + "
+             f"optimizer {r['state_gib_per_device']:.2f} GiB of it"),
             ("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}")]
     for name in ("prefetch", "sync"):
         if f"fed_step_ms_{name}" in r:
@@ -186,6 +209,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("input_pipeline", False, "Also time steps fed by the config's dataset through grain, with and "
                       "without host-to-device prefetch (prepares the built-in corpus on first use).",
                       flag_values=flag_values)
+    flags.DEFINE_bool("memory_only", False, "Compile the train step on the config's mesh and report its per-device "
+                      "memory without running it.", flag_values=flag_values)
     flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0,
                          flag_values=flag_values)
 
@@ -196,8 +221,12 @@ def main(argv):
     fv = flags.FLAGS
     config = cli.get_config()
     # The config file as given on the command line: which run was measured, not only which model type.
-    result = {"config": config_flags.get_config_filename(fv["config"]),
-              **run(config, fv.steps, fv.generate_tokens, fv.input_pipeline)}
+    name = config_flags.get_config_filename(fv["config"])
+    if fv.memory_only:
+        result = {"config": name, **memory(config)}
+        print(json.dumps(result) if fv.json else "\n".join(f"{k:<22} {v}" for k, v in result.items()))
+        return
+    result = {"config": name, **run(config, fv.steps, fv.generate_tokens, fv.input_pipeline)}
     print(json.dumps(result) if fv.json else format_table(result))
 
 

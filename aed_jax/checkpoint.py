@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run: `<workdir>/checkpoints` keeps the latest few, `<workdir>/best` the lowest val loss.
 
-A checkpoint holds four items: `state` (params, opt_state, step), `checksums` (the crc32 of every
-array of the state as written), `data` (the grain iterator's state, so a resumed run continues the
-same stream) and `config` (the run config as JSON). Orbax writes each step to a temporary folder
+A checkpoint holds four items: `state` (params, opt_state, step; each process writes its own
+shards, and a restore reshards to whatever mesh asks), `checksums` (the crc32 of every array of the
+state as written), `stream` (the data stream's position, {"next_index": k}: global, so a resumed
+run continues the same stream on any number of processes) and `config` (the run config as JSON). Orbax writes each step to a temporary folder
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest
 one; `clean_interrupted` removes the temporary folder it leaves.
 
@@ -24,7 +25,8 @@ import sys
 import zlib
 
 from absl import logging
-import grain
+import json
+
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -32,7 +34,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
-CHECKSUMS = "checksums"
+CHECKSUMS, STREAM = "checksums", "stream"
+LEGACY_DATA = os.path.join("data", "process_0-of-1.json")  # the stream's position, as one process saved it before
 
 
 class CheckpointError(ValueError):
@@ -50,7 +53,7 @@ def manager(workdir: str, kind: str = LATEST, keep: int = 3, create: bool = True
         max_to_keep=1 if best else keep, best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
         enable_async_checkpointing=False, create=create)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-                CHECKSUMS: ocp.JsonCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
+                CHECKSUMS: ocp.JsonCheckpointHandler(), STREAM: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, kind)), options=options, item_handlers=handlers)
 
 
@@ -92,12 +95,12 @@ def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
          data_iter=None, metrics: dict | None = None) -> None:
-    """Saves `state`, its checksums, the config and (when given) the data iterator at `step`,
-    synchronously; a `step` already there (left by an interrupted run being re-run) is replaced."""
+    """Saves `state`, its checksums, the config and (when given) the data iterator's position at
+    `step`, synchronously; a `step` already there (left by an interrupted run being re-run) is replaced."""
     items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict()),
              CHECKSUMS: ocp.args.JsonSave({"crc32": checksums(state)})}
     if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        items[STREAM] = ocp.args.JsonSave(data_iter.get_state())
     if step in mngr.all_steps():
         mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -274,31 +277,49 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     return target
 
 
+def _stream_position(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+    """The data stream's position saved with `step`; None when it has none (an import). A checkpoint
+    of an earlier version kept it in grain's per-process file."""
+    if os.path.isdir(os.path.join(_step_dir(mngr, step), STREAM)):
+        position = _restore_item(mngr, step, STREAM, ocp.args.JsonRestore())
+    elif os.path.isfile(legacy := os.path.join(_step_dir(mngr, step), LEGACY_DATA)):
+        try:
+            with open(legacy) as f:
+                position = json.load(f)
+        except (OSError, ValueError) as e:
+            raise _Damaged(f"{LEGACY_DATA}: {e}") from None
+    else:
+        return None
+    if not isinstance(position, dict) or not isinstance(position.get("next_index"), int):
+        raise _Damaged(f"{STREAM}: not a JSON object with next_index")
+    return position
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) -> tuple[object, int] | None:
     """(state, step) of the newest step that restores and verifies, the data iterator set to its
     position; None when there is no checkpoint. Each damaged step is reported in one warning line
     and moved aside; CheckpointError (one line) when every step is damaged.
 
-    A step without a data item leaves the iterator at its start: a warning, except at step 0 (what
-    `interop import` writes), where a new run starts the stream too.
+    A step without a stream position leaves the iterator at its start: a warning, except at step 0
+    (what `interop import` writes), where a new run starts the stream too.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         return None
     for step in steps:
-        data_dir = os.path.join(_step_dir(mngr, step), "data")
         try:
             state = _restore_verified(mngr, step, abstract_state)
-            if data_iter is not None and os.path.isdir(data_dir):
-                _restore_item(mngr, step, "data", grain.checkpoint.CheckpointRestore(data_iter))
+            position = _stream_position(mngr, step)
         except _Damaged as e:
             moved = _move_aside(mngr, step)
             mngr.reload()
             logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, mngr.directory, e, moved)
             continue
-        if data_iter is not None and not os.path.isdir(data_dir) and step > 0:  # step 0 (an import) starts there anyway
-            logging.warning("checkpoint %d in %s has no data item: the data stream restarts from its beginning",
-                            step, mngr.directory)
+        if data_iter is not None and position is not None:
+            data_iter.set_state(position)
+        elif data_iter is not None and step > 0:  # step 0 (an import) starts there anyway
+            logging.warning("checkpoint %d in %s has no data stream position: the data stream restarts from its "
+                            "beginning", step, mngr.directory)
         return state, step
     raise CheckpointError(f"every checkpoint in {mngr.directory} is damaged (steps {', '.join(map(str, steps))}, "
                           f"moved to {os.path.join(os.path.dirname(str(mngr.directory)), DAMAGED)}); the same "

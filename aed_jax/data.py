@@ -149,38 +149,39 @@ def _random_offsets(rng: np.random.Generator, tokens: np.ndarray, context_size: 
     return rng.integers(0, high, size=batch_size)
 
 
-def train_iterator(path: str, context_size: int, batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
-    """Random training batches {"x", "y"} (int32 [batch_size, T]) forever, as a grain iterator.
+def train_iterator(path: str, context_size: int, batch_size: int, seed: int,
+                   rows: slice = slice(None)) -> grain.DatasetIterator:
+    """Random training batches {"x", "y"} (int32, `rows` of [batch_size, T]) forever, as a grain iterator.
 
-    Batch k of the global stream has its offsets drawn by np.random.default_rng((seed, k)); process
-    p takes batches p, p + P, p + 2P, ..., so processes never draw the same windows and together
-    they see what one process would. Grain threads prepare batches ahead of the trainer.
+    Batch k of the stream has its batch_size offsets drawn by np.random.default_rng((seed, k)): one
+    global batch a step, whatever the number of processes; a process reads only its `rows` of it
+    (mesh.process_rows), so the cluster's shape changes neither the batches nor the losses. Grain
+    threads prepare batches ahead of the trainer.
 
-    The iterator's state is {"next_index": j}: get_state() after some batches, then set_state() on
-    a fresh iterator for the same arguments, and it yields exactly the batches the first one would
-    have yielded next. grain's orbax handler (grain.checkpoint.CheckpointSave/CheckpointRestore)
-    saves and restores it that way, so a resumed run continues the same stream.
+    The iterator's state is {"next_index": k}, the same on every process: get_state() after some
+    batches, then set_state() on a fresh iterator for the same path, size and seed (any `rows`),
+    and it yields exactly the batches the first one would have yielded next. The checkpoint saves
+    it, so a resumed run continues the same stream, on any number of processes.
     """
     import grain  # here only: prepare's worker processes import this module, and grain brings jax (150 MB each)
 
     tokens = _open(path, context_size + 2)
 
     def batch(k: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng((seed, k))
-        return _windows(tokens, _random_offsets(rng, tokens, context_size, batch_size), context_size)
+        offsets = _random_offsets(np.random.default_rng((seed, k)), tokens, context_size, batch_size)
+        return _windows(tokens, offsets[rows], context_size)
 
-    dataset = grain.MapDataset.range(sys.maxsize).map(batch)[process_index::process_count]
     read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH)
-    return iter(dataset.to_iter_dataset(read_options))
+    return iter(grain.MapDataset.range(sys.maxsize).map(batch).to_iter_dataset(read_options))
 
 
 def random_batches(tokens: np.ndarray, context_size: int, batch_size: int, num_batches: int,
-                   seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """num_batches random batches drawn as the seed's loss estimation draws them; fixed by `seed`."""
+                   seed, rows: slice = slice(None)) -> Iterator[dict[str, np.ndarray]]:
+    """num_batches random batches drawn as the seed's loss estimation draws them; fixed by `seed`.
+    Each process reads its `rows` of the same batches, as train_iterator's do."""
     rng = np.random.default_rng(seed)
     for _ in range(num_batches):
-        yield _windows(tokens, _random_offsets(rng, tokens, context_size, batch_size), context_size)
+        yield _windows(tokens, _random_offsets(rng, tokens, context_size, batch_size)[rows], context_size)
 
 
 def eval_windows(tokens: np.ndarray, context_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

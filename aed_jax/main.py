@@ -59,7 +59,9 @@ def define_flags() -> None:
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
     flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
                          "training ends; 0 prints none.", lower_bound=0)
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+    flags.DEFINE_bool("distributed", False, "One process of a multi-process run: join the others first (from "
+                      "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, else from SLURM); start "
+                      "every process with the same command.")
     flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
                         "JAX's persistent compilation cache, so a resumed run loads its train step instead of "
                         "compiling it again, as does the run after micro_batch_size auto-sizing compiled it; "
@@ -82,12 +84,37 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
         print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 
 
+def initialize_distributed() -> None:
+    """jax.distributed.initialize from the JAX_* variables when set (jax reads the address alone),
+    else from the cluster (SLURM, Open MPI); CPU processes talk through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    given = [n for n in names if os.environ.get(n)]
+    try:
+        if given:
+            if len(given) < len(names):
+                raise ValueError(f"{', '.join(n for n in names if n not in given)} not set")
+            jax.distributed.initialize(os.environ[names[0]], int(os.environ[names[1]]), int(os.environ[names[2]]))
+        else:
+            jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+        cli.fail(f"--distributed: {config_lib.one_line(e)}; set {', '.join(names)} on every process, or run "
+                 "under SLURM")
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether `e` is a collective or coordination failure of a multi-process run (XLA raises them
+    with an absl status code first): what a dead peer looks like from the survivors."""
+    codes = ("UNKNOWN", "INTERNAL", "UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED", "FAILED_PRECONDITION")
+    return jax.process_count() > 1 and str(e).startswith(tuple(f"{code}:" for code in codes))
+
+
 def main(argv):
     cli.no_extra_args(argv)
     c = cli.get_config()
     fv = flags.FLAGS
     if fv.distributed:
-        jax.distributed.initialize()
+        initialize_distributed()
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     workdir = fv.workdir or c.workdir or default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
@@ -100,6 +127,16 @@ def main(argv):
         cli.fail(str(e))
     except OSError as e:
         cli.fail(f"{e.filename or workdir}: {e.strerror or e}")
+    except Exception as e:
+        if not _lost_peer(e):
+            raise
+        # os._exit: a normal exit would wait in jax.distributed's shutdown barrier for the dead peer.
+        sys.stdout.flush()
+        sys.stderr.write(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with the "
+                         f"others ({config_lib.one_line(e)[:160]}); one of them has probably died. The workdir "
+                         "keeps its latest checkpoint: start every process again with the same command\n")
+        sys.stderr.flush()
+        os._exit(1)
     if jax.process_index() == 0:
         report(outcome, workdir, c.train_steps, fv.sample_prompt, fv.sample_tokens)
 

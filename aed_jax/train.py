@@ -1,16 +1,16 @@
 """The training loop: sharded init, a jitted step with gradient accumulation, estimation, checkpoints.
 
-Data parallel the JAX way: one `Mesh` over every device (of every host), the batch sharded on its
-`data` axis, parameters and optimizer state replicated; XLA inserts the gradient all-reduce. The
-same code runs on one CPU, N GPUs, or several hosts after `jax.distributed.initialize()`.
-The run's folder (its lock, the same-run checks of a resume, its metrics) is `rundir`'s.
+SPMD the JAX way: one `Mesh` over every device (of every host), the batch's rows split over all of
+them, parameters and optimizer state placed by `mesh`'s rules (replicated by default, sharded over
+the fsdp axis when asked); XLA inserts the collectives. The same code runs on one CPU, N GPUs, or
+several hosts after `jax.distributed.initialize()`. Where each array lives is `mesh`'s business;
+the run's folder (its lock, the same-run checks of a resume, its metrics) is `rundir`'s.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import functools
-import json
 import signal
 import sys
 import time
@@ -28,6 +28,7 @@ import tqdm
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import data
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
@@ -84,13 +85,28 @@ def eval_step(params, batch, *, model):
     return {"loss": losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
 
 
+def init_state(rng, *, model, optimizer) -> dict:
+    params = model_lib.init_params(model, rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+
+def abstract_state(model, optimizer, mesh: Mesh) -> dict:
+    """The train state's shapes, dtypes and shardings (by `mesh`'s rules), without computing it."""
+    shapes = jax.eval_shape(functools.partial(init_state, model=model, optimizer=optimizer), jax.random.key(0))
+    return jax.tree_util.tree_map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                  shapes, mesh_lib.state_shardings(mesh, shapes))
+
+
 def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh, micro_batch_size: int | None = None):
     """The jitted `train_step` for `c` on `mesh`, `micro_batch_size` sequences a micro-batch
-    (default: batch_size, the seed's split); params and optimizer state are donated."""
+    (default: batch_size, the seed's split); params and optimizer state are donated, and come out
+    sharded as they went in (`mesh`'s rules), whatever XLA's propagation would have chosen."""
     rows = c.batch_size * c.gradient_accumulation_steps
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state(model, optimizer, mesh))
     return jax.jit(functools.partial(
         train_step, model=model, optimizer=optimizer, accum_steps=rows // (micro_batch_size or c.batch_size),
-        data_sharding=NamedSharding(mesh, P(None, "data"))), donate_argnums=(0, 1))
+        data_sharding=NamedSharding(mesh, P(None, mesh_lib.AXES))),
+        out_shardings=(shardings["params"], shardings["opt_state"], mesh_lib.replicated(mesh)), donate_argnums=(0, 1))
 
 
 def compiled_memory_bytes(compiled) -> int:
@@ -105,9 +121,9 @@ def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: 
     step fits in 90% of device memory (XLA's own memory analysis); elsewhere batch_size."""
     if c.micro_batch_size is not None or jax.default_backend() != "gpu":
         return c.micro_batch_size or c.batch_size
-    rows, n_dev, T = c.batch_size * c.gradient_accumulation_steps, jax.device_count(), c.model_config.context_size
+    rows, n_dev, T = c.batch_size * c.gradient_accumulation_steps, mesh.size, c.model_config.context_size
     limit = 0.9 * (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", float("inf"))
-    batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=NamedSharding(mesh, P("data"))) for k in "xy"}
+    batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
     for micro in sorted((m for m in range(n_dev, rows + 1, n_dev) if rows % m == 0), reverse=True):
         step = compile_train_step(c, model, optimizer, mesh, micro)
         need = compiled_memory_bytes(
@@ -121,7 +137,7 @@ def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: 
 
 class DevicePrefetch:
     """Keeps `size` batches already sent to their devices (transfers are asynchronous), so a step
-    never waits on a host-to-device copy. Its checkpointable state (what grain's orbax handler
+    never waits on a host-to-device copy. Its checkpointable state (what the checkpoint
     saves) is the state before the next batch it will yield, not after the ones it holds ahead, so
     a resumed run sees exactly the stream a straight run sees."""
 
@@ -137,26 +153,47 @@ class DevicePrefetch:
             self.queue.append((state, self.to_device(next(self.iterator))))
         return self.queue.popleft()[1]
 
-    def get_state(self) -> bytes:
-        return json.dumps(self.queue[0][0] if self.queue else self.iterator.get_state()).encode()
+    def get_state(self) -> dict:
+        return dict(self.queue[0][0] if self.queue else self.iterator.get_state())
 
-    def set_state(self, state: bytes) -> None:
-        self.iterator.set_state(json.loads(state))
+    def set_state(self, state: dict) -> None:
+        self.iterator.set_state(state)
         self.queue.clear()
-
-    def start_prefetch(self) -> None:
-        """Part of the interface grain's checkpoint handler calls after a restore; batches are fetched on demand."""
 
 
 class Preemption:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
 
-    def __init__(self):
-        self.signal = None
+    With several processes the signal may reach one of them, or all at different steps; a process
+    that stopped alone would leave the others waiting in a collective for good. So each step also
+    dispatches a vote, the global max of every process's flag (asynchronous, like the step), and
+    every process reads step i's vote at the same point of step i + 1: they stop after the same step.
+    """
+
+    def __init__(self, mesh: Mesh):
+        self.signal, self.mesh = None, mesh
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._max = jax.jit(jnp.max, out_shardings=mesh_lib.replicated(mesh)) if jax.process_count() > 1 else None
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+    def vote(self) -> jax.Array | None:
+        """This step's vote: whether any process was signalled (None on one process, where the flag is enough)."""
+        if self._max is None:
+            return None
+        flags = np.full(self.mesh.local_mesh.size, self.signal is not None, np.int32)
+        return self._max(jax.make_array_from_process_local_data(mesh_lib.rows(self.mesh), flags))
+
+    def agreed(self, vote) -> bool:
+        """Whether to stop now: the fetched `vote` of an earlier step (every process reads the same one),
+        or on one process the flag itself."""
+        return self.signal is not None if self._max is None else bool(vote is not None and vote)
+
+    @property
+    def reason(self) -> str:
+        """What stopped the run, for the log and main's last line."""
+        return self.signal or "a signal to another process"
 
     def restore(self):
         for s, handler in self._previous.items():
@@ -229,23 +266,22 @@ def _saved_run(workdir: str, latest) -> tuple[dict | None, dict | None, bool]:
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
     """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
-    if c.batch_size % jax.device_count():
-        raise TrainError(f"batch_size={c.batch_size} must be divisible by the device count {jax.device_count()}")
+    mesh = mesh_lib.make_mesh(c)
+    mesh_lib.check_rows("batch_size", c.batch_size, mesh)
     with rundir.locked(workdir):
         if jax.process_index() == 0:
             if fresh:
                 rundir.start_over(workdir)
             for path in checkpoint.clean_interrupted(workdir):
                 logging.warning("removed %s, left by an interrupted save", path)
-        return _train(c, workdir)
+        return _train(c, workdir, mesh)
 
 
-def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    replicated, rows_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    n_proc, T = jax.process_count(), c.model_config.context_size
+def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
+    replicated, T = mesh_lib.replicated(mesh), c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
     is_main = jax.process_index() == 0
+    logging.info("mesh: data %d x fsdp %d", mesh.shape["data"], mesh.shape["fsdp"])
 
     train_path, val_path = _data_files(c)
     data_record = rundir.data_record(train_path, val_path)
@@ -255,20 +291,17 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
     vocab = c.model_config.alphabet_size
     train_tokens = data.load_tokens(train_path, vocab, T + 2)
     val_tokens = data.load_tokens(val_path, vocab, T + 2)
-    to_global = lambda batch: {k: jax.make_array_from_process_local_data(rows_sharding, v) for k, v in batch.items()}
+    to_global = functools.partial(mesh_lib.to_global, mesh)
     train_iter = DevicePrefetch(
-        data.train_iterator(train_path, T, rows // n_proc, c.random_seed, jax.process_index(), n_proc), to_global)
+        data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows)), to_global)
     model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
 
-    def init(rng):
-        params = model_lib.init_params(model, rng)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
-
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                                      jax.eval_shape(init, jax.random.key(0)))
+    abstract = abstract_state(model, optimizer, mesh)
     restored = checkpoint.restore_latest(latest, abstract, train_iter)
     if restored is None:
-        state, start = jax.jit(init, out_shardings=replicated)(jax.random.key(c.random_seed)), 0
+        init = jax.jit(functools.partial(init_state, model=model, optimizer=optimizer),
+                       out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))
+        state, start = init(jax.random.key(c.random_seed)), 0
     else:
         state, start = restored
         logging.info("resuming from step %d in %s", start, workdir)
@@ -280,8 +313,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
         rundir.accept(workdir, c, data_record)
 
     micro = pick_micro_batch_size(c, model, optimizer, mesh, abstract)
-    if micro % jax.device_count():
-        raise TrainError(f"micro_batch_size={micro} must be divisible by the device count {jax.device_count()}")
+    mesh_lib.check_rows("micro_batch_size", micro, mesh)
     step_fn = compile_train_step(c, model, optimizer, mesh, micro)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     finite_fn = jax.jit(_all_finite)
@@ -295,9 +327,9 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
     def estimate(step: int) -> dict:
         out = {}
         for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            seed = (c.random_seed, step, int(split == "val"), jax.process_index())
-            sums = [jax.device_get(eval_fn(state["params"], to_global(b)))
-                    for b in data.random_batches(tokens, T, c.batch_size // n_proc, c.est_steps, seed)]
+            seed = (c.random_seed, step, int(split == "val"))
+            sums = [jax.device_get(eval_fn(state["params"], to_global(b))) for b in data.random_batches(
+                tokens, T, c.batch_size, c.est_steps, seed, mesh_lib.process_rows(c.batch_size))]
             out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
             out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in sums]))
         return out
@@ -314,13 +346,15 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
             raise TrainError(f"saving step {step} in {workdir} failed ({e.strerror or e}); {last_good()}") from None
         logging.info("saved checkpoint at step %d", step)
 
-    writer, preemption, progress = rundir.MetricsWriter(workdir, start), Preemption(), Progress(start, c.train_steps)
+    writer, preemption, progress = rundir.MetricsWriter(workdir, start), Preemption(mesh), Progress(start, c.train_steps)
     outcome, pending, t_last = Outcome(start, rundir.last_estimate(workdir)), None, time.perf_counter()
 
-    def record(i: int, metrics) -> None:
-        """Fetches step i's metrics (the next step is already dispatched), stops on NaN/inf, logs."""
+    def record(i: int, metrics, vote) -> bool:
+        """Fetches step i's metrics (the next step is already dispatched), stops on NaN/inf, logs;
+        whether the processes agreed to stop (Preemption)."""
         nonlocal t_last
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics, vote = jax.device_get((metrics, vote))
+        metrics = {k: float(v) for k, v in metrics.items()}
         if not np.isfinite(metrics["loss"]):
             raise TrainError(f"loss is {metrics['loss']} at step {i + 1}; stopped without saving it; {last_good()}")
         now = time.perf_counter()
@@ -329,19 +363,19 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
         progress.update(i + 1, metrics)
         if (i + 1) % c.log_interval == 0:
             writer.write(i + 1, {**metrics, "lr": schedule(i)})
+        return preemption.agreed(vote)
 
     try:
         for i in range(start, c.train_steps):
             params, opt_state, metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
                                                  jax.random.fold_in(dropout_key, i))
             state = {"step": state["step"], "params": params, "opt_state": opt_state}
-            if pending is not None:
-                record(*pending)
-            pending = (i, metrics)
+            stop = record(*pending) if pending is not None else preemption.agreed(None)
+            pending = (i, metrics, preemption.vote())
             boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
-            if not (boundary or preemption.signal):
+            if not (boundary or stop):
                 continue
-            record(*pending)
+            stop = record(*pending) or stop
             pending, est = None, None
             if not bool(finite_fn(state)):
                 raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
@@ -356,9 +390,9 @@ def _train(c: ml_collections.ConfigDict, workdir: str) -> Outcome:
                 progress.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
             save(i + 1, est)
             outcome.step = i + 1
-            if preemption.signal:
-                logging.info("%s received: checkpoint saved at step %d, exiting", preemption.signal, i + 1)
-                outcome.stopped_by = preemption.signal
+            if stop:
+                logging.info("stopped by %s: checkpoint saved at step %d, exiting", preemption.reason, i + 1)
+                outcome.stopped_by = preemption.reason
                 break
             t_last = time.perf_counter()
     finally:

@@ -1,6 +1,7 @@
 """The benchmark command: its FLOPs formula against a hand count, and a CPU smoke run."""
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -71,6 +72,25 @@ def test_cli_json_names_the_config_file(tmp_path):
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["config"] == str(config) and row["model_type"] == "aed" and row["tokens_per_s"] > 0
     assert f"aed ({config})" in bench.format_table(row)
+
+
+def test_memory_only_per_device_falls_with_the_fsdp_axis():
+    """--memory_only compiles the step on the config's mesh (4 virtual devices here) without running it;
+    the parameters + optimizer state per device fall as the fsdp axis grows."""
+    rows = {}
+    for fsdp in (1, 2, 4):
+        result = subprocess.run(
+            [sys.executable, "-m", "aed_jax.bench", "--config=configs/tiny.py", "--memory_only", "--json",
+             f"--config.mesh_fsdp={fsdp}", "--config.batch_size=4"], capture_output=True, text=True, timeout=300,
+            env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows[fsdp] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [rows[f]["mesh"] for f in (1, 2, 4)] == ["4x1", "2x2", "1x4"]
+    state = [rows[f]["state_gib_per_device"] for f in (1, 2, 4)]
+    params = rows[1]["params"]
+    assert state[0] * 2**30 == pytest.approx(3 * 4 * params, rel=0.01)  # float32 params and two AdamW moments
+    assert state[0] > 1.9 * state[1] > 3.6 * state[2]  # all but the small replicated arrays split
+    assert rows[4]["step_memory_gib"] < rows[1]["step_memory_gib"]
 
 
 @pytest.mark.parametrize("kind,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),

@@ -1,5 +1,6 @@
 """Damaged checkpoints: each fault is found, reported in one line, set aside, and the previous step restores."""
 import hashlib
+import json
 import logging
 import math
 import os
@@ -149,9 +150,9 @@ def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restore
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_missing_data_item_is_a_warning_that_the_stream_restarts(run, caplog):
+def test_a_missing_stream_position_is_a_warning_that_the_stream_restarts(run, caplog):
     c, workdir, states, _ = run
-    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "6", "data"))
+    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "6", checkpoint.STREAM))
     it = _iterator(c)
     start = it.get_state()
     with caplog.at_level(logging.WARNING):
@@ -159,8 +160,22 @@ def test_a_missing_data_item_is_a_warning_that_the_stream_restarts(run, caplog):
     assert step == 6 and it.get_state() == start
     _assert_identical(state, states[6])
     [warning] = _warnings(caplog)
-    assert "checkpoint 6 in" in warning and "no data item: the data stream restarts from its beginning" in warning
+    assert "checkpoint 6 in" in warning and "no data stream position: the data stream restarts from its beginning" in warning
     assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+
+
+def test_an_earlier_versions_stream_position_restores(run):
+    """Before the position was global, one process saved it through grain, in data/process_0-of-1.json."""
+    c, workdir, states, positions = run
+    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    shutil.rmtree(os.path.join(step_dir, checkpoint.STREAM))
+    os.makedirs(os.path.join(step_dir, "data"))
+    with open(os.path.join(step_dir, checkpoint.LEGACY_DATA), "w") as f:
+        json.dump(positions[6], f)
+    it = _iterator(c)
+    state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+    assert step == 6 and it.get_state() == positions[6] != _iterator(c).get_state()
+    _assert_identical(state, states[6])
 
 
 def test_an_imported_step_0_without_data_restores_silently(data_dir, tmp_path, caplog):  # noqa: F811

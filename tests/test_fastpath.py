@@ -11,6 +11,7 @@ import pytest
 from aed_jax import config as config_lib
 from aed_jax import interop
 from aed_jax import losses
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import sample
 from aed_jax import train
@@ -148,7 +149,6 @@ def test_execution_keys_reach_the_model_and_are_validated():
 
 
 def _train_losses(dtype: str, steps: int = 50, ce_chunk_tokens: int = 0):
-    from jax.sharding import Mesh
     c = config_lib.base_config("aed")
     c.model_config.update(dict(SMALL, n_layer=1))
     c.dtype, c.ce_chunk_tokens = dtype, ce_chunk_tokens
@@ -156,7 +156,7 @@ def _train_losses(dtype: str, steps: int = 50, ce_chunk_tokens: int = 0):
     # fp32, even both unchunked) end up to 1.7% apart after 50 steps, depending on the seed.
     c.batch_size, c.gradient_accumulation_steps, c.lr, c.warmup_iters, c.lr_decay_iters = 8, 2, 3e-3, 3, 100
     model, opt = train.make_model(c), train.optim.make_optimizer(c)
-    step = train.compile_train_step(c, model, opt, Mesh(np.asarray(jax.devices()), ("data",)))
+    step = train.compile_train_step(c, model, opt, mesh_lib.make_mesh(c))
     params = model_lib.init_params(model, jax.random.key(0))
     opt_state = opt.init(params)
     rng = np.random.default_rng(0)

@@ -1,0 +1,159 @@
+"""Two processes on localhost, as a cluster runs them: `--distributed`, the JAX_* variables, CPU
+collectives through gloo, one shared workdir.
+
+Checked against one process with the same global batch: the same losses, resumes across process
+counts, SIGTERM to one or every process, and a dead peer.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_train import ROOT, data_dir, small_config  # noqa: F401
+
+pytestmark = pytest.mark.slow
+STEPS = 8  # estimates and checkpoints at 4 and 8
+
+
+@pytest.fixture(scope="module")
+def config_file(data_dir, tmp_path_factory):  # noqa: F811
+    c = small_config(data_dir, train_steps=STEPS)
+    path = tmp_path_factory.mktemp("config") / "small.py"
+    path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                    f"    return ml_collections.ConfigDict({c.to_dict()!r})\n")
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Run:
+    """`n` processes of `python -m aed_jax.main ... --distributed` (one plain process when n is 1),
+    their output in files beside the workdir (pipes could fill and block a process)."""
+
+    def __init__(self, config_file, workdir, n, *flags):
+        port, self.logs, self.procs = _free_port(), [], []
+        for p in range(n):
+            env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
+                       JAX_PROCESS_ID=str(p), JAX_PLATFORMS="cpu")
+            out, err = f"{workdir}.out{p}", f"{workdir}.err{p}"
+            self.logs.append((out, err))
+            with open(out, "w") as o, open(err, "w") as e:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "aed_jax.main", f"--config={config_file}", f"--workdir={workdir}",
+                     "--sample_tokens=0", *(["--distributed"] if n > 1 else []), *flags],
+                    cwd=ROOT, env=env, stdout=o, stderr=e))
+
+    def wait(self, timeout=240) -> list[int]:
+        deadline = time.time() + timeout
+        try:
+            return [p.wait(max(1, deadline - time.time())) for p in self.procs]
+        finally:
+            for p in self.procs:
+                p.kill()
+
+    def out(self, p) -> str:
+        return open(self.logs[p][0]).read()
+
+    def err(self, p) -> str:
+        return open(self.logs[p][1]).read()
+
+
+def _metrics(workdir) -> dict[int, dict]:
+    rows = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        rows.setdefault(row.pop("step"), {}).update(row)
+    return rows
+
+
+def _assert_same_losses(got, expected, steps):
+    for step in steps:
+        for key in ("loss", "ce", "train_loss", "val_loss"):
+            if key in expected[step]:
+                assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5), (step, key)
+
+
+@pytest.fixture(scope="module")
+def runs(config_file, tmp_path_factory):
+    """A one-process run and a two-process run of the same config, each to STEPS."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for n in (1, 2):
+        workdir = str(root / f"{n}p")
+        run = Run(config_file, workdir, n)
+        assert run.wait() == [0] * n, run.err(0)[-3000:]
+        out[n] = (workdir, run)
+    return out
+
+
+def test_two_processes_train_as_one(runs):
+    (one, _), (two, run) = runs[1], runs[2]
+    _assert_same_losses(_metrics(two), _metrics(one), range(1, STEPS + 1))
+    assert "final: train loss" in run.out(0) and "step 4: train loss" in run.out(0)
+    assert "final:" not in run.out(1) and "step 4:" not in run.out(1)  # process 0 alone reports
+    assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["4", "8"]
+
+
+def _truncated_copy(workdir, target):
+    """`workdir` as it was at step 4: a run to resume."""
+    shutil.copytree(workdir, target, ignore=shutil.ignore_patterns(".lock"))
+    for kind in ("checkpoints", "best"):
+        shutil.rmtree(os.path.join(target, kind, "8"), ignore_errors=True)
+    return target
+
+
+@pytest.mark.parametrize("before,after", [(2, 2), (2, 1), (1, 2)])
+def test_resume_with_any_number_of_processes(runs, config_file, tmp_path, before, after):
+    """The stream's position and the state are global: a checkpoint of 2 processes resumes in 1 or 2,
+    one of 1 in 2, and steps 5-8 are those of the straight run."""
+    workdir = _truncated_copy(runs[before][0], str(tmp_path / "run"))
+    run = Run(config_file, workdir, after)
+    assert run.wait() == [0] * after, run.err(0)[-3000:]
+    assert "resuming from step 4" in run.err(0)
+    _assert_same_losses(_metrics(workdir), _metrics(runs[1][0]), range(1, STEPS + 1))
+
+
+def _start_long_run(config_file, workdir):
+    run = Run(config_file, workdir, 2, "--config.train_steps=100000", "--config.est_interval=50000")
+    deadline = time.time() + 180
+    while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+               and os.path.getsize(os.path.join(workdir, "metrics.jsonl"))):  # training has begun
+        assert time.time() < deadline and all(p.poll() is None for p in run.procs), run.err(0)[-3000:]
+        time.sleep(0.2)
+    return run
+
+
+@pytest.mark.parametrize("signalled", [(1,), (0, 1)])
+def test_sigterm_saves_one_step_every_process_agrees_on(config_file, tmp_path, signalled):
+    workdir = str(tmp_path / "run")
+    run = _start_long_run(config_file, workdir)
+    for p in signalled:
+        run.procs[p].send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == [0, 0], run.err(0)[-3000:]
+    [step] = os.listdir(os.path.join(workdir, "checkpoints"))
+    for p in (0, 1):
+        assert f"checkpoint saved at step {step}, exiting" in run.err(p)
+    reason = "SIGTERM" if 0 in signalled else "a signal to another process"
+    assert f"stopped by {reason} at step {step} of 100000, checkpoint saved" in run.out(0)
+
+
+def test_a_dead_peer_is_one_line_not_a_hang(config_file, tmp_path):
+    workdir = str(tmp_path / "run")
+    run = _start_long_run(config_file, workdir)
+    run.procs[1].kill()
+    start = time.time()
+    assert run.wait(timeout=120)[0] == 1
+    assert time.time() - start < 60
+    err = run.err(0)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: process 0 of 2 lost contact with the others (")

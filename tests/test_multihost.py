@@ -30,21 +30,39 @@ def config_file(data_dir, tmp_path_factory):  # noqa: F811
     return str(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(low: int = 1024, high: int = 65535) -> int:
+    for port in range(low, high + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def _cluster_env(n: int, slurm: bool) -> dict:
+    """What every process of n is told of the cluster: by the JAX_* variables, or as SLURM tells it
+    (the coordinator's port then follows from the job id)."""
+    if slurm:
+        return dict(SLURM_JOB_ID=str(_free_port(61440, 65535) - 61440), SLURM_STEP_NODELIST="localhost",
+                    SLURM_NTASKS=str(n))
+    return dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port(20000)}", JAX_NUM_PROCESSES=str(n))
+
+
+def _process_env(p: int, slurm: bool) -> dict:
+    return dict(SLURM_PROCID=str(p), SLURM_LOCALID=str(p)) if slurm else dict(JAX_PROCESS_ID=str(p))
 
 
 class Run:
     """`n` processes of `python -m aed_jax.main ... --distributed` (one plain process when n is 1),
     their output in files beside the workdir (pipes could fill and block a process)."""
 
-    def __init__(self, config_file, workdir, n, *flags):
-        port, self.logs, self.procs = _free_port(), [], []
+    def __init__(self, config_file, workdir, n, *flags, slurm=False):
+        self.logs, self.procs = [], []
+        cluster = _cluster_env(n, slurm) if n > 1 else {}
         for p in range(n):
-            env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
-                       JAX_PROCESS_ID=str(p), JAX_PLATFORMS="cpu")
+            env = dict(os.environ, **cluster, **(_process_env(p, slurm) if n > 1 else {}), JAX_PLATFORMS="cpu")
             out, err = f"{workdir}.out{p}", f"{workdir}.err{p}"
             self.logs.append((out, err))
             with open(out, "w") as o, open(err, "w") as e:
@@ -90,7 +108,7 @@ def runs(config_file, tmp_path_factory):
     out = {}
     for n in (1, 2):
         workdir = str(root / f"{n}p")
-        run = Run(config_file, workdir, n)
+        run = Run(config_file, workdir, n, slurm=True)  # the resumes below use the JAX_* variables
         assert run.wait() == [0] * n, run.err(0)[-3000:]
         out[n] = (workdir, run)
     return out
@@ -98,6 +116,7 @@ def runs(config_file, tmp_path_factory):
 
 def test_two_processes_train_as_one(runs):
     (one, _), (two, run) = runs[1], runs[2]
+    assert "devices: 2 x cpu (2 processes)" in run.err(0)  # joined through the SLURM variables
     _assert_same_losses(_metrics(two), _metrics(one), range(1, STEPS + 1))
     assert "final: train loss" in run.out(0) and "step 4: train loss" in run.out(0)
     assert "final:" not in run.out(1) and "step 4:" not in run.out(1)  # process 0 alone reports

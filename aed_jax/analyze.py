@@ -130,15 +130,19 @@ def alignment_sums(layer_BxTxD, emb_BxTxD, weight_B):
 
 
 def input_embeddings(cfg: model_lib.ModelConfig, params, x_BxT):
-    """What the first block sees in eval mode: tok_emb(x) + pos_emb(0..T-1)."""
+    """What the first block sees in eval mode: tok_emb(x) + pos_emb(0..T-1) (ROPE: tok_emb(x))."""
+    if cfg.position_embedding_type == "ROPE":
+        return params["token_embedding"]["embedding"][x_BxT]
     positions_T = params["positional_embedding"]["embedding"][:x_BxT.shape[1]]
     return params["token_embedding"]["embedding"][x_BxT] + positions_T[None]
 
 
 def attentions(cfg: model_lib.ModelConfig, captured: dict) -> dict:
-    """{"<stack> <kind>": [(q_BxTxNxH, k_BxSxNxH) per layer]} from the captured Dense outputs."""
+    """{"<stack> <kind>": [(q_BxTxNxH, k_BxSxNxH) per layer]} from the captured Dense outputs (ROPE:
+    turned by their positions, as the model turns them)."""
     def heads(a, n):
-        return a.reshape(a.shape[:2] + (n, a.shape[-1] // n))
+        a = a.reshape(a.shape[:2] + (n, a.shape[-1] // n))
+        return model_lib.rope(a, jnp.arange(a.shape[1])) if cfg.position_embedding_type == "ROPE" else a
 
     def get(*path):
         node = captured
@@ -169,9 +173,11 @@ def attentions(cfg: model_lib.ModelConfig, captured: dict) -> dict:
 
 
 def positional_table(params) -> tuple[str | None, np.ndarray | None]:
-    """(name, rows) of the model's positional parameters: the learned table, or None."""
-    if "positional_embedding" in params:
-        return "positional_embedding", np.asarray(params["positional_embedding"]["embedding"], np.float64)
+    """(name, rows) of the model's positional parameters: the learned table, ROPE's table of "next
+    position" vectors, or (None, None) for a ROPE model without one."""
+    for name in model_lib.POSITIONAL_TABLES:
+        if name in params:
+            return name, np.asarray(params[name]["embedding"], np.float64)
     return None, None
 
 
@@ -267,7 +273,8 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
                            desc=f"analyze {label or workdir}", disable=None):
         evaluate_lib.accumulate(totals, sums_fn(device_params, *evaluate_lib.pad_batch(batch, batch_size)))
     return {"workdir": workdir, "checkpoint": checkpoint, "step": step, "data": path, "frequencies_from": counted,
-            "model_type": cfg.model_type, "context_size": context, "n_embed": cfg.n_embed,
+            "model_type": cfg.model_type, "position_embedding_type": cfg.position_embedding_type,
+            "context_size": context, "n_embed": cfg.n_embed,
             "sub_pos_embed_to_decoder": cfg.sub_pos_embed_to_decoder,
             "embedding_loss_type": cfg.embedding_loss_type if cfg.model_type == "aed" else None,
             **summarise(totals), **table_metrics(params, counts_V)}

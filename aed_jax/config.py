@@ -19,6 +19,7 @@ from ml_collections import config_dict
 MODEL_TYPES = ("aed", "baseline")
 ORDER_TYPES = ("ORIGINAL", "ALT")
 SUB_POS_EMBED_TYPES = ("NO", "YES_NO_LN", "YES_LN")
+POSITION_EMBEDDING_TYPES = ("LEARNED", "ROPE")
 EMBEDDING_LOSS_TYPES = ("NONE", "MSE", "COSINE", "LOG_COSINE", "HUBER")
 DETACH_TYPES = ("NONE", "EMBEDDING", "ENCODER_OUT")
 EMBEDDING_LN_TYPES = ("NONE", "INIT", "AVG_CUM_SUM")
@@ -58,6 +59,9 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     # pos_emb(1..T) are the embeddings of the positions being predicted. The seed has it for AED;
     # for the baseline it is one of the seed's "next steps".
     m.sub_pos_embed_to_decoder = "NO"  # NO | YES_NO_LN | YES_LN: subtract pos_emb(1..T) from the output
+    # LEARNED is the seed's absolute table added to the input. ROPE rotates the queries and keys of
+    # every attention instead; pos_emb(1..T) is then a learned table of "next position" vectors.
+    m.position_embedding_type = "LEARNED"  # LEARNED (the seed's table) | ROPE (rotary, every attention)
     if model_type == "aed":
         m.order_type = "ORIGINAL"  # ORIGINAL: self-attn then cross-attn; ALT: the reverse
         m.add_pos_embed_to_decoder = False  # add pos_emb(1..T) to the decoder input
@@ -145,6 +149,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if m.n_embed % m.n_head:
         raise ConfigError(f"model_config.n_head: n_embed={m.n_embed} is not divisible by n_head={m.n_head}")
     check_choice("model_config.sub_pos_embed_to_decoder", m.sub_pos_embed_to_decoder, SUB_POS_EMBED_TYPES)
+    check_choice("model_config.position_embedding_type", m.position_embedding_type, POSITION_EMBEDDING_TYPES)
+    if m.position_embedding_type == "ROPE" and m.n_embed // m.n_head < 2:
+        raise ConfigError(f"model_config.n_head: ROPE turns pairs of features, so a head needs at least 2 "
+                          f"(n_embed={m.n_embed} / n_head={m.n_head})")
     check_number("model_config.dropout_rate", m.dropout_rate, lambda v: 0 <= v < 1, "in [0, 1)")
     if c.model_type == "aed":
         _validate_aed(m)
@@ -200,6 +208,9 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
     heads = m.cross_attn_config.n_head
     if heads is not None and (heads <= 0 or m.n_embed % heads):
         raise ConfigError(f"model_config.cross_attn_config.n_head: n_embed={m.n_embed} is not divisible by {heads}")
+    if m.position_embedding_type == "ROPE" and m.n_embed // (heads or 2 * m.n_head) < 2:
+        raise ConfigError(f"model_config.cross_attn_config.n_head: ROPE turns pairs of features, so a head needs at "
+                          f"least 2 (n_embed={m.n_embed} / {heads or 2 * m.n_head} heads)")
 
 
 def read(path: str) -> ml_collections.ConfigDict:

@@ -47,7 +47,7 @@ ENUMS = {
 _ALIASES = {"COSINE_SIM": "COSINE", "CONSINE_SIM": "COSINE", "LOG_COSINE_SIM": "LOG_COSINE"}
 # Our "next steps" options, absent from the reference: exported only at these (the seed's) values.
 OURS_ONLY = {"n_layer_encoder": None, "n_layer_decoder": None, "embedding_aggregation": "CUM_MEAN",
-             "embedding_aggregation_kernel_size": 16}
+             "embedding_aggregation_kernel_size": 16, "position_embedding_type": "LEARNED"}
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
@@ -118,6 +118,7 @@ def reference_config(config: ml_collections.ConfigDict) -> dict:
     """The run's model_config under the reference's key names, enums as integer codes, and the
     cross-attention defaults made explicit."""
     cfg = model_lib.ModelConfig.from_config(config)
+    check_reference_positions(cfg)
     out = config.model_config.to_dict()
     ours_only = dict(OURS_ONLY, sub_pos_embed_to_decoder="NO") if cfg.model_type == "baseline" else OURS_ONLY
     if changed := sorted(k for k, default in ours_only.items() if out.get(k, default) != default):
@@ -131,6 +132,14 @@ def reference_config(config: ml_collections.ConfigDict) -> dict:
     if cfg.model_type == "aed":
         out["cross_attn_config"] = {"n_head": cfg.cross_heads, "use_bias": cfg.cross_bias}
     return out
+
+
+def check_reference_positions(cfg: model_lib.ModelConfig) -> None:
+    """InteropError for a ROPE model: the reference has only the learned positional table."""
+    if cfg.position_embedding_type != "LEARNED":
+        raise InteropError(f"model_config.position_embedding_type: {cfg.position_embedding_type} has no equivalent in "
+                           "the reference implementation (it has only the learned positional table); only LEARNED "
+                           "models can be exported or imported")
 
 
 def model_config_from_reference(ref: dict, model_type: str) -> model_lib.ModelConfig:
@@ -193,6 +202,7 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 def import_npz(npz: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     """Checks the npz (and the JSON beside it, if any) against `config`, then writes checkpoint 0 of `workdir`."""
     cfg = model_lib.ModelConfig.from_config(config)
+    check_reference_positions(cfg)
     json_path = os.path.splitext(npz)[0] + ".json"
     if os.path.isfile(json_path):
         with open(json_path) as f:

@@ -41,6 +41,7 @@ class ModelConfig:
     use_bias: bool = False
     dropout_rate: float = 0.0
     sub_pos_embed_to_decoder: str = "NO"  # AED in the seed; the baseline's as a "next step" option
+    position_embedding_type: str = "LEARNED"  # the seed's table; ROPE: rotary queries and keys (docs/model.md)
     # AED only (docs/model.md, "The AED model"); the seed's names and enum strings.
     order_type: str = "ORIGINAL"
     add_pos_embed_to_decoder: bool = False
@@ -69,6 +70,7 @@ class ModelConfig:
         _check("model_type", self.model_type, config_lib.MODEL_TYPES)
         _check("order_type", self.order_type, config_lib.ORDER_TYPES)
         _check("sub_pos_embed_to_decoder", self.sub_pos_embed_to_decoder, config_lib.SUB_POS_EMBED_TYPES)
+        _check("position_embedding_type", self.position_embedding_type, config_lib.POSITION_EMBEDDING_TYPES)
         _check("embedding_loss_type", self.embedding_loss_type, config_lib.EMBEDDING_LOSS_TYPES)
         _check("detach_type", self.detach_type, config_lib.DETACH_TYPES + (None,))
         _check("embedding_ln_type", self.embedding_ln_type, config_lib.EMBEDDING_LN_TYPES + (None,))
@@ -91,10 +93,15 @@ class ModelConfig:
         return 1.0 if self.embedding_loss_coeff is None else self.embedding_loss_coeff
 
     @property
+    def uses_next_position(self) -> bool:
+        """Whether the embeddings of the positions being predicted are used (added to the decoder input
+        or subtracted from the output)."""
+        return (self.model_type == "aed" and self.add_pos_embed_to_decoder) or self.sub_pos_embed_to_decoder != "NO"
+
+    @property
     def pos_rows(self) -> int:
         """T+1 rows when a "next position" embedding is used, else T (docs/model.md, AED step 1)."""
-        extra = (self.model_type == "aed" and self.add_pos_embed_to_decoder) or self.sub_pos_embed_to_decoder != "NO"
-        return self.context_size + int(extra)
+        return self.context_size + int(self.uses_next_position)
 
     @property
     def encoder_layers(self) -> int:
@@ -150,14 +157,38 @@ def _positions(module: nn.Module, t: int):
     return _cache_index(module, t) + jnp.arange(t) if _decoding(module) else jnp.arange(t)
 
 
-def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH):
-    """Decoding: writes this call's keys and values into the module's cache (context_size rows),
-    then attends causally by absolute position: the query at position p sees cached rows <= p."""
+ROPE_BASE = 10000.0
+
+
+def rope(x_BxTxNxH, positions_T):
+    """Rotary position embedding (Su et al., 2021), the "rotate half" layout: feature i and i + R/2
+    of the first R = 2 * (H // 2) features of each head turn by the angle position * ROPE_BASE^(-2i/R)
+    (an odd head's last feature stays as it is). Queries and keys both turned, q(t) . k(s) depends
+    on t - s only. Computed in float32."""
+    half = x_BxTxNxH.shape[-1] // 2
+    freq_F = ROPE_BASE ** (-jnp.arange(half, dtype=jnp.float32) / max(half, 1))
+    angle_TxF = positions_T.astype(jnp.float32)[:, None] * freq_F[None]
+    cos, sin = jnp.cos(angle_TxF)[None, :, None], jnp.sin(angle_TxF)[None, :, None]
+    x = x_BxTxNxH.astype(jnp.float32)
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1).astype(x_BxTxNxH.dtype)
+
+
+def _rotary(cfg: ModelConfig, q_BxTxNxH, k_BxTxNxH, positions_T):
+    """q and k turned by their positions with ROPE; unchanged with the learned table."""
+    if cfg.position_embedding_type != "ROPE":
+        return q_BxTxNxH, k_BxTxNxH
+    return rope(q_BxTxNxH, positions_T), rope(k_BxTxNxH, positions_T)
+
+
+def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, start):
+    """Decoding: writes this call's keys and values into the module's cache (context_size rows) from
+    row `start` (the call's first position), then attends causally by absolute position: the query
+    at position p sees cached rows <= p."""
     b, s, n, h = k_BxSxNxH.shape
     shape = (b, module.cfg.context_size, n, h)
     key = module.variable("cache", "key", jnp.zeros, shape, k_BxSxNxH.dtype)
     value = module.variable("cache", "value", jnp.zeros, shape, v_BxSxNxH.dtype)
-    start = _cache_index(module, s)
     key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxNxH, (0, start, 0, 0))
     value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxNxH, (0, start, 0, 0))
     mask_SxC = jnp.arange(shape[1])[None, :] <= (start + jnp.arange(s))[:, None]
@@ -216,8 +247,10 @@ class SelfAttention(nn.Module):
         b, t, d = x_BxTxD.shape
         qkv_BxTx3D = _dense(cfg, 3 * d, "batch_attn_weights")(x_BxTxD)
         q, k, v = (a.reshape(b, t, cfg.n_head, d // cfg.n_head) for a in jnp.split(qkv_BxTx3D, 3, axis=-1))
+        positions_T = _positions(self, t)  # decoding: the cached index, advanced past this call
+        q, k = _rotary(cfg, q, k, positions_T)
         if _decoding(self):
-            out_BxTxNxH = cached_attention(self, q, k, v)
+            out_BxTxNxH = cached_attention(self, q, k, v, positions_T[0])
         else:
             out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic, cfg.attention_impl)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True)(out_BxTxNxH.reshape(b, t, d))
@@ -235,8 +268,10 @@ class CrossAttention(nn.Module):
         kv_BxSx2D = _dense(cfg, 2 * d, "k_v_weights", use_bias=cfg.cross_bias)(enc_BxSxD)
         k, v = (a.reshape(b, s, n, d // n) for a in jnp.split(kv_BxSx2D, 2, axis=-1))
         q = _dense(cfg, d, "q_weights", use_bias=cfg.cross_bias)(x_BxTxD).reshape(b, t, n, d // n)
+        positions_T = _positions(self, t)  # decoder and encoder side: the same positions
+        q, k = _rotary(cfg, q, k, positions_T)
         if _decoding(self):  # the encoder side grows by one position a token, like self-attention's
-            out_BxTxNxH = cached_attention(self, q, k, v)
+            out_BxTxNxH = cached_attention(self, q, k, v, positions_T[0])
         else:
             out_BxTxNxH = attention(q, k, v, nn.Dropout(cfg.dropout_rate), deterministic, cfg.attention_impl)
         out_BxTxD = _dense(cfg, d, "residual_proj", residual=True, use_bias=cfg.cross_bias)(out_BxTxNxH.reshape(b, t, d))
@@ -340,11 +375,25 @@ def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, train: bool
                           "total": ce + coeff * emb}
 
 
-def _sub_next_positions(cfg: ModelConfig, out_BxTxD, pos: nn.Embed, positions_T):
+def _embeddings(cfg: ModelConfig, tokens_BxT, positions_T):
+    """(token embedding module, input embeddings, next_TxD): tok_emb(x) + pos_emb(0..T-1) (ROPE:
+    tok_emb(x) alone), and the embeddings of the positions being predicted, pos_emb(1..T) (ROPE: the
+    learned `next_positional_embedding` rows 0..T-1), None when unused (docs/model.md, AED step 1)."""
+    embed = _embed(cfg, cfg.alphabet_size, "token_embedding")
+    if cfg.position_embedding_type == "ROPE":
+        next_TxD = _embed(cfg, cfg.context_size, "next_positional_embedding")(positions_T) \
+            if cfg.uses_next_position else None
+        return embed, embed(tokens_BxT), next_TxD
+    pos = _embed(cfg, cfg.pos_rows, "positional_embedding")
+    next_TxD = pos(positions_T + 1) if cfg.uses_next_position else None
+    return embed, embed(tokens_BxT) + pos(positions_T)[None], next_TxD
+
+
+def _sub_next_positions(cfg: ModelConfig, out_BxTxD, next_TxD):
     """AED step 5 (docs/model.md): subtract the next positions' embeddings; YES_LN then applies a LayerNorm."""
     if cfg.sub_pos_embed_to_decoder == "NO":
         return out_BxTxD
-    out_BxTxD = out_BxTxD - pos(positions_T + 1)[None]
+    out_BxTxD = out_BxTxD - next_TxD[None]
     if cfg.sub_pos_embed_to_decoder == "YES_LN":
         out_BxTxD = _layer_norm(cfg, "post_sub_pos_ln")(out_BxTxD)
     return out_BxTxD
@@ -358,10 +407,10 @@ class GPT(nn.Module):
     def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
         """with_embedding_loss: accepted for a uniform call; the baseline has no embedding loss."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
-        embed, pos = _embed(cfg, cfg.alphabet_size, "token_embedding"), _embed(cfg, cfg.pos_rows, "positional_embedding")
-        x_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
+        embed, x_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
+        x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
         x_BxTxD = _stack(cfg, "transformer_blocks", cfg.n_layer, x_BxTxD, deterministic=not train)
-        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), pos, positions_T)
+        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), next_TxD)
         return _head(cfg, embed, out_BxTxD, targets_BxT, train)
 
 
@@ -374,9 +423,9 @@ class AED(nn.Module):
         """with_embedding_loss: compute the embedding loss (default: only when training, as the
         reference does); True in eval mode reports it without dropout."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
-        embed, pos = _embed(cfg, cfg.alphabet_size, "token_embedding"), _embed(cfg, cfg.pos_rows, "positional_embedding")
-        # 2. Input embeddings and the causal encoder.
-        emb_BxTxD = nn.Dropout(cfg.dropout_rate)(embed(tokens_BxT) + pos(positions_T)[None], deterministic=not train)
+        # 1-2. Input embeddings (ROPE: the tokens' alone) and the causal encoder.
+        embed, emb_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
+        emb_BxTxD = nn.Dropout(cfg.dropout_rate)(emb_BxTxD, deterministic=not train)
         enc_BxTxD = _stack(cfg, "encoder_transformer_blocks", cfg.encoder_layers, emb_BxTxD, deterministic=not train)
         # 3. Bridge to the decoder.
         dec_BxTxD = enc_BxTxD
@@ -384,11 +433,11 @@ class AED(nn.Module):
             dec_BxTxD = _layer_norm(cfg, "ffd_ln")(dec_BxTxD)
         dec_BxTxD = _dense(cfg, cfg.n_embed, "decoder_feed_forward")(dec_BxTxD)
         if cfg.add_pos_embed_to_decoder:
-            dec_BxTxD = dec_BxTxD + pos(positions_T + 1)[None]
+            dec_BxTxD = dec_BxTxD + next_TxD[None]
         # 4. Decoder: every block cross-attends to the same raw encoder output.
         dec_BxTxD = _stack(cfg, "decoder_transformer_blocks", cfg.decoder_layers, dec_BxTxD, enc_BxTxD, not train)
         # 5. Final LN, optional subtraction of the "next" positions' embeddings, tied output layer.
-        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(dec_BxTxD), pos, positions_T)
+        out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(dec_BxTxD), next_TxD)
         # 6. Embedding loss (training mode only, as in the reference).
         emb_loss = None
         with_embedding_loss = train if with_embedding_loss is None else with_embedding_loss
@@ -454,10 +503,13 @@ def init_params(model: nn.Module, rng: jax.Array, batch_size: int = 1):
     return model.init({"params": rng, "dropout": rng}, tokens, tokens, train=False)["params"]
 
 
+POSITIONAL_TABLES = ("positional_embedding", "next_positional_embedding")  # the learned table; ROPE's
+
+
 def count_params(params, exclude_positional: bool = True) -> int:
-    """Parameter count as the seed counts it: the positional table excluded, the tied matrix once."""
+    """Parameter count as the seed counts it: the positional tables excluded, the tied matrix once."""
     if exclude_positional:
-        params = {k: v for k, v in params.items() if k != "positional_embedding"}
+        params = {k: v for k, v in params.items() if k not in POSITIONAL_TABLES}
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
 

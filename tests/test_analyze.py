@@ -37,10 +37,15 @@ def data(tmp_path_factory):
     return str(folder)
 
 
-@pytest.fixture(scope="module", params=["aed", "baseline"])
+MODELS = {"aed": ("aed", LOSS), "baseline": ("baseline", {}),
+          "aed_rope": ("aed", dict(LOSS, position_embedding_type="ROPE"))}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
 def analysed(request, tmp_path_factory, data):
     """A saved tiny model (its matrices scaled up, so attention is far from uniform) and its analysis."""
-    config = tiny_config(request.param, **(LOSS if request.param == "aed" else {}))
+    model_type, options = MODELS[request.param]
+    config = tiny_config(model_type, **options)
     model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
     params = model_lib.init_params(model, jax.random.key(0))
     sharp = ("batch_attn_weights", "q_weights", "k_v_weights")
@@ -78,14 +83,28 @@ def heads(a, n):
     return a.reshape(a.shape[:2] + (n, -1))
 
 
+def numpy_rope(a):
+    """Rotary embedding as complex numbers: features (i, i + H/2) of a head are z = x_i + j x_{i+H/2},
+    turned by e^(j t 10000^(-2i/H)) at position t."""
+    half = a.shape[-1] // 2
+    z = a[..., :half] + 1j * a[..., half:2 * half]
+    theta = np.arange(a.shape[1])[:, None] * 10000.0 ** (-2 * np.arange(half) / (2 * half))
+    z = z * np.exp(1j * theta)[None, :, None, :]
+    return np.concatenate([z.real, z.imag, a[..., 2 * half:]], axis=-1)
+
+
+def positions(q, k, cfg):
+    return (numpy_rope(q), numpy_rope(k)) if cfg.position_embedding_type == "ROPE" else (q, k)
+
+
 def attend(probs, v, proj):
     b, t = v.shape[:2]
     return np.einsum("bnts,bsnh->btnh", probs, v).reshape(b, t, -1) @ proj["kernel"]
 
 
-def self_attention(p, x, n):
+def self_attention(p, x, n, cfg):
     q, k, v = (heads(a, n) for a in np.split(x @ p["batch_attn_weights"]["kernel"], 3, axis=-1))
-    probs = causal_probs(q, k)
+    probs = causal_probs(*positions(q, k, cfg))
     return attend(probs, v, p["residual_proj"]), probs
 
 
@@ -93,20 +112,22 @@ def feed_forward(p, x):
     return gelu(x @ p["linear"]["kernel"]) @ p["residual_proj"]["kernel"]
 
 
-def block(p, x, n):
-    a, probs = self_attention(p["multi_attn_head"], layer_norm(p["ln1"], x), n)
+def block(p, x, n, cfg):
+    a, probs = self_attention(p["multi_attn_head"], layer_norm(p["ln1"], x), n, cfg)
     x = x + a
     return x + feed_forward(p["feed_forward"], layer_norm(p["ln2"], x)), probs
 
 
 def numpy_forward(p, cfg, x):
     """(input embeddings, outputs of each (encoder) block, {attention kind: [probs per layer]}, logits, emb terms)."""
-    emb = p["token_embedding"]["embedding"][x] + p["positional_embedding"]["embedding"][:x.shape[1]]
+    emb = p["token_embedding"]["embedding"][x]
+    if cfg.position_embedding_type == "LEARNED":
+        emb = emb + p["positional_embedding"]["embedding"][:x.shape[1]]
     h, outputs, probs = emb, [], {}
     stack = "encoder_transformer_blocks" if cfg.model_type == "aed" else "transformer_blocks"
     kind = "encoder self" if cfg.model_type == "aed" else "self"
     for i in range(cfg.n_layer):
-        h, pr = block(p[f"{stack}_{i}"], h, cfg.n_head)
+        h, pr = block(p[f"{stack}_{i}"], h, cfg.n_head, cfg)
         outputs.append(h)
         probs.setdefault(kind, []).append(pr)
     terms = None
@@ -114,13 +135,14 @@ def numpy_forward(p, cfg, x):
         enc, d = h, h @ p["decoder_feed_forward"]["kernel"]
         for i in range(cfg.n_layer):
             q = p[f"decoder_transformer_blocks_{i}"]
-            a, pr = self_attention(q["decoder_multi_attn_head"], layer_norm(q["decoder_ln1"], d), cfg.n_head)
+            a, pr = self_attention(q["decoder_multi_attn_head"], layer_norm(q["decoder_ln1"], d), cfg.n_head, cfg)
             probs.setdefault("decoder self", []).append(pr)
             d = d + a
             c, n = q["cross_multi_attn_head"], cfg.cross_heads
             kk, vv = (heads(a, n) for a in np.split(layer_norm(q["encoder_cross_ln"], enc) @ c["k_v_weights"]["kernel"],
                                                      2, axis=-1))
-            pr = causal_probs(heads(layer_norm(q["decoder_cross_ln"], d) @ c["q_weights"]["kernel"], n), kk)
+            pr = causal_probs(*positions(heads(layer_norm(q["decoder_cross_ln"], d) @ c["q_weights"]["kernel"], n), kk,
+                                         cfg))
             probs.setdefault("decoder cross", []).append(pr)
             d = d + attend(pr, vv, c["residual_proj"])
             d = d + feed_forward(q["decoder_feed_forward"], layer_norm(q["decoder_ln2"], d))
@@ -129,7 +151,8 @@ def numpy_forward(p, cfg, x):
         terms = np.mean((mean - layer_norm(p["encoder_out_ln"], enc)) ** 2, -1)
     out = layer_norm(p["ln"], h)
     if cfg.sub_pos_embed_to_decoder != "NO":
-        out = out - p["positional_embedding"]["embedding"][1:x.shape[1] + 1]
+        out = out - (p["positional_embedding"]["embedding"][1:x.shape[1] + 1] if cfg.position_embedding_type == "LEARNED"
+                     else p["next_positional_embedding"]["embedding"][:x.shape[1]])
     return emb, outputs, probs, out @ p["token_embedding"]["embedding"].T, terms
 
 
@@ -170,8 +193,9 @@ def test_every_activation_number_is_the_numpy_one(analysed):
 
 def test_every_table_number_is_the_numpy_one(analysed):
     got, p = analysed["got"], analysed["p"]
-    pos, tok = p["positional_embedding"]["embedding"], p["token_embedding"]["embedding"]
-    assert got["positional_table"] == "positional_embedding" and len(got["positional_norms"]) == len(pos)
+    name = "next_positional_embedding" if "next_positional_embedding" in p else "positional_embedding"
+    pos, tok = p[name]["embedding"], p["token_embedding"]["embedding"]
+    assert got["positional_table"] == name and len(got["positional_norms"]) == len(pos)
     np.testing.assert_allclose(got["positional_norms"], np.sqrt((pos ** 2).sum(1)), rtol=1e-6)
     for i, j in ((0, 1), (2, 5), (3, 3)):
         cosine = pos[i] @ pos[j] / math.sqrt((pos[i] @ pos[i]) * (pos[j] @ pos[j]))

@@ -248,3 +248,25 @@ def test_cli_usage_and_export_errors(run, capsys):
         with pytest.raises(SystemExit):
             run_cli(argv)
         assert message in capsys.readouterr().err
+
+
+def test_a_rope_model_is_refused_both_ways_in_one_line(run, capsys):
+    """The reference has only the learned table: export writes nothing, import refuses the config."""
+    with open(run["json"]) as f:
+        assert "position_embedding_type" not in json.load(f)  # an option of ours, LEARNED here
+    rope_config = run["root"] / "rope.py"
+    rope_config.write_text(CONFIGS[run["model"].cfg.model_type].replace(
+        "return c", "c.model_config.position_embedding_type = 'ROPE'\n    return c"))
+    config = config_lib.load(str(rope_config))
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    api.save_params(str(run["root"] / "rope_run"), model_lib.init_params(model, jax.random.key(0)), config)
+    message = "position_embedding_type: ROPE has no equivalent in the reference implementation"
+    with pytest.raises(SystemExit):
+        run_cli(["export", "--workdir", str(run["root"] / "rope_run"), "--out", str(run["root"] / "rope" / "m.npz")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model_config.{message}") and err.count("\n") == 1
+    assert not os.path.exists(run["root"] / "rope")
+    with pytest.raises(SystemExit):
+        run_cli(["import", "--npz", run["npz"], "--config", str(rope_config), "--workdir", str(run["root"] / "r2")])
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not os.path.exists(run["root"] / "r2")

@@ -19,6 +19,10 @@ VARIANTS = {
     "aed_every_option": dict(order_type="ALT", sub_pos_embed_to_decoder="YES_LN", add_pos_embed_to_decoder=True,
                              add_ln_before_decoder_ff=True, use_bias=True, cross_n_head=4, cross_use_bias=True),
     "baseline": dict(model_type="baseline"),
+    # ROPE: keys are cached already turned by their positions; the "next position" table in both uses.
+    "aed_rope": dict(position_embedding_type="ROPE", sub_pos_embed_to_decoder="YES_LN", add_pos_embed_to_decoder=True,
+                     cross_n_head=4),
+    "baseline_rope": dict(model_type="baseline", position_embedding_type="ROPE"),
 }
 
 
@@ -32,7 +36,7 @@ def build(name):
     return model, params, jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
 
 
-@pytest.mark.parametrize("name", ["aed_every_option", "baseline"])
+@pytest.mark.parametrize("name", ["aed_every_option", "baseline", "aed_rope", "baseline_rope"])
 def test_cached_decoding_matches_the_full_forward(name):
     """A 5-token prefill then one token a call reproduce the full window's logits at every position."""
     model, params, forward = build(name)
@@ -58,7 +62,7 @@ def naive_greedy(forward, params, prompt, n):
     return seq
 
 
-@pytest.mark.parametrize("name", ["aed", "baseline"])
+@pytest.mark.parametrize("name", ["aed", "baseline", "aed_rope", "baseline_rope"])
 @pytest.mark.parametrize("prompt_len,new", [(5, 14), (20, 3)])  # crosses the context; starts past it
 def test_greedy_with_cache_gives_the_tokens_of_greedy_without(name, prompt_len, new):
     model, params, forward = build(name)

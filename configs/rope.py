@@ -1,0 +1,23 @@
+"""RoPE + MSE + pos sub: configs/mse_pos_sub.py with rotary position embeddings (15,763,500 params).
+
+Every self- and cross-attention turns its queries and keys by their positions; there is no table
+added to the input, so the embedding loss pulls the encoder towards the running mean of the token
+embeddings alone. Position subtraction subtracts a learned table of "next position" vectors (T rows,
+initialised like the seed's table, not counted, as the seed's table is not). The cross-attention
+heads of 15 features turn their first 14 (pairs); the self-attention heads of 30 all of theirs.
+"""
+from aed_jax.config import base_config
+
+
+def get_config():
+    c = base_config("aed")
+    c.model_config.update(dict(
+        n_embed=150, n_head=5, n_layer=13, context_size=200, use_bias=False, dropout_rate=0.0,
+        position_embedding_type="ROPE",
+        order_type="ORIGINAL", add_pos_embed_to_decoder=False, add_ln_before_decoder_ff=False,
+        sub_pos_embed_to_decoder="YES_NO_LN",
+        embedding_loss_type="MSE", embedding_loss_coeff=8.0,
+        use_ln_on_encoder_out=True, detach_type="ENCODER_OUT", embedding_ln_type="INIT",
+    ))
+    c.model_config.cross_attn_config.update(dict(n_head=10, use_bias=False))
+    return c

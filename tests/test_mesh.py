@@ -167,3 +167,19 @@ def test_bad_mesh_from_the_command_line(tmp_path, flag, message):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("size,width,layers,heads", [("small", 768, 12, 12), ("medium", 1024, 24, 16)])
+def test_gpt2_size_configs(size, width, layers, heads):
+    """GPT-2's shapes for the baseline, and an AED of the same width whose encoder + decoder depth is
+    the baseline's; each docstring states the parameter count the summary gives."""
+    from aed_jax import summary
+    for name in (f"gpt2_{size}_baseline", f"gpt2_{size}"):
+        path = os.path.join(ROOT, "configs", f"{name}.py")
+        c = config_lib.load(path)
+        m = c.model_config
+        assert (m.n_embed, m.n_head, m.context_size, m.alphabet_size) == (width, heads, 1024, 50257)
+        assert (m.n_layer if c.model_type == "baseline" else 2 * m.n_layer) == layers
+        assert (c.mesh_data, c.mesh_fsdp) == (1, -1) and c.scan_layers and c.remat
+        count = summary.summarize(c).splitlines()[-1].removeprefix("params: ")
+        assert f"({count} params)" in " ".join(open(path).read().split())

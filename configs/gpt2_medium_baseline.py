@@ -1,0 +1,19 @@
+"""GPT-2 medium decoder-only baseline: 1024 wide, 24 layers, 16 heads, context 1024 (353,503,232 params).
+
+The seed's "try bigger models, at least GPT-2 size", with nanoGPT's GPT-2 recipe (524,288 tokens a
+step, lr 3e-4, 2,000 warmup steps) cut to 20,000 steps (10.5B tokens). Meant for a real corpus
+(python -m aed_jax.prepare --hf ...; --config.dataset=NAME) and one or more GPUs: the layers are
+scanned and rematerialised, and parameters and AdamW moments are sharded over every device (mesh_fsdp
+-1); on a cluster, set --config.mesh_data to the number of hosts so that the shards stay within a host.
+Compare with gpt2_medium.py, the AED of the same width and total depth.
+"""
+from aed_jax.config import base_config
+
+
+def get_config():
+    c = base_config("baseline")
+    c.model_config.update(dict(n_embed=1024, n_head=16, n_layer=24, context_size=1024))
+    c.update(dict(batch_size=16, gradient_accumulation_steps=32, train_steps=20000, lr=3e-4, min_lr=3e-5,
+                  warmup_iters=2000, lr_decay_iters=20000, est_interval=1000, est_steps=50, scan_layers=True,
+                  remat=True, mesh_data=1, mesh_fsdp=-1))
+    return c

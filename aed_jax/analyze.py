@@ -7,14 +7,15 @@ then `DIR/report.md`, one PNG per figure (several runs side by side, a legend en
 `DIR/metrics.json` with every number:
 
 - validation cross-entropy by position t = 0..T-1 (`evaluate.loss_sums`, the evaluator's numbers);
-- the positional table's cosine-similarity matrix, its row norms next to the token embeddings'
-  norms weighted by token frequency in the training split;
+- the positional table's cosine-similarity matrix (ROPE: the table of "next position" vectors, if
+  any), its row norms next to the token embeddings' norms weighted by token frequency in the
+  training split;
 - the overlap of the positional and token embeddings: principal angles between the top-k principal
   subspaces of both (centred) tables, and the fraction of the positional variance inside the token
   table's top-k subspace, for several k (a random k-dimensional subspace holds k/D of it);
 - AED: the embedding-loss terms by position; every model: the cosine between each layer's output
-  (AED: encoder blocks) and the running mean of the input embeddings, by layer and position
-  (layer 0 is the input embeddings themselves);
+  (AED: encoder blocks) and the running mean of the input embeddings (tok_emb + pos_emb, ROPE:
+  tok_emb), by layer and position (layer 0 is the input embeddings themselves);
 - the attention entropy (nats) of every layer and head, self- and cross-attention, and the mean
   attended distance (query position minus key position, weighted by the attention).
 
@@ -402,8 +403,8 @@ def plot_attention(runs: dict, out: str, stat: str) -> str:
             layers = np.arange(len(values_LxN))
             ax.plot(np.repeat(layers, values_LxN.shape[1]), values_LxN.ravel(), ".", color=colors[label], alpha=0.5)
             ax.plot(layers, values_LxN.mean(1), "-", color=colors[label], label=f"{label} (dots: heads)")
-        uniform = next(m["uniform_attention"][stat] for m in runs.values())
-        ax.axhline(uniform, color="gray", linestyle="--", label="uniform over the visible keys")
+        for t, uniform in sorted({(m["context_size"], m["uniform_attention"][stat]) for m in runs.values()}):
+            ax.axhline(uniform, color="gray", linestyle="--", label=f"uniform over the visible keys (T={t})")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(title=f"{kind}-attention", xlabel="layer",
                ylabel="entropy (nats)" if stat == "entropy" else "mean attended distance (positions)")

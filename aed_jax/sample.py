@@ -5,7 +5,8 @@ work: the prompt fills the caches in one call (`prefill`), then each token runs 
 through the encoder (self-attention cache), the bridge, and the decoder (self-attention cache and
 cross-attention keys/values over the cached encoder outputs). The reference instead re-runs the
 whole window for every token; `use_cache=False` does that, and greedy decoding gives the same
-tokens either way.
+tokens either way. With rotary position embeddings (ROPE) the keys are cached already turned by
+their positions.
 
 Past context_size tokens the window slides: positions are absolute, so every earlier position's
 activations change and the last context_size tokens are re-encoded for each new token, exactly

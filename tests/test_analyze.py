@@ -260,6 +260,7 @@ def trained(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_cli_writes_the_whole_report_for_two_runs(trained, tmp_path, capsys):
     out = tmp_path / "report"
     run_cli(["--workdir", trained["aed_run"], "--workdir", trained["baseline_run"], "--out", str(out),
@@ -283,6 +284,7 @@ def test_cli_writes_the_whole_report_for_two_runs(trained, tmp_path, capsys):
     assert np.asarray(runs["baseline_run"]["attention"]["self"]["entropy"]).shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_checkpoint_and_data_file(trained, tmp_path, capsys, data):
     out = tmp_path / "one"
     run_cli(["--workdir", trained["aed_run"], "--checkpoint", "best", "--data", os.path.join(data, "val.bin"),
@@ -290,6 +292,15 @@ def test_checkpoint_and_data_file(trained, tmp_path, capsys, data):
     run = json.loads((out / "metrics.json").read_text())["runs"]["aed_run"]
     assert run["checkpoint"] == "best" and run["tokens"] == 6 * T and run["data"].endswith("val.bin")
     assert (out / "attention_entropy.png").stat().st_size > 10000
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A baseline's checkpoint 0 (random weights): enough for the errors."""
+    workdir, config = str(tmp_path_factory.mktemp("saved")), tiny_config("baseline")
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    api.save_params(workdir, model_lib.init_params(model, jax.random.key(0)), config)
+    return workdir
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -300,11 +311,11 @@ def test_checkpoint_and_data_file(trained, tmp_path, capsys, data):
     (["--workdir", "{run}", "--checkpoint", "7", "--out", "{tmp}/o"], "has no checkpoint '7'"),
     (["--workdir", "{run}", "--data", "{tmp}/odd.bin", "--out", "{tmp}/o"], "not a flat uint16 token file"),
     (["--workdir", "{run}", "--windows", "0", "--out", "{tmp}/o"], "--windows must be at least 1"),
-    (["--workdir", "{run}", "--out", "{tmp}/odd.bin/o"], "cannot write the report"),
+    (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "cannot write the report"),
 ])
-def test_bad_input_is_one_line_and_exit_1(trained, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, message):
     (tmp_path / "odd.bin").write_bytes(b"abc")
-    argv = [a.format(tmp=tmp_path, run=trained["baseline_run"]) for a in argv]
+    argv = [a.format(tmp=tmp_path, run=saved, data=data) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(argv)
     assert exit_info.value.code == 1

@@ -312,7 +312,7 @@ def plot_positional_cosine(runs: dict, out: str) -> str | None:
     fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 4.2), squeeze=False)
     for ax, (label, m) in zip(axes[0], tables.items()):
         image = ax.imshow(np.asarray(m["positional_cosine"]), vmin=-1, vmax=1, cmap="RdBu_r", origin="lower")
-        ax.set(title=f"{label}", xlabel="position", ylabel="position")
+        ax.set(title=f"{label} ({m['positional_table']})", xlabel="row (position)", ylabel="row (position)")
         fig.colorbar(image, ax=ax, fraction=0.046, label="cosine")
     fig.suptitle("Cosine similarity between positional embeddings")
     return _save(fig, out, "positional_cosine.png")

@@ -24,6 +24,7 @@ STEPS = 8  # estimates and checkpoints at 4 and 8
 @pytest.fixture(scope="module")
 def config_file(data_dir, tmp_path_factory):  # noqa: F811
     c = small_config(data_dir, train_steps=STEPS)
+    c.model_config.update(dict(n_embed=64, alphabet_size=128))  # arrays big enough for FSDP to split
     path = tmp_path_factory.mktemp("config") / "small.py"
     path.write_text("import ml_collections\n\n\ndef get_config():\n"
                     f"    return ml_collections.ConfigDict({c.to_dict()!r})\n")
@@ -58,11 +59,12 @@ class Run:
     """`n` processes of `python -m aed_jax.main ... --distributed` (one plain process when n is 1),
     their output in files beside the workdir (pipes could fill and block a process)."""
 
-    def __init__(self, config_file, workdir, n, *flags, slurm=False):
+    def __init__(self, config_file, workdir, n, *flags, slurm=False, devices=1):
         self.logs, self.procs = [], []
         cluster = _cluster_env(n, slurm) if n > 1 else {}
         for p in range(n):
-            env = dict(os.environ, **cluster, **(_process_env(p, slurm) if n > 1 else {}), JAX_PLATFORMS="cpu")
+            env = dict(os.environ, **cluster, **(_process_env(p, slurm) if n > 1 else {}), JAX_PLATFORMS="cpu",
+                       XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
             out, err = f"{workdir}.out{p}", f"{workdir}.err{p}"
             self.logs.append((out, err))
             with open(out, "w") as o, open(err, "w") as e:
@@ -140,6 +142,20 @@ def test_resume_with_any_number_of_processes(runs, config_file, tmp_path, before
     assert run.wait() == [0] * after, run.err(0)[-3000:]
     assert "resuming from step 4" in run.err(0)
     _assert_same_losses(_metrics(workdir), _metrics(runs[1][0]), range(1, STEPS + 1))
+
+
+def test_fsdp_over_two_processes_saves_shards_any_mesh_restores(runs, config_file, tmp_path):
+    """2 processes x 2 devices with every array split 4 ways: the same steps 5-8, and each process
+    writes its own shards of a checkpoint that one process on one device restores and verifies."""
+    workdir = _truncated_copy(runs[2][0], str(tmp_path / "run"))
+    run = Run(config_file, workdir, 2, "--config.mesh_data=1", "--config.mesh_fsdp=-1", devices=2)
+    assert run.wait() == [0, 0], run.err(0)[-3000:]
+    assert "mesh: data 1 x fsdp 4" in run.err(0) and "resuming from step 4" in run.err(0)
+    _assert_same_losses(_metrics(workdir), _metrics(runs[1][0]), range(1, STEPS + 1))
+    check = Run(config_file, workdir, 1)
+    assert check.wait() == [0], check.err(0)[-3000:]
+    assert f"is already finished at step {STEPS}" in check.out(0)  # restored and verified first
+    assert "damaged" not in check.err(0)
 
 
 def _start_long_run(config_file, workdir):

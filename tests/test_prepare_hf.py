@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-from aed_jax import prepare, tokenizer  # noqa: E402
+from aed_jax import cli, prepare, tokenizer  # noqa: E402
 
 pa = pytest.importorskip("pyarrow")  # installed with datasets
 pq = pytest.importorskip("pyarrow.parquet")
@@ -191,7 +191,6 @@ def test_bad_flags_are_one_line(case, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fv = flags.FlagValues()
         prepare.define_flags(fv)
-        from aed_jax import cli
         prepare.main(cli.parse_flags(["prepare", *argv, "--out", str(tmp_path / "out")], fv), fv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err

@@ -61,8 +61,9 @@ def split_paths(config) -> tuple[str, str]:
         if os.path.isfile(missing):
             missing = os.path.join(folder, f"{config.dataset}_val.bin")
         source = "--dataset wiki_vital" if config.dataset == "wiki_vital" else "--input YOUR_CORPUS"
+        hf = "" if config.dataset == "wiki_vital" else " (or --hf DATASET in place of --input)"
         raise DataError(f"{missing}: no such file; make it with "
-                        f"python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}")
+                        f"python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}{hf}")
     return paths
 
 

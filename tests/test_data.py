@@ -170,7 +170,8 @@ def test_split_paths_finds_seed_and_nanogpt_files(tmp_path, monkeypatch, names):
 
 
 @pytest.mark.parametrize("dataset, command", [
-    ("mine", "python -m aed_jax.prepare --input YOUR_CORPUS --out data/mine --name mine"),
+    ("mine", "python -m aed_jax.prepare --input YOUR_CORPUS --out data/mine --name mine (or --hf DATASET in place of "
+             "--input)"),
     ("wiki_vital", "python -m aed_jax.prepare --dataset wiki_vital --out data/wiki_vital --name wiki_vital"),
 ])
 def test_split_paths_names_a_missing_file_and_the_command_that_makes_it(tmp_path, monkeypatch, dataset, command):

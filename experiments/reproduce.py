@@ -1,6 +1,8 @@
-"""`python -m experiments.reproduce --suite seed [--scale full|mini] [--dataset NAME] [--runs a,b,...] [--out DIR]`.
+"""`python -m experiments.reproduce --suite seed|rope|smoke [--scale full|mini] [--dataset NAME] [--runs a,b,...] [--out DIR]`.
 
-Trains the seed's eight runs (or the named subset), each in its own workdir `<out>/<run>`, then
+Trains the seed's eight runs (or the named subset; `--suite rope`: RoPE in AED and the baseline,
+with and without position subtraction, beside the seed's learned-table pair), each in its own
+workdir `<out>/<run>`, then
 writes `<out>/results.md` and `<out>/results.csv` (train loss, val loss, embedding loss, params,
 wall time, tokens/s, with the seed's published numbers beside ours, in the layout of the seed's
 README tables) and one PNG of loss curves per comparison of the seed's README.
@@ -61,8 +63,8 @@ SMOKE_OVERRIDES = dict(train_steps=6, warmup_iters=2, lr_decay_iters=6, est_inte
 @dataclasses.dataclass(frozen=True)
 class Seed:
     """The seed's published numbers for a run (its README's tables); None where it published none."""
-    train_loss: float
-    val_loss: float
+    train_loss: float | None
+    val_loss: float | None
     embedding_loss: float | None = None
     params: int | None = None
 
@@ -94,6 +96,16 @@ def _config_file(name: str) -> Callable[[], ml_collections.ConfigDict]:
     return lambda: config_lib.load(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
+def _variant(name: str, **model) -> Callable[[], ml_collections.ConfigDict]:
+    """configs/<name>.py with some model_config keys changed."""
+    def make() -> ml_collections.ConfigDict:
+        c = _config_file(name)()
+        c.model_config.update(model)
+        config_lib.validate(c)
+        return c
+    return make
+
+
 def _smoke_tiny() -> ml_collections.ConfigDict:
     c = _config_file("tiny")()
     c.update(SMOKE_OVERRIDES)
@@ -116,6 +128,7 @@ _SEED = {
     "baseline": Seed(2.937, 3.424, None, 16_036_800), "smaller_baseline": Seed(2.958, 3.416, None, 15_441_192),
     "dropout_baseline": Seed(3.174, 3.406, None, 16_036_800),
 }
+_UNPUBLISHED = Seed(None, None)  # runs the seed never made: no published numbers
 SUITES = {
     "seed": Suite(
         runs=tuple(Run(name, label, _config_file(name), _SEED[name]) for name, label in (
@@ -142,6 +155,24 @@ SUITES = {
         note="Smoke suite: tiny stand-ins trained for a few steps, a check that the pipeline runs, not a "
              "reproduction. The seed columns hold the published numbers of the full-size runs they stand for "
              "(tiny: with MSE embedding loss and pos sub; tiny_baseline: baseline)."),
+    "rope": Suite(
+        runs=(Run("rope", "RoPE AED, MSE embedding loss and pos sub", _config_file("rope"), _UNPUBLISHED),
+              Run("rope_no_pos_sub", "RoPE AED, MSE embedding loss, no pos sub",
+                  _variant("rope", sub_pos_embed_to_decoder="NO"), _UNPUBLISHED),
+              Run("rope_baseline", "RoPE baseline", _config_file("rope_baseline"), _UNPUBLISHED),
+              Run("rope_baseline_pos_sub", "RoPE baseline with pos sub",
+                  _variant("rope_baseline", sub_pos_embed_to_decoder="YES_NO_LN"), _UNPUBLISHED),
+              Run("mse_pos_sub", "with MSE embedding loss and pos sub (learned table)", _config_file("mse_pos_sub"),
+                  _SEED["mse_pos_sub"]),
+              Run("baseline", "baseline (learned table)", _config_file("baseline"), _SEED["baseline"])),
+        comparisons=(
+            Comparison("rope_pos_sub", "RoPE: position subtraction in AED and in the baseline",
+                       ("rope", "rope_no_pos_sub", "rope_baseline", "rope_baseline_pos_sub"), "params"),
+            Comparison("rope_vs_learned", "RoPE against the seed's learned positional table",
+                       ("rope", "mse_pos_sub", "rope_baseline", "baseline"), "params")),
+        note="RoPE suite: rotary position embeddings (configs/rope.py, configs/rope_baseline.py) in AED and in the "
+             "baseline, each with and without position subtraction, beside the seed's learned-table runs "
+             "(mse_pos_sub, baseline). The seed published no RoPE run."),
 }
 
 
@@ -411,9 +442,11 @@ def write_report(out: str, suite_name: str, suite: Suite, scale: str, configs: d
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_enum("suite", "seed", list(SUITES), "seed: the seed's eight runs; smoke: two tiny configs for "
-                      "a few steps (a CPU check of the whole pipeline).", flag_values=fv)
-    flags.DEFINE_enum("scale", None, ["full", "mini"], "For --suite seed: full (the seed's recipe, the default) or "
+    flags.DEFINE_enum("suite", "seed", list(SUITES), "seed: the seed's eight runs; rope: rotary position "
+                      "embeddings in AED and the baseline, with and without pos sub, beside the seed's learned-table "
+                      "pair; smoke: two tiny configs for a few steps (a CPU check of the whole pipeline).", flag_values=fv)
+    flags.DEFINE_enum("scale", None, ["full", "mini"], "For --suite seed and rope: full (the seed's recipe, the "
+                      "default) or "
                       f"mini (steps and schedule divided by {MINI_FACTOR}).", flag_values=fv)
     flags.DEFINE_list("runs", None, "Comma-separated run names to train (default: all of the suite's).",
                       flag_values=fv)
@@ -434,7 +467,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     cli.no_extra_args(argv)
     suite = SUITES[fv.suite]
     if fv.suite == "smoke" and fv.scale:
-        cli.fail("--scale applies to --suite seed only; the smoke suite has its own tiny settings")
+        cli.fail("--scale applies to --suite seed and rope; the smoke suite has its own tiny settings")
     scale = None if fv.suite == "smoke" else fv.scale or "full"
     names = [run.name for run in suite.runs]
     unknown = [name for name in fv.runs or [] if name not in names]

@@ -95,6 +95,19 @@ def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch
     assert reproduce.default_out("seed", "mini") == os.path.join("runs", "seed_mini")
 
 
+def test_rope_suite_pairs_each_model_with_and_without_position_subtraction():
+    """RoPE AED and baseline, each with and without pos sub, beside the seed's learned-table pair."""
+    configs = {run.name: run.make_config() for run in reproduce.SUITES["rope"].runs}
+    m = {name: c.model_config for name, c in configs.items()}
+    for name in ("rope", "rope_no_pos_sub", "rope_baseline", "rope_baseline_pos_sub"):
+        assert m[name].position_embedding_type == "ROPE"
+    assert m["mse_pos_sub"].position_embedding_type == m["baseline"].position_embedding_type == "LEARNED"
+    assert m["rope"].sub_pos_embed_to_decoder == m["rope_baseline_pos_sub"].sub_pos_embed_to_decoder == "YES_NO_LN"
+    assert m["rope_no_pos_sub"].sub_pos_embed_to_decoder == m["rope_baseline"].sub_pos_embed_to_decoder == "NO"
+    assert {configs[n].model_type for n in ("rope", "rope_no_pos_sub")} == {"aed"}
+    assert {configs[n].model_type for n in ("rope_baseline", "rope_baseline_pos_sub")} == {"baseline"}
+
+
 def test_cli_reports_user_errors_in_one_line():
     for args, message in ((["--runs", "nope"], "unknown run 'nope'"),
                           (["--suite", "smoke", "--scale", "mini"], "--scale"),

@@ -12,7 +12,14 @@ Past context_size tokens the window slides: positions are absolute, so every ear
 activations change and the last context_size tokens are re-encoded for each new token, exactly
 as the reference crops them. The cache speeds up the first context_size tokens of a sequence.
 
-`--benchmark` times both paths and prints tokens/s.
+The whole generation is one compiled program (`_program`): the prefill, a `lax.fori_loop` of
+cached steps with the cache in its carry, then a loop of sliding-window re-encodes, the sampling
+on the device; no Python runs per token. At this model's size a step is a few small matmuls,
+and calling a jitted step from Python per token cost more than the step (`compiled=False` keeps
+that per-token loop, as the measure the benchmark compares with).
+
+`--benchmark` times the compiled program, the per-token loop and the uncached path, at batch 1
+and 8, and prints tokens/s.
 """
 from __future__ import annotations
 
@@ -152,14 +159,71 @@ def _decoder(cfg: model_lib.ModelConfig) -> _Decoder:
     return _Decoder(full, prefill, step)
 
 
+@functools.lru_cache(maxsize=16)
+def _program(cfg: model_lib.ModelConfig, prompt_length: int, max_new_tokens: int, use_cache: bool,
+             top_k: int | None, greedy: bool):
+    """The whole generation as one jitted (params, prompt_BxL, key, temperature) -> tokens_BxN.
+
+    Token n = prompt_length + i: i = 0 comes from the prefill (or a window); while n <= context_size
+    the cached steps follow, then windows of the last context_size tokens. The same calls, in the
+    same order and with the same keys, as the per-token loop of `generate(compiled=False)`.
+    """
+    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    context, length = cfg.context_size, prompt_length
+    cached = use_cache and length < context
+    steps = min(max_new_tokens - 1, context - length) if cached else 0  # i = 1..steps run cached
+
+    def pick(logits_BxV, key, i, temperature):
+        return _pick(logits_BxV, jax.random.fold_in(key, i), temperature, top_k, greedy)
+
+    def from_window(params, out_BxW, i, key, temperature):
+        """Token n from the last context_size tokens before it; while n <= context_size the window
+        starts at 0 and holds zeros past n - 1, inert under causal attention."""
+        n = length + i
+        start = jnp.maximum(n - context, 0)
+        window_BxT = jax.lax.dynamic_slice_in_dim(out_BxW, start, context, axis=1)
+        logits_BxTxV, _ = model.apply({"params": params}, window_BxT)
+        return pick(jax.lax.dynamic_index_in_dim(logits_BxTxV, n - 1 - start, 1, keepdims=False), key, i, temperature)
+
+    @jax.jit
+    def decode(params, prompt_BxL, key, temperature):
+        out_BxW = jnp.zeros((prompt_BxL.shape[0], max(length + max_new_tokens, context)), jnp.int32)
+        out_BxW = out_BxW.at[:, :length].set(prompt_BxL)
+        if cached:
+            (logits_BxTxV, _), variables = model.apply({"params": params}, out_BxW[:, :context], mutable=["cache"])
+            token_B, cache = pick(logits_BxTxV[:, length - 1], key, 0, temperature), _set_index(variables["cache"], length)
+        else:
+            token_B, cache = from_window(params, out_BxW, 0, key, temperature), None
+        out_BxW = out_BxW.at[:, length].set(token_B)
+
+        def step(i, carry):
+            out_BxW, token_B, cache = carry
+            (logits_Bx1xV, _), variables = model.apply({"params": params, "cache": cache}, token_B[:, None],
+                                                       mutable=["cache"])
+            token_B = pick(logits_Bx1xV[:, 0], key, i, temperature)
+            return out_BxW.at[:, length + i].set(token_B), token_B, variables["cache"]
+
+        def slide(i, out_BxW):
+            return out_BxW.at[:, length + i].set(from_window(params, out_BxW, i, key, temperature))
+
+        if steps:
+            out_BxW, _, _ = jax.lax.fori_loop(1, steps + 1, step, (out_BxW, token_B, cache))
+        out_BxW = jax.lax.fori_loop(steps + 1, max_new_tokens, slide, out_BxW)
+        return out_BxW[:, :length + max_new_tokens]
+
+    calls = {"prefill": int(cached), "step": steps, "full": max_new_tokens - steps - int(cached)}
+    return decode, calls
+
+
 def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, greedy: bool = False, seed: int = 0, use_cache: bool = True,
-             stats: dict | None = None) -> np.ndarray:
+             stats: dict | None = None, compiled: bool = True) -> np.ndarray:
     """prompt_BxL followed by max_new_tokens generated tokens, as int32 [B, L + max_new_tokens].
 
-    Token i is drawn with the key fold_in(key(seed), i) on both paths, so with the same seed the
-    cached and uncached paths make the same draws. `stats`, when given, receives the number of
-    `prefill`, `step` and `full` (re-encode) calls.
+    Token i is drawn with the key fold_in(key(seed), i) on every path, so with the same seed the
+    cached and uncached paths, compiled or per token, make the same draws. `stats`, when given,
+    receives the number of `prefill`, `step` and `full` (re-encode) calls. `compiled=False` runs
+    the per-token loop of earlier versions (one jitted call a token from Python).
     """
     cfg = model.cfg
     check_sampling(cfg.alphabet_size, temperature, top_k, greedy)
@@ -168,6 +232,11 @@ def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: flo
     (b, length), decoder = prompt_BxL.shape, _decoder(cfg)
     if length == 0:
         raise SampleError("the prompt is empty")
+    if compiled:
+        decode, calls = _program(cfg, length, max_new_tokens, use_cache, top_k or None, greedy)
+        if stats is not None:
+            stats.update(calls)
+        return np.asarray(decode(params, prompt_BxL, jax.random.key(seed), jnp.float32(temperature)))
     out_BxN = np.zeros((b, length + max_new_tokens), np.int32)
     out_BxN[:, :length] = prompt_BxL
     options = dict(key=jax.random.key(seed), temperature=jnp.float32(temperature), top_k=top_k or None, greedy=greedy)
@@ -199,27 +268,34 @@ def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: flo
     return out_BxN
 
 
-def benchmark(model, params, prompt_BxL, max_new_tokens: int, repeats: int = 3, **options) -> str:
-    """tokens/s with and without the cache (best of `repeats` runs after a compiling one), as text."""
-    b, length = np.shape(prompt_BxL)
-    lines = [f"benchmark: {b} x {max_new_tokens} new tokens after a {length}-token prompt "
+def benchmark(model, params, prompt_BxL, max_new_tokens: int, repeats: int = 3, batches=(1, 8), **options) -> str:
+    """tokens/s of the compiled program and of the per-token loop, both with the cache, at each batch
+    size of `batches` (the prompt's first row repeated), and of the uncached path at the first; best
+    of `repeats` runs after a compiling one; as text."""
+    length = np.shape(prompt_BxL)[1]
+    lines = [f"benchmark: {max_new_tokens} new tokens after a {length}-token prompt "
              f"(context_size {model.cfg.context_size}, {jax.devices()[0].platform})"]
-    tokens, rates = {}, {}
-    for use_cache in (True, False):
-        generate(model, params, prompt_BxL, max_new_tokens, use_cache=use_cache, **options)  # compiles
-        seconds, stats = [], {}
-        for _ in range(repeats):
-            start = time.perf_counter()
-            tokens[use_cache] = generate(model, params, prompt_BxL, max_new_tokens, use_cache=use_cache,
-                                         stats=stats, **options)
-            seconds.append(time.perf_counter() - start)
-        rates[use_cache] = b * max_new_tokens / min(seconds)
-        detail = (f"{stats['prefill']} prefill, {stats['step']} cached steps, {stats['full']} re-encodes"
-                  if use_cache else f"{stats['full']} window runs")
-        name = "with cache" if use_cache else "without cache"
-        lines.append(f"  {name:<14} {rates[use_cache]:10.1f} tokens/s  ({detail})")
-    same = "yes" if np.array_equal(tokens[True], tokens[False]) else "no"
-    lines.append(f"  speedup {rates[True] / rates[False]:.2f}x; same tokens: {same}")
+    paths = {"with cache, one program": dict(), "with cache, per token": dict(compiled=False),
+             "without cache": dict(use_cache=False)}
+    for b in batches:
+        prompt = np.tile(np.asarray(prompt_BxL)[:1], (b, 1))
+        tokens, rates = {}, {}
+        for name, path in paths.items():
+            if name == "without cache" and b != batches[0]:  # the reference's cost; once is enough
+                continue
+            generate(model, params, prompt, max_new_tokens, **path, **options)  # compiles
+            seconds, stats = [], {}
+            for _ in range(repeats):
+                start = time.perf_counter()
+                tokens[name] = generate(model, params, prompt, max_new_tokens, stats=stats, **path, **options)
+                seconds.append(time.perf_counter() - start)
+            rates[name] = b * max_new_tokens / min(seconds)
+            detail = (f"{stats['full']} window runs" if name == "without cache" else
+                      f"{stats['prefill']} prefill, {stats['step']} cached steps, {stats['full']} re-encodes")
+            lines.append(f"  batch {b:<3} {name:<24} {rates[name]:10.1f} tokens/s  ({detail})")
+        same = "yes" if all(np.array_equal(t, tokens["with cache, one program"]) for t in tokens.values()) else "no"
+        lines.append(f"  batch {b:<3} one program / per token: {rates['with cache, one program'] / rates['with cache, per token']:.2f}x; "
+                     f"same tokens: {same}")
     return "\n".join(lines)
 
 

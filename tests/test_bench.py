@@ -44,7 +44,7 @@ def test_bench_runs_on_cpu(tmp_path):
     assert result["tokens_per_s"] > 0 and result["step_ms"] > 0 and result["compile_s"] > 0
     assert result["batch_tokens"] == 4 * 2 * 16
     assert result["mfu"] is None  # no peak for a CPU
-    assert result["generate_tokens_per_s"] > 0
+    assert result["generate_tokens_per_s"] > 0 and result["generate_tokens_per_s_batch8"] > 0
     # The step holds at least its params, the two Adam moments and the [B, T, V] float32 logits.
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(
         model_lib.init_params(bench.train.make_model(c), jax.random.key(0))))

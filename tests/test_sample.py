@@ -80,6 +80,23 @@ def test_greedy_with_cache_gives_the_tokens_of_greedy_without(name, prompt_len, 
         assert stats == {"prefill": 0, "step": 0, "full": new}
 
 
+@pytest.mark.parametrize("name", ["aed", "baseline_rope"])
+@pytest.mark.parametrize("prompt_len,new", [(1, 20), (5, 14), (20, 3)])  # crosses the context; starts past it
+@pytest.mark.parametrize("options", [dict(greedy=True), dict(temperature=0.9, top_k=20, seed=7),
+                                     dict(temperature=1.3, seed=2, use_cache=False)])
+def test_one_compiled_program_gives_the_tokens_of_the_per_token_loop(name, prompt_len, new, options):
+    """The whole generation in one jitted program (prefill, cached steps in a fori_loop, sliding
+    windows) makes the per-token loop's calls with its keys: the same tokens, greedy or sampled."""
+    model, params, _ = build(name)
+    prompt = np.asarray(jax.random.randint(jax.random.key(3), (3, prompt_len), 0, SMALL["alphabet_size"]))
+    one, per_token = {}, {}
+    compiled = sample.generate(model, params, prompt, new, stats=one, **options)
+    np.testing.assert_array_equal(compiled, sample.generate(model, params, prompt, new, stats=per_token,
+                                                            compiled=False, **options))
+    assert one == per_token
+    assert compiled.shape == (3, prompt_len + new) and len(set(compiled[:, prompt_len:].ravel().tolist())) >= 3
+
+
 def test_sampling_is_seeded_and_the_same_with_or_without_the_cache():
     model, params, _ = build("aed")
     prompt = np.zeros((3, 4), np.int32)

@@ -95,7 +95,9 @@ FAULTS = {
     "broken config": lambda d: open(os.path.join(d, "config", "metadata"), "w").write('{"broken'),
     "no state": lambda d: shutil.rmtree(os.path.join(d, "state")),
 }
-CAUSES = {"3 flipped bytes": "checksum mismatch in ", "1000 random bytes": "",  # either, by where they land
+# Flipped or random bytes fail decompression or the checksum, by where they land: the arrays' order in
+# OCDBT's data file varies from save to save. The checksum tests below are deterministic.
+CAUSES = {"3 flipped bytes": "", "1000 random bytes": "",
           "no _METADATA": "state/_METADATA is missing", "broken config": "config: JSONDecodeError",
           "no state": "state/ is missing"}
 

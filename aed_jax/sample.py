@@ -189,9 +189,9 @@ def _program(cfg: model_lib.ModelConfig, prompt_length: int, max_new_tokens: int
     def decode(params, prompt_BxL, key, temperature):
         out_BxW = jnp.zeros((prompt_BxL.shape[0], max(length + max_new_tokens, context)), jnp.int32)
         out_BxW = out_BxW.at[:, :length].set(prompt_BxL)
-        if cached:
-            (logits_BxTxV, _), variables = model.apply({"params": params}, out_BxW[:, :context], mutable=["cache"])
-            token_B, cache = pick(logits_BxTxV[:, length - 1], key, 0, temperature), _set_index(variables["cache"], length)
+        if cached:  # the prompt alone (not a padded window): the head runs on `length` positions, not context_size
+            (logits_BxLxV, _), variables = model.apply({"params": params}, prompt_BxL, mutable=["cache"])
+            token_B, cache = pick(logits_BxLxV[:, length - 1], key, 0, temperature), variables["cache"]
         else:
             token_B, cache = from_window(params, out_BxW, 0, key, temperature), None
         out_BxW = out_BxW.at[:, length].set(token_B)

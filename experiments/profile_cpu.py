@@ -1,0 +1,146 @@
+"""`python -m experiments.profile_cpu --config=configs/<run>.py [--micro 8] [--repeats 5]`: where a train step's time goes.
+
+Times jitted pieces of one micro-batch's train step separately (median of `repeats` calls after
+two warm-up calls, each waited for), because a trace of one fused XLA:CPU program does not say
+which model part a fusion came from:
+  step        the whole train step for one micro-batch (forward, backward, AdamW), as `bench` runs it
+  loss grad   forward + backward of the loss (no optimizer)
+  forward     the loss alone
+  head + CE   the tied head's matmul and the cross-entropy, forward + backward, on the stack's
+              [micro, T, D] output and the [V, D] embedding (the model's own `_head`)
+  attention   every attention call the model makes, forward + backward, each timed alone at the
+              shapes it is called with (recorded while tracing the model) and summed
+  AdamW       the optimizer's update and its application to the parameters
+"Rest of the stack" is loss grad - head + CE - attention: the Dense layers, layer norms, residuals,
+embeddings and the AED's embedding loss. The pieces compile separately, so they do not add up
+exactly to the step (XLA fuses across their boundaries in the whole step).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import statistics
+import time
+
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aed_jax import cli
+from aed_jax import mesh as mesh_lib
+from aed_jax import model as model_lib
+from aed_jax import optim
+from aed_jax import train
+
+FLAGS = flags.FLAGS
+
+
+def timed(fn, *args, repeats: int) -> float:
+    """Median seconds of `repeats` calls of `fn(*args)` after two warm-up calls."""
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def profile(c, micro: int, repeats: int) -> dict[str, float]:
+    """Seconds of each piece of one `micro`-sequence micro-batch's train step (module docstring)."""
+    c.batch_size, c.gradient_accumulation_steps, c.micro_batch_size = micro, 1, micro
+    mesh = mesh_lib.make_mesh(c)
+    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    cfg, T = model.cfg, c.model_config.context_size
+    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer))(jax.random.key(0))
+    params, opt_state = state["params"], state["opt_state"]
+    tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (micro, T + 1)).astype(np.int32)
+    x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+    out = {}
+
+    step = train.compile_train_step(c, model, optimizer, mesh, micro)
+    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
+    carry = {"params": jax.tree_util.tree_map(jnp.copy, params), "opt_state": jax.tree_util.tree_map(jnp.copy, opt_state)}
+
+    def one_step():  # the step donates its state: carry it from call to call, as the trainer does
+        carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch, jax.random.key(1))
+        return metrics
+
+    out["step"] = timed(one_step, repeats=repeats)
+
+    def loss(p):
+        return model.apply({"params": p}, x, y, train=True, rngs={"dropout": jax.random.key(1)})[1]["total"]
+
+    # Record every attention call's shapes while tracing the loss, then time each alone.
+    calls, original = [], model_lib.attention
+
+    def recording(q, k, v, dropout, deterministic, impl="xla"):
+        calls.append((q.shape, k.shape, v.shape, q.dtype, dropout.rate, deterministic, impl))
+        return original(q, k, v, dropout, deterministic, impl)
+
+    model_lib.attention = recording
+    try:
+        jax.eval_shape(lambda p: loss(p), params)  # a fresh function: no cached trace
+    finally:
+        model_lib.attention = original
+    out["loss grad"] = timed(jax.jit(jax.grad(loss)), params, repeats=repeats)
+    out["forward"] = timed(jax.jit(loss), params, repeats=repeats)
+
+    # The head at the shapes the model calls it with: the stack's output and the tied embedding.
+    embed_VxD = params["token_embedding"]["embedding"]
+    out_BxTxD = jax.random.normal(jax.random.key(2), (micro, T, cfg.n_embed), jnp.float32)
+
+    class Embed:  # `_head` reads only `.embedding`
+        def __init__(self, e):
+            self.embedding = e
+
+    def head_ce(o, e):
+        return model_lib._head(cfg, Embed(e), o, y, train=True)[1]["ce"]
+
+    out["head + CE"] = timed(jax.jit(jax.grad(head_ce, argnums=(0, 1))), out_BxTxD, embed_VxD, repeats=repeats)
+
+    attention_s = 0.0
+    for shapes, n in collections.Counter(calls).items():
+        qs, ks, vs, dtype, rate, deterministic, impl = shapes
+        q, k, v = (jax.random.normal(jax.random.key(i), s, dtype) for i, s in enumerate((qs, ks, vs)))
+
+        def attn(q, k, v):
+            return jnp.sum(original(q, k, v, nn.Dropout(0.0), True, impl))
+
+        attention_s += n * timed(jax.jit(jax.grad(attn, argnums=(0, 1, 2))), q, k, v, repeats=repeats)
+    out["attention"] = attention_s
+    out["attention calls"] = len(calls)
+
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+
+    def adamw(p, s, g):
+        updates, s = optimizer.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    out["AdamW"] = timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
+    out["rest of the stack"] = out["loss grad"] - out["head + CE"] - out["attention"]
+    return out
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    c = cli.get_config()
+    r = profile(c, FLAGS.micro, FLAGS.repeats)
+    step = r["step"]
+    print(f"{c.model_type}, micro-batch {FLAGS.micro} x {c.model_config.context_size} tokens, "
+          f"{jax.devices()[0].device_kind}, median of {FLAGS.repeats}")
+    print("| piece | ms | share of the step |\n|---|---|---|")
+    for name in ("step", "loss grad", "forward", "head + CE", "attention", "rest of the stack", "AdamW"):
+        label = f"attention ({r['attention calls']} calls)" if name == "attention" else name
+        print(f"| {label} | {1e3 * r[name]:,.0f} | {100 * r[name] / step:.0f}% |")
+
+
+if __name__ == "__main__":
+    cli.define_config_flag()
+    flags.DEFINE_integer("micro", 8, "Sequences in the micro-batch.")
+    flags.DEFINE_integer("repeats", 5, "Timed calls of each piece.")
+    cli.run(main)

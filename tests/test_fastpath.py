@@ -42,7 +42,7 @@ def test_model_with_chunked_ce_gives_the_same_loss_and_gradients(model_type):
     cfg = model_lib.ModelConfig(model_type=model_type, **{k: v for k, v in SMALL.items() if model_type == "aed"
                                                            or k in ("alphabet_size", "context_size", "n_embed",
                                                                     "n_head", "n_layer")})
-    model = model_lib.make_model(cfg)
+    model = model_lib.make_model(dataclasses.replace(cfg, ce_chunk_tokens=0))  # whole (CPU's default is chunked)
     chunked = model_lib.make_model(dataclasses.replace(cfg, ce_chunk_tokens=7))
     params = model_lib.init_params(model, jax.random.key(0))
     x, y = tokens(cfg, 1), tokens(cfg, 2)
@@ -142,7 +142,7 @@ def test_execution_keys_reach_the_model_and_are_validated():
     c.scan_layers, c.remat, c.attention_impl, c.ce_chunk_tokens = True, True, "cudnn", 4096
     cfg = model_lib.ModelConfig.from_config(c)
     assert (cfg.scan_layers, cfg.remat, cfg.attention_impl, cfg.ce_chunk) == (True, True, "cudnn", 4096)
-    assert model_lib.ModelConfig().ce_chunk == (0 if jax.default_backend() == "cpu" else 8192)
+    assert model_lib.ModelConfig().ce_chunk == (200 if jax.default_backend() == "cpu" else 8192)
     c.attention_impl = "flash"
     with pytest.raises(config_lib.ConfigError, match="attention_impl"):
         config_lib.validate(c)

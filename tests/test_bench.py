@@ -116,3 +116,17 @@ def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
         flag_values(argv)
         config_lib.validate(flag_values.config)
         assert flag_values.json, name
+
+
+@pytest.mark.parametrize("model_type,layers,attention_calls", [("aed", 2, 6), ("baseline", 3, 3)])
+def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type, layers, attention_calls):
+    """experiments/profile_cpu: each attention call the model makes is recorded (AED: encoder self,
+    decoder self and cross per layer), and every piece gets a positive time."""
+    from experiments import profile_cpu
+    c = config_lib.base_config(model_type)
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=layers, context_size=16, alphabet_size=128))
+    r = profile_cpu.profile(c, micro=2, repeats=1)
+    assert r["attention calls"] == attention_calls
+    for piece in ("step", "loss grad", "forward", "head + CE", "attention", "AdamW"):
+        assert r[piece] > 0, piece
+    assert r["rest of the stack"] == pytest.approx(r["loss grad"] - r["head + CE"] - r["attention"])

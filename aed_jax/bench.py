@@ -57,7 +57,7 @@ def peak_flops() -> float | None:
     return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
 
 
-def _timed(fn, *args, repeats: int):
+def timed(fn, *args, repeats: int) -> float:
     """Median seconds of `repeats` calls after two warm-up calls, each waited for."""
     jax.block_until_ready(fn(*args))
     jax.block_until_ready(fn(*args))
@@ -114,13 +114,13 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
         state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
         return metrics
 
-    step_s = _timed(one_step, repeats=steps)
+    step_s = timed(one_step, repeats=steps)
     tokens_per_s = rows * T / step_s
     fpt = flops_per_token(params, cfg)
     peak = peak_flops()
     eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
     eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
-    eval_s = _timed(eval_fn, state["params"], eval_batch, repeats=steps)
+    eval_s = timed(eval_fn, state["params"], eval_batch, repeats=steps)
     out = {
         "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import statistics
-import time
 
 from absl import flags
 import flax.linen as nn
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from aed_jax import bench
 from aed_jax import cli
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
@@ -36,18 +35,6 @@ from aed_jax import optim
 from aed_jax import train
 
 FLAGS = flags.FLAGS
-
-
-def timed(fn, *args, repeats: int) -> float:
-    """Median seconds of `repeats` calls of `fn(*args)` after two warm-up calls."""
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
 
 
 def profile(c, micro: int, repeats: int) -> dict[str, float]:
@@ -70,7 +57,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch, jax.random.key(1))
         return metrics
 
-    out["step"] = timed(one_step, repeats=repeats)
+    out["step"] = bench.timed(one_step, repeats=repeats)
 
     def loss(p):
         return model.apply({"params": p}, x, y, train=True, rngs={"dropout": jax.random.key(1)})[1]["total"]
@@ -87,8 +74,8 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         jax.eval_shape(lambda p: loss(p), params)  # a fresh function: no cached trace
     finally:
         model_lib.attention = original
-    out["loss grad"] = timed(jax.jit(jax.grad(loss)), params, repeats=repeats)
-    out["forward"] = timed(jax.jit(loss), params, repeats=repeats)
+    out["loss grad"] = bench.timed(jax.jit(jax.grad(loss)), params, repeats=repeats)
+    out["forward"] = bench.timed(jax.jit(loss), params, repeats=repeats)
 
     # The head at the shapes the model calls it with: the stack's output and the tied embedding.
     embed_VxD = params["token_embedding"]["embedding"]
@@ -101,7 +88,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
     def head_ce(o, e):
         return model_lib._head(cfg, Embed(e), o, y, train=True)[1]["ce"]
 
-    out["head + CE"] = timed(jax.jit(jax.grad(head_ce, argnums=(0, 1))), out_BxTxD, embed_VxD, repeats=repeats)
+    out["head + CE"] = bench.timed(jax.jit(jax.grad(head_ce, argnums=(0, 1))), out_BxTxD, embed_VxD, repeats=repeats)
 
     attention_s = 0.0
     for shapes, n in collections.Counter(calls).items():
@@ -111,7 +98,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         def attn(q, k, v):
             return jnp.sum(original(q, k, v, nn.Dropout(0.0), True, impl))
 
-        attention_s += n * timed(jax.jit(jax.grad(attn, argnums=(0, 1, 2))), q, k, v, repeats=repeats)
+        attention_s += n * bench.timed(jax.jit(jax.grad(attn, argnums=(0, 1, 2))), q, k, v, repeats=repeats)
     out["attention"] = attention_s
     out["attention calls"] = len(calls)
 
@@ -121,7 +108,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         updates, s = optimizer.update(g, s, p)
         return optax.apply_updates(p, updates), s
 
-    out["AdamW"] = timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
+    out["AdamW"] = bench.timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
     out["rest of the stack"] = out["loss grad"] - out["head + CE"] - out["attention"]
     return out
 

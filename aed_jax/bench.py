@@ -96,8 +96,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     cfg, T = model.cfg, c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
     abstract = train.abstract_state(model, optimizer, mesh)
-    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer),
-                    out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))(jax.random.key(0))
+    state = train.init_on_mesh(jax.random.key(0), abstract, model=model, optimizer=optimizer)
     params, opt_state = state["params"], state["opt_state"]
     tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
     batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})

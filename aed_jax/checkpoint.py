@@ -3,9 +3,10 @@
 A checkpoint holds four items: `state` (params, opt_state, step; each process writes its own
 shards, and a restore reshards to whatever mesh asks), `checksums` (the crc32 of every array of the
 state as written), `stream` (the data stream's position, {"next_index": k}: global, so a resumed
-run continues the same stream on any number of processes) and `config` (the run config as JSON). Orbax writes each step to a temporary folder
-and renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest
-one; `clean_interrupted` removes the temporary folder it leaves.
+run continues the same stream on any number of processes) and `config` (the run config as JSON).
+Orbax writes each step to a temporary folder and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint as the latest one; `clean_interrupted` removes the temporary folder
+it leaves.
 
 A file damaged after the save (a full disk, a bad copy, bit rot) either fails to restore or restores
 different bytes; the checksums catch the second kind, which would otherwise load silently and

@@ -35,10 +35,9 @@ class MeshError(config_lib.ConfigError):
 def axis_sizes(c: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int]:
     """(data, fsdp) for `c.mesh_data` and `c.mesh_fsdp` over `n_devices`, resolving a -1."""
     data, fsdp = c.mesh_data, c.mesh_fsdp
-    for key, size, other in (("mesh_data", data, fsdp), ("mesh_fsdp", fsdp, data)):
+    for size, other_key, other in ((data, "mesh_fsdp", fsdp), (fsdp, "mesh_data", data)):
         if size == -1 and n_devices % other:
-            raise MeshError(f"{'mesh_fsdp' if key == 'mesh_data' else 'mesh_data'}={other} does not divide "
-                            f"the {n_devices} devices")
+            raise MeshError(f"{other_key}={other} does not divide the {n_devices} devices")
     data = n_devices // fsdp if data == -1 else data
     fsdp = n_devices // data if fsdp == -1 else fsdp
     if data * fsdp != n_devices:

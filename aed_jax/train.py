@@ -97,6 +97,12 @@ def abstract_state(model, optimizer, mesh: Mesh) -> dict:
                                   shapes, mesh_lib.state_shardings(mesh, shapes))
 
 
+def init_on_mesh(rng, abstract: dict, *, model, optimizer) -> dict:
+    """A fresh train state, each array created where `abstract` (abstract_state's) places it."""
+    return jax.jit(functools.partial(init_state, model=model, optimizer=optimizer),
+                   out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))(rng)
+
+
 def compile_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh, micro_batch_size: int | None = None):
     """The jitted `train_step` for `c` on `mesh`, `micro_batch_size` sequences a micro-batch
     (default: batch_size, the seed's split); params and optimizer state are donated, and come out
@@ -299,9 +305,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     abstract = abstract_state(model, optimizer, mesh)
     restored = checkpoint.restore_latest(latest, abstract, train_iter)
     if restored is None:
-        init = jax.jit(functools.partial(init_state, model=model, optimizer=optimizer),
-                       out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))
-        state, start = init(jax.random.key(c.random_seed)), 0
+        state, start = init_on_mesh(jax.random.key(c.random_seed), abstract, model=model, optimizer=optimizer), 0
     else:
         state, start = restored
         logging.info("resuming from step %d in %s", start, workdir)

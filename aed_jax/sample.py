@@ -229,7 +229,7 @@ def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: flo
     check_sampling(cfg.alphabet_size, temperature, top_k, greedy)
     context = cfg.context_size
     prompt_BxL = np.asarray(prompt_BxL, np.int32)
-    (b, length), decoder = prompt_BxL.shape, _decoder(cfg)
+    b, length = prompt_BxL.shape
     if length == 0:
         raise SampleError("the prompt is empty")
     if compiled:
@@ -237,6 +237,7 @@ def generate(model, params, prompt_BxL, max_new_tokens: int, *, temperature: flo
         if stats is not None:
             stats.update(calls)
         return np.asarray(decode(params, prompt_BxL, jax.random.key(seed), jnp.float32(temperature)))
+    decoder = _decoder(cfg)
     out_BxN = np.zeros((b, length + max_new_tokens), np.int32)
     out_BxN[:, :length] = prompt_BxL
     options = dict(key=jax.random.key(seed), temperature=jnp.float32(temperature), top_k=top_k or None, greedy=greedy)

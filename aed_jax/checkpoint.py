@@ -184,11 +184,23 @@ class _DropRestoreDebris:
             self.previous(unraisable)
 
 
+class _DropAbandonedFutures(std_logging.Filter):
+    """The asyncio side of the same debris: an abandoned read's future that held an exception logs
+    "Future exception was never retrieved" when it is garbage-collected, which may be long after the
+    restore returned. This project runs no event loop of its own, so every such record is orbax's."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).partition("\n")[0].endswith("exception was never retrieved")
+
+
 @contextlib.contextmanager
 def _quiet_restore():
     """While restoring: no orbax, grain or asyncio log record; for good: no debris of a failed restore."""
     if not isinstance(sys.unraisablehook, _DropRestoreDebris):
         sys.unraisablehook = _DropRestoreDebris(sys.unraisablehook)
+    asyncio_logger = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbandonedFutures) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropAbandonedFutures())
     quiet = _DropOrbaxErrors()
     handlers = [logging.get_absl_handler(), *std_logging.getLogger().handlers]
     for h in handlers:

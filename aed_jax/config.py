@@ -101,7 +101,7 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
 
     # Execution: how the same function is computed.
-    c.attention_impl = "auto"  # auto (cuDNN flash attention on GPU, XLA elsewhere) | xla | cudnn
+    c.attention_impl = "auto"  # auto (cuDNN flash attention on GPU, written out on CPU, XLA elsewhere) | xla | cudnn
     c.ce_chunk_tokens = config_dict.placeholder(int)  # cross-entropy chunk; None: 8192 on GPU/TPU, 200 on CPU; 0: whole
     c.scan_layers = False  # stack each stack's blocks with nn.scan: compile time flat in depth (stacked params)
     c.remat = False  # recompute block activations in the backward pass

@@ -60,7 +60,7 @@ class ModelConfig:
     embedding_aggregation_kernel_size: int = 16
     # Execution: the same function, computed differently.
     dtype: Any = jnp.float32  # compute dtype
-    attention_impl: str = "auto"  # auto: cuDNN flash attention on GPU in bf16/fp16, XLA elsewhere
+    attention_impl: str = "auto"  # auto: cuDNN on GPU in bf16/fp16, written out on CPU, XLA elsewhere
     ce_chunk_tokens: int | None = None  # None: 8192 on GPU/TPU, 200 on CPU; 0: unchunked
     scan_layers: bool = False  # nn.scan over each stack (stacked parameters; see unstack_layers)
     remat: bool = False  # recompute block activations in the backward pass
@@ -186,15 +186,31 @@ def _rotary(cfg: ModelConfig, q_BxTxNxH, k_BxTxNxH, positions_T):
 def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, start):
     """Decoding: writes this call's keys and values into the module's cache (context_size rows) from
     row `start` (the call's first position), then attends causally by absolute position: the query
-    at position p sees cached rows <= p."""
+    at position p sees cached rows <= p. The cache keeps keys as [B*N, H, C] and values as
+    [B*N, C, H], the layouts its two matmuls read as they are: stored as [B, C, N, H], XLA:CPU
+    copied and transposed the whole cache for every attention of every token (BENCHMARKS.md)."""
     b, s, n, h = k_BxSxNxH.shape
-    shape = (b, module.cfg.context_size, n, h)
-    key = module.variable("cache", "key", jnp.zeros, shape, k_BxSxNxH.dtype)
-    value = module.variable("cache", "value", jnp.zeros, shape, v_BxSxNxH.dtype)
-    key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxNxH, (0, start, 0, 0))
-    value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxNxH, (0, start, 0, 0))
-    mask_SxC = jnp.arange(shape[1])[None, :] <= (start + jnp.arange(s))[:, None]
-    return jax.nn.dot_product_attention(q_BxSxNxH, key.value, value.value, mask=mask_SxC[None, None])
+    c = module.cfg.context_size
+    key = module.variable("cache", "key", jnp.zeros, (b * n, h, c), k_BxSxNxH.dtype)
+    value = module.variable("cache", "value", jnp.zeros, (b * n, c, h), v_BxSxNxH.dtype)
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxNxH.transpose(0, 2, 3, 1).reshape(b * n, h, s),
+                                             (0, 0, start))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxNxH.transpose(0, 2, 1, 3).reshape(b * n, s, h),
+                                               (0, start, 0))
+    q_KxSxH = q_BxSxNxH.transpose(0, 2, 1, 3).reshape(b * n, s, h)  # K = B*N
+    mask_SxC = jnp.arange(c)[None, :] <= (start + jnp.arange(s))[:, None]
+    logits_KxSxC = jnp.einsum("ksh,khc->ksc", q_KxSxH, key.value, preferred_element_type=jnp.float32)
+    out_KxSxH = _softmax_values(logits_KxSxC * (1.0 / math.sqrt(h)), mask_SxC, "ksc,kch->ksh", value.value)
+    return out_KxSxH.reshape(b, n, s, h).transpose(0, 2, 1, 3)
+
+
+def _softmax_values(logits_BxNxTxS, mask_TxS, values_spec: str, v, dropout: nn.Dropout | None = None):
+    """softmax(logits where mask, else -inf) over S, dropout on the probabilities when given, times v
+    (`values_spec` names the einsum; logits may have any leading dimensions)."""
+    probs_BxNxTxS = jax.nn.softmax(jnp.where(mask_TxS, logits_BxNxTxS, -jnp.inf), axis=-1)
+    if dropout is not None:
+        probs_BxNxTxS = dropout(probs_BxNxTxS, deterministic=False)
+    return jnp.einsum(values_spec, probs_BxNxTxS.astype(v.dtype), v)
 
 
 def padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, implementation: str = "cudnn"):
@@ -213,15 +229,17 @@ def _warn_cudnn_fallback(reason: str) -> None:
     logging.warning("attention_impl=auto: cuDNN flash attention unavailable (%s); using XLA attention", reason)
 
 
-def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool, impl: str = "xla"):
+def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministic: bool, impl: str = "auto"):
     """Causal multi-head attention (query t sees keys <= t), with dropout on the probabilities.
 
-    Without dropout this is `jax.nn.dot_product_attention`: impl "cudnn" is cuDNN flash attention
-    (`padded_attention`), "xla" XLA's, and "auto" cuDNN on a GPU in bf16/fp16, XLA elsewhere and
-    wherever cuDNN refuses the call (no cuDNN, an unsupported GPU or shape: jax checks at trace time).
-    Dropout on the probabilities needs them explicitly, so that path is written out.
+    impl "cudnn" is cuDNN flash attention (`padded_attention`), "xla" `jax.nn.dot_product_attention`,
+    and "auto" the fastest of them where it is: cuDNN on a GPU in bf16/fp16 (XLA wherever cuDNN
+    refuses the call: no cuDNN, an unsupported GPU or shape; jax checks at trace time), the matmuls
+    and softmax written out on CPU (~1.1x a step there: XLA:CPU fuses them better), XLA elsewhere.
+    Dropout on the probabilities needs them explicitly, so that path is written out too.
     """
     if deterministic or dropout.rate == 0.0:
+        dropout = None
         if impl == "auto" and jax.default_backend() == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16):
             try:
                 return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
@@ -229,14 +247,13 @@ def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministi
                 _warn_cudnn_fallback(str(e).splitlines()[0] if str(e) else type(e).__name__)
         if impl == "cudnn":
             return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
-        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
+        if impl == "xla" or jax.default_backend() != "cpu":
+            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
     scale = 1.0 / math.sqrt(q_BxTxNxH.shape[-1])
     logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
     t, s = logits_BxNxTxS.shape[-2:]
-    causal_TxS = jnp.tril(jnp.ones((t, s), dtype=bool))
-    probs_BxNxTxS = jax.nn.softmax(jnp.where(causal_TxS[None, None], logits_BxNxTxS, -jnp.inf), axis=-1)
-    probs_BxNxTxS = dropout(probs_BxNxTxS, deterministic=False).astype(v_BxSxNxH.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS, v_BxSxNxH)
+    return _softmax_values(logits_BxNxTxS, jnp.tril(jnp.ones((t, s), dtype=bool)), "bnts,bsnh->btnh", v_BxSxNxH,
+                           dropout)
 
 
 class SelfAttention(nn.Module):

@@ -112,10 +112,20 @@ class _Decoder(NamedTuple):
     step: callable  # (params, cache, token_B, key, i, temperature, top_k, greedy) -> (token_B, cache)
 
 
+def _argmax(logits_BxV):
+    """jnp.argmax over the vocabulary (the first largest logit, or the first NaN), as two plain
+    reductions: XLA:CPU runs argmax's (value, index) reduce unvectorised, ~0.2 ms over 50,257 logits,
+    7% of a token at batch 1."""
+    top_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+    ids_V = jnp.arange(logits_BxV.shape[-1], dtype=jnp.int32)
+    hit_BxV = (logits_BxV == top_Bx1) | jnp.isnan(logits_BxV)
+    return jnp.min(jnp.where(hit_BxV, ids_V, logits_BxV.shape[-1]), axis=-1)
+
+
 def _pick(logits_BxV, key, temperature, top_k: int | None, greedy: bool):
     """The next token: argmax, or a draw from softmax(logits / temperature) cut to the top k."""
     if greedy:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        return _argmax(logits_BxV)
     logits_BxV = logits_BxV / temperature
     if not top_k:
         return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)

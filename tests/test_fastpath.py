@@ -128,13 +128,23 @@ def test_auto_attention_falls_back_to_xla_where_cudnn_refuses(monkeypatch, caplo
     assert "using XLA attention" in caplog.text
 
 
-def test_auto_attention_is_xla_on_cpu():
-    cfg = model_lib.ModelConfig(**SMALL, attention_impl="auto", dtype=jnp.bfloat16)
+@pytest.mark.parametrize("model_type", ["aed", "baseline"])
+def test_auto_attention_on_cpu_is_xlas_function(model_type):
+    """On CPU, auto writes the attention out (einsum, mask, softmax, einsum): the same function as
+    jax.nn.dot_product_attention (impl xla), its loss and gradients to float32 rounding."""
+    cfg = model_lib.ModelConfig(**SMALL, model_type=model_type, attention_impl="auto")
     x = tokens(cfg)
-    model = model_lib.make_model(cfg)
-    params = model_lib.init_params(model, jax.random.key(0))
-    explicit = model_lib.make_model(dataclasses.replace(cfg, attention_impl="xla"))
-    np.testing.assert_array_equal(model.apply({"params": params}, x)[0], explicit.apply({"params": params}, x)[0])
+    auto, xla = (model_lib.make_model(dataclasses.replace(cfg, attention_impl=impl)) for impl in ("auto", "xla"))
+    params = model_lib.init_params(auto, jax.random.key(0))
+
+    def loss_and_grads(model):
+        return jax.value_and_grad(lambda p: model.apply({"params": p}, x, x, train=True)[1]["total"])(params)
+
+    (loss_auto, grads_auto), (loss_xla, grads_xla) = loss_and_grads(auto), loss_and_grads(xla)
+    np.testing.assert_allclose(loss_auto, loss_xla, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads_auto, grads_xla)
+    np.testing.assert_allclose(auto.apply({"params": params}, x)[0], xla.apply({"params": params}, x)[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_execution_keys_reach_the_model_and_are_validated():

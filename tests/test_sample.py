@@ -2,6 +2,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -106,6 +107,17 @@ def test_sampling_is_seeded_and_the_same_with_or_without_the_cache():
     np.testing.assert_array_equal(first, run(seed=3, use_cache=False))
     assert not np.array_equal(first, run(seed=4))
     assert len({tuple(row) for row in first[:, 4:].tolist()}) > 1  # each row draws its own tokens
+
+
+def test_greedy_argmax_is_jnps_argmax_with_ties_nans_and_infinities():
+    logits = np.random.default_rng(0).standard_normal((6, 50257)).astype(np.float32)
+    logits[1, [7, 9]] = 100.0  # a tie: the first
+    logits[2, [11, 20]] = np.nan  # NaNs: the first NaN, as jnp.argmax
+    logits[3] = -np.inf
+    logits[4, -1] = np.inf
+    got = np.asarray(sample._argmax(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    assert got.dtype == np.int32 and list(got[1:5]) == [7, 11, 0, 50256]
 
 
 def test_top_k_draws_only_among_the_k_largest():

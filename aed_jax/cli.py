@@ -1,6 +1,7 @@
 """What every command line shares: the `--config` flag, one-line user errors, memory limits."""
 from __future__ import annotations
 
+import ctypes
 import logging as std_logging
 import os
 import sys
@@ -82,7 +83,29 @@ def run(main):
             return main(_quiet_libraries(argv))
         except KeyboardInterrupt:
             fail("interrupted")
+    keep_freed_host_memory()
     app.run(interruptible, flags_parser=parse_flags)
+
+
+def keep_freed_host_memory() -> bool:
+    """Makes glibc's malloc keep and reuse the big blocks XLA:CPU frees instead of unmapping them.
+
+    XLA:CPU allocates a step's temporaries in one block (about 2 GB for a seed-size micro-batch of
+    8) from a worker thread; glibc serves a block that big from a thread's arena with mmap and
+    unmaps it when freed, so every step faulted half a million fresh pages in: 25-30% of a CPU
+    step (BENCHMARKS.md). With one arena, no mmap and trimming only past 2 GiB, the freed block
+    stays in the heap for the next step. The cost: host memory, once used, stays with the process.
+    It must run before jax starts its threads (each command's start does it); a process whose
+    environment already tunes malloc (MALLOC_*, GLIBC_TUNABLES) is left alone, as is any libc
+    without mallopt. Returns whether it applied."""
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
+    return all(mallopt(option, value) == 1
+               for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
 
 
 def _quiet_libraries(argv):

@@ -1,4 +1,4 @@
-"""`python -m experiments.profile_cpu --config=configs/<run>.py [--micro 8] [--repeats 5]`: where a train step's time goes.
+"""`python -m experiments.profile_cpu --config=configs/<run>.py [--micro 8] [--repeats 5] [--thunks 25]`: where a train step's time goes.
 
 Times jitted pieces of one micro-batch's train step separately (median of `repeats` calls after
 two warm-up calls, each waited for), because a trace of one fused XLA:CPU program does not say
@@ -14,11 +14,25 @@ which model part a fusion came from:
 "Rest of the stack" is loss grad - head + CE - attention: the Dense layers, layer norms, residuals,
 embeddings and the AED's embedding loss. The pieces compile separately, so they do not add up
 exactly to the step (XLA fuses across their boundaries in the whole step).
+
+`--thunks N` also profiles the whole step from the inside: XLA:CPU runs a compiled program as a
+sequence of thunks (a fusion, a matmul, a copy) and jax.profiler records each one, so a trace of
+`repeats` steps, each thunk mapped to the model operation its HLO instruction came from (layer
+numbers dropped), gives the N operations that take the most time; and the minor page faults a step
+takes (memory the step touches for the first time: a fresh block of temporaries costs one fault
+per 4 KiB page). These two views found the cache transposes in decoding and the unmapped step
+temporaries (BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import collections
 import functools
+import glob
+import gzip
+import json
+import re
+import resource
+import tempfile
 
 from absl import flags
 import flax.linen as nn
@@ -113,6 +127,59 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
     return out
 
 
+def _operation(op_name: str) -> str:
+    """An HLO op_name as a model operation: `jit(step)/while/body/closed_call/jvp(AED)/encoder_
+    transformer_blocks_3/ln1/mul` -> `jvp(AED)/encoder_transformer_blocks/ln1/mul`."""
+    op = re.sub(r"^jit\([^)]*\)/", "", op_name)
+    op = re.sub(r"(while/body/)?closed_call/", "", op)
+    return re.sub(r"_\d+/", "/", op)
+
+
+def thunks(c, micro: int, repeats: int) -> tuple[list[tuple[str, float, int]], float]:
+    """([(operation, ms per step, thunks per step)] by time, minor page faults per step) of one
+    `micro`-sequence micro-batch's train step, from a jax.profiler trace (module docstring)."""
+    c.batch_size, c.gradient_accumulation_steps, c.micro_batch_size = micro, 1, micro
+    mesh = mesh_lib.make_mesh(c)
+    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer))(jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, model.cfg.alphabet_size, (micro, c.model_config.context_size + 1))
+    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1].astype(np.int32), "y": tokens[:, 1:].astype(np.int32)})
+    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
+        state["params"], state["opt_state"], batch, jax.random.key(1)).compile()
+    origin = {}  # HLO instruction -> the model operation it came from, layer numbers dropped
+    for line in step.as_text().splitlines():
+        if (name := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)):
+            op = re.search(r'op_name="([^"]*)"', line)
+            origin[name.group(1)] = _operation(op.group(1)) if op else ""
+    carry = dict(state)
+
+    def run(n):
+        for _ in range(n):
+            carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch,
+                                                                jax.random.key(1))
+            jax.block_until_ready(metrics)
+
+    run(2)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    run(repeats)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            run(repeats)
+        [path] = glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    time_us, count = collections.Counter(), collections.Counter()
+    for e in events:  # thunk events carry their instruction's name; the runtime's own spans do not
+        name = e.get("name", "")
+        kind = re.sub(r"[.]\d+$", "", name)  # the thunk's kind: fusion, dot, copy, ...
+        if e.get("ph") == "X" and name in origin and kind not in ("while", "conditional", "call"):  # not their bodies again
+            operation = f"{origin[name] or '(no op_name)'} [{kind}]"
+            time_us[operation] += e.get("dur", 0)
+            count[operation] += 1
+    return [(op, us / 1e3 / repeats, count[op] // repeats) for op, us in time_us.most_common()], faults
+
+
 def main(argv):
     cli.no_extra_args(argv)
     c = cli.get_config()
@@ -124,10 +191,18 @@ def main(argv):
     for name in ("step", "loss grad", "forward", "head + CE", "attention", "rest of the stack", "AdamW"):
         label = f"attention ({r['attention calls']} calls)" if name == "attention" else name
         print(f"| {label} | {1e3 * r[name]:,.0f} | {100 * r[name] / step:.0f}% |")
+    if FLAGS.thunks:
+        top, faults = thunks(c, FLAGS.micro, FLAGS.repeats)
+        total = sum(ms for _, ms, _ in top)
+        print(f"\nThunks of one step: {total:,.0f} ms in all; {faults:,.0f} minor page faults a step")
+        print("| model operation [thunk] | ms a step | thunks a step |\n|---|---|---|")
+        for op, ms, n in top[:FLAGS.thunks]:
+            print(f"| {op} | {ms:,.1f} | {n} |")
 
 
 if __name__ == "__main__":
     cli.define_config_flag()
     flags.DEFINE_integer("micro", 8, "Sequences in the micro-batch.")
     flags.DEFINE_integer("repeats", 5, "Timed calls of each piece.")
+    flags.DEFINE_integer("thunks", 0, "Also list the N model operations whose XLA:CPU thunks take the most time.")
     cli.run(main)

@@ -130,3 +130,17 @@ def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type
     for piece in ("step", "loss grad", "forward", "head + CE", "attention", "AdamW"):
         assert r[piece] > 0, piece
     assert r["rest of the stack"] == pytest.approx(r["loss grad"] - r["head + CE"] - r["attention"])
+
+
+def test_cpu_profile_thunks_name_the_model_operations_of_a_step():
+    """experiments/profile_cpu --thunks: the trace's thunks map back to the model's operations (the
+    feed-forward's matmuls among them), each with a positive time, and page faults are counted."""
+    from experiments import profile_cpu
+    c = config_lib.base_config("baseline")
+    c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=16, alphabet_size=128))
+    top, faults = profile_cpu.thunks(c, micro=2, repeats=2)
+    assert top and all(ms > 0 and n >= 1 for _, ms, n in top)
+    assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
+    assert any("transformer_blocks/feed_forward/linear/dot_general" in op for op, _, _ in top), top[:10]
+    assert not any(op.endswith(("[while]", "[call]")) for op, _, _ in top)  # not counted twice
+    assert faults >= 0

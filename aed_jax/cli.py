@@ -93,8 +93,8 @@ def keep_freed_host_memory() -> bool:
     XLA:CPU allocates a step's temporaries in one block (about 2 GB for a seed-size micro-batch of
     8) from a worker thread; glibc serves a block that big from a thread's arena with mmap and
     unmaps it when freed, so every step faulted half a million fresh pages in: 25-30% of a CPU
-    step (BENCHMARKS.md). With one arena, no mmap and trimming only past 2 GiB, the freed block
-    stays in the heap for the next step. The cost: host memory, once used, stays with the process.
+    step (BENCHMARKS.md). With one arena, no mmap and no trimming, the freed block stays in the
+    heap for the next step. The cost: host memory, once used, stays with the process.
     It must run before jax starts its threads (each command's start does it); a process whose
     environment already tunes malloc (MALLOC_*, GLIBC_TUNABLES) is left alone, as is any libc
     without mallopt. Returns whether it applied."""
@@ -105,7 +105,7 @@ def keep_freed_host_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
     return all(mallopt(option, value) == 1
-               for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
+               for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))  # -1: never trim
 
 
 def _quiet_libraries(argv):

@@ -100,12 +100,15 @@ def keep_freed_host_memory() -> bool:
     without mallopt. Returns whether it applied."""
     if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
+    except (OSError, TypeError):  # no C library to load by name (Windows)
+        return False
     if mallopt is None:
         return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h; a threshold of -1 never trims
     return all(mallopt(option, value) == 1
-               for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))  # -1: never trim
+               for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))
 
 
 def _quiet_libraries(argv):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import prepare, tokenizer
 
@@ -47,10 +48,11 @@ def check_output(out: pathlib.Path, name: str, text: str, val_fraction: float = 
 
 
 def run_cli(argv: list[str]) -> None:
-    """`python -m aed_jax.prepare ARGV`, in this process; a user error raises SystemExit(1)."""
+    """`python -m aed_jax.prepare ARGV`, in this process, its flags parsed as the command parses
+    them; a user error (a bad flag value too) raises SystemExit(1)."""
     fv = flags.FlagValues()
     prepare.define_flags(fv)
-    prepare.main(fv(["prepare", *argv]), fv)
+    prepare.main(cli.parse_flags(["prepare", *argv], fv), fv)
 
 
 def newline_text(path: pathlib.Path) -> str:
@@ -187,6 +189,11 @@ BAD_FLAGS = {
     "--field without --input": (["--dataset", "wiki_vital", "--field", "text"], "--field applies to a .jsonl --input"),
     "--val_fraction 0": (["--input", "a.txt", "--val_fraction", "0"], "--val_fraction must be between 0 and 1"),
     "--val_fraction 1": (["--input", "a.txt", "--val_fraction", "1"], "--val_fraction must be between 0 and 1"),
+    "--hf and --input": (["--hf", "parquet", "--input", "a.txt"], "give either --input (your corpus), --hf"),
+    "--max_tokens without --hf": (["--input", "a.txt", "--max_tokens", "10"], "--max_tokens applies to --hf only"),
+    "--data_files without --hf": (["--input", "a.txt", "--data_files", "x"], "--data_files applies to --hf only"),
+    "--hf_split without --hf": (["--dataset", "wiki_vital", "--hf_split", "train"], "--hf_split applies to --hf only"),
+    "--max_tokens 0": (["--hf", "parquet", "--max_tokens", "0"], "--max_tokens=0: 0 is not a positive integer"),
 }
 
 

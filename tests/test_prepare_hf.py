@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-from aed_jax import cli, prepare, tokenizer  # noqa: E402
+from aed_jax import prepare, tokenizer  # noqa: E402
+from test_prepare import run_cli  # noqa: E402
 
 pa = pytest.importorskip("pyarrow")  # installed with datasets
 pq = pytest.importorskip("pyarrow.parquet")
@@ -44,13 +45,6 @@ def write_jsonl(path: pathlib.Path, texts: list) -> str:
 def write_parquet(path: pathlib.Path, texts: list, row_group_size: int = 40) -> str:
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), path, row_group_size=row_group_size)
     return str(path)
-
-
-def run_cli(argv: list[str]) -> None:
-    """`python -m aed_jax.prepare ARGV`, in this process; a user error raises SystemExit(1)."""
-    fv = flags.FlagValues()
-    prepare.define_flags(fv)
-    prepare.main(fv(["prepare", *argv]), fv)
 
 
 def files(out: pathlib.Path) -> dict[str, bytes]:
@@ -174,28 +168,6 @@ def test_bad_input_is_one_line_and_keeps_good_files(case, tmp_path, small_blocks
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message.format(d=tmp_path) in err, err
     assert files(out) == before  # and no hidden staging folder left
-
-
-BAD_FLAGS = {
-    "--hf and --input": (["--hf", "parquet", "--input", "a.txt"], "give either --input (your corpus), --hf"),
-    "--max_tokens without --hf": (["--input", "a.txt", "--max_tokens", "10"], "--max_tokens applies to --hf only"),
-    "--data_files without --hf": (["--input", "a.txt", "--data_files", "x"], "--data_files applies to --hf only"),
-    "--hf_split without --hf": (["--dataset", "wiki_vital", "--hf_split", "train"], "--hf_split applies to --hf only"),
-    "--max_tokens 0": (["--hf", "parquet", "--max_tokens", "0"], "--max_tokens=0: 0 is not a positive integer"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_FLAGS)
-def test_bad_flags_are_one_line(case, tmp_path, capsys):
-    argv, message = BAD_FLAGS[case]
-    with pytest.raises(SystemExit) as exit_info:
-        fv = flags.FlagValues()
-        prepare.define_flags(fv)
-        prepare.main(cli.parse_flags(["prepare", *argv, "--out", str(tmp_path / "out")], fv), fv)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_progress_bar_and_summary(tmp_path):

@@ -51,20 +51,27 @@ from aed_jax import train
 FLAGS = flags.FLAGS
 
 
-def profile(c, micro: int, repeats: int) -> dict[str, float]:
-    """Seconds of each piece of one `micro`-sequence micro-batch's train step (module docstring)."""
+def _micro_batch_step(c, micro: int):
+    """(model, optimizer, a fresh state, random tokens [micro, T + 1], their batch on the mesh, the
+    jitted train step) for one `micro`-sequence micro-batch of `c`, as bench runs it."""
     c.batch_size, c.gradient_accumulation_steps, c.micro_batch_size = micro, 1, micro
     mesh = mesh_lib.make_mesh(c)
     model, optimizer = train.make_model(c), optim.make_optimizer(c)
-    cfg, T = model.cfg, c.model_config.context_size
     state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer))(jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, model.cfg.alphabet_size, (micro, c.model_config.context_size + 1))
+    tokens = tokens.astype(np.int32)
+    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
+    return model, optimizer, state, tokens, batch, train.compile_train_step(c, model, optimizer, mesh, micro)
+
+
+def profile(c, micro: int, repeats: int) -> dict[str, float]:
+    """Seconds of each piece of one `micro`-sequence micro-batch's train step (module docstring)."""
+    model, optimizer, state, tokens, batch, step = _micro_batch_step(c, micro)
+    cfg, T = model.cfg, c.model_config.context_size
     params, opt_state = state["params"], state["opt_state"]
-    tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (micro, T + 1)).astype(np.int32)
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
     out = {}
 
-    step = train.compile_train_step(c, model, optimizer, mesh, micro)
-    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
     carry = {"params": jax.tree_util.tree_map(jnp.copy, params), "opt_state": jax.tree_util.tree_map(jnp.copy, opt_state)}
 
     def one_step():  # the step donates its state: carry it from call to call, as the trainer does
@@ -138,14 +145,8 @@ def _operation(op_name: str) -> str:
 def thunks(c, micro: int, repeats: int) -> tuple[list[tuple[str, float, int]], float]:
     """([(operation, ms per step, thunks per step)] by time, minor page faults per step) of one
     `micro`-sequence micro-batch's train step, from a jax.profiler trace (module docstring)."""
-    c.batch_size, c.gradient_accumulation_steps, c.micro_batch_size = micro, 1, micro
-    mesh = mesh_lib.make_mesh(c)
-    model, optimizer = train.make_model(c), optim.make_optimizer(c)
-    state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer))(jax.random.key(0))
-    tokens = np.random.default_rng(0).integers(0, model.cfg.alphabet_size, (micro, c.model_config.context_size + 1))
-    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1].astype(np.int32), "y": tokens[:, 1:].astype(np.int32)})
-    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
-        state["params"], state["opt_state"], batch, jax.random.key(1)).compile()
+    _, _, state, _, batch, step = _micro_batch_step(c, micro)
+    step = step.lower(state["params"], state["opt_state"], batch, jax.random.key(1)).compile()
     origin = {}  # HLO instruction -> the model operation it came from, layer numbers dropped
     for line in step.as_text().splitlines():
         if (name := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)):

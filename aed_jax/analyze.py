@@ -100,14 +100,6 @@ def overlap(token_VxD: np.ndarray, positional_RxD: np.ndarray, k: int) -> dict:
 
 # Activations (jnp, inside the jitted pass): sums over the rows of weight 1, averaged by `summarise`.
 
-def attention_probs(q_BxTxNxH, k_BxSxNxH):
-    """Causal softmax(q k^T / sqrt(H)) in float32, [B, N, T, S]: what every attention of the models computes."""
-    logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH,
-                                preferred_element_type=jnp.float32) / np.sqrt(q_BxTxNxH.shape[-1])
-    t, s = logits_BxNxTxS.shape[-2:]
-    return jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((t, s), bool)), logits_BxNxTxS, -jnp.inf), axis=-1)
-
-
 def entropy_sums(probs_BxNxTxS, weight_B):
     """[N]: the attention entropy (nats) of each head, summed over query positions and weighted rows."""
     plogp = jnp.where(probs_BxNxTxS > 0, probs_BxNxTxS * jnp.log(jnp.where(probs_BxNxTxS > 0, probs_BxNxTxS, 1.0)), 0.0)
@@ -207,7 +199,7 @@ def _pass(cfg: model_lib.ModelConfig):
         layers = [emb_BxTxD] + [captured[f"{stack}_{i}"]["__call__"][0] for i in range(depth)]
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
         for name, pairs in attentions(cfg, captured).items():
-            probs = [attention_probs(q, k) for q, k in pairs]
+            probs = [model_lib.causal_probs(q, k) for q, k in pairs]
             out[f"entropy/{name}"] = jnp.stack([entropy_sums(p, weight_B) for p in probs])
             out[f"distance/{name}"] = jnp.stack([distance_sums(p, weight_B) for p in probs])
         return out

@@ -200,17 +200,22 @@ def cached_attention(module: nn.Module, q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, start):
     q_KxSxH = q_BxSxNxH.transpose(0, 2, 1, 3).reshape(b * n, s, h)  # K = B*N
     mask_SxC = jnp.arange(c)[None, :] <= (start + jnp.arange(s))[:, None]
     logits_KxSxC = jnp.einsum("ksh,khc->ksc", q_KxSxH, key.value, preferred_element_type=jnp.float32)
-    out_KxSxH = _softmax_values(logits_KxSxC * (1.0 / math.sqrt(h)), mask_SxC, "ksc,kch->ksh", value.value)
+    probs_KxSxC = _masked_softmax(logits_KxSxC * (1.0 / math.sqrt(h)), mask_SxC)
+    out_KxSxH = jnp.einsum("ksc,kch->ksh", probs_KxSxC.astype(value.value.dtype), value.value)
     return out_KxSxH.reshape(b, n, s, h).transpose(0, 2, 1, 3)
 
 
-def _softmax_values(logits_BxNxTxS, mask_TxS, values_spec: str, v, dropout: nn.Dropout | None = None):
-    """softmax(logits where mask, else -inf) over S, dropout on the probabilities when given, times v
-    (`values_spec` names the einsum; logits may have any leading dimensions)."""
-    probs_BxNxTxS = jax.nn.softmax(jnp.where(mask_TxS, logits_BxNxTxS, -jnp.inf), axis=-1)
-    if dropout is not None:
-        probs_BxNxTxS = dropout(probs_BxNxTxS, deterministic=False)
-    return jnp.einsum(values_spec, probs_BxNxTxS.astype(v.dtype), v)
+def _masked_softmax(logits_TxS, mask_TxS):
+    """softmax over S of the logits where mask, -inf elsewhere (logits may have leading dimensions)."""
+    return jax.nn.softmax(jnp.where(mask_TxS, logits_TxS, -jnp.inf), axis=-1)
+
+
+def causal_probs(q_BxTxNxH, k_BxSxNxH):
+    """Causal softmax(q k^T / sqrt(H)) in float32, [B, N, T, S]: the probabilities of every attention
+    of both models, written out (aed_jax.analyze reads them too)."""
+    logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32)
+    t, s = logits_BxNxTxS.shape[-2:]
+    return _masked_softmax(logits_BxNxTxS * (1.0 / math.sqrt(q_BxTxNxH.shape[-1])), jnp.tril(jnp.ones((t, s), bool)))
 
 
 def padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, implementation: str = "cudnn"):
@@ -238,8 +243,8 @@ def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministi
     and softmax written out on CPU (~1.1x a step there: XLA:CPU fuses them better), XLA elsewhere.
     Dropout on the probabilities needs them explicitly, so that path is written out too.
     """
-    if deterministic or dropout.rate == 0.0:
-        dropout = None
+    no_dropout = deterministic or dropout.rate == 0.0
+    if no_dropout:
         if impl == "auto" and jax.default_backend() == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16):
             try:
                 return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
@@ -249,11 +254,10 @@ def attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, dropout: nn.Dropout, deterministi
             return padded_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
         if impl == "xla" or jax.default_backend() != "cpu":
             return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=True)
-    scale = 1.0 / math.sqrt(q_BxTxNxH.shape[-1])
-    logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32) * scale
-    t, s = logits_BxNxTxS.shape[-2:]
-    return _softmax_values(logits_BxNxTxS, jnp.tril(jnp.ones((t, s), dtype=bool)), "bnts,bsnh->btnh", v_BxSxNxH,
-                           dropout)
+    probs_BxNxTxS = causal_probs(q_BxTxNxH, k_BxSxNxH)
+    if not no_dropout:
+        probs_BxNxTxS = dropout(probs_BxNxTxS, deterministic=False)
+    return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)
 
 
 class SelfAttention(nn.Module):

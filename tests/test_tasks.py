@@ -1,0 +1,219 @@
+"""The synthetic tasks: each generator against layouts worked out by hand on tiny configs and
+against its structure on larger ones, determinism, check()'s one-line errors, and mqar's power-law
+gaps against Zoology's probabilities."""
+import collections
+import math
+
+import numpy as np
+import pytest
+
+from aed_jax import tasks
+from aed_jax.config import ConfigError, base_config
+
+
+def task_config(name: str, T: int, V: int, **task):
+    c = base_config("aed")
+    c.dataset = tasks.PREFIX + name
+    c.model_config.context_size, c.model_config.alphabet_size = T, V
+    for key, value in task.items():
+        c.task[key] = value
+    return c
+
+
+def draw(c, B: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The batch as (s, weight), s = the T + 1 tokens of each row, after checking what every task
+    promises: shapes, dtypes, y = x shifted by one, 0/1 weights, the same count of them in every row."""
+    tasks.check(c)
+    batch = tasks.make_batch(c, np.random.default_rng(seed), B)
+    x, y, weight = batch["x"], batch["y"], batch["weight"]
+    T, V = c.model_config.context_size, c.model_config.alphabet_size
+    assert x.shape == y.shape == weight.shape == (B, T)
+    assert x.dtype == y.dtype == np.int32 and weight.dtype == np.float32
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    assert set(np.unique(weight)) <= {0.0, 1.0} and len(set(weight.sum(axis=1))) == 1
+    s = np.concatenate([x[:, :1], y], axis=1)
+    assert s.min() >= 0 and s.max() < V
+    return s, weight
+
+
+def test_task_name_and_corpus_datasets():
+    assert tasks.task_name("task:mqar") == "mqar" and tasks.task_name("task:bogus") == "bogus"
+    assert tasks.task_name("wiki_vital") is None
+    c = task_config("mqar", 64, 100, num_kv_pairs=1000)
+    c.dataset = "wiki_vital"
+    tasks.check(c)  # a corpus: the task keys are not read
+
+
+def test_mqar_one_pair_by_hand():
+    # T=4, V=5, N=1: the only key is 1, values are 2..4, the one gap is 0: s = [1, v, 1, v, filler].
+    s, weight = draw(task_config("mqar", 4, 5, num_kv_pairs=1), 400)
+    np.testing.assert_array_equal(s[:, [0, 2]], 1)
+    np.testing.assert_array_equal(s[:, 1], s[:, 3])
+    assert set(s[:, 1]) == {2, 3, 4} and set(s[:, 4]) == {0, 1, 2, 3, 4}
+    np.testing.assert_array_equal(weight, np.tile([0, 0, 1, 0], (400, 1)))  # y[2] = s[3], the value
+
+
+def test_mqar_two_pairs_by_hand():
+    # T=8, V=9, N=2: keys from {1, 2, 3}, values from {4..8}; the gaps are both of {0, 1}, so the
+    # queries are s[4] and s[6] (both keys, in either order) and their answers s[5] and s[7].
+    B = 2000
+    s, weight = draw(task_config("mqar", 8, 9, num_kv_pairs=2, power_a=0.01), B)
+    np.testing.assert_array_equal(weight, np.tile([0, 0, 0, 0, 1, 0, 1, 0], (B, 1)))
+    keys, values = s[:, [0, 2]], s[:, [1, 3]]
+    assert set(keys.ravel()) == {1, 2, 3} and set(values.ravel()) == set(range(4, 9))
+    assert (keys[:, 0] != keys[:, 1]).all() and (values[:, 0] != values[:, 1]).all()
+    np.testing.assert_array_equal(np.sort(s[:, [4, 6]], axis=1), np.sort(keys, axis=1))
+    for row in s:
+        answer = dict(zip(row[[0, 2]], row[[1, 3]]))
+        assert row[5] == answer[row[4]] and row[7] == answer[row[6]]
+    # The first pair's gap is Zoology's first draw: 0 with p(0) / (p(0) + p(1)) = 1 / (1 + 2 ** -0.99).
+    assert abs((s[:, 4] == keys[:, 0]).mean() - 1 / (1 + 2 ** -0.99)) < 0.04
+
+
+def test_mqar_structure():
+    T, V, N = 64, 100, 8
+    s, weight = draw(task_config("mqar", T, V, num_kv_pairs=N), 300)
+    keys, values = s[:, 0:2 * N:2], s[:, 1:2 * N:2]
+    assert keys.min() >= 1 and keys.max() < V // 2 and values.min() >= V // 2
+    assert all(len(set(row)) == N for row in keys) and all(len(set(row)) == N for row in values)
+    assert weight[:, :2 * N].sum() == 0 and weight[:, 2 * N + 1::2].sum() == 0  # queries at even positions
+    for row, w in zip(s, weight):
+        query = np.flatnonzero(w)
+        slot = {k: i for i, k in enumerate(row[0:2 * N:2])}
+        assert sorted(slot[k] for k in row[query]) == list(range(N))  # each key queried once
+        np.testing.assert_array_equal(row[query + 1], [row[2 * slot[k] + 1] for k in row[query]])
+
+
+@pytest.mark.parametrize("power_a", [0.01, 0.5, 1.0])
+def test_mqar_gaps_follow_zoologys_power_law(power_a):
+    # The first pair is queried at Zoology's first gap drawn, which has Zoology's p exactly.
+    T, N, B = 40, 3, 20000
+    space = (T - 2 * N) // 2
+    p = power_a * np.arange(1, space + 1) ** (power_a - 1)
+    p = p / p.sum()
+    s, weight = draw(task_config("mqar", T, T + 1, num_kv_pairs=N, power_a=power_a), B)
+    first_query = ((weight == 1) & (s[:, :T] == s[:, :1])).argmax(axis=1)
+    gaps = (first_query - 2 * N) // 2
+    assert np.abs(np.bincount(gaps, minlength=space) / B - p).max() < 5 * np.sqrt(p.max() / B)
+
+
+def test_mqar_small_gaps_are_more_frequent_with_several_pairs():
+    T, N = 64, 4
+    _, weight = draw(task_config("mqar", T, 100, num_kv_pairs=N, power_a=0.01), 2000)
+    counts = np.bincount((np.nonzero(weight)[1] - 2 * N) // 2, minlength=(T - 2 * N) // 2)
+    assert counts[0] > counts[5] > counts[-1] and counts[0] > 3 * counts[-1]
+
+
+def test_distinct_draws_are_uniform_ordered_tuples():
+    for pool, n, rows in [(4, 2, 24000), (5, 3, 30000)]:  # 12 and 60 equally likely tuples
+        drawn = tasks._distinct(np.random.default_rng(0), rows, pool, n)
+        counts = collections.Counter(map(tuple, drawn))
+        assert all(len(set(t)) == n for t in counts) and len(counts) == math.perm(pool, n)
+        expected = rows / len(counts)
+        assert all(abs(k - expected) < 0.2 * expected for k in counts.values())
+
+
+def test_copy_by_hand():
+    # T=4, L=2, V=2: the segment is [a, 1 - a] and every other token 1 - a; one filler token goes
+    # before, between or after the copies. y is scored where it is the repeat's second token.
+    s, weight = draw(task_config("copy", 4, 2, copy_length=2), 1200)
+    expected = {
+        ((0, 1, 0, 1, 1), 2), ((0, 1, 1, 0, 1), 3), ((1, 0, 1, 0, 1), 3),
+        ((1, 0, 1, 0, 0), 2), ((1, 0, 0, 1, 0), 3), ((0, 1, 0, 1, 0), 3),
+    }
+    rows = collections.Counter((tuple(row), int(np.flatnonzero(w)[0])) for row, w in zip(s, weight))
+    assert set(rows) == expected
+    assert all(abs(k / 1200 - 1 / 6) < 0.05 for k in rows.values())
+
+
+def test_copy_structure():
+    T, V, L = 64, 50, 8
+    s, weight = draw(task_config("copy", T, V, copy_length=L), 300)
+    assert (weight.sum(axis=1) == L - 1).all()
+    for row, w in zip(s, weight):
+        repeat = np.flatnonzero(w)[0]
+        np.testing.assert_array_equal(np.flatnonzero(w), repeat + np.arange(L - 1))
+        occurrences = np.flatnonzero(row == row[repeat])
+        assert len(occurrences) == 2 and occurrences[1] == repeat  # the repeat's first token: twice in all
+        first = occurrences[0]
+        assert repeat - first >= L
+        np.testing.assert_array_equal(row[repeat:repeat + L], row[first:first + L])
+
+
+def test_sort_by_hand():
+    # T=6, S=2, V=3: the only number is 2: [2, 2, SEP, 2, 2] then PAD up to T + 1 = 7 tokens.
+    s, weight = draw(task_config("sort", 6, 3, sort_length=2), 5)
+    np.testing.assert_array_equal(s, np.tile([2, 2, 0, 2, 2, 1, 1], (5, 1)))
+    np.testing.assert_array_equal(weight, np.tile([0, 0, 1, 1, 0, 0], (5, 1)))
+    # T=10, S=2: two problems of 5 tokens, then one PAD: [a, b, 0, sorted, c, d, 0, sorted, 1].
+    s, weight = draw(task_config("sort", 10, 10, sort_length=2), 200)
+    np.testing.assert_array_equal(weight, np.tile([0, 0, 1, 1, 0, 0, 0, 1, 1, 0], (200, 1)))
+    np.testing.assert_array_equal(s[:, [2, 7, 10]], np.tile([0, 0, 1], (200, 1)))
+    np.testing.assert_array_equal(s[:, [3, 4]], np.sort(s[:, [0, 1]], axis=1))
+    np.testing.assert_array_equal(s[:, [8, 9]], np.sort(s[:, [5, 6]], axis=1))
+    assert set(s[:, [0, 1, 5, 6]].ravel()) == set(range(2, 10))
+
+
+def test_sort_structure():
+    T, V, S = 64, 50, 8  # 65 // 17 = 3 problems and 14 PAD tokens
+    s, weight = draw(task_config("sort", T, V, sort_length=S), 100)
+    assert (weight.sum(axis=1) == 3 * S).all()
+    for row, w in zip(s, weight):
+        starts = np.arange(3) * (2 * S + 1)
+        for start in starts:
+            numbers, answer = row[start:start + S], row[start + S + 1:start + 2 * S + 1]
+            assert numbers.min() >= 2 and row[start + S] == tasks.SORT_SEP
+            np.testing.assert_array_equal(answer, np.sort(numbers))
+        np.testing.assert_array_equal(row[3 * (2 * S + 1):], tasks.SORT_PAD)
+        scored = np.flatnonzero(w)
+        np.testing.assert_array_equal(scored, (starts[:, None] + S + np.arange(S)).ravel())
+
+
+@pytest.mark.parametrize("c", [
+    task_config("mqar", 64, 100, num_kv_pairs=16), task_config("copy", 64, 100, copy_length=32),
+    task_config("sort", 64, 100, sort_length=32),
+], ids=["mqar", "copy", "sort"])
+def test_batches_are_fixed_by_the_rng(c):
+    first, again, other = (draw(c, 8, seed) for seed in (3, 3, 4))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+    rng = np.random.default_rng(3)
+    assert not np.array_equal(tasks.make_batch(c, rng, 8)["x"], tasks.make_batch(c, rng, 8)["x"])
+
+
+def test_defaults_pass_check():
+    for name in tasks.TASKS:
+        c = base_config("aed")
+        c.dataset = tasks.PREFIX + name
+        tasks.check(c)
+
+
+@pytest.mark.parametrize("name, T, V, task, match", [
+    ("bogus", 64, 100, {}, r"^dataset: 'task:bogus' is not one of task:mqar, task:copy, task:sort$"),
+    ("mqar", 64, 100, {"num_kv_pairs": 40},
+     r"^task\.num_kv_pairs: 40 pairs need 4 \* 40 = 160 tokens, more than context_size=64$"),
+    ("mqar", 64, 100, {"num_kv_pairs": 0}, r"^task\.num_kv_pairs: must be a positive integer, got 0$"),
+    ("mqar", 64, 100, {"num_kv_pairs": -3}, r"^task\.num_kv_pairs: must be a positive integer, got -3$"),
+    ("mqar", 63, 100, {}, r"^model_config\.context_size: mqar needs it even"),
+    ("mqar", 64, 64, {}, r"^model_config\.alphabet_size: mqar needs more ids than context_size=64 .*got 64$"),
+    ("mqar", 64, 100, {"power_a": 0.0}, r"^task\.power_a: must be a finite number in \(0, 1\], got 0\.0$"),
+    ("mqar", 64, 100, {"power_a": 1.5}, r"^task\.power_a: .*got 1\.5$"),
+    ("mqar", 64, 100, {"power_a": float("nan")}, r"^task\.power_a: .*got nan$"),
+    ("copy", 64, 100, {"copy_length": 1}, r"^task\.copy_length: must be at least 2"),
+    ("copy", 64, 100, {"copy_length": 33}, r"^task\.copy_length: two copies of 33 tokens need 66, "
+                                            r"more than context_size=64$"),
+    ("copy", 64, 1, {}, r"^model_config\.alphabet_size: copy needs at least 2 ids, got 1$"),
+    ("sort", 64, 100, {"sort_length": 33}, r"^task\.sort_length: .* need 2 \* 33 = 66 tokens, "
+                                            r"more than context_size=64$"),
+    ("sort", 64, 100, {"sort_length": True}, r"^task\.sort_length: must be a positive integer, got True$"),
+    ("sort", 64, 2, {}, r"^model_config\.alphabet_size: sort needs at least 3 ids"),
+])
+def test_check_errors_are_one_line_naming_the_key(name, T, V, task, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        tasks.check(task_config(name, T, V, **task))
+    assert "\n" not in str(e.value)
+
+
+def test_check_reads_only_the_chosen_tasks_keys():
+    tasks.check(task_config("copy", 64, 100, num_kv_pairs=1000, power_a=5.0, sort_length=1000))

@@ -114,11 +114,19 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.est_steps = 200  # batches of train and of val per estimate
 
     # Data and outputs.
-    c.dataset = "wiki_vital"  # corpus name; wiki_vital is built in, prepared on first use
+    c.dataset = "wiki_vital"  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
     c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
     c.keep_checkpoints = 3  # most recent checkpoints kept (the best-val one is kept besides)
     c.log_interval = 10  # steps between training-metric log lines
+
+    # Synthetic tasks (dataset "task:<name>"): sequences drawn on the fly, context_size tokens long over
+    # alphabet_size ids, scored only on the answer positions (aed_jax/tasks.py).
+    t = c.task = ml_collections.ConfigDict()
+    t.num_kv_pairs = 8  # mqar: key-value pairs per sequence, each queried once
+    t.power_a = 0.01  # mqar: power-law parameter of the query gaps (Zoology's power_a), in (0, 1]
+    t.copy_length = 16  # copy: tokens in the segment that reappears later
+    t.sort_length = 8  # sort: numbers to sort
     c.lock()
     return c
 
@@ -252,8 +260,8 @@ def load(path: str) -> ml_collections.ConfigDict:
 def meanings() -> dict[str, str]:
     """Each key's meaning, e.g. {"model_config.n_embed": "D: embedding width"}: the comment closing
     its line in `base_config`, so a default and its meaning are written once, side by side."""
-    prefixes = {"c": "", "m": "model_config.", "m.cross_attn_config": "model_config.cross_attn_config."}
-    found = (re.match(r"\s*(c|m|m\.cross_attn_config)\.(\w+) = .*?  # (.*)", line)
+    prefixes = {"c": "", "m": "model_config.", "m.cross_attn_config": "model_config.cross_attn_config.", "t": "task."}
+    found = (re.match(r"\s*(c|m|m\.cross_attn_config|t)\.(\w+) = .*?  # (.*)", line)
              for line in inspect.getsource(base_config).splitlines())
     return {prefixes[f[1]] + f[2]: f[3] for f in found if f}
 

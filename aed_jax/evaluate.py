@@ -7,6 +7,9 @@ only in training). `--full` runs every non-overlapping window of the split in or
 2T, ... while i + T + 1 <= N), so the result is deterministic; `--batches N` draws N random batches
 as the seed's estimate does. Every mean is over all evaluated positions; `--json` also gives
 `ce_by_position`, the mean CE at each window position t = 0..T-1 (and `embedding_loss_by_position`).
+A run on a synthetic task (`dataset` "task:<name>") is evaluated on `--batches` fresh sequences of
+its task, drawn from `--seed`: CE and accuracy loss over the answers alone, and the exact-match
+`token_accuracy` (answers right) and `sequence_accuracy` (sequences with every answer right).
 
 Only the parameters are restored (host arrays), then placed on a mesh of this machine's devices,
 so a checkpoint written on any number of devices evaluates here: the run config's mesh where it fits
@@ -32,8 +35,10 @@ from absl import flags
 from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
 from aed_jax import data as data_lib
+from aed_jax import losses
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
+from aed_jax import tasks
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -71,14 +76,19 @@ def data_path(config, data: str | None, split: str) -> str:
                              + (f" (several: {', '.join(map(os.path.basename, found))})" if found else ""))
 
 
-def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None) -> dict:
-    """Sums over the positions of rows with weight 1: what `means` averages. The one place
-    the evaluation numbers are computed (aed_jax.analyze adds these sums to its own pass)."""
+def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None, answers_BxT=None) -> dict:
+    """Sums over the positions of rows with weight 1 (with a task's `answers_BxT` mask, over its
+    answers alone, plus `losses.exact_match_sums`): what `means` averages. The one place the
+    evaluation numbers are computed (aed_jax.analyze adds these sums to its own pass)."""
     weight_BxT = jnp.broadcast_to(weight_B[:, None], y_BxT.shape)
+    if answers_BxT is not None:
+        weight_BxT = weight_BxT * answers_BxT
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT) * weight_BxT
     wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != y_BxT).astype(jnp.float32)
     out = {"ce": jnp.sum(ce_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT), "tokens": jnp.sum(weight_BxT),
-           "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT, axis=0)}
+           "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT, axis=0), "tokens_T": jnp.sum(weight_BxT, axis=0)}
+    if answers_BxT is not None:
+        out.update(losses.exact_match_sums(logits_BxTxV, y_BxT, weight_BxT))
     if embedding_terms_BxT is not None:  # per-position terms; their mean over positions is the loss
         out["embedding_T"] = jnp.sum(embedding_terms_BxT * weight_BxT, axis=0)
     return out
@@ -100,31 +110,37 @@ def means(totals: dict) -> dict:
            "tokens": int(tokens)}
     if "embedding_T" in totals:
         out["embedding_loss"] = float(np.sum(totals["embedding_T"])) / tokens
-    out["ce_by_position"] = (totals["ce_T"] / totals["rows"]).tolist()
+    if "answers" in totals:
+        out.update(losses.exact_match(totals))
+    # Per position, over the rows that count it (every row, but for a task only where it has an answer).
+    counted_T = totals["tokens_T"]
+    out["ce_by_position"] = [float(ce / n) if n else None for ce, n in zip(totals["ce_T"], counted_T)]
     if "embedding_T" in totals:
         out["embedding_loss_by_position"] = (totals["embedding_T"] / totals["rows"]).tolist()
     return out
 
 
 def pad_batch(batch: dict, batch_size: int):
-    """(x_BxT, y_BxT, weight_B): a batch of b <= batch_size rows padded to batch_size, weight 0 on the padding."""
+    """(x_BxT, y_BxT, weight_B[, answers_BxT]): a batch of b <= batch_size rows padded to batch_size,
+    weight 0 on the padding; a task's batch also its answer mask ("weight" [b, T])."""
     b = batch["x"].shape[0]
     pad = ((0, batch_size - b), (0, 0))
-    return np.pad(batch["x"], pad), np.pad(batch["y"], pad), (np.arange(batch_size) < b).astype(np.float32)
+    arrays = np.pad(batch["x"], pad), np.pad(batch["y"], pad), (np.arange(batch_size) < b).astype(np.float32)
+    return arrays + (np.pad(batch["weight"], pad),) if "weight" in batch else arrays
 
 
 @functools.lru_cache(maxsize=8)
 def _eval_sums(cfg: model_lib.ModelConfig):
-    """A jitted (params, x_BxT, y_BxT, weight_B) -> `loss_sums`."""
+    """A jitted (params, x_BxT, y_BxT, weight_B[, answers_BxT]) -> `loss_sums`."""
     model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
     with_embedding_loss = has_embedding_loss(cfg)
 
     @jax.jit
-    def sums(params, x_BxT, y_BxT, weight_B):
+    def sums(params, x_BxT, y_BxT, weight_B, answers_BxT=None):
         (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
                                                mutable=["intermediates"])
         terms_BxT = state["intermediates"]["embedding_loss_BxT"][0] if with_embedding_loss else None
-        return loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
+        return loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT, answers_BxT)
 
     return sums
 
@@ -149,13 +165,16 @@ def padded_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
     return -(-batch_size // mesh.size) * mesh.size
 
 
-def step_memory(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: jax.sharding.Mesh) -> int:
+def step_memory(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: jax.sharding.Mesh,
+                task: bool = False) -> int:
     """Bytes one device allocates in the eval step for a batch of `batch_size` (its temporaries and
-    outputs, by XLA's buffer assignment); `evaluate` then runs this very compile."""
+    outputs, by XLA's buffer assignment); `evaluate` then runs this very compile (with a `task`'s
+    answer mask, the program that takes one)."""
     rows = mesh_lib.rows(mesh)
     x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32, sharding=rows)
     weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=rows)
-    mem = _eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B).compile().memory_analysis()
+    answers = (jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.float32, sharding=rows),) if task else ()
+    mem = _eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B, *answers).compile().memory_analysis()
     return mem.temp_size_in_bytes + mem.output_size_in_bytes
 
 
@@ -200,22 +219,31 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     try:
         params, config, step = checkpoint_lib.restore_params(fv.workdir, fv.checkpoint)
         cfg = model_lib.ModelConfig.from_config(config)
-        path = data_path(config, fv.data, fv.split)
+        task = tasks.task_name(config.get("dataset", ""))
+        if task is not None and (fv.full or fv.data):
+            cli.fail(f"--{'full' if fv.full else 'data'}: {config.dataset} draws its sequences afresh, it has no "
+                     "split to read; evaluate it with --batches N [--seed S]")
         context = cfg.context_size
-        tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
+        if task is None:
+            path = data_path(config, fv.data, fv.split)
+            tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
+        else:
+            path = config.dataset
         batch_size = fv.batch_size or config.batch_size
         mesh = eval_mesh(config)
         params, padded = place(params, mesh), padded_size(batch_size, mesh)
-        need, (free, what) = step_memory(cfg, params, padded, mesh), cli.memory_free(jax.local_devices()[0])
+        need, (free, what) = step_memory(cfg, params, padded, mesh, task is not None), cli.memory_free(jax.local_devices()[0])
         if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
             cli.fail(f"a batch of {batch_size} sequences needs {cli.gib(need)} in the eval step (XLA's buffer "
                      f"assignment), more than the {cli.gib(free)} of {what}; pass --batch_size "
                      f"{max(1, batch_size * free // need)} or less")
+        seed, n_batches = config.random_seed if fv.seed is None else fv.seed, fv.batches or config.est_steps
         if fv.full:
             batches = data_lib.eval_windows(tokens, context, batch_size)
+        elif task is None:
+            batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
         else:
-            seed = config.random_seed if fv.seed is None else fv.seed
-            batches = data_lib.random_batches(tokens, context, batch_size, fv.batches or config.est_steps, seed)
+            batches = data_lib.task_batches(config, batch_size, n_batches, seed)
         results = evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
     except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
         cli.fail(str(e))

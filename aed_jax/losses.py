@@ -9,13 +9,43 @@ import numpy as np
 import optax
 
 
-def cross_entropy(logits_BxTxV, targets_BxT):
-    """Mean next-token cross-entropy in float32 over every position."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT).mean()
+def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT=None):
+    """Mean next-token cross-entropy in float32 over every position, or, with `weights_BxT` (0 for a
+    position that is not counted, 1 for one that is: a task's answers), over the counted ones."""
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT)
+    if weights_BxT is None:
+        return ce_BxT.mean()
+    return jnp.sum(ce_BxT * weights_BxT) / _count(weights_BxT)
 
 
-def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: int, dtype=jnp.float32):
-    """`cross_entropy(out @ embedding.T, targets)` without the [B*T, V] float32 logits in memory.
+def _count(weights):
+    """The sum of the weights, or 1 where nothing is counted (the loss is then 0, not NaN)."""
+    total = jnp.sum(weights.astype(jnp.float32))
+    return jnp.where(total > 0, total, 1.0)
+
+
+def exact_match_sums(logits_BxTxV, targets_BxT, weights_BxT) -> dict:
+    """What a task's exact-match accuracies are made of, summed over a batch: "answers" counted
+    (weight > 0), "answers_right" (argmax = target there), and the rows with an answer ("answer_rows")
+    and with every answer right ("rows_right"). Sums, so that batches and devices add up exactly."""
+    scored_BxT = weights_BxT > 0
+    right_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT) & scored_BxT
+    has_answer_B = jnp.any(scored_BxT, axis=-1)
+    all_right_B = jnp.all(right_BxT | ~scored_BxT, axis=-1) & has_answer_B
+    return {"answers": jnp.sum(scored_BxT, dtype=jnp.float32), "answers_right": jnp.sum(right_BxT, dtype=jnp.float32),
+            "answer_rows": jnp.sum(has_answer_B, dtype=jnp.float32), "rows_right": jnp.sum(all_right_B, dtype=jnp.float32)}
+
+
+def exact_match(sums: dict) -> dict:
+    """`token_accuracy` (answers right / answers) and `sequence_accuracy` (rows with every answer
+    right / rows with an answer) from accumulated `exact_match_sums`."""
+    return {"token_accuracy": float(sums["answers_right"]) / max(float(sums["answers"]), 1.0),
+            "sequence_accuracy": float(sums["rows_right"]) / max(float(sums["answer_rows"]), 1.0)}
+
+
+def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: int, dtype=jnp.float32,
+                          weights_BxT=None):
+    """`cross_entropy(out @ embedding.T, targets, weights)` without the [B*T, V] float32 logits in memory.
 
     The B*T rows go through the tied output layer at most `chunk_tokens` at a time in a scan, so
     only one chunk's logits exist at once. Under differentiation each chunk's gradients (softmax -
@@ -32,8 +62,12 @@ def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: i
     pad = chunks * chunk_tokens - n
     out_CxKxD = jnp.pad(out_NxD, ((0, pad), (0, 0))).reshape(chunks, chunk_tokens, d)
     targets_CxK = jnp.pad(targets_N, (0, pad)).reshape(chunks, chunk_tokens)
-    valid_CxK = (jnp.arange(chunks * chunk_tokens) < n).reshape(chunks, chunk_tokens).astype(jnp.float32)
-    return _ce_sum(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, jnp.dtype(dtype)) / n
+    if weights_BxT is None:
+        valid_CxK = (jnp.arange(chunks * chunk_tokens) < n).reshape(chunks, chunk_tokens).astype(jnp.float32)
+        return _ce_sum(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, jnp.dtype(dtype)) / n
+    weights_N = weights_BxT.reshape(-1).astype(jnp.float32)
+    valid_CxK = jnp.pad(weights_N, (0, pad)).reshape(chunks, chunk_tokens)
+    return _ce_sum(out_CxKxD, embedding_VxD, targets_CxK, valid_CxK, jnp.dtype(dtype)) / _count(weights_N)
 
 
 def _chunk_logits(out_KxD, embedding_VxD, dtype):

@@ -42,6 +42,7 @@ from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import rundir
 from aed_jax import sample
+from aed_jax import tasks
 from aed_jax import tokenizer
 from aed_jax import train
 
@@ -72,7 +73,8 @@ def default_workdir(c, config_path: str) -> str:
     """runs/<config name>, plus -<dataset> for a dataset other than the built-in one, so training a
     config on your own data never lands in (and is never refused by) the built-in corpus's run."""
     name = os.path.splitext(os.path.basename(config_path))[0]
-    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{c.dataset}")
+    dataset = c.dataset.replace(tasks.PREFIX, "task_")  # task:mqar -> runs/<config>-task_mqar
+    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
@@ -138,12 +140,15 @@ def main(argv):
         sys.stderr.flush()
         os._exit(1)
     if jax.process_index() == 0:
-        report(outcome, workdir, c.train_steps, fv.sample_prompt, fv.sample_tokens)
+        is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead
+        report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)
 
 
 def report(outcome: train.Outcome, workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
     est = outcome.estimate
-    losses = (f"train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f} (estimated at step "
+    accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
+                  "sequence" if "val_token_accuracy" in est else "")
+    losses = (f"train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}{accuracies} (estimated at step "
               f"{est['step']})" if est else "no estimate yet")
     if outcome.stopped_by:
         print(f"stopped by {outcome.stopped_by} at step {outcome.step} of {train_steps}, checkpoint saved; run the "

@@ -377,21 +377,24 @@ def _stack(cfg: ModelConfig, name: str, depth: int, x_BxTxD, enc_BxTxD=None, det
 LOSS_KEYS = ("ce", "embedding_loss", "scaled_embedding_loss", "total")
 
 
-def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, train: bool, emb_loss=None):
+def _head(cfg: ModelConfig, embed: nn.Embed, out_BxTxD, targets_BxT, train: bool, emb_loss=None, weights_BxT=None):
     """Tied output layer and the losses dict. The logits are a float32-accumulated matmul of the
     compute-dtype activations and embedding. Training with `ce_chunk` streams the cross-entropy
     through chunks of rows instead: the full logits are still returned, and under jit XLA drops
     them when only the loss is used (the train step). Evaluation returns the logits anyway (the
-    accuracy loss needs them), so its cross-entropy comes from them and the head runs once."""
+    accuracy loss needs them), so its cross-entropy comes from them and the head runs once.
+    `weights_BxT` (a task's loss mask: 1 on the answers, 0 elsewhere) makes the cross-entropy the mean
+    over the counted positions; without it the program is the one of every language-modelling run."""
     logits_BxTxV = jnp.einsum("btd,vd->btv", out_BxTxD.astype(cfg.dtype), embed.embedding.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
     zero = jnp.zeros((), jnp.float32)
     if targets_BxT is None:
         ce = zero
     elif cfg.ce_chunk and train:
-        ce = losses.chunked_cross_entropy(out_BxTxD, embed.embedding, targets_BxT, cfg.ce_chunk, cfg.dtype)
+        ce = losses.chunked_cross_entropy(out_BxTxD, embed.embedding, targets_BxT, cfg.ce_chunk, cfg.dtype,
+                                          weights_BxT)
     else:
-        ce = losses.cross_entropy(logits_BxTxV, targets_BxT)
+        ce = losses.cross_entropy(logits_BxTxV, targets_BxT, weights_BxT)
     emb = zero if emb_loss is None else emb_loss
     coeff = cfg.loss_coeff if emb_loss is not None else 0.0
     return logits_BxTxV, {"ce": ce, "embedding_loss": emb, "scaled_embedding_loss": coeff * emb,
@@ -427,14 +430,16 @@ class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
-        """with_embedding_loss: accepted for a uniform call; the baseline has no embedding loss."""
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None,
+                 weights_BxT=None):
+        """with_embedding_loss: accepted for a uniform call; the baseline has no embedding loss.
+        weights_BxT: which targets the cross-entropy counts (`_head`); None: all."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         embed, x_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
         x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
         x_BxTxD = _stack(cfg, "transformer_blocks", cfg.n_layer, x_BxTxD, deterministic=not train)
         out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), next_TxD)
-        return _head(cfg, embed, out_BxTxD, targets_BxT, train)
+        return _head(cfg, embed, out_BxTxD, targets_BxT, train, weights_BxT=weights_BxT)
 
 
 class AED(nn.Module):
@@ -442,9 +447,12 @@ class AED(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None):
+    def __call__(self, tokens_BxT, targets_BxT=None, train: bool = False, with_embedding_loss: bool | None = None,
+                 weights_BxT=None):
         """with_embedding_loss: compute the embedding loss (default: only when training, as the
-        reference does); True in eval mode reports it without dropout."""
+        reference does); True in eval mode reports it without dropout. weights_BxT: which targets
+        the cross-entropy counts (`_head`); None: all. The embedding loss is over every position
+        whatever the weights: it is about the inputs, which are all seen."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         # 1-2. Input embeddings (ROPE: the tokens' alone) and the causal encoder.
         embed, emb_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
@@ -468,7 +476,7 @@ class AED(nn.Module):
             emb_loss = self._embedding_loss(emb_BxTxD, enc_BxTxD)
         elif self.is_initializing():
             self._declare_embedding_lns(emb_BxTxD)
-        return _head(cfg, embed, out_BxTxD, targets_BxT, train, emb_loss)
+        return _head(cfg, embed, out_BxTxD, targets_BxT, train, emb_loss, weights_BxT)
 
     def _embedding_lns(self):
         """LayerNorms of the embedding loss, always with bias. The reference creates `embeddings_ln`

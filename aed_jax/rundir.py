@@ -149,8 +149,8 @@ def differences(saved: dict, current: dict, saved_data: dict | None, current_dat
     out = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(a.keys() | b.keys())
            if compared(k) and a.get(k) != b.get(k)]
     for split in ("train", "val"):
-        old, new = (saved_data or {}).get(split), current_data[split]
-        if old is None:
+        old, new = (saved_data or {}).get(split), current_data.get(split)
+        if old is None or new is None:  # a synthetic task reads no files; its `dataset` key differs anyway
             continue
         same_hash = old["sha256"] is None or new["sha256"] is None or old["sha256"] == new["sha256"]
         if old["bytes"] != new["bytes"] or not same_hash:

@@ -28,11 +28,13 @@ import tqdm
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import data
+from aed_jax import losses as losses_lib
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
 from aed_jax import rundir
+from aed_jax import tasks
 
 
 class TrainError(RuntimeError):
@@ -54,14 +56,17 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
 
     The global batch [accum * micro, T] is viewed as [micro, accum, T], so each micro-batch keeps
     the batch sharding without moving data; gradients and losses are averaged over micro-batches,
-    as the seed's accumulation does. Each micro-batch gets its own dropout key.
+    as the seed's accumulation does. Each micro-batch gets its own dropout key. A batch with a
+    "weight" [N, T] (a task's loss mask) counts only its weighted targets; one without it (language
+    modelling) traces exactly the program it always did.
     """
     def micro_batches(a_NxT):
         a_AxBxT = a_NxT.reshape(-1, accum_steps, a_NxT.shape[-1]).transpose(1, 0, 2)
         return jax.lax.with_sharding_constraint(a_AxBxT, data_sharding)
 
-    def loss_fn(p, x_BxT, y_BxT, key):
-        _, losses = model.apply({"params": p}, x_BxT, y_BxT, train=True, rngs={"dropout": key})
+    def loss_fn(p, x_BxT, y_BxT, key, weights_BxT=None):
+        _, losses = model.apply({"params": p}, x_BxT, y_BxT, train=True, rngs={"dropout": key},
+                                **({} if weights_BxT is None else {"weights_BxT": weights_BxT}))
         return losses["total"], losses
 
     def accumulate(carry, inputs):
@@ -70,6 +75,8 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
 
     zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), {k: jnp.zeros((), jnp.float32) for k in model_lib.LOSS_KEYS})
     inputs = (micro_batches(batch["x"]), micro_batches(batch["y"]), jax.random.split(rng, accum_steps))
+    if "weight" in batch:
+        inputs += (micro_batches(batch["weight"]),)
     (grads, losses), _ = jax.lax.scan(accumulate, zeros, inputs, unroll=accum_steps == 1)
     grads, losses = jax.tree_util.tree_map(lambda a: a / accum_steps, (grads, losses))
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -80,9 +87,15 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
 
 
 def eval_step(params, batch, *, model):
-    """Eval-mode CE and the seed's "accuracy loss": the fraction of wrong argmax predictions."""
-    logits, losses = model.apply({"params": params}, batch["x"], batch["y"])
-    return {"loss": losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
+    """Eval-mode CE and the seed's "accuracy loss": the fraction of wrong argmax predictions. With a
+    task's "weight", both over the answers alone, and the sums of `losses.exact_match_sums`."""
+    if "weight" not in batch:
+        logits, losses = model.apply({"params": params}, batch["x"], batch["y"])
+        return {"loss": losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
+    logits, losses = model.apply({"params": params}, batch["x"], batch["y"], weights_BxT=batch["weight"])
+    sums = losses_lib.exact_match_sums(logits, batch["y"], batch["weight"])
+    return {"loss": losses["ce"], "accuracy_loss": 1.0 - sums["answers_right"] / jnp.maximum(sums["answers"], 1.0),
+            **sums}
 
 
 def init_state(rng, *, model, optimizer) -> dict:
@@ -130,6 +143,8 @@ def pick_micro_batch_size(c: ml_collections.ConfigDict, model, optimizer, mesh: 
     rows, n_dev, T = c.batch_size * c.gradient_accumulation_steps, mesh.size, c.model_config.context_size
     limit = 0.9 * (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", float("inf"))
     batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
+    if tasks.task_name(c.dataset) is not None:  # the step a task runs: with its loss mask
+        batch["weight"] = jax.ShapeDtypeStruct((rows, T), jnp.float32, sharding=mesh_lib.rows(mesh))
     for micro in sorted((m for m in range(n_dev, rows + 1, n_dev) if rows % m == 0), reverse=True):
         step = compile_train_step(c, model, optimizer, mesh, micro)
         need = compiled_memory_bytes(
@@ -272,6 +287,7 @@ def _saved_run(workdir: str, latest) -> tuple[dict | None, dict | None, bool]:
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
     """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
+    tasks.check(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
     with rundir.locked(workdir):
@@ -289,17 +305,23 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     is_main = jax.process_index() == 0
     logging.info("mesh: data %d x fsdp %d", mesh.shape["data"], mesh.shape["fsdp"])
 
-    train_path, val_path = _data_files(c)
-    data_record = rundir.data_record(train_path, val_path)
+    task = tasks.task_name(c.dataset)
+    if task is None:
+        train_path, val_path = _data_files(c)
+        data_record = rundir.data_record(train_path, val_path)
+    else:  # generated on the fly: no files to record
+        data_record = {}
     latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
     rundir.check_same_run(workdir, c, data_record, *_saved_run(workdir, latest))
 
-    vocab = c.model_config.alphabet_size
-    train_tokens = data.load_tokens(train_path, vocab, T + 2)
-    val_tokens = data.load_tokens(val_path, vocab, T + 2)
     to_global = functools.partial(mesh_lib.to_global, mesh)
-    train_iter = DevicePrefetch(
-        data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows)), to_global)
+    if task is None:
+        vocab = c.model_config.alphabet_size
+        tokens = {"train": data.load_tokens(train_path, vocab, T + 2), "val": data.load_tokens(val_path, vocab, T + 2)}
+        stream = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows))
+    else:
+        stream = data.task_iterator(c, rows, c.random_seed, mesh_lib.process_rows(rows))
+    train_iter = DevicePrefetch(stream, to_global)
     model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
 
     abstract = abstract_state(model, optimizer, mesh)
@@ -329,13 +351,20 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
             "no checkpoint was saved"
 
     def estimate(step: int) -> dict:
+        """The seed's estimate: est_steps random batches of each split (of a task: fresh sequences);
+        a task's also gives its exact-match accuracies, from the batches' summed counts."""
         out = {}
-        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            seed = (c.random_seed, step, int(split == "val"))
-            sums = [jax.device_get(eval_fn(state["params"], to_global(b))) for b in data.random_batches(
-                tokens, T, c.batch_size, c.est_steps, seed, mesh_lib.process_rows(c.batch_size))]
+        for split in ("train", "val"):
+            seed, process_rows = (c.random_seed, step, int(split == "val")), mesh_lib.process_rows(c.batch_size)
+            batches = data.random_batches(tokens[split], T, c.batch_size, c.est_steps, seed, process_rows) \
+                if task is None else data.task_batches(c, c.batch_size, c.est_steps, seed, process_rows)
+            sums = [jax.device_get(eval_fn(state["params"], to_global(b))) for b in batches]
             out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
             out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in sums]))
+            if task is not None:
+                totals = {k: sum(float(s[k]) for s in sums) for k in ("answers", "answers_right", "answer_rows",
+                                                                        "rows_right")}
+                out.update({f"{split}_{k}": v for k, v in losses_lib.exact_match(totals).items()})
         return out
 
     def save(step: int, est: dict | None) -> None:

@@ -188,6 +188,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check_number(key, c[key], lambda v: 0 <= v < 1, "in [0, 1)")
     if not 0 <= c.random_seed < 2**32:
         raise ConfigError(f"random_seed: must be in [0, 2**32), got {c.random_seed}")
+    for key in ("num_kv_pairs", "copy_length", "sort_length"):  # how they fit the sequence: tasks.check
+        if isinstance(c.task[key], bool) or not isinstance(c.task[key], int) or c.task[key] <= 0:
+            raise ConfigError(f"task.{key}: must be a positive integer, got {c.task[key]!r}")
+    check_number("task.power_a", c.task.power_a, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _validate_aed(m: ml_collections.ConfigDict) -> None:

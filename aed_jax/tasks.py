@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aed_jax.config import ConfigError, check_choice, check_number
+from aed_jax.config import ConfigError, check_choice
 
 TASKS = ("mqar", "copy", "sort")
 PREFIX = "task:"
@@ -50,16 +50,15 @@ def task_name(dataset: str) -> str | None:
 
 
 def check(c) -> None:
-    """ConfigError, one line naming the key, when `c.dataset` is a task whose settings cannot work;
-    nothing for a corpus dataset. Only the chosen task's keys are checked."""
+    """ConfigError, one line naming the key, when `c.dataset` is a task whose settings cannot work
+    together (config.validate has checked each key's own range); nothing for a corpus dataset."""
     name = task_name(c.dataset)
     if name is None:
         return
     check_choice("dataset", c.dataset, [PREFIX + task for task in TASKS])
     T, V, t = c.model_config.context_size, c.model_config.alphabet_size, c.task
     if name == "mqar":
-        N = _positive_int("num_kv_pairs", t.num_kv_pairs)
-        check_number("task.power_a", t.power_a, lambda v: 0 < v <= 1, "in (0, 1]")
+        N = t.num_kv_pairs
         if T % 2:
             raise ConfigError(f"model_config.context_size: mqar needs it even (Zoology's input_seq_len), got {T}")
         if 4 * N > T:
@@ -69,7 +68,7 @@ def check(c) -> None:
             raise ConfigError(f"model_config.alphabet_size: mqar needs more ids than context_size={T} "
                               f"(Zoology's vocab_size > input_seq_len), got {V}")
     elif name == "copy":
-        L = _positive_int("copy_length", t.copy_length)
+        L = t.copy_length
         if L < 2:
             raise ConfigError(f"task.copy_length: must be at least 2 (the repeat's first token is unpredictable, "
                               f"the rest is scored), got {L}")
@@ -78,7 +77,7 @@ def check(c) -> None:
         if V < 2:
             raise ConfigError(f"model_config.alphabet_size: copy needs at least 2 ids, got {V}")
     else:
-        S = _positive_int("sort_length", t.sort_length)
+        S = t.sort_length
         if 2 * S > T:
             raise ConfigError(f"task.sort_length: the list and its sorted copy need 2 * {S} = {2 * S} tokens, "
                               f"more than context_size={T}")
@@ -93,12 +92,6 @@ def make_batch(c, rng: np.random.Generator, batch_size: int) -> dict[str, np.nda
     elsewhere. Fully determined by rng's state."""
     seq_BxT1, weight_BxT = _GENERATORS[task_name(c.dataset)](c, rng, batch_size)
     return {"x": seq_BxT1[:, :-1], "y": seq_BxT1[:, 1:], "weight": weight_BxT}
-
-
-def _positive_int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"task.{key}: must be a positive integer, got {value!r}")
-    return value
 
 
 def _mqar(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:

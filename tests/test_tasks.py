@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aed_jax import tasks
-from aed_jax.config import ConfigError, base_config
+from aed_jax.config import ConfigError, base_config, validate
 
 
 def task_config(name: str, T: int, V: int, **task):
@@ -210,8 +210,11 @@ def test_defaults_pass_check():
     ("sort", 64, 2, {}, r"^model_config\.alphabet_size: sort needs at least 3 ids"),
 ])
 def test_check_errors_are_one_line_naming_the_key(name, T, V, task, match):
+    """Each key's own range is config.validate's, how they fit together tasks.check's: a run checks both."""
+    c = task_config(name, T, V, **task)
     with pytest.raises(ConfigError, match=match) as e:
-        tasks.check(task_config(name, T, V, **task))
+        validate(c)
+        tasks.check(c)
     assert "\n" not in str(e.value)
 
 

@@ -61,6 +61,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def data_path(config, data: str | None, split: str) -> str:
     """The token file to evaluate: the run's split, a split in the folder `data`, or the file `data`."""
     if data is None:
+        if tasks.task_name(config.get("dataset", "")) is not None:
+            raise data_lib.DataError(f"{config.dataset} is a synthetic task, drawn afresh: it has no token files "
+                                     "to read; pass --data FILE.bin")
         train_path, val_path = data_lib.split_paths(config)
         return val_path if split == "val" else train_path
     if not os.path.isdir(data):

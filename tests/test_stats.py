@@ -1,0 +1,62 @@
+"""experiments/stats.py: the paired t-interval against hand-worked examples, and the sentences that say it."""
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/ is not installed
+from experiments import stats  # noqa: E402
+
+T_975_2DF = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom (3 seeds), from a table
+
+
+def test_three_seed_interval_by_hand():
+    """AED and baseline val losses at seeds 1337, 1338, 1339; a third seed the AED alone has is left out.
+
+    differences: 3.10 - 3.12 = -0.02, 3.05 - 3.09 = -0.04, 3.20 - 3.21 = -0.01
+    mean: -0.07 / 3 = -0.0233333
+    deviations: 0.0033333, -0.0166667, 0.0133333; squares 0.0000111 + 0.0002778 + 0.0001778 = 0.0004667
+    sd: sqrt(0.0004667 / 2) = sqrt(0.00023333) = 0.0152753
+    half width: 4.302653 * 0.0152753 / sqrt(3) = 4.302653 * 0.0088192 = 0.0379460
+    interval: -0.0233333 -+ 0.0379460 = -0.0612793 to 0.0146127: includes zero
+    """
+    aed = {1337: 3.10, 1338: 3.05, 1339: 3.20, 1340: 2.0}
+    baseline = {1337: 3.12, 1338: 3.09, 1339: 3.21}
+    differences = stats.paired(aed, baseline)
+    assert differences == pytest.approx([-0.02, -0.04, -0.01])
+    interval = stats.t_interval(differences)
+    assert interval.n == 3
+    assert interval.mean == pytest.approx(-0.0233333, abs=1e-7)
+    assert interval.sd == pytest.approx(0.0152753, abs=1e-7)
+    assert interval.low == pytest.approx(-0.0612793, abs=1e-6)
+    assert interval.high == pytest.approx(0.0146127, abs=1e-6)
+    assert interval.high - interval.mean == pytest.approx(T_975_2DF * 0.0152753 / math.sqrt(3), abs=1e-6)
+    assert interval.excludes_zero() is False
+    assert stats.sentence("mse_pos_sub", "baseline", interval, "val loss") == (
+        "mse_pos_sub - baseline: -0.023 val loss (95% CI -0.061 to 0.015, 3 seeds): the interval includes zero: "
+        "no difference shown at 3 seeds")
+
+
+def test_an_interval_that_excludes_zero_by_hand():
+    """differences -0.02, -0.03, -0.025: mean -0.025, deviations 0.005, -0.005, 0, sd sqrt(0.00005 / 2) = 0.005,
+    half width 4.302653 * 0.005 / sqrt(3) = 0.0124207: -0.0374207 to -0.0125793, below zero."""
+    interval = stats.t_interval([-0.02, -0.03, -0.025])
+    assert (interval.mean, interval.sd) == (pytest.approx(-0.025), pytest.approx(0.005))
+    assert (interval.low, interval.high) == (pytest.approx(-0.0374207, abs=1e-6), pytest.approx(-0.0125793, abs=1e-6))
+    assert interval.excludes_zero() is True
+    assert stats.sentence("mse_pos_sub", "baseline", interval, "val loss") == (
+        "mse_pos_sub - baseline: -0.025 val loss (95% CI -0.037 to -0.013, 3 seeds): lower, the interval excludes zero")
+    higher = stats.t_interval([0.5, 0.4, 0.45])
+    assert stats.sentence("a", "b", higher, "val token accuracy").endswith(": higher, the interval excludes zero")
+
+
+def test_one_seed_and_none():
+    one = stats.t_interval([0.25])
+    assert (one.mean, one.sd, one.n, one.low, one.high, one.excludes_zero()) == (0.25, None, 1, None, None, None)
+    assert stats.sentence("a", "b", one, "val loss") == (
+        "a - b: +0.250 val loss (1 seed): no interval from one seed; run more (--seeds 3)")
+    assert stats.t_interval([]) is None and stats.summary([]) is None
+    assert stats.paired({1: 1.0}, {2: 1.0}) == []
+    assert stats.sentence("a", "b", None, "val loss") == "a - b: no seed has both runs' val loss yet"
+    assert stats.summary([1.0, 2.0, 4.0]) == stats.Summary(pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3)), 3)

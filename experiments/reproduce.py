@@ -1,14 +1,25 @@
-"""`python -m experiments.reproduce --suite seed|rope|smoke [--scale full|mini] [--dataset NAME] [--runs a,b,...] [--out DIR]`.
+"""`python -m experiments.reproduce --suite seed|rope|smoke|tiny|tasks [--scale SCALE] [--seeds N|a,b,...]
+[--dataset NAME] [--runs a,b,...] [--out DIR]`.
 
 Trains the seed's eight runs (or the named subset; `--suite rope`: RoPE in AED and the baseline,
-with and without position subtraction, beside the seed's learned-table pair), each in its own
-workdir `<out>/<run>`, then
+with and without position subtraction, beside the seed's learned-table pair; `--suite tiny`: the
+seed's comparisons at configs/tiny.py's size on CPU; `--suite tasks`: synthetic tasks, accuracy
+against width), each in its own workdir `<out>/<run>`, then
 writes `<out>/results.md` and `<out>/results.csv` (train loss, val loss, embedding loss, params,
 wall time, tokens/s, with the seed's published numbers beside ours, in the layout of the seed's
-README tables) and one PNG of loss curves per comparison of the seed's README.
+README tables) and one PNG per comparison: loss curves for the seed's README's comparisons,
+accuracy against width for the tasks.
+
+Seeds: `--seeds 3` trains every run with the seeds 1337, 1338, 1339 (the config key random_seed:
+initialisation, data order, dropout), `--seeds 7,8` with those, each in `<out>/<run>/seed<k>`.
+results.csv then holds each run's mean and standard deviation over its seeds and n, seeds.csv the
+values of every seed, differences.csv (and results.md, in words) each comparison's paired
+differences (run a minus run b, seed by seed) with their 95% t-intervals (experiments/stats.py).
+Without --seeds a run trains once, with its config's seed, in `<out>/<run>`.
 
 Re-running the same command resumes unfinished runs from their latest checkpoint and skips
-finished ones (latest checkpoint step = train_steps), so it can be stopped and restarted at will;
+finished ones (latest checkpoint step = train_steps), so it can be stopped and restarted at will
+(and more seeds added later: those trained are skipped);
 SIGTERM or Ctrl-C saves the current run and writes the results so far. `--notrain` only rewrites
 the results and figures from the workdirs as they are.
 
@@ -17,17 +28,17 @@ the models and batches and divides train_steps, warmup_iters, lr_decay_iters and
 10 (900 steps, warmup 30, so the schedule has the same shape) and est_steps by 4 (50 batches per
 estimate), so that one GPU runs the whole suite in well under an hour.
 `--suite smoke` trains two tiny configs (configs/tiny.py and a baseline shrunk to match) for a
-few steps: a CPU check, for CI, that the whole pipeline runs.
+few steps: a CPU check, for CI, that the whole pipeline runs. The task suite's scales (`cpu`,
+`full`, `smoke`) are its own sizes (experiments/suites.py, TASK_SCALES).
 
 Data: the built-in corpus wiki_vital by default, which is for quick checks, not for the table: its
 ~943k training tokens against the recipe's 1.44B (9,000 x 160,000) would be seen ~1,500 times each.
 `--dataset NAME` trains on a corpus prepared in data/NAME (`python -m aed_jax.prepare --hf ...
---out data/NAME`), `--data_dir DIR` on one prepared elsewhere.
+--out data/NAME`), `--data_dir DIR` on one prepared elsewhere. The task suite draws its own data.
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 import glob
 import json
@@ -35,7 +46,6 @@ import os
 import statistics
 import subprocess
 import time
-from typing import Callable
 
 from absl import flags
 import jax
@@ -45,157 +55,58 @@ from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
-from aed_jax import model as model_lib
+from aed_jax import rundir
 from aed_jax import tokenizer
 from aed_jax import train
 from experiments import plot
+from experiments import stats
+from experiments import suites
+from experiments.suites import DEFAULT_DATASET, MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_STEPS = 9000  # the seed's published runs
-MINI_FACTOR = 10  # --scale mini: train_steps, warmup_iters, lr_decay_iters and est_interval divided by this
-MINI_EST_FACTOR = 4  # --scale mini: est_steps divided by this
-DEFAULT_DATASET = config_lib.base_config().dataset  # the built-in corpus, prepared on first use
 EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss column
-# --suite smoke: a few steps of two tiny models, on CPU in well under a minute each.
-SMOKE_OVERRIDES = dict(train_steps=6, warmup_iters=2, lr_decay_iters=6, est_interval=3, est_steps=2, log_interval=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Seed:
-    """The seed's published numbers for a run (its README's tables); None where it published none."""
-    train_loss: float | None
-    val_loss: float | None
-    embedding_loss: float | None = None
-    params: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    name: str  # the workdir's name under --out
-    label: str  # the seed's row name
-    make_config: Callable[[], ml_collections.ConfigDict]
-    seed: Seed
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    name: str  # the figure's file name, <name>.png
-    title: str
-    runs: tuple[str, ...]
-    last_column: str  # "embedding_loss" or "params", as the seed's table for it has
-
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-    runs: tuple[Run, ...]
-    comparisons: tuple[Comparison, ...]
-    note: str = ""
-
-
-def _config_file(name: str) -> Callable[[], ml_collections.ConfigDict]:
-    return lambda: config_lib.load(os.path.join(ROOT, "configs", f"{name}.py"))
-
-
-def _variant(name: str, **model) -> Callable[[], ml_collections.ConfigDict]:
-    """configs/<name>.py with some model_config keys changed."""
-    def make() -> ml_collections.ConfigDict:
-        c = _config_file(name)()
-        c.model_config.update(model)
-        config_lib.validate(c)
-        return c
-    return make
-
-
-def _smoke_tiny() -> ml_collections.ConfigDict:
-    c = _config_file("tiny")()
-    c.update(SMOKE_OVERRIDES)
-    return c
-
-
-def _smoke_baseline() -> ml_collections.ConfigDict:
-    """configs/baseline.py shrunk to the size of configs/tiny.py (4 blocks, as tiny's 2 + 2), with tiny's recipe."""
-    tiny, c = _smoke_tiny(), _config_file("baseline")()
-    c.model_config.update(dict(n_embed=64, n_head=4, n_layer=4, context_size=tiny.model_config.context_size))
-    for key in ("batch_size", "gradient_accumulation_steps", "lr", "min_lr", *SMOKE_OVERRIDES):
-        c[key] = tiny[key]
-    config_lib.validate(c)
-    return c
-
-
-_SEED = {
-    "cosine": Seed(2.993, 3.387, 8.564e-9), "mse": Seed(2.998, 3.385, 4.138e-9), "no_loss_no_pos": Seed(3.043, 3.413),
-    "pos_sub": Seed(2.979, 3.381), "mse_pos_sub": Seed(2.982, 3.378, 4.673e-9, 15_763_500),
-    "baseline": Seed(2.937, 3.424, None, 16_036_800), "smaller_baseline": Seed(2.958, 3.416, None, 15_441_192),
-    "dropout_baseline": Seed(3.174, 3.406, None, 16_036_800),
-}
-_UNPUBLISHED = Seed(None, None)  # runs the seed never made: no published numbers
-SUITES = {
-    "seed": Suite(
-        runs=tuple(Run(name, label, _config_file(name), _SEED[name]) for name, label in (
-            ("cosine", "with cosine-dissimilarity embedding loss"),
-            ("mse", "with MSE embedding loss"),
-            ("no_loss_no_pos", "no embedding loss and no pos sub"),
-            ("pos_sub", "with pos embed sub"),
-            ("mse_pos_sub", "with MSE embedding loss and pos sub"),
-            ("baseline", "baseline"),
-            ("smaller_baseline", "smaller baseline"),
-            ("dropout_baseline", "0.2 dropout baseline"))),
-        comparisons=(
-            Comparison("embedding_loss", "Embedding-loss types", ("cosine", "mse", "no_loss_no_pos"), "embedding_loss"),
-            Comparison("pos_sub", "Positional-embedding subtraction", ("pos_sub", "no_loss_no_pos"), "embedding_loss"),
-            Comparison("both", "Embedding loss and pos sub together", ("pos_sub", "mse", "mse_pos_sub"),
-                       "embedding_loss"),
-            Comparison("baselines", "AED against the decoder-only baselines",
-                       ("mse_pos_sub", "baseline", "smaller_baseline", "dropout_baseline"), "params"))),
-    "smoke": Suite(
-        runs=(Run("tiny", "tiny AED (MSE + pos sub)", _smoke_tiny, _SEED["mse_pos_sub"]),
-              Run("tiny_baseline", "tiny baseline", _smoke_baseline, _SEED["baseline"])),
-        comparisons=(Comparison("embedding_loss", "Tiny AED with an embedding loss", ("tiny",), "embedding_loss"),
-                     Comparison("baselines", "Tiny AED against a tiny baseline", ("tiny", "tiny_baseline"), "params")),
-        note="Smoke suite: tiny stand-ins trained for a few steps, a check that the pipeline runs, not a "
-             "reproduction. The seed columns hold the published numbers of the full-size runs they stand for "
-             "(tiny: with MSE embedding loss and pos sub; tiny_baseline: baseline)."),
-    "rope": Suite(
-        runs=(Run("rope", "RoPE AED, MSE embedding loss and pos sub", _config_file("rope"), _UNPUBLISHED),
-              Run("rope_no_pos_sub", "RoPE AED, MSE embedding loss, no pos sub",
-                  _variant("rope", sub_pos_embed_to_decoder="NO"), _UNPUBLISHED),
-              Run("rope_baseline", "RoPE baseline", _config_file("rope_baseline"), _UNPUBLISHED),
-              Run("rope_baseline_pos_sub", "RoPE baseline with pos sub",
-                  _variant("rope_baseline", sub_pos_embed_to_decoder="YES_NO_LN"), _UNPUBLISHED),
-              Run("mse_pos_sub", "with MSE embedding loss and pos sub (learned table)", _config_file("mse_pos_sub"),
-                  _SEED["mse_pos_sub"]),
-              Run("baseline", "baseline (learned table)", _config_file("baseline"), _SEED["baseline"])),
-        comparisons=(
-            Comparison("rope_pos_sub", "RoPE: position subtraction in AED and in the baseline",
-                       ("rope", "rope_no_pos_sub", "rope_baseline", "rope_baseline_pos_sub"), "params"),
-            Comparison("rope_vs_learned", "RoPE against the seed's learned positional table",
-                       ("rope", "mse_pos_sub", "rope_baseline", "baseline"), "params")),
-        note="RoPE suite: rotary position embeddings (configs/rope.py, configs/rope_baseline.py) in AED and in the "
-             "baseline, each with and without position subtraction, beside the seed's learned-table runs "
-             "(mse_pos_sub, baseline). The seed published no RoPE run."),
-}
+MAX_SEED_COUNT = 100  # --seeds N above this is taken for a seed, not a count
+# The values a results row averages over seeds (its sd beside each), in the order of results.csv.
+METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss", "embedding_loss",
+           "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
 
 
 class ReproduceError(ValueError):
-    """A user error (a workdir of another scale, an ambiguous data folder): one line."""
+    """A user error (a workdir of another scale, an ambiguous data folder, a bad --seeds): one line."""
 
 
-def default_out(suite: str, scale: str, dataset: str = DEFAULT_DATASET) -> str:
-    """runs/<suite>_<scale> (runs/smoke), plus -<dataset> for a corpus other than the built-in one, as main
-    names workdirs: runs on different corpora never share a folder."""
-    name = "smoke" if suite == "smoke" else f"{suite}_{scale}"
-    return os.path.join("runs", name if dataset == DEFAULT_DATASET else f"{name}-{dataset}")
+def parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds: one integer N is a count (the config's seed and the N - 1 after it); a comma-separated list,
+    the seeds themselves (a trailing comma makes one seed a list: "7,"). None: no --seeds."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    is_list = len(parts) > 1
+    parts = [p for p in parts if p] if is_list else parts
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ReproduceError(f"--seeds {text}: give a count (3) or a comma-separated list of seeds (1337,1338), "
+                             "non-negative integers")
+    numbers = [int(p) for p in parts]
+    if is_list:
+        if len(set(numbers)) < len(numbers):
+            raise ReproduceError(f"--seeds {text}: a seed is repeated")
+        if max(numbers) >= 2**32:
+            raise ReproduceError(f"--seeds {text}: a seed must be below 2**32")
+        return numbers
+    if not 1 <= numbers[0] <= MAX_SEED_COUNT:
+        raise ReproduceError(f"--seeds {text}: a count of seeds is 1 to {MAX_SEED_COUNT}; for that one seed write "
+                             f"--seeds {text},")
+    return [suites.DEFAULT_SEED + k for k in range(numbers[0])]
 
 
-def apply_scale(c: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
-    """`c` at `scale`: unchanged for full; for mini, steps and the schedule divided by MINI_FACTOR."""
-    if scale == "mini":
-        c.train_steps = max(1, c.train_steps // MINI_FACTOR)
-        c.warmup_iters //= MINI_FACTOR
-        c.lr_decay_iters = max(c.warmup_iters + 1, c.lr_decay_iters // MINI_FACTOR)
-        c.est_interval = max(1, c.est_interval // MINI_FACTOR)
-        c.est_steps = max(1, c.est_steps // MINI_EST_FACTOR)
-    return c
+def check_layout(out: str, runs: tuple[Run, ...], seeds: list[int] | None) -> None:
+    """A run folder holds either one run (no --seeds) or one folder per seed, never both: a ReproduceError
+    when the command's --seeds does not match what `out` already holds."""
+    for run in runs:
+        folder = os.path.join(out, run.name)
+        if seeds is not None and os.path.isfile(os.path.join(folder, "run.json")):
+            raise ReproduceError(f"{folder} holds a run trained without --seeds; drop --seeds or pass another --out")
+        if seeds is None and glob.glob(os.path.join(glob.escape(folder), "seed*", "run.json")):
+            raise ReproduceError(f"{folder} holds runs trained with --seeds; pass --seeds or another --out")
 
 
 def recipe(c: ml_collections.ConfigDict) -> str:
@@ -259,7 +170,7 @@ def _write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str) -> str:
+def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
     """Trains or resumes `run` in `workdir`: "finished", "skipped", "interrupted" or "failed: <why>".
 
     `<workdir>/run.json` records the scale, the latest step and the wall time of every call so far.
@@ -267,7 +178,7 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str) 
     info_path = os.path.join(workdir, "run.json")
     info = _read_json(info_path)
     if info.get("scale", scale) != scale:
-        trained = info["scale"] or "none (smoke suite)"
+        trained = info["scale"] or "none (a suite of one size)"
         raise ReproduceError(f"{workdir} was trained at scale {trained}; pass that scale or another --out")
     step = latest_step(workdir)
     if step is not None and step >= c.train_steps:
@@ -281,7 +192,7 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str) 
     finally:
         step = latest_step(workdir)
         _write_json_atomic(info_path, {
-            "run": run.name, "scale": scale, "train_steps": c.train_steps, "step": step,
+            "run": run.name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
             "finished": step is not None and step >= c.train_steps, "error": error,
             "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -291,14 +202,10 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str) 
     return "finished" if step is not None and step >= c.train_steps else "interrupted"
 
 
-def count_params(c: ml_collections.ConfigDict) -> int:
-    """Parameters as the seed counts them (positional table excluded, tied matrix once), from shapes only."""
-    model = model_lib.make_model(model_lib.ModelConfig.from_config(c))
-    return model_lib.count_params(jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0))))
 
 
-def collect(run: Run, c: ml_collections.ConfigDict, workdir: str) -> dict:
-    """One results row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
+def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
+    """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
     train_rows, estimates = plot.read_metrics(workdir)
     info, last = _read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
     step = latest_step(workdir)
@@ -312,26 +219,90 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         status = "finished" if step >= c.train_steps else "partial"
     return {
-        "run": run.name, "label": run.label, "model": c.model_type, "status": status, "step": step or 0,
-        "train_steps": c.train_steps, "params": count_params(c),
-        "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-        "train_accuracy_loss": last.get("train_accuracy_loss"), "val_accuracy_loss": last.get("val_accuracy_loss"),
-        "estimate_step": last.get("step"),
+        "run": run.name, "label": run.label, "model": c.model_type, "seed": c.random_seed, "status": status,
+        "step": step or 0, "train_steps": c.train_steps, "params": params, "shape": shape(c),
+        **{key: last.get(key) for key in METRICS if key != "embedding_loss"},
         "embedding_loss": sum(tail) / len(tail) if has_embedding_loss and tail else None,
+        "estimate_step": last.get("step"),
         "wall_time_s": info.get("wall_time_s"), "tokens_per_s": statistics.median(speeds) if speeds else None,
-        "seed_train_loss": run.seed.train_loss, "seed_val_loss": run.seed.val_loss,
-        "seed_embedding_loss": run.seed.embedding_loss, "seed_params": run.seed.params,
+        "workdir": workdir,
     }
 
 
-CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "train_loss", "val_loss",
-               "train_accuracy_loss", "val_accuracy_loss", "estimate_step", "embedding_loss", "wall_time_s",
+def shape(c: ml_collections.ConfigDict) -> str:
+    """Blocks x width: "2+2 x 64" for an AED (encoder + decoder blocks), "5 x 56" for a baseline."""
+    m = c.model_config
+    if c.model_type == "aed":
+        return f"{m.n_layer_encoder or m.n_layer}+{m.n_layer_decoder or m.n_layer} x {m.n_embed}"
+    return f"{m.n_layer} x {m.n_embed}"
+
+
+def aggregate(run: Run, seed_rows: list[dict]) -> dict:
+    """A run's results row from its seeds' rows: each metric's mean and sd over the seeds that have it (n: the
+    seeds with an estimate), the fewest steps, the mean wall time and speed, and the seed's numbers."""
+    first, statuses = seed_rows[0], [r["status"] for r in seed_rows]
+    estimated = [r for r in seed_rows if r["estimate_step"] is not None]
+    if len(set(statuses)) == 1:
+        status = statuses[0]
+    else:
+        status = f"{statuses.count('finished')}/{len(statuses)} finished" + ("; failed" if "failed" in statuses else "")
+    row = {key: first[key] for key in ("run", "label", "model", "train_steps", "params", "shape")}
+    row.update(status=status, step=min(r["step"] for r in seed_rows), n=len(estimated),
+               seeds=" ".join(str(r["seed"]) for r in estimated),
+               estimate_step=min((r["estimate_step"] for r in estimated), default=None))
+    for key in METRICS:
+        summary = stats.summary([r[key] for r in seed_rows if r[key] is not None])
+        row[key], row[f"{key}_sd"] = (summary.mean, summary.sd) if summary else (None, None)
+    for key in ("wall_time_s", "tokens_per_s"):
+        summary = stats.summary([r[key] for r in seed_rows if r[key] is not None])
+        row[key] = summary.mean if summary else None
+    row.update({f"seed_{key}": getattr(run.seed, key)
+                for key in ("train_loss", "val_loss", "embedding_loss", "params")})
+    return row
+
+
+def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
+    """Each comparison's paired differences a - b of each of the suite's metrics, over the seeds at which both
+    runs have an estimate of the same step, with their t-interval and the sentence that says it."""
+    out, runs = [], {run.name: run for run in suite.runs}
+    for comparison in suite.comparisons:
+        for a, b in comparison.differences():
+            where, names = "", (a, b)
+            if runs[a].point and runs[b].point:  # task runs: "<difficulty>, width 64: mse_pos_sub - baseline: ..."
+                where, names = f"{runs[a].point.panel}, width {runs[a].point.width}: ", (runs[a].point.model,
+                                                                                        runs[b].point.model)
+            for metric in suite.metrics:
+                values = [{r["seed"]: (r["estimate_step"], r[metric]) for r in seed_rows[name] if r[metric] is not None}
+                          for name in (a, b)]
+                common = [seed for seed in values[0].keys() & values[1].keys()
+                          if values[0][seed][0] == values[1][seed][0]]
+                interval = stats.t_interval(stats.paired({s: values[0][s][1] for s in common},
+                                                         {s: values[1][s][1] for s in common}))
+                out.append({
+                    "comparison": comparison.name, "a": a, "b": b, "metric": metric,
+                    "n": interval.n if interval else 0, "seeds": " ".join(map(str, sorted(common))),
+                    "mean": interval and interval.mean, "sd": interval and interval.sd,
+                    "ci_low": interval and interval.low, "ci_high": interval and interval.high,
+                    "excludes_zero": interval and interval.excludes_zero(),
+                    "sentence": where + stats.sentence(*names, interval, suites.METRIC_NAMES[metric])})
+    return out
+
+
+CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "shape", "n", "seeds",
+               *(f"{key}{sd}" for key in METRICS for sd in ("", "_sd")), "estimate_step", "wall_time_s",
                "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params")
+SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
+                    "wall_time_s", "tokens_per_s", "workdir")
+DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
+                          "excludes_zero", "sentence")
 
 
-def _fmt(value, kind: str = "loss") -> str:
+def _fmt(value, kind: str = "loss", sd: float | None = None) -> str:
+    """A table cell; with `sd`, "mean ± sd"."""
     if value is None:
         return "–"
+    if sd is not None:
+        return f"{_fmt(value, kind)} ± {_fmt(sd, kind)}"
     if kind == "loss":
         return f"{value:.3f}"
     if kind == "small":
@@ -353,23 +324,39 @@ def _bold_if(text: str, value, best) -> str:
     return f"**{text}**" if best is not None and value == best else text
 
 
-def markdown(suite_name: str, suite: Suite, scale: str, rows: list[dict], configs: dict, figures: dict) -> str:
+def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict], configs: dict, figures: dict,
+             diffs: list[dict], seeds: list[int] | None) -> str:
     first = configs[rows[0]["run"]]
+    tasks = suite.metrics == suites.TASK_METRICS
     scale_text = {"full": "the seed's recipe",
                   "mini": f"1/{MINI_FACTOR} of the seed's steps (est_steps 1/{MINI_EST_FACTOR}), so compare the "
-                          "ordering of the runs with the seed's, not the values, which are for 9k steps"}.get(scale, "")
-    data_text = _data_text(first)
+                          "ordering of the runs with the seed's, not the values, which are for 9k steps"
+                  }.get(scale, "") if not tasks else ""
     lines = [f"# Reproduction: suite `{suite_name}`" + (f", scale `{scale}`" if scale else ""), ""]
     if scale_text:
         lines += [f"Scale `{scale}`: {scale_text}.", ""]
-    lines += [f"Recipe: {recipe(first)}.", ""]
+    lines += [("Recipe (the sequence length is each difficulty's)" if tasks else "Recipe") + f": {recipe(first)}.", ""]
     if suite.note:
         lines += [suite.note, ""]
+    if seeds is not None:
+        lines += [f"Seeds: {', '.join(map(str, seeds))} (random_seed: initialisation, data order, dropout). Each "
+                  "value is the mean ± standard deviation over a run's seeds with an estimate (n and the values of "
+                  "each seed: results.csv, seeds.csv); wall time and tokens/s are means per seed. A difference "
+                  "a - b is paired by seed, with its "
+                  f"{stats.CONFIDENCE:.0%} Student t-interval over the seeds (differences.csv); figures draw the "
+                  f"mean, in a band from the lowest to the highest seed.", ""]
+    if tasks:
+        lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "
+                  "estimate, over `est_steps` fresh batches. Wall time: training, estimates and compilation "
+                  "together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
+                  f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
+                  f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
+        return "\n".join(lines + _task_sections(suite, rows, figures, diffs)) + "\n"
     lines += ["Train and val loss: eval-mode cross-entropy at the last estimate (`est_steps` random batches of each "
               "split), as the seed reports them. Seed: the seed's published numbers (single A100, Wikipedia, 9k "
               f"steps). Embedding loss: the mean of the last {EMBEDDING_TAIL} logged training values. Wall time: "
               "training, estimates and compilation together; tokens/s: the median of the logged training steps.", "",
-              f"Data: {data_text}. Device: {jax.device_count()} x "
+              f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
               f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
               f"{datetime.datetime.now().isoformat(timespec='seconds')}.", "", "## All runs", "",
               "| run | status | steps | params | train loss | seed | val loss | seed | embedding loss | seed | "
@@ -377,8 +364,9 @@ def markdown(suite_name: str, suite: Suite, scale: str, rows: list[dict], config
     for r in rows:
         lines.append(
             f"| {r['label']} (`{r['run']}`) | {r['status']} | {r['step']:,}/{r['train_steps']:,} | "
-            f"{_fmt(r['params'], 'int')} | {_fmt(r['train_loss'])} | {_fmt(r['seed_train_loss'])} | "
-            f"{_fmt(r['val_loss'])} | {_fmt(r['seed_val_loss'])} | {_fmt(r['embedding_loss'], 'small')} | "
+            f"{_fmt(r['params'], 'int')} | {_fmt(r['train_loss'], sd=r['train_loss_sd'])} | "
+            f"{_fmt(r['seed_train_loss'])} | {_fmt(r['val_loss'], sd=r['val_loss_sd'])} | "
+            f"{_fmt(r['seed_val_loss'])} | {_fmt(r['embedding_loss'], 'small', r['embedding_loss_sd'])} | "
             f"{_fmt(r['seed_embedding_loss'], 'small')} | {_fmt(r['wall_time_s'], 'time')} | "
             f"{_fmt(r['tokens_per_s'], 'int')} |")
     by_name = {r["run"]: r for r in rows}
@@ -393,14 +381,47 @@ def markdown(suite_name: str, suite: Suite, scale: str, rows: list[dict], config
         lines += [f"|   | Train loss | seed | Val loss | seed | {last[0]} | seed |", "|---|---|---|---|---|---|---|"]
         for r in table:
             lines.append(
-                f"| **{r['label']}** (`{r['run']}`) | {_bold_if(_fmt(r['train_loss']), r['train_loss'], best_train)} | "
-                f"{_fmt(r['seed_train_loss'])} | {_bold_if(_fmt(r['val_loss']), r['val_loss'], best_val)} | "
-                f"{_fmt(r['seed_val_loss'])} | {_fmt(r[last[1]], last[2])} | {_fmt(r['seed_' + last[1]], last[2])} |")
+                f"| **{r['label']}** (`{r['run']}`) | "
+                f"{_bold_if(_fmt(r['train_loss'], sd=r['train_loss_sd']), r['train_loss'], best_train)} | "
+                f"{_fmt(r['seed_train_loss'])} | "
+                f"{_bold_if(_fmt(r['val_loss'], sd=r['val_loss_sd']), r['val_loss'], best_val)} | "
+                f"{_fmt(r['seed_val_loss'])} | {_fmt(r[last[1]], last[2], r.get(last[1] + '_sd'))} | "
+                f"{_fmt(r['seed_' + last[1]], last[2])} |")
+        lines += _difference_lines(comparison.name, diffs)
     return "\n".join(lines) + "\n"
+
+
+def _difference_lines(comparison: str, diffs: list[dict]) -> list[str]:
+    sentences = [d["sentence"] for d in diffs if d["comparison"] == comparison]
+    return ["", "Paired differences:", "", *(f"- {s}" for s in sentences)] if sentences else []
+
+
+def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[dict]) -> list[str]:
+    """Per task: its figure, a table of every run (difficulty, width, model) and its paired differences."""
+    by_name, runs, lines = {r["run"]: r for r in rows}, {run.name: run for run in suite.runs}, []
+    for comparison in suite.comparisons:
+        lines += [f"## {comparison.title}", ""]
+        if comparison.name in figures:
+            lines += [f"![{comparison.title}]({os.path.basename(figures[comparison.name])})", ""]
+        lines += ["| difficulty | width | model | run | status | steps | shape | params | token accuracy | "
+                  "sequence accuracy | val loss | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name in comparison.runs:
+            r, point = by_name[name], runs[name].point
+            lines.append(
+                f"| {point.panel} | {point.width} | {point.line} | `{name}` | {r['status']} | "
+                f"{r['step']:,}/{r['train_steps']:,} | {r['shape']} | {_fmt(r['params'], 'int')} | "
+                f"{_fmt(r['val_token_accuracy'], sd=r['val_token_accuracy_sd'])} | "
+                f"{_fmt(r['val_sequence_accuracy'], sd=r['val_sequence_accuracy_sd'])} | "
+                f"{_fmt(r['val_loss'], sd=r['val_loss_sd'])} | {_fmt(r['wall_time_s'], 'time')} |")
+        lines += _difference_lines(comparison.name, diffs) + [""]
+    return lines
 
 
 def _data_text(c: ml_collections.ConfigDict) -> str:
     """The corpus, and where its meta.json says it came from (prepare's source line), so a table names its data."""
+    if c.dataset.startswith("task:"):
+        return "synthetic sequences drawn on the fly by aed_jax/tasks.py (no files); each run's task and setting: " \
+               "its row"
     folder = data.data_folder(c)
     text = f"`{folder}`"
     if c.dataset != DEFAULT_DATASET:
@@ -415,87 +436,132 @@ def _data_text(c: ml_collections.ConfigDict) -> str:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=suites.ROOT, capture_output=True, text=True,
                              timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
 
 
-def write_report(out: str, suite_name: str, suite: Suite, scale: str, configs: dict) -> list[str]:
-    """Writes results.md, results.csv and the figures under `out`; returns their paths."""
-    rows = [collect(run, configs[run.name], os.path.join(out, run.name)) for run in suite.runs]
+def _seed_config(c: ml_collections.ConfigDict, seed: int | None) -> ml_collections.ConfigDict:
+    """`c` with random_seed `seed` (None: as it is)."""
+    if seed is None:
+        return c
+    c = c.copy_and_resolve_references()
+    c.random_seed = seed
+    return c
+
+
+def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in columns} for r in rows)
+
+
+def write_report(out: str, suite_name: str, suite: Suite, scale: str | None, configs: dict,
+                 seeds: list[int] | None = None) -> list[str]:
+    """Writes results.md, results.csv, seeds.csv, differences.csv and the figures under `out`; returns their
+    paths."""
+    seed_rows = {}
+    for run in suite.runs:
+        params = suites.count_params(configs[run.name])
+        seed_rows[run.name] = [collect(run, _seed_config(configs[run.name], seed), workdir, params)
+                               for seed, workdir in zip(seeds or [None], suites.workdirs(out, run.name, seeds))]
+    rows = [aggregate(run, seed_rows[run.name]) for run in suite.runs]
+    diffs = differences(suite, seed_rows)
     points = None
     if suite_name == "seed" and scale == "full":
-        points = {r.name: {"step": SEED_STEPS, "train_loss": r.seed.train_loss, "val_loss": r.seed.val_loss,
+        points = {r.name: {"step": suites.SEED_STEPS, "train_loss": r.seed.train_loss, "val_loss": r.seed.val_loss,
                            "embedding_loss": r.seed.embedding_loss} for r in suite.runs}
-    paths = plot.plot_comparisons(out, suite.comparisons, {r.name: r.label for r in suite.runs},
-                                  f"scale {scale}" if scale else "smoke", points)
+    paths = plot.plot_comparisons(out, suite, {run.name: suites.workdirs(out, run.name, seeds) for run in suite.runs},
+                                  f"scale {scale}" if scale else suite_name, points)
     figures = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(suite_name, suite, scale, rows, configs, figures))
-    with open(os.path.join(out, "results.csv"), "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS} for r in rows)
-    return [os.path.join(out, "results.md"), os.path.join(out, "results.csv"), *paths]
+        f.write(markdown(suite_name, suite, scale, rows, configs, figures, diffs, seeds))
+    tables = (("results.csv", CSV_COLUMNS, rows), ("seeds.csv", SEED_CSV_COLUMNS, sum(seed_rows.values(), [])),
+              ("differences.csv", DIFFERENCE_CSV_COLUMNS, diffs))
+    for name, columns, table in tables:
+        _write_csv(os.path.join(out, name), columns, table)
+    return [os.path.join(out, "results.md"), *(os.path.join(out, name) for name, _, _ in tables), *paths]
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_enum("suite", "seed", list(SUITES), "seed: the seed's eight runs; rope: rotary position "
+    flags.DEFINE_enum("suite", "seed", list(suites.SCALES), "seed: the seed's eight runs; rope: rotary position "
                       "embeddings in AED and the baseline, with and without pos sub, beside the seed's learned-table "
-                      "pair; smoke: two tiny configs for a few steps (a CPU check of the whole pipeline).", flag_values=fv)
-    flags.DEFINE_enum("scale", None, ["full", "mini"], "For --suite seed and rope: full (the seed's recipe, the "
-                      "default) or "
-                      f"mini (steps and schedule divided by {MINI_FACTOR}).", flag_values=fv)
+                      "pair; smoke: two tiny configs for a few steps (a CPU check of the whole pipeline); tiny: the "
+                      "seed's comparisons at configs/tiny.py's size (CPU); tasks: AED against a baseline of matched "
+                      "size on synthetic tasks (MQAR, copy, sort), accuracy against width.", flag_values=fv)
+    flags.DEFINE_enum("scale", None, sorted({s for scales in suites.SCALES.values() for s in scales}),
+                      "For --suite seed and rope: full (the seed's recipe, the default) or mini (steps and schedule "
+                      f"divided by {MINI_FACTOR}). For --suite tasks: cpu (the default; the whole suite with 3 seeds "
+                      "in about an hour on 2 CPU cores), full (Zoology's sizes, for a GPU) or smoke (a few steps of "
+                      "one tiny width: CI).", flag_values=fv)
+    flags.DEFINE_string("seeds", None, "Train every run with several random seeds, each in <out>/<run>/seed<k>, and "
+                        "report means, standard deviations and paired differences with 95% intervals: a count N (the "
+                        f"seeds {suites.DEFAULT_SEED}, {suites.DEFAULT_SEED + 1}, ...) or a comma-separated list "
+                        "(7,8,9; one seed: 7,). Default: one run with its config's seed, in <out>/<run>.",
+                        flag_values=fv)
     flags.DEFINE_list("runs", None, "Comma-separated run names to train (default: all of the suite's).",
                       flag_values=fv)
     flags.DEFINE_string("out", None, "Folder of the runs' workdirs and the results; default runs/<suite>_<scale> "
-                        "(runs/smoke for the smoke suite), plus -<dataset> for another corpus than "
+                        "(runs/<suite> for smoke and tiny), plus -<dataset> for another corpus than "
                         f"{DEFAULT_DATASET}.", flag_values=fv)
     flags.DEFINE_string("dataset", None, "A prepared corpus: its files <dataset>_train.bin/_val.bin, in data/<dataset> "
                         "unless --data_dir says where (python -m aed_jax.prepare ... --out data/<dataset>). Default: "
                         f"the one in --data_dir, else the built-in {DEFAULT_DATASET}, prepared on first use (for quick "
-                        "checks: too small for the seed's recipe).", flag_values=fv)
+                        "checks: too small for the seed's recipe). Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
-                        "default: data/<dataset>.", flag_values=fv)
-    flags.DEFINE_bool("train", True, "Train (resume) the runs first; --notrain only rewrites results.md, "
-                      "results.csv and the figures from the workdirs as they are.", flag_values=fv)
+                        "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
+    flags.DEFINE_bool("train", True, "Train (resume) the runs first; --notrain only rewrites results.md, the CSV "
+                      "files and the figures from the workdirs as they are.", flag_values=fv)
+    flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
+                        "JAX's persistent compilation cache, so that every seed of a run (and a resumed run) loads "
+                        "its train step instead of compiling it again; '' disables it. The "
+                        "JAX_COMPILATION_CACHE_DIR variable, when set, wins.", flag_values=fv)
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
     cli.no_extra_args(argv)
-    suite = SUITES[fv.suite]
-    if fv.suite == "smoke" and fv.scale:
-        cli.fail("--scale applies to --suite seed and rope; the smoke suite has its own tiny settings")
-    scale = None if fv.suite == "smoke" else fv.scale or "full"
+    try:
+        scale = suites.pick_scale(fv.suite, fv.scale)
+    except ValueError as e:
+        cli.fail(str(e))
+    if fv.suite == "tasks" and (fv.dataset or fv.data_dir):
+        cli.fail("--dataset and --data_dir: the task suite draws its own data")
+    suite = suites.get(fv.suite, scale)
     names = [run.name for run in suite.runs]
     unknown = [name for name in fv.runs or [] if name not in names]
     if unknown:
         cli.fail(f"--runs: unknown run {', '.join(map(repr, unknown))} for --suite {fv.suite}; "
                  f"choose from {', '.join(names)}")
     selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
+    if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     try:
+        seeds = parse_seeds(fv.seeds)
         overrides = data_override(fv.data_dir, fv.dataset)
-        out = fv.out or default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
+        out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
         configs = {}
         for run in suite.runs:
-            c = apply_scale(run.make_config(), scale)
+            c = suites.apply_scale(run.make_config(), scale)
             c.update(overrides)
             configs[run.name] = c
+        check_layout(out, suite.runs, seeds)
         os.makedirs(out, exist_ok=True)
-        for i, run in enumerate(selected if fv.train else []):
-            workdir = os.path.join(out, run.name)
-            print(f"[{i + 1}/{len(selected)}] {run.name}: {configs[run.name].train_steps:,} steps in {workdir}",
-                  flush=True)
-            status = train_run(run, configs[run.name], workdir, scale)
-            print(f"[{i + 1}/{len(selected)}] {run.name}: {status}", flush=True)
+        jobs = [(run, seed) for seed in seeds or [None] for run in selected]  # seed by seed: pairs come early
+        for i, (run, seed) in enumerate(jobs if fv.train else []):
+            name, workdir = run.name + ("" if seed is None else f" seed {seed}"), suites.workdir(out, run.name, seed)
+            c = _seed_config(configs[run.name], seed)
+            print(f"[{i + 1}/{len(jobs)}] {name}: {c.train_steps:,} steps in {workdir}", flush=True)
+            status = train_run(run, c, workdir, scale)
+            print(f"[{i + 1}/{len(jobs)}] {name}: {status}", flush=True)
             if status == "interrupted":
                 print("interrupted: writing the results so far; run the same command again to resume", flush=True)
                 break
-        paths = write_report(out, fv.suite, suite, scale, configs)
+        paths = write_report(out, fv.suite, suite, scale, configs, seeds)
     except (ReproduceError, config_lib.ConfigError, data.DataError, tokenizer.TokenizerError,
-            checkpoint.CheckpointError) as e:
+            checkpoint.CheckpointError, rundir.RunError) as e:
         cli.fail(str(e))
     for path in paths:
         print(path)

@@ -2,7 +2,10 @@
 import ast
 import csv
 import importlib.metadata
+import math
 import os
+import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -17,6 +20,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
 from experiments import reproduce  # noqa: E402
+from experiments import suites  # noqa: E402
+
+
+def read_csv(path):
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def run_reproduce(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def png_size(path):
@@ -28,14 +42,21 @@ def png_size(path):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke suite run once through its CLI, on a small synthetic token folder (nanoGPT names)."""
-    data_dir, out = tmp_path_factory.mktemp("tokens"), tmp_path_factory.mktemp("smoke")
+def tokens(tmp_path_factory):
+    """A small synthetic token folder (nanoGPT names)."""
+    data_dir = tmp_path_factory.mktemp("tokens")
     rng = np.random.default_rng(0)
     for split, n in (("train", 20000), ("val", 4000)):
         rng.integers(0, 64, n).astype(np.uint16).tofile(data_dir / f"{split}.bin")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, tokens):
+    """The smoke suite run once through its CLI, on the synthetic token folder."""
+    out = tmp_path_factory.mktemp("smoke")
     command = [sys.executable, "-m", "experiments.reproduce", "--suite", "smoke", "--out", str(out),
-               "--data_dir", str(data_dir)]
+               "--data_dir", str(tokens)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, command, result
@@ -44,7 +65,7 @@ def smoke(tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_suite_writes_results_and_figures(smoke):
     out, command, result = smoke
-    names = [run.name for run in reproduce.SUITES["smoke"].runs]
+    names = [run.name for run in suites.get("smoke").runs]
     with open(out / "results.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == names
@@ -75,6 +96,175 @@ def test_smoke_suite_writes_results_and_figures(smoke):
     assert again.stdout.count(": skipped") == 2, again.stdout
 
 
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, tokens, smoke):
+    """The smoke suite with --seeds 2; after `smoke`, whose compiled steps it loads from the persistent cache."""
+    out = tmp_path_factory.mktemp("seeded")
+    args = ["--suite", "smoke", "--out", str(out), "--data_dir", str(tokens)]
+    result = run_reproduce(*args, "--seeds", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, args
+
+
+@pytest.mark.slow
+def test_seeds_give_means_sds_and_paired_intervals(seeded):
+    """results.csv's means and sds and differences.csv's interval, recomputed from seeds.csv's per-seed values."""
+    out, _ = seeded
+    per_seed = read_csv(out / "seeds.csv")
+    assert [(r["run"], r["seed"]) for r in per_seed] == [("tiny", "1337"), ("tiny", "1338"),
+                                                         ("tiny_baseline", "1337"), ("tiny_baseline", "1338")]
+    for r in per_seed:
+        assert r["status"] == "finished" and r["workdir"] == str(out / r["run"] / f"seed{r['seed']}"), r
+    val = {(r["run"], int(r["seed"])): float(r["val_loss"]) for r in per_seed}
+    assert val["tiny", 1337] != val["tiny", 1338]  # the seed reaches the initialisation, the data and dropout
+    rows = {r["run"]: r for r in read_csv(out / "results.csv")}
+    for name in ("tiny", "tiny_baseline"):
+        r, mine = rows[name], [m for m in per_seed if m["run"] == name]
+        assert (r["n"], r["seeds"], r["status"], r["step"]) == ("2", "1337 1338", "finished", "6")
+        for key in ("train_loss", "val_loss"):
+            values = [float(m[key]) for m in mine]
+            assert float(r[key]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+            assert float(r[key + "_sd"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+
+    diff, = read_csv(out / "differences.csv")
+    d = [val["tiny", seed] - val["tiny_baseline", seed] for seed in (1337, 1338)]
+    mean, sd = (d[0] + d[1]) / 2, abs(d[0] - d[1]) / math.sqrt(2)
+    half = 12.706205 * sd / math.sqrt(2)  # t quantile 0.975 with 1 degree of freedom
+    assert [diff[k] for k in ("comparison", "a", "b", "metric", "n", "seeds")] == [
+        "baselines", "tiny", "tiny_baseline", "val_loss", "2", "1337 1338"]
+    assert float(diff["mean"]) == pytest.approx(mean, rel=1e-9) and float(diff["sd"]) == pytest.approx(sd, rel=1e-9)
+    assert float(diff["ci_low"]) == pytest.approx(mean - half, rel=1e-6)
+    assert float(diff["ci_high"]) == pytest.approx(mean + half, rel=1e-6)
+    assert diff["excludes_zero"] == str((mean - half) * (mean + half) > 0)
+    md = (out / "results.md").read_text()
+    assert f"- {diff['sentence']}" in md and diff["sentence"].startswith(f"tiny - tiny_baseline: {mean:+.3f} val loss")
+    line = next(line for line in md.splitlines() if line.startswith("| tiny AED (MSE + pos sub) (`tiny`)"))
+    assert f"{float(rows['tiny']['val_loss']):.3f} ± {float(rows['tiny']['val_loss_sd']):.3f}" in line
+    assert "Seeds: 1337, 1338" in md
+    assert png_size(out / "baselines.png")[0] > 600
+
+
+@pytest.mark.slow
+def test_more_seeds_resume_skipping_the_finished_ones(seeded):
+    out, args = seeded
+    result = run_reproduce(*args, "--seeds", "3", "--runs", "tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("[1/3] tiny seed 1337: skipped", "[2/3] tiny seed 1338: skipped", "[3/3] tiny seed 1339: finished"):
+        assert line in result.stdout, result.stdout
+    rows = {r["run"]: r for r in read_csv(out / "results.csv")}
+    assert (rows["tiny"]["n"], rows["tiny"]["status"]) == ("3", "finished")
+    assert (rows["tiny_baseline"]["n"], rows["tiny_baseline"]["status"]) == ("2", "2/3 finished")
+    diff, = read_csv(out / "differences.csv")
+    assert (diff["n"], diff["seeds"]) == ("2", "1337 1338")  # paired: the seeds both runs have
+    mixed = run_reproduce(*args, "--notrain")  # no --seeds on a folder of seeds: one line, nothing written
+    assert mixed.returncode == 1 and "holds runs trained with --seeds; pass --seeds" in mixed.stderr, mixed.stderr
+    assert len(mixed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_task_suite_smoke(tmp_path):
+    """The task suite at scale smoke (three tasks, three models, one tiny width, 4 steps): accuracies in the
+    table, one figure per task, the paired differences in words."""
+    result = run_reproduce("--suite", "tasks", "--scale", "smoke", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    suite = suites.get("tasks", "smoke")
+    rows = read_csv(tmp_path / "results.csv")
+    assert [r["run"] for r in rows] == [run.name for run in suite.runs]
+    for r in rows:
+        assert r["status"] == "finished" and r["step"] == r["train_steps"] == "4", r
+        for key in ("train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy"):
+            assert 0 <= float(r[key]) <= 1, (key, r)
+        assert float(r["val_loss"]) > 0 and r["n"] == "1"
+    by_name = {r["run"]: r for r in rows}
+    md = (tmp_path / "results.md").read_text()
+    for task, difficulty in (("mqar", "T32_kv4"), ("copy", "T32_len4"), ("sort", "T32_len4")):
+        aed, baseline = by_name[f"{task}_{difficulty}_w16_mse_pos_sub"], by_name[f"{task}_{difficulty}_w16_baseline"]
+        assert (aed["shape"], aed["model"], baseline["model"]) == ("1+1 x 16", "aed", "baseline")
+        assert abs(int(baseline["params"]) / int(aed["params"]) - 1) < 0.1
+        assert f"## {task}: accuracy against width" in md and f"]({task}.png)" in md
+        width, height = png_size(tmp_path / f"{task}.png")
+        assert width > 600 and height > 600
+    assert "- 32 tokens, 4 key-value pairs, width 16: mse_pos_sub - baseline: " in md
+    diffs = read_csv(tmp_path / "differences.csv")
+    assert len(diffs) == 3 * 3 * 2 and {d["metric"] for d in diffs} == {"val_token_accuracy", "val_sequence_accuracy"}
+    assert all(d["n"] == "1" and "no interval from one seed" in d["sentence"] for d in diffs)
+
+
+def test_seeds_flag():
+    assert reproduce.parse_seeds(None) is None
+    assert reproduce.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
+    assert reproduce.parse_seeds("7, 8,9") == [7, 8, 9] and reproduce.parse_seeds("7,") == [7]
+    for text, message in (("0", "a count of seeds is 1 to 100"), ("1337", "write --seeds 1337,"),
+                          ("-1", "non-negative integers"), ("two", "a count (3)"), ("1.5", "a count"), (",", "a count"),
+                          ("7,7", "repeated"), (f"{2**32},1", "below 2**32")):
+        with pytest.raises(reproduce.ReproduceError, match=re.escape(message)):
+            reproduce.parse_seeds(text)
+    assert suites.workdirs("out", "mse", None) == [os.path.join("out", "mse")]  # no --seeds: the layout of before
+    assert suites.workdirs("out", "mse", [7, 8]) == [os.path.join("out", "mse", "seed7"),
+                                                     os.path.join("out", "mse", "seed8")]
+
+
+def test_tiny_suite_is_the_seeds_comparison_at_tiny_size():
+    configs = {run.name: run.make_config() for run in suites.get("tiny").runs}
+    tiny = reproduce.config_lib.load(os.path.join(ROOT, "configs", "tiny.py"))
+    assert configs["mse_pos_sub"].to_dict() == tiny.to_dict()
+    m = configs["no_loss_no_pos"].model_config
+    assert (m.embedding_loss_type, m.sub_pos_embed_to_decoder, m.embedding_loss_coeff) == ("NONE", "NO", None)
+    assert (m.n_embed, m.n_layer) == (64, 2)
+    assert reproduce.shape(configs["baseline"]) == "4 x 64"
+    for c in configs.values():  # tiny's recipe for all four
+        assert (c.train_steps, c.batch_size, c.lr, c.lr_decay_iters, c.model_config.context_size) == (
+            1200, 8, 3e-3, 1200, 64)
+    aed, matched = suites.count_params(configs["mse_pos_sub"]), suites.count_params(configs["matched_baseline"])
+    assert abs(matched / aed - 1) < 0.01
+    other = configs["matched_baseline"].copy_and_resolve_references()  # its depth is the closest one
+    for step in (-1, 1):
+        other.model_config.n_layer = configs["matched_baseline"].model_config.n_layer + step
+        assert abs(suites.count_params(other) - aed) > abs(matched - aed)
+
+
+def test_task_suite_runs_the_papers_two_aeds_and_a_matched_baseline():
+    suite = suites.get("tasks", "cpu")
+    assert len(suite.runs) == 3 * 2 * len(suites.TASK_SCALES["cpu"].widths) * 3
+    assert {c.name for c in suite.comparisons} == {"mqar", "copy", "sort"}
+    for run in suite.runs[:3] + suite.runs[-3:]:
+        c, point = run.make_config(), run.point
+        m = c.model_config
+        assert c.dataset == f"task:{run.name.split('_')[0]}" and run.name.endswith(point.model)
+        assert (m.context_size, m.alphabet_size) == (64, 128)
+        if point.model == "mse_pos_sub":
+            assert (m.embedding_loss_type, m.embedding_loss_coeff, m.use_ln_on_encoder_out, m.detach_type,
+                    m.embedding_ln_type, m.sub_pos_embed_to_decoder) == ("MSE", 8.0, True, "ENCODER_OUT", "INIT",
+                                                                         "YES_NO_LN")
+        if point.model != "baseline":
+            assert (m.n_embed, m.n_layer, m.cross_attn_config.n_head) == (point.width, 2, 2 * m.n_head)
+        else:
+            aed = suite.runs[suite.runs.index(run) - 2].make_config()
+            assert abs(suites.count_params(c) / suites.count_params(aed) - 1) < 0.1
+            assert abs(m.n_embed - point.width) <= point.width // 8
+    for run in suites.get("tasks", "full").runs:  # every size of the GPU scale is one its task takes
+        if run.point.model != "baseline":
+            run.make_config()
+
+
+def test_no_two_experiment_modules_import_each_other():
+    """The suites live in experiments/suites.py, which reproduce and plot both read: no import loop."""
+    graph = {}
+    for name in os.listdir(os.path.join(ROOT, "experiments")):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(ROOT, "experiments", name), encoding="utf-8").read())
+            graph[name[:-3]] = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                                and node.module == "experiments" for alias in node.names} | {
+                node.module.split(".")[1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("experiments.")}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
+
+    assert graph["reproduce"] >= {"plot", "suites", "stats"} and "suites" in graph["plot"]
+    assert not [name for name in graph if reaches(name, name)]
+
+
 def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "wikipedia").mkdir(parents=True)
@@ -85,19 +275,19 @@ def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch
     assert reproduce.data_override(None) == {}  # the built-in corpus, prepared on first use
     with pytest.raises(reproduce.data.DataError, match="data/other/other_train.bin: no such file"):
         reproduce.data_override(None, "other")  # before any training
-    assert reproduce.default_out("seed", "full", "wikipedia") == os.path.join("runs", "seed_full-wikipedia")
+    assert suites.default_out("seed", "full", "wikipedia") == os.path.join("runs", "seed_full-wikipedia")
     (tmp_path / "data" / "wikipedia" / "meta.json").write_text('{"source": "Hugging Face dataset wikimedia/'
                                                                'wikipedia", "train": {"tokens": 900}}')
     c = reproduce.config_lib.base_config()
     c.update(reproduce.data_override(None, "wikipedia"))
     assert reproduce._data_text(c) == ("`data/wikipedia` (dataset `wikipedia`): Hugging Face dataset "
                                        "wikimedia/wikipedia; 900 train tokens")  # results.md names the corpus
-    assert reproduce.default_out("seed", "mini") == os.path.join("runs", "seed_mini")
+    assert suites.default_out("seed", "mini") == os.path.join("runs", "seed_mini")
 
 
 def test_rope_suite_pairs_each_model_with_and_without_position_subtraction():
     """RoPE AED and baseline, each with and without pos sub, beside the seed's learned-table pair."""
-    configs = {run.name: run.make_config() for run in reproduce.SUITES["rope"].runs}
+    configs = {run.name: run.make_config() for run in suites.get("rope").runs}
     m = {name: c.model_config for name, c in configs.items()}
     for name in ("rope", "rope_no_pos_sub", "rope_baseline", "rope_baseline_pos_sub"):
         assert m[name].position_embedding_type == "ROPE"
@@ -111,6 +301,9 @@ def test_rope_suite_pairs_each_model_with_and_without_position_subtraction():
 def test_cli_reports_user_errors_in_one_line():
     for args, message in ((["--runs", "nope"], "unknown run 'nope'"),
                           (["--suite", "smoke", "--scale", "mini"], "--scale"),
+                          (["--suite", "tasks", "--scale", "mini"],
+                           "--scale mini: --suite tasks takes cpu, full or smoke"),
+                          (["--seeds", "0"], "--seeds 0: a count of seeds is 1 to 100"),
                           (["--dataset", "not_prepared"], "data/not_prepared/not_prepared_train.bin: no such file")):
         result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
@@ -129,7 +322,7 @@ def test_colab_notebook_runs_headless_on_cpu(tmp_path, smoke):
     index = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
     workdir, data_dir = tmp_path / "run", tmp_path / "data"
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
-        f"CONFIG = 'configs/tiny.py'\nOVERRIDES = {reproduce.SMOKE_OVERRIDES!r}\nWORKDIR = {str(workdir)!r}\n"
+        f"CONFIG = 'configs/tiny.py'\nOVERRIDES = {suites.SMOKE_OVERRIDES!r}\nWORKDIR = {str(workdir)!r}\n"
         f"DATA_DIR = {str(data_dir)!r}\nEVAL_BATCHES = 2\nMAX_NEW_TOKENS = 5\nPROMPT = 'Paris is'",
         metadata={"tags": ["injected-parameters"]}))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()

@@ -74,6 +74,7 @@ def test_cli_json_names_the_config_file(tmp_path):
     assert f"aed ({config})" in bench.format_table(row)
 
 
+@pytest.mark.slow
 def test_memory_only_per_device_falls_with_the_fsdp_axis():
     """--memory_only compiles the step on the config's mesh (4 virtual devices here) without running it;
     the parameters + optimizer state per device fall as the fsdp axis grows."""
@@ -118,7 +119,8 @@ def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
         assert flag_values.json, name
 
 
-@pytest.mark.parametrize("model_type,layers,attention_calls", [("aed", 2, 6), ("baseline", 3, 3)])
+@pytest.mark.parametrize("model_type,layers,attention_calls",
+                         [pytest.param("aed", 2, 6, marks=pytest.mark.slow), ("baseline", 3, 3)])
 def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type, layers, attention_calls):
     """experiments/profile_cpu: each attention call the model makes is recorded (AED: encoder self,
     decoder self and cross per layer), and every piece gets a positive time."""

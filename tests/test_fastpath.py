@@ -128,7 +128,7 @@ def test_auto_attention_falls_back_to_xla_where_cudnn_refuses(monkeypatch, caplo
     assert "using XLA attention" in caplog.text
 
 
-@pytest.mark.parametrize("model_type", ["aed", "baseline"])
+@pytest.mark.parametrize("model_type", [pytest.param("aed", marks=pytest.mark.slow), "baseline"])
 def test_auto_attention_on_cpu_is_xlas_function(model_type):
     """On CPU, auto writes the attention out (einsum, mask, softmax, einsum): the same function as
     jax.nn.dot_product_attention (impl xla), its loss and gradients to float32 rounding."""
@@ -183,6 +183,7 @@ def float32_loss():
     return _train_losses("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ce_chunk_tokens", [0, 40])
 def test_bfloat16_loss_within_one_percent_of_float32(float32_loss, ce_chunk_tokens):
     """The numerics check of the bf16 path, as a GPU runs it (chunked CE) and unchunked: after 50

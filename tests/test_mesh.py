@@ -92,6 +92,7 @@ def eight_devices(tmp_path_factory):
     return json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
+@pytest.mark.slow  # this and the next two share eight_devices, over a minute on 2 cores
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
 @pytest.mark.parametrize("data,fsdp", MESHES)
 def test_sharded_step_equals_one_device(eight_devices, model_type, data, fsdp):
@@ -102,6 +103,7 @@ def test_sharded_step_equals_one_device(eight_devices, model_type, data, fsdp):
     assert (r["sharded_arrays"] > 0) == (fsdp > 1), r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
 def test_fsdp_divides_the_state_per_device(eight_devices, model_type):
     per_device = {m: eight_devices[model_type][f"{m[0]}x{m[1]}"]["state_bytes_per_device"] for m in MESHES}
@@ -109,6 +111,7 @@ def test_fsdp_divides_the_state_per_device(eight_devices, model_type):
     assert per_device[(1, 8)] < per_device[(8, 1)] / 4  # all but the small replicated arrays split 8 ways
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
 def test_checkpoint_moves_between_meshes(eight_devices, model_type):
     restored = eight_devices[model_type]["restored"]

@@ -125,12 +125,12 @@ def _sort(context_size: int, length: int) -> Difficulty:
                       {"sort_length": length})
 
 
-# --suite tasks: calibrate here. cpu: the whole suite (36 configs) with --seeds 3 in about an hour on two
-# CPU cores; full: Zoology's MQAR sizes (vocabulary 8,192, 256 and 512 tokens, widths 64-512) for a GPU;
-# smoke: one tiny width for a few steps, the CI check that the pipeline runs.
+# --suite tasks: calibrate here (the measurements: experiments/README.md). cpu: the whole suite (36 configs)
+# with --seeds 3 in about an hour on two CPU cores; full: Zoology's MQAR sizes (vocabulary 8,192, 256 and 512
+# tokens, widths 64-512) for a GPU; smoke: one tiny width for a few steps, the CI check that the pipeline runs.
 TASK_SCALES = {
     "cpu": TaskScale(
-        widths=(32, 64), head_dim=16, n_layer=2, alphabet_size=128, batch_size=32, train_steps=400, lr=3e-3,
+        widths=(32, 64), head_dim=16, n_layer=2, alphabet_size=128, batch_size=32, train_steps=300, lr=3e-3,
         estimates=2, est_steps=8,
         difficulties={"mqar": (_mqar(64, 4), _mqar(64, 8)), "copy": (_copy(64, 8), _copy(64, 16)),
                       "sort": (_sort(64, 8), _sort(64, 16))}),

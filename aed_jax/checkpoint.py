@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging as std_logging
 import math
 import os
@@ -104,8 +105,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
         items[STREAM] = ocp.args.JsonSave(data_iter.get_state())
     if step in mngr.all_steps():
         mngr.delete(step)
-    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-    mngr.wait_until_finished()
+    try:
+        mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        mngr.wait_until_finished()
+    except ValueError as e:  # tensorstore reports a failed write (a full disk) as a ValueError
+        if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
 
 
 def best_val_loss(mngr: ocp.CheckpointManager) -> float:

@@ -215,6 +215,27 @@ def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(data_dir, tmp_p
     assert train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir).step == 8
 
 
+def test_tensorstores_full_disk_error_is_the_same_one_line(data_dir, tmp_path, monkeypatch):
+    """Tensorstore reports a write to a full disk as a ValueError (RESOURCE_EXHAUSTED), not an OSError."""
+    import orbax.checkpoint as ocp
+    workdir = str(tmp_path)
+    train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
+    save = ocp.CheckpointManager.save
+
+    def save_on_a_full_disk(self, step, *args, **kwargs):
+        if step == 6:
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.token_embedding.embedding/0.0" in OCDBT '
+                             'database: [OS error 28: No space left on device]')
+        return save(self, step, *args, **kwargs)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_on_a_full_disk)
+    with pytest.raises(train.TrainError) as e:
+        train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir)
+    assert str(e.value) == (f"saving step 6 in {workdir} failed (No space left on device); the last finite "
+                            f"checkpoint is step 4 in {os.path.join(workdir, 'checkpoints')}")
+    monkeypatch.undo()
+    assert train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir).step == 8
+
+
 def test_an_unwritable_workdir_is_one_line(data_dir, tmp_path, monkeypatch):
     """(Tests run as root, which no permission bit stops, so the refusal is simulated.)"""
     makedirs = os.makedirs

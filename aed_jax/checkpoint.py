@@ -314,6 +314,17 @@ def _stream_position(mngr: ocp.CheckpointManager, step: int) -> dict | None:
     return position
 
 
+def _check_step(state, position: dict | None, step: int) -> None:
+    """_Damaged unless the state and the stream position are those of `step`, the folder's name: the
+    trainer saves the step in the state and, taking one batch a step, the stream's next batch index
+    equal to it; a renamed folder or an edited position would resume wrong state silently."""
+    held = int(_host(state["step"]))
+    if held != step:
+        raise _Damaged(f"state: holds step {held}, not the {step} its folder is named")
+    if position is not None and position["next_index"] != step:
+        raise _Damaged(f"{STREAM}: next_index {position['next_index']} is not the step {step} (one batch a step)")
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) -> tuple[object, int] | None:
     """(state, step) of the newest step that restores and verifies, the data iterator set to its
     position; None when there is no checkpoint. Each damaged step is reported in one warning line
@@ -329,6 +340,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) 
         try:
             state = _restore_verified(mngr, step, abstract_state)
             position = _stream_position(mngr, step)
+            _check_step(state, position, step)
         except _Damaged as e:
             moved = _move_aside(mngr, step)
             mngr.reload()

@@ -177,6 +177,32 @@ def test_a_missing_stream_position_is_a_warning_that_the_stream_restarts(run, ca
     assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
 
 
+@pytest.mark.parametrize("fault,cause", [
+    ("next_index -5", "stream: next_index -5 is not the step 6 (one batch a step)"),
+    ("next_index + 1", "stream: next_index 7 is not the step 6 (one batch a step)"),
+    ("folder renamed", "state: holds step 6, not the 8 its folder is named"),
+])
+def test_a_step_whose_state_or_stream_is_not_its_own_is_set_aside(run, fault, cause, caplog):
+    c, workdir, states, positions = run
+    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    if fault == "folder renamed":  # without its stream position, so the state's own step is what tells
+        shutil.rmtree(os.path.join(step_dir, checkpoint.STREAM))
+        os.rename(step_dir, os.path.join(workdir, checkpoint.LATEST, "8"))
+    else:
+        path = os.path.join(step_dir, checkpoint.STREAM, "metadata")  # orbax's JSON item file
+        position = json.load(open(path))
+        assert position["next_index"] == 6
+        position["next_index"] = -5 if fault == "next_index -5" else 7
+        json.dump(position, open(path, "w"))
+    it = _iterator(c)
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+    assert step == 4 and it.get_state() == positions[4]
+    _assert_identical(state, states[4])
+    [warning] = _warnings(caplog)
+    assert "is damaged (" in warning and cause in warning
+
+
 def test_an_earlier_versions_stream_position_restores(run):
     """Before the position was global, one process saved it through grain, in data/process_0-of-1.json."""
     c, workdir, states, positions = run

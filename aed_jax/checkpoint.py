@@ -154,6 +154,42 @@ def clean_interrupted(workdir: str) -> list[str]:
     return sorted(removed)
 
 
+def damaged_best_metrics(workdir: str) -> dict[int, str]:
+    """{step: what is wrong} for each step of `best/` whose metrics orbax cannot use: not a JSON object
+    with a finite number `val_loss`. Orbax reads every step's metrics when a manager is built, and
+    best_fn compares them, so one such file would stop every start, and every reader of best/."""
+    found = {}
+    folder = os.path.join(workdir, BEST)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "metrics", "metrics")
+        if not name.isdigit() or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (OSError, ValueError) as e:
+            found[int(name)] = f"metrics: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
+            continue
+        loss = value.get("val_loss") if isinstance(value, dict) else None
+        if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            found[int(name)] = f"metrics: val_loss is {loss!r}, not a finite number"
+    return found
+
+
+def set_aside_damaged_best(workdir: str) -> list[str]:
+    """Moves each step of `best/` with damaged metrics to `damaged/`, as a damaged checkpoint is;
+    one warning line each. Only the trainer calls it (process 0, holding the lock)."""
+    moved = []
+    for step, why in damaged_best_metrics(workdir).items():
+        target = os.path.join(workdir, DAMAGED, f"{BEST}-{step}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(os.path.join(workdir, BEST, str(step)), target)
+        logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, os.path.join(workdir, BEST),
+                        why, target)
+        moved.append(target)
+    return moved
+
+
 def _cause(e: BaseException, step_dir: str) -> str:
     """One line of at most 200 characters for a warning or an error: the innermost exception (what
     tensorstore or zstd found, not orbax's wrapper), paths relative to the step's folder."""
@@ -372,6 +408,10 @@ def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.Checkpo
     kind = BEST if which == "best" else LATEST
     if not os.path.isdir(os.path.join(workdir, kind)):
         raise CheckpointError(f"workdir {workdir!r} has no {kind}/ checkpoints")
+    if kind == BEST and (damaged := damaged_best_metrics(workdir)):
+        step, why = next(iter(damaged.items()))
+        raise CheckpointError(f"checkpoint {step} in {os.path.join(workdir, BEST)} is damaged ({why}); the next "
+                              f"training run sets it aside, or use --checkpoint latest")
     mngr = manager(workdir, kind, create=False)
     steps = mngr.all_steps()
     if not steps:

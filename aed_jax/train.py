@@ -296,6 +296,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
                 rundir.start_over(workdir)
             for path in checkpoint.clean_interrupted(workdir):
                 logging.warning("removed %s, left by an interrupted save", path)
+            checkpoint.set_aside_damaged_best(workdir)
         return _train(c, workdir, mesh)
 
 
@@ -311,6 +312,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
         data_record = rundir.data_record(train_path, val_path)
     else:  # generated on the fly: no files to record
         data_record = {}
+        if jax.process_count() > 1:  # as _data_files does: the workdir is clean before anyone reads it
+            multihost_utils.sync_global_devices("workdir ready")
     latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
     rundir.check_same_run(workdir, c, data_record, *_saved_run(workdir, latest))
 

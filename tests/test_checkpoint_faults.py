@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -273,6 +274,24 @@ def test_a_damaged_best_names_the_intact_steps(run):
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 4 in \S+/best is damaged \(checksum mismatch "
                                                          r"in params/\S+\); intact steps: 2, 4, 6$"):
         checkpoint.restore_params(workdir, "best")
+
+
+@pytest.mark.parametrize("content,why", [('{"val_lo', r"metrics: JSONDecodeError: "),
+                                         ('{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number")])
+def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, content, why, caplog):
+    c, workdir, states, _ = run
+    with open(os.path.join(workdir, checkpoint.BEST, "4", "metrics", "metrics"), "w") as f:
+        f.write(content)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.restore_params(workdir, "best")
+    assert re.match(rf"^checkpoint 4 in \S+/best is damaged \({why}.*\); the next training run sets it aside, "
+                    r"or use --checkpoint latest$", str(e.value))
+    with caplog.at_level(logging.WARNING):
+        [moved] = checkpoint.set_aside_damaged_best(workdir)
+    [warning] = _warnings(caplog)
+    assert "checkpoint 4 in" in warning and moved in warning and os.path.basename(moved).startswith("best-4-")
+    assert not os.path.exists(os.path.join(workdir, checkpoint.BEST, "4"))
+    assert checkpoint.best_val_loss(checkpoint.manager(workdir, checkpoint.BEST)) == math.inf  # a new best can land
 
 
 def test_saved_config_of_a_broken_config_is_one_line(run):

@@ -271,14 +271,15 @@ def _data_files(c: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def _saved_run(workdir: str, latest) -> tuple[dict | None, dict | None, bool]:
     """(config, data record, model_only) of the run the workdir holds. Written by the trainer when it
-    accepted the run; for a checkpoint `interop import` wrote, the newest readable checkpoint's
-    config, whose model alone must match (it was never trained on any data)."""
+    accepted the run; without that record, the newest readable checkpoint's config: all of it for a
+    trained step (config.json was lost, the run is still the one its checkpoints hold), its model
+    alone for the step 0 that `interop import` writes (never trained on any data)."""
     saved_config, saved_data = rundir.recorded(workdir)
     if saved_config is not None or latest.latest_step() is None:
         return saved_config, saved_data, False
     for step in sorted(latest.all_steps(), reverse=True):
         try:
-            return checkpoint.saved_config(latest, step).to_dict(), None, True
+            return checkpoint.saved_config(latest, step).to_dict(), None, step == 0
         except checkpoint.CheckpointError as e:
             logging.warning("%s", e)
     return None, None, False

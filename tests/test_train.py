@@ -254,6 +254,16 @@ def test_device_prefetch_checkpoints_the_consumed_position(data_dir):
         np.testing.assert_array_equal(next(second)["x"], want)
 
 
+def test_a_lost_config_json_still_resumes_only_the_same_run(data_dir, tmp_path):
+    """Without config.json the trained checkpoints' own config decides, every key of it (not the model alone,
+    as for an imported step 0): another recipe is refused, the same one resumes."""
+    train.train_and_evaluate(small_config(data_dir, train_steps=4), str(tmp_path))
+    os.remove(os.path.join(tmp_path, "config.json"))
+    with pytest.raises(rundir.RunError, match=r"lr \(0\.003 -> 0\.001\)"):
+        train.train_and_evaluate(small_config(data_dir, train_steps=8, lr=1e-3), str(tmp_path))
+    assert train.train_and_evaluate(small_config(data_dir, train_steps=8), str(tmp_path)).step == 8
+
+
 def test_trains_on_from_an_imported_checkpoint(data_dir, tmp_path):
     """`interop import` writes params without a data-iterator item; the trainer starts its stream afresh."""
     from aed_jax import api

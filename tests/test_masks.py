@@ -67,6 +67,7 @@ def unmasked_step(params, opt_state, b, rng, *, model, optimizer, accum_steps):
     return optax.apply_updates(params, updates), l["total"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,chunk", [("aed", 0), ("aed", 20), ("baseline", 20)])
 def test_without_a_mask_the_step_is_bit_identical_to_the_unmasked_program(model_type, chunk):
     c = small_config(model_type, chunk)

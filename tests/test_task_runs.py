@@ -30,6 +30,7 @@ def task_config(task="mqar", **overrides):
     return c
 
 
+@pytest.mark.slow
 def test_a_resumed_task_run_equals_a_straight_one(tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     train.train_and_evaluate(task_config(), straight)

@@ -35,6 +35,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from aed_jax import model as model_lib
+
 LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
 CHECKSUMS, STREAM = "checksums", "stream"
 LEGACY_DATA = os.path.join("data", "process_0-of-1.json")  # the stream's position, as one process saved it before
@@ -424,6 +426,22 @@ def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.Checkpo
     raise CheckpointError(f"workdir {workdir!r} has no checkpoint {which!r}; saved steps: {sorted(steps)}")
 
 
+def _check_describes(config: dict, params) -> None:
+    """_Damaged unless `config` is a run config whose model has exactly the saved parameters (names and
+    shapes): a reader builds the model from it, so a config item that parses but describes something
+    else (another depth, not a run config at all) is as damaged as an unreadable one."""
+    try:
+        cfg = model_lib.ModelConfig.from_config(ml_collections.ConfigDict(config))
+        expected = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
+    except Exception as e:  # a missing key, a wrong type, a bad value: whatever building the model raises
+        raise _Damaged(f"config: not a run config ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    want, have = _shapes(expected), _shapes(params)
+    if want != have:
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        raise _Damaged(f"config: describes another model than the saved parameters ({len(differ)} differ, "
+                       f"e.g. {differ[0]})")
+
+
 def _read_params(mngr: ocp.CheckpointManager, step: int):
     """(params as host numpy, config) of `step`, the params verified against their checksums."""
     _check_layout(mngr, step)
@@ -432,11 +450,14 @@ def _read_params(mngr: ocp.CheckpointManager, step: int):
         with _quiet_restore():
             params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
             abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
+            _check_describes(config, abstract["params"])
             as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
             with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
                 params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"),
                                               args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
             params = params["params"]
+    except _Damaged:
+        raise
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
         raise _Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)

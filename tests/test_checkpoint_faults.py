@@ -294,6 +294,27 @@ def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trai
     assert checkpoint.best_val_loss(checkpoint.manager(workdir, checkpoint.BEST)) == math.inf  # a new best can land
 
 
+@pytest.mark.parametrize("change,cause", [
+    (lambda config: {"x": 1}, "config: not a run config (AttributeError: "),
+    (lambda config: {**config, "model_config": {**config["model_config"], "n_layer": 2}},
+     "config: describes another model than the saved parameters ("),
+])
+def test_a_config_item_that_parses_but_is_not_the_runs_is_damage_for_readers(run, change, cause):
+    c, workdir, states, _ = run
+    path = os.path.join(workdir, checkpoint.LATEST, "6", "config", "metadata")
+    with open(path) as f:
+        config = json.load(f)
+    with open(path, "w") as f:
+        json.dump(change(config), f)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.restore_params(workdir, "latest")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("checkpoint 6 in ") and cause in message
+    assert message.endswith("; intact steps: 2, 4")
+    params, _, step = checkpoint.restore_params(workdir, 4)
+    _assert_identical(params, states[4]["params"])
+
+
 def test_saved_config_of_a_broken_config_is_one_line(run):
     _, workdir, _, _ = run
     FAULTS["broken config"](os.path.join(workdir, checkpoint.LATEST, "6"))

@@ -57,7 +57,7 @@ EIGHT_DEVICES = textwrap.dedent("""
                                                                      jax.tree_util.tree_leaves(shardings["params"]))),
                 "state_bytes_per_device": mesh_lib.bytes_per_device((params, opt_state))}
             if (data, fsdp) == (4, 2):
-                saved = {"step": state["step"], "params": params, "opt_state": opt_state}
+                saved = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}  # the trainer saves the step it reached
         one = results.pop("1x1")
         out[model_type] = {
             name: {"loss_diff": abs(r["loss"] - one["loss"]),

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from aed_jax import checkpoint
@@ -197,37 +198,28 @@ def test_fresh_removes_old_tensorboard_events_and_metrics(data_dir, tmp_path):
     assert json.load(open(os.path.join(workdir, "config.json")))["lr"] == 1e-3
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(data_dir, tmp_path, monkeypatch):
+# Where the full disk shows: an OSError out of the save, or tensorstore's ValueError (RESOURCE_EXHAUSTED)
+# out of orbax's manager, which checkpoint.save turns into the same OSError.
+FULL_DISK = {
+    "OSError": (checkpoint, "save", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+    "tensorstore": (ocp.CheckpointManager, "save", ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params.token_embedding.embedding/0.0" in OCDBT database: '
+        '[OS error 28: No space left on device]')),
+}
+
+
+@pytest.mark.parametrize("where", sorted(FULL_DISK))
+def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(data_dir, tmp_path, monkeypatch, where):
+    owner, name, error = FULL_DISK[where]
     workdir = str(tmp_path)
     train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
-    save = checkpoint.save
+    save = getattr(owner, name)
 
-    def save_on_a_full_disk(mngr, step, *args, **kwargs):
+    def save_on_a_full_disk(first, step, *args, **kwargs):  # first: the manager, or its self
         if step == 6:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return save(mngr, step, *args, **kwargs)
-    monkeypatch.setattr(checkpoint, "save", save_on_a_full_disk)
-    with pytest.raises(train.TrainError) as e:
-        train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir)
-    assert str(e.value) == (f"saving step 6 in {workdir} failed (No space left on device); the last finite "
-                            f"checkpoint is step 4 in {os.path.join(workdir, 'checkpoints')}")
-    monkeypatch.undo()
-    assert train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir).step == 8
-
-
-def test_tensorstores_full_disk_error_is_the_same_one_line(data_dir, tmp_path, monkeypatch):
-    """Tensorstore reports a write to a full disk as a ValueError (RESOURCE_EXHAUSTED), not an OSError."""
-    import orbax.checkpoint as ocp
-    workdir = str(tmp_path)
-    train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
-    save = ocp.CheckpointManager.save
-
-    def save_on_a_full_disk(self, step, *args, **kwargs):
-        if step == 6:
-            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.token_embedding.embedding/0.0" in OCDBT '
-                             'database: [OS error 28: No space left on device]')
-        return save(self, step, *args, **kwargs)
-    monkeypatch.setattr(ocp.CheckpointManager, "save", save_on_a_full_disk)
+            raise error
+        return save(first, step, *args, **kwargs)
+    monkeypatch.setattr(owner, name, save_on_a_full_disk)
     with pytest.raises(train.TrainError) as e:
         train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir)
     assert str(e.value) == (f"saving step 6 in {workdir} failed (No space left on device); the last finite "

@@ -366,8 +366,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
             out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
             out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in sums]))
             if task is not None:
-                totals = {k: sum(float(s[k]) for s in sums) for k in ("answers", "answers_right", "answer_rows",
-                                                                        "rows_right")}
+                totals = {k: sum(float(s[k]) for s in sums) for k in sums[0] if k not in ("loss", "accuracy_loss")}
                 out.update({f"{split}_{k}": v for k, v in losses_lib.exact_match(totals).items()})
         return out
 

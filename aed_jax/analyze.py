@@ -487,12 +487,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     for name in ("windows", "batch_size"):
         if fv[name].value is not None and fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
-    runs = {}
-    try:
-        for workdir, label in zip(fv.workdir, labels(fv.workdir)):
-            runs[label] = analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.batch_size, label)
-    except (checkpoint_lib.CheckpointError, data_lib.DataError) as e:
-        cli.fail(str(e))
+    runs = {label: analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.batch_size, label)
+            for workdir, label in zip(fv.workdir, labels(fv.workdir))}
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
     try:
         figures = write_report(runs, fv.out, command)

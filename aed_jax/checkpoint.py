@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from aed_jax import errors
 from aed_jax import model as model_lib
 
 LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
@@ -42,7 +43,7 @@ CHECKSUMS, STREAM = "checksums", "stream"
 LEGACY_DATA = os.path.join("data", "process_0-of-1.json")  # the stream's position, as one process saved it before
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
     """A missing or unusable checkpoint: the message is one line naming the workdir or step."""
 
 

@@ -12,6 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from aed_jax import config as config_lib
+from aed_jax import errors
 
 
 class _ConfigFileParser(flags.ArgumentParser):
@@ -69,18 +70,29 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     try:
         return flag_values(argv)
     except (AttributeError, KeyError) as e:  # a misspelt key in an override; ml_collections quotes it
-        key, _, hint = config_lib.one_line(e).partition(" Did you mean ")
+        key, _, hint = errors.one_line(e).partition(" Did you mean ")
         fail(f"unknown config key {key}" + (f"; did you mean {hint}" if hint else "; --show_config lists the keys"))
     except (flags.Error, TypeError, ValueError) as e:
-        fail(config_lib.one_line(e))
+        fail(errors.one_line(e))
+
+
+def reporting(main):
+    """`main`, but any `errors.UserError` it raises is one line on stderr and exit 1: the one place a
+    command's user errors are caught (a test calls `reporting(module.main)` as the command line does)."""
+    def reported(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except errors.UserError as e:
+            fail(str(e))
+    return reported
 
 
 def run(main):
-    """`app.run(main)`, but a bad flag or config file, or Ctrl-C, is one line on stderr and exit 1,
-    not a traceback. (The trainer catches Ctrl-C itself in its loop, to save first.)"""
+    """`app.run(main)`, but a bad flag or config file, a user error (`reporting`) or Ctrl-C is one line
+    on stderr and exit 1, not a traceback. (The trainer catches Ctrl-C itself in its loop, to save first.)"""
     def interruptible(argv):
         try:
-            return main(_quiet_libraries(argv))
+            return reporting(main)(_quiet_libraries(argv))
         except KeyboardInterrupt:
             fail("interrupted")
     keep_freed_host_memory()

@@ -16,6 +16,8 @@ import traceback
 import ml_collections
 from ml_collections import config_dict
 
+from aed_jax import errors
+
 MODEL_TYPES = ("aed", "baseline")
 ORDER_TYPES = ("ORIGINAL", "ALT")
 SUB_POS_EMBED_TYPES = ("NO", "YES_NO_LN", "YES_LN")
@@ -34,7 +36,7 @@ AED_KEYS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
     """A user error in a config: the message is one line naming the key."""
 
 
@@ -243,7 +245,7 @@ def read(path: str) -> ml_collections.ConfigDict:
         lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
                  if os.path.abspath(f.filename) == os.path.abspath(path)]
         where = f"{path}, line {lines[-1]}" if lines else path
-        what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {one_line(e)}"
+        what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {errors.one_line(e)}"
         raise ConfigError(f"{where}: {what}") from None
     if not isinstance(c, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned a {type(c).__name__}, not a ConfigDict")
@@ -287,12 +289,3 @@ def leaves(c: ml_collections.ConfigDict, prefix: str = ""):
             yield from leaves(value, f"{prefix}{key}.")
         else:
             yield prefix + key, value
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short line (ml_collections lists every other field; drop that)."""
-    text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-    text, _, others = text.partition(" Other fields present")
-    if others:  # ml_collections quotes its message up to the list of every other field
-        text = text.lstrip("'")
-    return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text

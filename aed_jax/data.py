@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aed_jax import errors
 from aed_jax import tasks
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ _PREFETCH = 8  # training batches kept ready (50 x 200 int32 pairs are 80 kB eac
 COMMIT = ".prepare-commit"  # a complete new set of files, still being moved into the folder beside it
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """A user error in the data: the message is one line naming the file and the problem."""
 
 

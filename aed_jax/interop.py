@@ -34,6 +34,7 @@ from aed_jax import api
 from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
 from aed_jax import config as config_lib
+from aed_jax import errors
 from aed_jax import model as model_lib
 
 # The reference's enums, in code order (code = index + 1); ours are the same names but COSINE*.
@@ -51,7 +52,7 @@ OURS_ONLY = {"n_layer_encoder": None, "n_layer_decoder": None, "embedding_aggreg
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
-class InteropError(ValueError):
+class InteropError(errors.UserError):
     """A bad npz or config: the message is one line naming every offending key."""
 
 
@@ -196,7 +197,7 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise InteropError(f"{path}: no such file") from None
     except (zipfile.BadZipFile, ValueError, AttributeError, OSError) as e:
-        raise InteropError(f"{path}: not an npz archive of arrays ({config_lib.one_line(e)})") from None
+        raise InteropError(f"{path}: not an npz archive of arrays ({errors.one_line(e)})") from None
 
 
 def import_npz(npz: str, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -227,15 +228,12 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     needed = ("workdir", "out") if command == "export" else ("npz", "config", "workdir")
     if missing := [f"--{name}" for name in needed if not fv[name].value]:
         cli.fail(f"{command} needs {', '.join(missing)}")
-    try:
-        if command == "export":
-            npz, json_path = export(fv.workdir, fv.out, fv.checkpoint)
-            print(f"wrote {npz} and {json_path}")
-        else:
-            import_npz(fv.npz, config_lib.load(fv.config), fv.workdir)
-            print(f"wrote checkpoint 0 of {fv.workdir}")
-    except (checkpoint_lib.CheckpointError, config_lib.ConfigError, InteropError) as e:
-        cli.fail(str(e))
+    if command == "export":
+        npz, json_path = export(fv.workdir, fv.out, fv.checkpoint)
+        print(f"wrote {npz} and {json_path}")
+    else:
+        import_npz(fv.npz, config_lib.load(fv.config), fv.workdir)
+        print(f"wrote checkpoint 0 of {fv.workdir}")
 
 
 if __name__ == "__main__":

@@ -36,14 +36,11 @@ import jax
 from ml_collections import config_flags
 
 from aed_jax import api
-from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
-from aed_jax import data
-from aed_jax import rundir
+from aed_jax import errors
 from aed_jax import sample
 from aed_jax import tasks
-from aed_jax import tokenizer
 from aed_jax import train
 
 DEFAULT_DATASET = config_lib.base_config().dataset
@@ -100,7 +97,7 @@ def initialize_distributed() -> None:
         else:
             jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
-        cli.fail(f"--distributed: {config_lib.one_line(e)}; set {', '.join(names)} on every process, or run "
+        cli.fail(f"--distributed: {errors.one_line(e)}; set {', '.join(names)} on every process, or run "
                  "under SLURM")
 
 
@@ -124,9 +121,6 @@ def main(argv):
                  jax.process_count(), workdir)
     try:
         outcome = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
-    except (train.TrainError, rundir.RunError, data.DataError, tokenizer.TokenizerError, checkpoint.CheckpointError,
-            config_lib.ConfigError) as e:
-        cli.fail(str(e))
     except OSError as e:
         cli.fail(f"{e.filename or workdir}: {e.strerror or e}")
     except Exception as e:
@@ -135,7 +129,7 @@ def main(argv):
         # os._exit: a normal exit would wait in jax.distributed's shutdown barrier for the dead peer.
         sys.stdout.flush()
         sys.stderr.write(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with the "
-                         f"others ({config_lib.one_line(e)[:160]}); one of them has probably died. The workdir "
+                         f"others ({errors.one_line(e)[:160]}); one of them has probably died. The workdir "
                          "keeps its latest checkpoint: start every process again with the same command\n")
         sys.stderr.flush()
         os._exit(1)

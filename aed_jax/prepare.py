@@ -51,8 +51,8 @@ from absl import flags
 from absl import logging
 
 from aed_jax import cli
-from aed_jax import config as config_lib
 from aed_jax import data
+from aed_jax import errors
 from aed_jax import tokenizer
 from aed_jax.data import DataError
 
@@ -180,10 +180,10 @@ def hf_dataset(dataset: str, config: str | None, split: str, field: str, data_fi
 
 def _hf_error(dataset: str, e: Exception) -> DataError:
     if isinstance(e, ConnectionError):
-        return DataError(f"--hf {dataset}: cannot reach the Hugging Face Hub ({config_lib.one_line(e)}); check "
+        return DataError(f"--hf {dataset}: cannot reach the Hugging Face Hub ({errors.one_line(e)}); check "
                          "the network (and that HF_HUB_OFFLINE is not set), or download the files and give --hf parquet "
                          "--data_files 'dir/*.parquet'")
-    return DataError(f"--hf {dataset}: {config_lib.one_line(e) or type(e).__name__}")
+    return DataError(f"--hf {dataset}: {errors.one_line(e) or type(e).__name__}")
 
 
 def _hf_documents(ds, dataset: str, field: str) -> Iterator[list[str]]:
@@ -586,7 +586,7 @@ def main(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
                               fv.max_tokens, fv.val_fraction)
         else:
             meta = prepare_input(fv.input, fv.out, name, fv.field, fv.val_fraction)
-    except (DataError, tokenizer.TokenizerError, OSError) as e:
+    except OSError as e:
         cli.fail(str(e))
     print(f"{fv.out}: {meta['train']['tokens']:,} train and {meta['val']['tokens']:,} val tokens")
 

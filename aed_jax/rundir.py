@@ -29,6 +29,7 @@ import tensorboardX
 
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
+from aed_jax import errors
 
 # Keys a resumed run may change: its length, its reporting, and how (not what) it computes.
 MAY_CHANGE = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints", "workdir",
@@ -38,7 +39,7 @@ MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameter
 CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
 
 
-class RunError(RuntimeError):
+class RunError(errors.UserError):
     """The workdir cannot be used as asked (locked, another run, unwritable): one line for the user."""
 
 

@@ -34,13 +34,13 @@ import numpy as np
 from absl import flags
 
 from aed_jax import api
-from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
+from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import tokenizer as tokenizer_lib
 
 
-class SampleError(ValueError):
+class SampleError(errors.UserError):
     """A bad sampling request (prompt, temperature, top_k, ...): the message is one line."""
 
 
@@ -317,16 +317,13 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     for name in ("max_new_tokens", "num_samples"):
         if fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
-    try:
-        model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
-        vocab = model.cfg.alphabet_size
-        check_sampling(vocab, fv.temperature, fv.top_k, fv.greedy)
-        prompt_L = encode_prompt(fv.prompt, vocab, encoding)
-        check_memory(model, params, fv.num_samples, len(prompt_L), fv.max_new_tokens, use_cache=fv.cache,
-                     top_k=fv.top_k, greedy=fv.greedy)
-        prompt_BxL = np.tile(prompt_L[None], (fv.num_samples, 1))
-    except (checkpoint_lib.CheckpointError, SampleError, tokenizer_lib.TokenizerError) as e:
-        cli.fail(str(e))
+    model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
+    vocab = model.cfg.alphabet_size
+    check_sampling(vocab, fv.temperature, fv.top_k, fv.greedy)
+    prompt_L = encode_prompt(fv.prompt, vocab, encoding)
+    check_memory(model, params, fv.num_samples, len(prompt_L), fv.max_new_tokens, use_cache=fv.cache,
+                 top_k=fv.top_k, greedy=fv.greedy)
+    prompt_BxL = np.tile(prompt_L[None], (fv.num_samples, 1))
     options = dict(temperature=fv.temperature, top_k=fv.top_k, greedy=fv.greedy, seed=fv.seed)
     if fv.benchmark:
         print(benchmark(model, params, prompt_BxL, fv.max_new_tokens, **options))

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import tiktoken
 
+from aed_jax import errors
+
 EOT_ID = 50256
 VOCAB_SIZE = 50257
 RANKS_PATH = os.path.join(os.path.dirname(__file__), "assets", "gpt2.tiktoken")
@@ -22,7 +24,7 @@ RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930
 _PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(errors.UserError):
     """The packaged ranks file is missing or damaged: the message is one line naming it."""
 
 

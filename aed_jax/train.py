@@ -28,6 +28,7 @@ import tqdm
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import data
+from aed_jax import errors
 from aed_jax import losses as losses_lib
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
@@ -37,7 +38,7 @@ from aed_jax import rundir
 from aed_jax import tasks
 
 
-class TrainError(RuntimeError):
+class TrainError(errors.UserError):
     """The run cannot go on (bad setup, mismatched checkpoint, NaN loss): one line for the user."""
 
 

@@ -250,10 +250,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
     cli.no_extra_args(argv)
-    try:
-        scale = suites.pick_scale(fv.suite, fv.scale)
-    except ValueError as e:
-        cli.fail(str(e))
+    scale = suites.pick_scale(fv.suite, fv.scale)
     suite = suites.get(fv.suite, scale)
     out = fv.out or suites.default_out(fv.suite, scale)
     if not os.path.isdir(out):

@@ -55,8 +55,7 @@ from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
-from aed_jax import rundir
-from aed_jax import tokenizer
+from aed_jax import errors
 from aed_jax import train
 from experiments import plot
 from experiments import stats
@@ -70,7 +69,7 @@ METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss",
            "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
 
 
-class ReproduceError(ValueError):
+class ReproduceError(errors.UserError):
     """A user error (a workdir of another scale, an ambiguous data folder, a bad --seeds): one line."""
 
 
@@ -523,10 +522,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
     cli.no_extra_args(argv)
-    try:
-        scale = suites.pick_scale(fv.suite, fv.scale)
-    except ValueError as e:
-        cli.fail(str(e))
+    scale = suites.pick_scale(fv.suite, fv.scale)
     if fv.suite == "tasks" and (fv.dataset or fv.data_dir):
         cli.fail("--dataset and --data_dir: the task suite draws its own data")
     suite = suites.get(fv.suite, scale)
@@ -538,31 +534,27 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
-    try:
-        seeds = parse_seeds(fv.seeds)
-        overrides = data_override(fv.data_dir, fv.dataset)
-        out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
-        configs = {}
-        for run in suite.runs:
-            c = suites.apply_scale(run.make_config(), scale)
-            c.update(overrides)
-            configs[run.name] = c
-        check_layout(out, suite.runs, seeds)
-        os.makedirs(out, exist_ok=True)
-        jobs = [(run, seed) for seed in seeds or [None] for run in selected]  # seed by seed: pairs come early
-        for i, (run, seed) in enumerate(jobs if fv.train else []):
-            name, workdir = run.name + ("" if seed is None else f" seed {seed}"), suites.workdir(out, run.name, seed)
-            c = _seed_config(configs[run.name], seed)
-            print(f"[{i + 1}/{len(jobs)}] {name}: {c.train_steps:,} steps in {workdir}", flush=True)
-            status = train_run(run, c, workdir, scale)
-            print(f"[{i + 1}/{len(jobs)}] {name}: {status}", flush=True)
-            if status == "interrupted":
-                print("interrupted: writing the results so far; run the same command again to resume", flush=True)
-                break
-        paths = write_report(out, fv.suite, suite, scale, configs, seeds)
-    except (ReproduceError, config_lib.ConfigError, data.DataError, tokenizer.TokenizerError,
-            checkpoint.CheckpointError, rundir.RunError) as e:
-        cli.fail(str(e))
+    seeds = parse_seeds(fv.seeds)
+    overrides = data_override(fv.data_dir, fv.dataset)
+    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
+    configs = {}
+    for run in suite.runs:
+        c = suites.apply_scale(run.make_config(), scale)
+        c.update(overrides)
+        configs[run.name] = c
+    check_layout(out, suite.runs, seeds)
+    os.makedirs(out, exist_ok=True)
+    jobs = [(run, seed) for seed in seeds or [None] for run in selected]  # seed by seed: pairs come early
+    for i, (run, seed) in enumerate(jobs if fv.train else []):
+        name, workdir = run.name + ("" if seed is None else f" seed {seed}"), suites.workdir(out, run.name, seed)
+        c = _seed_config(configs[run.name], seed)
+        print(f"[{i + 1}/{len(jobs)}] {name}: {c.train_steps:,} steps in {workdir}", flush=True)
+        status = train_run(run, c, workdir, scale)
+        print(f"[{i + 1}/{len(jobs)}] {name}: {status}", flush=True)
+        if status == "interrupted":
+            print("interrupted: writing the results so far; run the same command again to resume", flush=True)
+            break
+    paths = write_report(out, fv.suite, suite, scale, configs, seeds)
     for path in paths:
         print(path)
 

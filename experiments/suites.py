@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from aed_jax import config as config_lib
+from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import tasks
 
@@ -348,11 +349,11 @@ def _task_suite(scale: str) -> Suite:
 
 
 def pick_scale(name: str, scale: str | None) -> str | None:
-    """`scale`, or suite `name`'s default (its first; None for a suite of one size); a ValueError, one line, for
+    """`scale`, or suite `name`'s default (its first; None for a suite of one size); an errors.UserError, one line, for
     a scale the suite does not have."""
     scales = SCALES[name]
     if scale is not None and scale not in scales:
-        raise ValueError(f"--scale {scale}: --suite {name} " + (
+        raise errors.UserError(f"--scale {scale}: --suite {name} " + (
             f"takes {', '.join(scales[:-1])} or {scales[-1]}" if scales else "has one size, no --scale"))
     return scale or (scales[0] if scales else None)
 

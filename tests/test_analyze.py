@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 
 from aed_jax import analyze
+from aed_jax import cli
 from aed_jax import api
 from aed_jax import config as config_lib
 from aed_jax import model as model_lib
@@ -237,7 +238,7 @@ def test_overlap_of_shared_and_orthogonal_subspaces():
 def run_cli(argv):
     fv = flags.FlagValues()
     analyze.define_flags(fv)
-    analyze.main(fv(["analyze"] + argv), fv)
+    cli.reporting(analyze.main)(fv(["analyze"] + argv), fv)
 
 
 def train_config(model_type, data_dir):

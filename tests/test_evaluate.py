@@ -55,7 +55,7 @@ def run(tmp_path_factory):
 def run_cli(argv):
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
-    evaluate.main(fv(["evaluate"] + argv), fv)
+    cli.reporting(evaluate.main)(fv(["evaluate"] + argv), fv)
 
 
 def run_json(capsys, argv):

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from aed_jax import api
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import interop
 from aed_jax import model as model_lib
@@ -58,7 +59,7 @@ def run(request, tmp_path_factory):
 def run_cli(argv):
     fv = flags.FlagValues()
     interop.define_flags(fv)
-    interop.main(fv(["interop"] + argv), fv)
+    cli.reporting(interop.main)(fv(["interop"] + argv), fv)
 
 
 def spec_names(cfg):

@@ -52,7 +52,7 @@ def run_cli(argv: list[str]) -> None:
     them; a user error (a bad flag value too) raises SystemExit(1)."""
     fv = flags.FlagValues()
     prepare.define_flags(fv)
-    prepare.main(cli.parse_flags(["prepare", *argv], fv), fv)
+    cli.reporting(prepare.main)(cli.parse_flags(["prepare", *argv], fv), fv)
 
 
 def newline_text(path: pathlib.Path) -> str:

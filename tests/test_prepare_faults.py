@@ -28,6 +28,7 @@ OURS = ["meta.json", f"{NAME}_train.bin", f"{NAME}_val.bin"]
 CHILD = r"""
 import json, os, signal, sys, time
 from absl import flags
+from aed_jax import cli
 from aed_jax import prepare
 
 args = json.loads(sys.argv[1])
@@ -57,7 +58,7 @@ if "pause" in args:  # two workers on small blocks; after the first block, say s
 
     prepare._encoded = paused
 prepare.define_flags()
-prepare.main(flags.FLAGS(["prepare", *args["argv"]]))
+cli.reporting(prepare.main)(flags.FLAGS(["prepare", *args["argv"]]))
 """
 
 

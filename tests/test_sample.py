@@ -153,7 +153,7 @@ def run_cli(argv):
     fv = flags.FlagValues()
     sample.define_flags(fv)
     argv = fv(["sample"] + argv)
-    sample.main(argv, fv)
+    cli.reporting(sample.main)(argv, fv)
 
 
 def test_cli_prints_the_prompt_and_its_continuations(workdir, capsys):

@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from aed_jax import checkpoint
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import evaluate
@@ -67,7 +68,7 @@ def test_evaluate_scores_the_answers_alone_as_numpy_does(tmp_path, capsys):
     capsys.readouterr()
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
-    evaluate.main(fv(["evaluate", "--workdir", workdir, "--batches", "3", "--seed", "11", "--json"]), fv)
+    cli.reporting(evaluate.main)(fv(["evaluate", "--workdir", workdir, "--batches", "3", "--seed", "11", "--json"]), fv)
     got = json.loads(capsys.readouterr().out)
 
     params = checkpoint.restore_params(workdir)[0]
@@ -115,7 +116,7 @@ def test_evaluate_refuses_full_on_a_task(tmp_path, capsys):
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
     with pytest.raises(SystemExit):
-        evaluate.main(fv(["evaluate", "--workdir", workdir, "--full"]), fv)
+        cli.reporting(evaluate.main)(fv(["evaluate", "--workdir", workdir, "--full"]), fv)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --full: task:mqar draws its sequences afresh") and "\n" not in err
     assert tasks.task_name("task:mqar") == "mqar"

@@ -25,7 +25,6 @@ below; tests/test_analyze.py checks each against numpy on a tiny model.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -251,7 +250,8 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
                 batch_size: int | None = None, label: str = "") -> dict:
     """Every number of one run's checkpoint; CheckpointError / DataError (one line) for bad input."""
     params, config, step = checkpoint_lib.restore_params(workdir, checkpoint)
-    cfg = dataclasses.replace(model_lib.ModelConfig.from_config(config), scan_layers=False, remat=False)
+    # float32 whatever the run trained in: these are measurements, compared with numpy's.
+    cfg = model_lib.ModelConfig.from_config(config, dtype=jnp.float32, scan_layers=False).for_inference()
     params = model_lib.unstack_layers(params)
     path = evaluate_lib.data_path(config, data, "val")
     context = cfg.context_size

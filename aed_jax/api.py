@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,17 +20,19 @@ from aed_jax import model as model_lib
 from aed_jax import tokenizer as tokenizer_lib
 
 
-def load(workdir: str, checkpoint: str | int = "latest", dtype=jnp.float32
+def load(workdir: str, checkpoint: str | int = "latest", dtype=None
          ) -> tuple[model_lib.AED | model_lib.GPT, dict, ml_collections.ConfigDict, tiktoken.Encoding]:
     """(model, params, config, tokenizer) from `<workdir>`'s "latest", "best" or numbered checkpoint.
 
     Only the parameters are used (no optimizer), put on the default device, so a checkpoint saved
-    on any number of devices loads here. `dtype` is the model's compute dtype. Raises
+    on any number of devices loads here. `dtype` is the model's compute dtype (default: the run
+config's, as the trainer resolves it). Raises
     checkpoint.CheckpointError (one line) for a missing workdir, checkpoint or step, and for a
     damaged checkpoint (naming the intact steps).
     """
     params, config, _ = checkpoint_lib.restore_params(workdir, checkpoint)
-    model = model_lib.make_model(model_lib.ModelConfig.from_config(config, dtype=dtype))
+    cfg = model_lib.ModelConfig.from_config(config).for_inference()
+    model = model_lib.make_model(cfg if dtype is None else dataclasses.replace(cfg, dtype=dtype))
     return model, jax.device_put(params), config, tokenizer_lib.get_encoding()
 
 

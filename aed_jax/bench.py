@@ -73,7 +73,7 @@ def memory(c) -> dict:
     """Per-device memory of `c`'s train step on its mesh, by XLA's buffer assignment, compiled and
     not run: the parameters + AdamW state one device holds, and what the whole step needs."""
     mesh = mesh_lib.make_mesh(c)
-    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     abstract = train.abstract_state(model, optimizer, mesh)
     micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
     batch = {k: jax.ShapeDtypeStruct((c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size),
@@ -92,7 +92,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     """The measurements as a dict (see the module docstring); `input_pipeline` adds
     `time_input_pipeline`'s."""
     mesh = mesh_lib.make_mesh(c)
-    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     cfg, T = model.cfg, c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
     abstract = train.abstract_state(model, optimizer, mesh)

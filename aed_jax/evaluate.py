@@ -18,7 +18,6 @@ batch's rows are split over every device, the batch padded to a multiple of the 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import json
@@ -135,7 +134,7 @@ def pad_batch(batch: dict, batch_size: int):
 @functools.lru_cache(maxsize=8)
 def _eval_sums(cfg: model_lib.ModelConfig):
     """A jitted (params, x_BxT, y_BxT, weight_B[, answers_BxT]) -> `loss_sums`."""
-    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    model = model_lib.make_model(cfg.for_inference())
     with_embedding_loss = has_embedding_loss(cfg)
 
     @jax.jit

@@ -46,9 +46,6 @@ ENUMS = {
     "embedding_ln_type": ("NONE", "INIT", "AVG_CUM_SUM"),
 }
 _ALIASES = {"COSINE_SIM": "COSINE", "CONSINE_SIM": "COSINE", "LOG_COSINE_SIM": "LOG_COSINE"}
-# Our "next steps" options, absent from the reference: exported only at these (the seed's) values.
-OURS_ONLY = {"n_layer_encoder": None, "n_layer_decoder": None, "embedding_aggregation": "CUM_MEAN",
-             "embedding_aggregation_kernel_size": 16, "position_embedding_type": "LEARNED"}
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
@@ -93,7 +90,7 @@ def from_reference(arrays: dict[str, np.ndarray], cfg: model_lib.ModelConfig, so
     arrays = {k.removeprefix("_orig_mod."): v for k, v in arrays.items()}  # torch.compile's prefix
     arrays = {k: v for k, v in arrays.items() if not k.endswith(".tril")}  # the non-flash causal-mask buffer
     per_layer = dataclasses.replace(cfg, scan_layers=False)  # the reference's layout; stacked at the end
-    template = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(per_layer), jax.random.key(0)))
+    template = per_layer.abstract_params()
     expected = {reference_name(path): (path, leaf.shape[::-1] if path[-1].key == "kernel" else leaf.shape)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
     expected["output_layer.weight"] = (None, expected["token_embedding.weight"][1])
@@ -121,7 +118,10 @@ def reference_config(config: ml_collections.ConfigDict) -> dict:
     cfg = model_lib.ModelConfig.from_config(config)
     check_reference_positions(cfg)
     out = config.model_config.to_dict()
-    ours_only = dict(OURS_ONLY, sub_pos_embed_to_decoder="NO") if cfg.model_type == "baseline" else OURS_ONLY
+    defaults = config_lib.base_config("aed").model_config  # the AED's keys are a superset of the baseline's
+    # A baseline's pos sub is ours too (the reference has it for the AED alone).
+    ours_only = {k: defaults[k] for k in config_lib.NOT_IN_REFERENCE + (("sub_pos_embed_to_decoder",)
+                                                                        if cfg.model_type == "baseline" else ())}
     if changed := sorted(k for k, default in ours_only.items() if out.get(k, default) != default):
         raise InteropError(f"model_config {changed}: options the reference implementation does not have")
     if cfg.embedding_loss_type == "HUBER":
@@ -166,8 +166,7 @@ def model_config_from_reference(ref: dict, model_type: str) -> model_lib.ModelCo
 
 def _architecture(cfg: model_lib.ModelConfig) -> dict:
     """What defines the model, with the defaults of cross_attn_config and the loss coefficient resolved."""
-    skip = ("dtype", "remat", "scan_layers", "attention_impl", "ce_chunk_tokens", "cross_n_head", "cross_use_bias",
-            "embedding_loss_coeff")
+    skip = ("dtype", *config_lib.MODEL_EXECUTION_KEYS, "cross_n_head", "cross_use_bias", "embedding_loss_coeff")
     out = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in skip}
     if cfg.model_type == "aed":
         out.update(cross_heads=cfg.cross_heads, cross_bias=cfg.cross_bias,

@@ -58,8 +58,8 @@ class ModelConfig:
     n_layer_decoder: int | None = None
     embedding_aggregation: str = "CUM_MEAN"  # or CAUSAL_CONV: a learned causal depthwise convolution
     embedding_aggregation_kernel_size: int = 16
-    # Execution: the same function, computed differently.
-    dtype: Any = jnp.float32  # compute dtype
+    # Execution: the same function, computed differently (config.MODEL_EXECUTION_KEYS, and dtype).
+    dtype: Any = jnp.float32  # compute dtype; from_config resolves the run's "auto"
     attention_impl: str = "auto"  # auto: cuDNN on GPU in bf16/fp16, written out on CPU, XLA elsewhere
     ce_chunk_tokens: int | None = None  # None: 8192 on GPU/TPU, 200 on CPU; 0: unchunked
     scan_layers: bool = False  # nn.scan over each stack (stacked parameters; see unstack_layers)
@@ -121,12 +121,28 @@ class ModelConfig:
         return self.ce_chunk_tokens
 
     @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict, dtype: Any = jnp.float32, **kw) -> "ModelConfig":
+    def from_config(cls, c: ml_collections.ConfigDict, **kw) -> "ModelConfig":
+        """The model of run config `c`, in its compute dtype (`compute_dtype`); `kw` overrides fields."""
         m = c.model_config.to_dict()
         cross = m.pop("cross_attn_config", None) or {}
-        execution = {k: c[k] for k in ("attention_impl", "ce_chunk_tokens", "scan_layers", "remat") if k in c}
+        execution = {k: c[k] for k in config_lib.MODEL_EXECUTION_KEYS if k in c}
         return cls(model_type=c.model_type, cross_n_head=cross.get("n_head"), cross_use_bias=cross.get("use_bias"),
-                   dtype=dtype, **m, **{**execution, **kw})
+                   **m, **{"dtype": compute_dtype(c.get("dtype", "auto")), **execution, **kw})
+
+    def for_inference(self) -> "ModelConfig":
+        """The same model without training-only execution: no rematerialisation (nothing to recompute)."""
+        return dataclasses.replace(self, remat=False)
+
+    def abstract_params(self):
+        """The parameters' shapes and dtypes (jax.ShapeDtypeStruct leaves), computing nothing."""
+        return jax.eval_shape(lambda: init_params(make_model(self), jax.random.key(0)))
+
+
+def compute_dtype(name: str):
+    """A run's `dtype` key as a jnp dtype: "auto" is bfloat16 on GPU and TPU, float32 on CPU."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(name)
 
 
 def _dense(cfg: ModelConfig, features: int, name: str, residual: bool = False, use_bias: bool | None = None):
@@ -526,6 +542,11 @@ def _embed(cfg: ModelConfig, rows: int, name: str):
 def make_model(cfg: ModelConfig) -> nn.Module:
     """The one factory: the AED model or the baseline, by `cfg.model_type`."""
     return AED(cfg) if cfg.model_type == "aed" else GPT(cfg)
+
+
+def from_config(c: ml_collections.ConfigDict) -> nn.Module:
+    """The model run config `c` trains: `make_model(ModelConfig.from_config(c))`."""
+    return make_model(ModelConfig.from_config(c))
 
 
 def init_params(model: nn.Module, rng: jax.Array, batch_size: int = 1):

@@ -6,7 +6,7 @@ before touching anything. Readers (evaluate, sample, export) never take it.
 
 A resume must continue the same run: `config.json` and `data.json` record, once the run is
 accepted, the config and the token files it trains on; the next start compares them with what it
-is asked to do. Only the keys of MAY_CHANGE (how long, how often it reports, how it computes) may
+is asked to do. Only the keys of config.MAY_CHANGE (how long, how often it reports, how it computes) may
 differ; anything else is refused in one line that names the keys and the two ways out.
 """
 from __future__ import annotations
@@ -31,11 +31,6 @@ from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import errors
 
-# Keys a resumed run may change: its length, its reporting, and how (not what) it computes.
-MAY_CHANGE = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints", "workdir",
-              "data_dir", "micro_batch_size", "attention_impl", "ce_chunk_tokens", "remat", "dtype",
-              "mesh_data", "mesh_fsdp")
-MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' shapes depend on
 CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
 
 
@@ -146,7 +141,8 @@ def differences(saved: dict, current: dict, saved_data: dict | None, current_dat
     # A key added since the run was recorded is absent from its config.json: the run had its default.
     defaults = _flatten(config_lib.base_config(current["model_type"]).to_dict())
     a.update({k: defaults[k] for k in defaults.keys() - a.keys()})
-    compared = lambda k: (k.split(".")[0] in MODEL_KEYS) if model_only else (k.split(".")[0] not in MAY_CHANGE)
+    compared = lambda k: (k.split(".")[0] in config_lib.MODEL_KEYS) if model_only else \
+        (k.split(".")[0] not in config_lib.MAY_CHANGE)
     out = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(a.keys() | b.keys())
            if compared(k) and a.get(k) != b.get(k)]
     for split in ("train", "val"):

@@ -23,7 +23,6 @@ and 8, and prints tokens/s.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import NamedTuple
@@ -145,7 +144,7 @@ def _set_index(cache, index):
 def _decoder(cfg: model_lib.ModelConfig) -> _Decoder:
     """Jitted decoding functions for `cfg`, with fixed shapes (windows padded to context_size), so a
     whole generation compiles each of them once."""
-    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    model = model_lib.make_model(cfg.for_inference())
     static = ("top_k", "greedy")
 
     @functools.partial(jax.jit, static_argnames=static)
@@ -178,7 +177,7 @@ def _program(cfg: model_lib.ModelConfig, prompt_length: int, max_new_tokens: int
     the cached steps follow, then windows of the last context_size tokens. The same calls, in the
     same order and with the same keys, as the per-token loop of `generate(compiled=False)`.
     """
-    model = model_lib.make_model(dataclasses.replace(cfg, remat=False))
+    model = model_lib.make_model(cfg.for_inference())
     context, length = cfg.context_size, prompt_length
     cached = use_cache and length < context
     steps = min(max_new_tokens - 1, context - length) if cached else 0  # i = 1..steps run cached

@@ -19,7 +19,7 @@ def _natural(name: str) -> list:
 def summarize(config) -> str:
     """The table as text; parameters are shapes only (jax.eval_shape), so nothing is allocated."""
     cfg = model_lib.ModelConfig.from_config(config)
-    params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
+    params = cfg.abstract_params()
     named = sorted(params.items(), key=lambda item: _natural(item[0]))
     rows = [(name, sum(x.size for x in jax.tree_util.tree_leaves(sub))) for name, sub in named]
     width = max(len(name) for name, _ in rows)

@@ -42,16 +42,6 @@ class TrainError(errors.UserError):
     """The run cannot go on (bad setup, mismatched checkpoint, NaN loss): one line for the user."""
 
 
-def compute_dtype(c: ml_collections.ConfigDict):
-    if c.dtype == "auto":
-        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-    return jnp.dtype(c.dtype)
-
-
-def make_model(c: ml_collections.ConfigDict):
-    return model_lib.make_model(model_lib.ModelConfig.from_config(c, dtype=compute_dtype(c)))
-
-
 def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, data_sharding):
     """One optimizer step over `accum_steps` micro-batches: (params, opt_state, metrics).
 
@@ -327,7 +317,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     else:
         stream = data.task_iterator(c, rows, c.random_seed, mesh_lib.process_rows(rows))
     train_iter = DevicePrefetch(stream, to_global)
-    model, optimizer, schedule = make_model(c), optim.make_optimizer(c), optim.learning_rate(c)
+    model, optimizer, schedule = model_lib.from_config(c), optim.make_optimizer(c), optim.learning_rate(c)
 
     abstract = abstract_state(model, optimizer, mesh)
     restored = checkpoint.restore_latest(latest, abstract, train_iter)

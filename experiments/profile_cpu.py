@@ -56,7 +56,7 @@ def _micro_batch_step(c, micro: int):
     jitted train step) for one `micro`-sequence micro-batch of `c`, as bench runs it."""
     c.batch_size, c.gradient_accumulation_steps, c.micro_batch_size = micro, 1, micro
     mesh = mesh_lib.make_mesh(c)
-    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     state = jax.jit(functools.partial(train.init_state, model=model, optimizer=optimizer))(jax.random.key(0))
     tokens = np.random.default_rng(0).integers(0, model.cfg.alphabet_size, (micro, c.model_config.context_size + 1))
     tokens = tokens.astype(np.int32)

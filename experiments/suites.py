@@ -15,7 +15,6 @@ import functools
 import os
 from typing import Callable
 
-import jax
 import ml_collections
 
 from aed_jax import config as config_lib
@@ -171,8 +170,7 @@ NO_LOSS_NO_POS = dict(sub_pos_embed_to_decoder="NO", embedding_loss_type="NONE",
 
 def count_params(c: ml_collections.ConfigDict) -> int:
     """Parameters as the seed counts them (positional table excluded, tied matrix once), from shapes only."""
-    model = model_lib.make_model(model_lib.ModelConfig.from_config(c))
-    return model_lib.count_params(jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0))))
+    return model_lib.count_params(model_lib.ModelConfig.from_config(c).abstract_params())
 
 
 @functools.lru_cache(maxsize=None)

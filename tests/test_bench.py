@@ -47,7 +47,7 @@ def test_bench_runs_on_cpu(tmp_path):
     assert result["generate_tokens_per_s"] > 0 and result["generate_tokens_per_s_batch8"] > 0
     # The step holds at least its params, the two Adam moments and the [B, T, V] float32 logits.
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-        model_lib.init_params(bench.train.make_model(c), jax.random.key(0))))
+        model_lib.init_params(bench.model_lib.from_config(c), jax.random.key(0))))
     assert result["step_memory_gib"] * 2**30 >= 4 * (3 * n_params + 4 * 16 * 128)
     for name in ("prefetch", "sync"):
         assert result[f"fed_step_ms_{name}"] > 0 and 0 <= result[f"data_wait_ms_{name}"] < result[f"fed_step_ms_{name}"]

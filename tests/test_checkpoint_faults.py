@@ -28,7 +28,7 @@ STEPS = (2, 4, 6)
 
 
 def _state(c, seed: int, step: int):
-    params = model_lib.init_params(train.make_model(c), jax.random.key(seed))
+    params = model_lib.init_params(model_lib.from_config(c), jax.random.key(seed))
     params = jax.tree_util.tree_map(lambda p: p + 0.01 * seed, params)  # a moment's Adam state that is not zeros
     opt_state = optim.make_optimizer(c).init(params)
     opt_state = jax.tree_util.tree_map(lambda a: a + step if a.dtype.kind == "f" else a, opt_state)

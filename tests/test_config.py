@@ -10,6 +10,7 @@ import pytest
 
 from aed_jax import cli
 from aed_jax import config as config_lib
+from aed_jax import model as model_lib
 from aed_jax import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,25 @@ def test_misspelt_key_fails_where_it_is_set():
 
 def test_baseline_refuses_aed_keys():
     assert "embedding_loss_type" not in config_lib.base_config("baseline").model_config
+
+
+@pytest.mark.parametrize("model_type", config_lib.MODEL_TYPES)
+def test_the_model_defaults_are_base_configs(model_type):
+    """ModelConfig's own defaults (for building a model by hand) are the run config's: they cannot drift."""
+    assert model_lib.ModelConfig(model_type=model_type) == model_lib.ModelConfig.from_config(
+        config_lib.base_config(model_type), dtype=model_lib.ModelConfig.dtype)
+
+
+def test_every_key_has_one_kind():
+    """The kinds of key are a partition of the top-level keys that are not data or task settings."""
+    kinds = (config_lib.MODEL_KEYS, config_lib.SCHEDULE_KEYS, config_lib.LOCATION_KEYS, config_lib.EXECUTION_KEYS)
+    flat = [k for kind in kinds for k in kind]
+    assert len(flat) == len(set(flat))
+    others = set(config_lib.base_config("aed").keys()) - set(flat)
+    assert others == {"batch_size", "gradient_accumulation_steps", "lr", "min_lr", "warmup_iters", "lr_decay_iters",
+                      "decay_lr", "weight_decay", "beta1", "beta2", "random_seed", "dataset", "task"}
+    assert set(config_lib.MODEL_EXECUTION_KEYS) <= set(config_lib.EXECUTION_KEYS + config_lib.MODEL_KEYS)
+    assert set(config_lib.NOT_IN_REFERENCE) <= set(config_lib.base_config("aed").model_config.keys())
 
 
 def test_micro_batch_size_must_divide_the_effective_batch():

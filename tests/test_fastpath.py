@@ -165,7 +165,7 @@ def _train_losses(dtype: str, steps: int = 50, ce_chunk_tokens: int = 0):
     # lr 3e-3: at 1e-2 this tiny model's trajectories are chaotic, and any two float paths (bf16 vs
     # fp32, even both unchunked) end up to 1.7% apart after 50 steps, depending on the seed.
     c.batch_size, c.gradient_accumulation_steps, c.lr, c.warmup_iters, c.lr_decay_iters = 8, 2, 3e-3, 3, 100
-    model, opt = train.make_model(c), train.optim.make_optimizer(c)
+    model, opt = model_lib.from_config(c), train.optim.make_optimizer(c)
     step = train.compile_train_step(c, model, opt, mesh_lib.make_mesh(c))
     params = model_lib.init_params(model, jax.random.key(0))
     opt_state = opt.init(params)

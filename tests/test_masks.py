@@ -39,7 +39,7 @@ def batch(seed=0, with_weight=False):
 
 
 def setup(c):
-    model, optimizer = train.make_model(c), optim.make_optimizer(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     mesh = mesh_lib.make_mesh(c)
     state = train.init_state(jax.random.key(0), model=model, optimizer=optimizer)
     step = train.compile_train_step(c, model, optimizer, mesh)
@@ -84,7 +84,7 @@ def test_without_a_mask_the_step_is_bit_identical_to_the_unmasked_program(model_
 @pytest.mark.parametrize("chunk", [0, 7])
 def test_masked_cross_entropy_against_numpy(chunk):
     c = small_config("aed", chunk, accum=1)
-    model = train.make_model(c)
+    model = model_lib.from_config(c)
     params = model_lib.init_params(model, jax.random.key(1))
     b = batch(1, with_weight=True)
     logits, _ = model.apply({"params": params}, b["x"])

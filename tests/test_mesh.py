@@ -37,7 +37,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     x = np.random.default_rng(0).integers(0, 128, (16, 17)).astype(np.int32)
     for model_type in ("aed", "baseline"):
         c = small(model_type)
-        model, opt = train.make_model(c), optim.make_optimizer(c)
+        model, opt = model_lib.from_config(c), optim.make_optimizer(c)
         state0 = host(train.init_state(jax.random.key(0), model=model, optimizer=opt))
         results = {}
         for data, fsdp in [(1, 1)] + [tuple(m) for m in json.loads(sys.argv[1])]:

@@ -15,6 +15,7 @@ import pytest
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import mesh as mesh_lib
+from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import rundir
 from aed_jax import train
@@ -197,12 +198,12 @@ def test_micro_batch_size_changes_the_split_not_the_update():
     c = config_lib.base_config("baseline")
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=16, alphabet_size=VOCAB))
     c.batch_size, c.gradient_accumulation_steps = 4, 4
-    model, opt = train.make_model(c), optim.make_optimizer(c)
+    model, opt = model_lib.from_config(c), optim.make_optimizer(c)
     mesh = mesh_lib.make_mesh(c)
     x = np.random.default_rng(0).integers(0, VOCAB, (16, 17)).astype(np.int32)
     results = []
     for micro in (4, 8, 16):
-        params = train.model_lib.init_params(model, jax.random.key(0))
+        params = model_lib.init_params(model, jax.random.key(0))
         step = train.compile_train_step(c, model, opt, mesh, micro)
         params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1))
         results.append((float(metrics["loss"]), params))
@@ -218,14 +219,14 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
     c = config_lib.base_config("baseline")
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=64, alphabet_size=512))
     c.batch_size, c.gradient_accumulation_steps = 2, 8
-    model, opt = train.make_model(c), optim.make_optimizer(c)
+    model, opt = model_lib.from_config(c), optim.make_optimizer(c)
     mesh = mesh_lib.make_mesh(c)
     assert train.pick_micro_batch_size(c, model, opt, mesh, None) == 2  # CPU: batch_size
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
         jax.eval_shape(lambda: (lambda p: {"params": p, "opt_state": opt.init(p)})(
-            train.model_lib.init_params(model, jax.random.key(0)))))
+            model_lib.init_params(model, jax.random.key(0)))))
     batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
     need = {m: train.compiled_memory_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
         abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
@@ -268,7 +269,7 @@ def test_trains_on_from_an_imported_checkpoint(data_dir, tmp_path):
     """`interop import` writes params without a data-iterator item; the trainer starts its stream afresh."""
     from aed_jax import api
     c = small_config(data_dir, train_steps=4)
-    params = train.model_lib.init_params(train.make_model(c), jax.random.key(7))
+    params = model_lib.init_params(model_lib.from_config(c), jax.random.key(7))
     api.save_params(str(tmp_path), params, c)
     train.train_and_evaluate(c, str(tmp_path))
     assert checkpoint.resolve_step(str(tmp_path))[1] == 4

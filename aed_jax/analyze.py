@@ -41,11 +41,11 @@ import tqdm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from aed_jax import checkpoint as checkpoint_lib  # noqa: E402
 from aed_jax import cli  # noqa: E402
 from aed_jax import data as data_lib  # noqa: E402
 from aed_jax import evaluate as evaluate_lib  # noqa: E402
 from aed_jax import model as model_lib  # noqa: E402
+from aed_jax import rundir  # noqa: E402
 
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
@@ -249,7 +249,7 @@ def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.nd
 def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = None, windows: int | None = None,
                 batch_size: int | None = None, label: str = "") -> dict:
     """Every number of one run's checkpoint; CheckpointError / DataError (one line) for bad input."""
-    params, config, step = checkpoint_lib.restore_params(workdir, checkpoint)
+    params, config, step = rundir.restore_params(workdir, checkpoint)
     # float32 whatever the run trained in: these are measurements, compared with numpy's.
     cfg = model_lib.ModelConfig.from_config(config, dtype=jnp.float32, scan_layers=False).for_inference()
     params = model_lib.unstack_layers(params)

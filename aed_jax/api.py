@@ -17,6 +17,7 @@ import tiktoken
 
 from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import model as model_lib
+from aed_jax import rundir
 from aed_jax import tokenizer as tokenizer_lib
 
 
@@ -30,7 +31,7 @@ config's, as the trainer resolves it). Raises
     checkpoint.CheckpointError (one line) for a missing workdir, checkpoint or step, and for a
     damaged checkpoint (naming the intact steps).
     """
-    params, config, _ = checkpoint_lib.restore_params(workdir, checkpoint)
+    params, config, _ = rundir.restore_params(workdir, checkpoint)
     cfg = model_lib.ModelConfig.from_config(config).for_inference()
     model = model_lib.make_model(cfg if dtype is None else dataclasses.replace(cfg, dtype=dtype))
     return model, jax.device_put(params), config, tokenizer_lib.get_encoding()
@@ -44,4 +45,4 @@ def save_params(workdir: str, params, config: ml_collections.ConfigDict, step: i
     params = jax.tree_util.tree_map(jnp.asarray, params)
     opt_state = optim.make_optimizer(config).init(params)
     state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
-    checkpoint_lib.save(checkpoint_lib.manager(workdir), step, state, config)
+    checkpoint_lib.save(rundir.checkpoints(workdir), step, state, config)

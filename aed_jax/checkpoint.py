@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: `<workdir>/checkpoints` keeps the latest few, `<workdir>/best` the lowest val loss.
+"""Orbax I/O of a run's checkpoints: one folder of steps a manager (the run's folder layout is `rundir`'s).
 
 A checkpoint holds four items: `state` (params, opt_state, step; each process writes its own
 shards, and a restore reshards to whatever mesh asks), `checksums` (the crc32 of every array of the
@@ -11,7 +11,7 @@ it leaves.
 A file damaged after the save (a full disk, a bad copy, bit rot) either fails to restore or restores
 different bytes; the checksums catch the second kind, which would otherwise load silently and
 surface later as a NaN. The trainer resumes from the newest step that restores and verifies, and
-moves each damaged one to `<workdir>/damaged/` (never deleted: it may still be worth rescuing);
+moves each damaged one to the folder it is given (never deleted: it may still be worth rescuing);
 readers (evaluate, sample, export) only report it, naming the intact steps.
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ import orbax.checkpoint as ocp
 from aed_jax import errors
 from aed_jax import model as model_lib
 
-LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
 CHECKSUMS, STREAM = "checksums", "stream"
 LEGACY_DATA = os.path.join("data", "process_0-of-1.json")  # the stream's position, as one process saved it before
 
@@ -47,19 +46,18 @@ class CheckpointError(errors.UserError):
     """A missing or unusable checkpoint: the message is one line naming the workdir or step."""
 
 
-class _Damaged(Exception):
+class Damaged(Exception):
     """A checkpoint that fails to restore or to verify; the message is the cause, in one line."""
 
 
-def manager(workdir: str, kind: str = LATEST, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
-    """The manager of `<workdir>/<kind>`; `best` keeps one step, chosen by the lowest `val_loss`."""
-    best = kind == BEST
+def manager(directory: str, keep: int = 3, best: bool = False, create: bool = True) -> ocp.CheckpointManager:
+    """The manager of the steps in `directory`: the newest `keep`, or with `best` the one of lowest `val_loss`."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1 if best else keep, best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
         enable_async_checkpointing=False, create=create)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 CHECKSUMS: ocp.JsonCheckpointHandler(), STREAM: ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, kind)), options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def _host(leaf) -> np.ndarray:
@@ -82,16 +80,16 @@ def checksums(tree) -> dict[str, int]:
 
 
 def _verify(tree, recorded: dict | None) -> None:
-    """_Damaged naming the first array of `tree` whose bytes differ from the checksum recorded at save."""
+    """Damaged naming the first array of `tree` whose bytes differ from the checksum recorded at save."""
     if recorded is None:  # written before checkpoints carried checksums
         logging.debug("checkpoint without checksums: not verified")
         return
     expected = recorded["crc32"]
     for path, crc in checksums(tree).items():
         if path not in expected:
-            raise _Damaged(f"no checksum recorded for {path}")
+            raise Damaged(f"no checksum recorded for {path}")
         if crc != expected[path]:
-            raise _Damaged(f"checksum mismatch in {path}")
+            raise Damaged(f"checksum mismatch in {path}")
 
 
 def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -137,8 +135,8 @@ def save_best(mngr: ocp.CheckpointManager, step: int, state, config: ml_collecti
     return True
 
 
-def clean_interrupted(workdir: str) -> list[str]:
-    """Removes the temporary folders interrupted saves left in `checkpoints/` and `best/`; their paths.
+def clean_interrupted(directory: str) -> list[str]:
+    """Removes the temporary folders interrupted saves left in `directory`; their paths.
 
     Only the trainer calls it, holding the workdir's lock, so no save is in progress. Orbax's
     `cleanup_tmp_directories` option removes the same folders, but in the background of the
@@ -146,25 +144,21 @@ def clean_interrupted(workdir: str) -> list[str]:
     temporary, and returns the paths for the log.
     """
     removed = []
-    for kind in (LATEST, BEST):
-        folder = os.path.join(workdir, kind)
-        if not os.path.isdir(folder):
-            continue
-        for tmp in ocp.path.step.all_temporary_paths(folder):
+    if os.path.isdir(directory):
+        for tmp in ocp.path.step.all_temporary_paths(directory):
             path = str(tmp.get())
             shutil.rmtree(path)
             removed.append(path)
     return sorted(removed)
 
 
-def damaged_best_metrics(workdir: str) -> dict[int, str]:
-    """{step: what is wrong} for each step of `best/` whose metrics orbax cannot use: not a JSON object
-    with a finite number `val_loss`. Orbax reads every step's metrics when a manager is built, and
-    best_fn compares them, so one such file would stop every start, and every reader of best/."""
+def damaged_metrics(directory: str) -> dict[int, str]:
+    """{step: what is wrong} for each step in `directory` (a best-keeping one) whose metrics orbax cannot
+    use: not a JSON object with a finite number `val_loss`. Orbax reads every step's metrics when a
+    manager is built, and best_fn compares them, so one such file would stop every start, and every reader."""
     found = {}
-    folder = os.path.join(workdir, BEST)
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name, "metrics", "metrics")
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        path = os.path.join(directory, name, "metrics", "metrics")
         if not name.isdigit() or not os.path.isfile(path):
             continue
         try:
@@ -179,18 +173,17 @@ def damaged_best_metrics(workdir: str) -> dict[int, str]:
     return found
 
 
-def set_aside_damaged_best(workdir: str) -> list[str]:
-    """Moves each step of `best/` with damaged metrics to `damaged/`, as a damaged checkpoint is;
-    one warning line each. Only the trainer calls it (process 0, holding the lock)."""
-    moved = []
-    for step, why in damaged_best_metrics(workdir).items():
-        target = os.path.join(workdir, DAMAGED, f"{BEST}-{step}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(os.path.join(workdir, BEST, str(step)), target)
-        logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, os.path.join(workdir, BEST),
-                        why, target)
-        moved.append(target)
-    return moved
+def move_aside(directory: str, step: int, damaged_dir: str) -> str:
+    """Renames step `step` of `directory` to `<damaged_dir>/<folder>-<step>-<time>`, outside the folder
+    orbax manages; the new path. Process 0 moves it; every process returns once it has."""
+    kind = os.path.basename(os.path.normpath(directory))
+    target = os.path.join(damaged_dir, f"{kind}-{step}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+    if jax.process_index() == 0:
+        os.makedirs(damaged_dir, exist_ok=True)
+        os.rename(os.path.join(directory, str(step)), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moved aside {kind} {step}")
+    return target
 
 
 def _cause(e: BaseException, step_dir: str) -> str:
@@ -258,25 +251,25 @@ def _quiet_restore():
 
 
 def _check_layout(mngr: ocp.CheckpointManager, step: int) -> None:
-    """_Damaged naming a missing item or item metadata, which orbax reports only as a TypeError or KeyError."""
+    """Damaged naming a missing item or item metadata, which orbax reports only as a TypeError or KeyError."""
     for path in ("state/", "config/", "state/_METADATA", "config/metadata"):
         if not os.path.exists(os.path.join(_step_dir(mngr, step), path)):
-            raise _Damaged(f"{path} is missing")
+            raise Damaged(f"{path} is missing")
 
 
 def _restore_item(mngr: ocp.CheckpointManager, step: int, name: str, arg):
-    """One item of `step`, quietly; any failure is _Damaged naming the item."""
+    """One item of `step`, quietly; any failure is Damaged naming the item."""
     try:
         with _quiet_restore():
             return mngr.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
-        raise _Damaged(f"{name}: {_cause(e, _step_dir(mngr, step))}") from None
+        raise Damaged(f"{name}: {_cause(e, _step_dir(mngr, step))}") from None
 
 
 def _config(mngr: ocp.CheckpointManager, step: int) -> dict:
     config = _restore_item(mngr, step, "config", ocp.args.JsonRestore())
     if not isinstance(config, dict):
-        raise _Damaged("config: not a JSON object")
+        raise Damaged("config: not a JSON object")
     return config
 
 
@@ -286,7 +279,7 @@ def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict | None:
         return None
     recorded = _restore_item(mngr, step, CHECKSUMS, ocp.args.JsonRestore())
     if not isinstance(recorded, dict) or not isinstance(recorded.get("crc32"), dict):
-        raise _Damaged(f"{CHECKSUMS}: not a JSON object with crc32")
+        raise Damaged(f"{CHECKSUMS}: not a JSON object with crc32")
     return recorded
 
 
@@ -302,7 +295,7 @@ def _check_same_state(mngr: ocp.CheckpointManager, step: int, abstract_state) ->
         with _quiet_restore():
             saved = _shapes(dict(mngr.item_metadata(step)["state"]))
     except Exception as e:  # unreadable metadata is damage
-        raise _Damaged(f"state/_METADATA: {_cause(e, _step_dir(mngr, step))}") from None
+        raise Damaged(f"state/_METADATA: {_cause(e, _step_dir(mngr, step))}") from None
     wanted = _shapes(abstract_state)
     if differ := sorted(set(saved) ^ set(wanted)) or sorted(k for k in saved if saved[k] != wanted[k]):
         key = differ[0]
@@ -321,20 +314,6 @@ def _restore_verified(mngr: ocp.CheckpointManager, step: int, abstract_state):
     return state
 
 
-def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
-    """Renames `step` to `<workdir>/damaged/<kind>-<step>-<time>`, outside the folder orbax manages."""
-    kind_dir = str(mngr.directory)
-    workdir, kind = os.path.dirname(kind_dir), os.path.basename(kind_dir)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    target = os.path.join(workdir, DAMAGED, f"{kind}-{step}-{stamp}")
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(_step_dir(mngr, step), target)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"moved aside {kind} {step}")
-    return target
-
-
 def _stream_position(mngr: ocp.CheckpointManager, step: int) -> dict | None:
     """The data stream's position saved with `step`; None when it has none (an import). A checkpoint
     of an earlier version kept it in grain's per-process file."""
@@ -345,29 +324,30 @@ def _stream_position(mngr: ocp.CheckpointManager, step: int) -> dict | None:
             with open(legacy) as f:
                 position = json.load(f)
         except (OSError, ValueError) as e:
-            raise _Damaged(f"{LEGACY_DATA}: {e}") from None
+            raise Damaged(f"{LEGACY_DATA}: {e}") from None
     else:
         return None
     if not isinstance(position, dict) or not isinstance(position.get("next_index"), int):
-        raise _Damaged(f"{STREAM}: not a JSON object with next_index")
+        raise Damaged(f"{STREAM}: not a JSON object with next_index")
     return position
 
 
 def _check_step(state, position: dict | None, step: int) -> None:
-    """_Damaged unless the state and the stream position are those of `step`, the folder's name: the
+    """Damaged unless the state and the stream position are those of `step`, the folder's name: the
     trainer saves the step in the state and, taking one batch a step, the stream's next batch index
     equal to it; a renamed folder or an edited position would resume wrong state silently."""
     held = int(_host(state["step"]))
     if held != step:
-        raise _Damaged(f"state: holds step {held}, not the {step} its folder is named")
+        raise Damaged(f"state: holds step {held}, not the {step} its folder is named")
     if position is not None and position["next_index"] != step:
-        raise _Damaged(f"{STREAM}: next_index {position['next_index']} is not the step {step} (one batch a step)")
+        raise Damaged(f"{STREAM}: next_index {position['next_index']} is not the step {step} (one batch a step)")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) -> tuple[object, int] | None:
-    """(state, step) of the newest step that restores and verifies, the data iterator set to its
-    position; None when there is no checkpoint. Each damaged step is reported in one warning line
-    and moved aside; CheckpointError (one line) when every step is damaged.
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter, damaged_dir: str
+                   ) -> tuple[object, int] | None:
+    """(state, step) of the newest step that restores and verifies, the data iterator (if any) set to
+    its position; None when there is no checkpoint. Each damaged step is reported in one warning line
+    and moved to `damaged_dir`; CheckpointError (one line) when every step is damaged.
 
     A step without a stream position leaves the iterator at its start: a warning, except at step 0
     (what `interop import` writes), where a new run starts the stream too.
@@ -380,8 +360,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) 
             state = _restore_verified(mngr, step, abstract_state)
             position = _stream_position(mngr, step)
             _check_step(state, position, step)
-        except _Damaged as e:
-            moved = _move_aside(mngr, step)
+        except Damaged as e:
+            moved = move_aside(str(mngr.directory), step, damaged_dir)
             mngr.reload()
             logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, mngr.directory, e, moved)
             continue
@@ -392,7 +372,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None) 
                             "beginning", step, mngr.directory)
         return state, step
     raise CheckpointError(f"every checkpoint in {mngr.directory} is damaged (steps {', '.join(map(str, steps))}, "
-                          f"moved to {os.path.join(os.path.dirname(str(mngr.directory)), DAMAGED)}); the same "
+                          f"moved to {damaged_dir}); the same "
                           "command now trains from step 0")
 
 
@@ -400,51 +380,29 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> ml_collections.Confi
     """The config `step` was saved with; CheckpointError (one line) when it cannot be read."""
     try:
         return ml_collections.ConfigDict(_config(mngr, step))
-    except _Damaged as e:
+    except Damaged as e:
         raise CheckpointError(f"checkpoint {step} in {mngr.directory} has an unreadable config ({e})") from None
 
 
-def resolve_step(workdir: str, which: str | int = "latest") -> tuple[ocp.CheckpointManager, int]:
-    """The manager and step for `which`: "latest", "best" or a step number; CheckpointError if absent."""
-    if not os.path.isdir(workdir):
-        raise CheckpointError(f"workdir {workdir!r} does not exist")
-    kind = BEST if which == "best" else LATEST
-    if not os.path.isdir(os.path.join(workdir, kind)):
-        raise CheckpointError(f"workdir {workdir!r} has no {kind}/ checkpoints")
-    if kind == BEST and (damaged := damaged_best_metrics(workdir)):
-        step, why = next(iter(damaged.items()))
-        raise CheckpointError(f"checkpoint {step} in {os.path.join(workdir, BEST)} is damaged ({why}); the next "
-                              f"training run sets it aside, or use --checkpoint latest")
-    mngr = manager(workdir, kind, create=False)
-    steps = mngr.all_steps()
-    if not steps:
-        raise CheckpointError(f"workdir {workdir!r} has no checkpoints in {kind}/")
-    if which in ("latest", "best"):
-        best = mngr.best_step() if which == "best" else None
-        return mngr, max(steps) if best is None else best
-    if str(which).isdigit() and int(which) in steps:
-        return mngr, int(which)
-    raise CheckpointError(f"workdir {workdir!r} has no checkpoint {which!r}; saved steps: {sorted(steps)}")
-
-
 def _check_describes(config: dict, params) -> None:
-    """_Damaged unless `config` is a run config whose model has exactly the saved parameters (names and
+    """Damaged unless `config` is a run config whose model has exactly the saved parameters (names and
     shapes): a reader builds the model from it, so a config item that parses but describes something
     else (another depth, not a run config at all) is as damaged as an unreadable one."""
     try:
         cfg = model_lib.ModelConfig.from_config(ml_collections.ConfigDict(config))
         expected = cfg.abstract_params()
     except Exception as e:  # a missing key, a wrong type, a bad value: whatever building the model raises
-        raise _Damaged(f"config: not a run config ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        raise Damaged(f"config: not a run config ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     want, have = _shapes(expected), _shapes(params)
     if want != have:
         differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-        raise _Damaged(f"config: describes another model than the saved parameters ({len(differ)} differ, "
+        raise Damaged(f"config: describes another model than the saved parameters ({len(differ)} differ, "
                        f"e.g. {differ[0]})")
 
 
-def _read_params(mngr: ocp.CheckpointManager, step: int):
-    """(params as host numpy, config) of `step`, the params verified against their checksums."""
+def read_params(mngr: ocp.CheckpointManager, step: int):
+    """(params as host numpy, config) of `step`, the params verified against their checksums; Damaged
+    (the cause, one line) when they cannot be."""
     _check_layout(mngr, step)
     config = _config(mngr, step)
     try:
@@ -457,44 +415,12 @@ def _read_params(mngr: ocp.CheckpointManager, step: int):
                 params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"),
                                               args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
             params = params["params"]
-    except _Damaged:
+    except Damaged:
         raise
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
-        raise _Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
+        raise Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)
     if recorded is not None:
         recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.startswith("params/")}}
     _verify({"params": params}, recorded)
     return params, ml_collections.ConfigDict(config)
-
-
-def restore_params(workdir: str, which: str | int = "latest"):
-    """(params, config, step) from a run's checkpoint, without the optimizer state, verified.
-
-    Every array comes back as host numpy, so a checkpoint written on N devices loads on any other
-    device count. A damaged checkpoint is CheckpointError naming the steps of `checkpoints/` that
-    are intact; nothing in the workdir is changed.
-    """
-    mngr, step = resolve_step(workdir, which)
-    try:
-        params, config = _read_params(mngr, step)
-    except _Damaged as e:
-        raise CheckpointError(f"checkpoint {step} in {mngr.directory} is damaged ({e}); "
-                              f"{_intact(workdir, skip=(str(mngr.directory), step))}") from None
-    return params, config, step
-
-
-def _intact(workdir: str, skip: tuple[str, int]) -> str:
-    """Which steps of `checkpoints/` restore and verify, for an error message: `intact steps: 30, 35`."""
-    if not os.path.isdir(os.path.join(workdir, LATEST)):
-        return "no intact checkpoint"
-    mngr, intact = manager(workdir, LATEST, create=False), []
-    for step in sorted(mngr.all_steps()):
-        if (str(mngr.directory), step) == skip:
-            continue
-        try:
-            _read_params(mngr, step)
-            intact.append(step)
-        except _Damaged:  # damaged too: not listed
-            continue
-    return f"intact steps: {', '.join(map(str, intact))}" if intact else "no intact checkpoint"

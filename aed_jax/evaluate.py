@@ -31,12 +31,12 @@ import numpy as np
 import optax
 from absl import flags
 
-from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
 from aed_jax import data as data_lib
 from aed_jax import losses
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
+from aed_jax import rundir
 from aed_jax import tasks
 
 
@@ -218,7 +218,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     if fv.seed is not None and fv.seed < 0:
         cli.fail(f"--seed must be >= 0, got {fv.seed}")
-    params, config, step = checkpoint_lib.restore_params(fv.workdir, fv.checkpoint)
+    params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
     cfg = model_lib.ModelConfig.from_config(config)
     task = tasks.task_name(config.get("dataset", ""))
     if task is not None and (fv.full or fv.data):

@@ -31,11 +31,11 @@ import numpy as np
 from absl import flags
 
 from aed_jax import api
-from aed_jax import checkpoint as checkpoint_lib
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import errors
 from aed_jax import model as model_lib
+from aed_jax import rundir
 
 # The reference's enums, in code order (code = index + 1); ours are the same names but COSINE*.
 ENUMS = {
@@ -176,16 +176,13 @@ def _architecture(cfg: model_lib.ModelConfig) -> dict:
 
 def export(workdir: str, out: str, checkpoint: str = "latest") -> tuple[str, str]:
     """Writes `out` (the npz) and the model_config JSON beside it; returns both paths."""
-    params, config, _ = checkpoint_lib.restore_params(workdir, checkpoint)
+    params, config, _ = rundir.restore_params(workdir, checkpoint)
     reference = reference_config(config)  # refuses options the reference lacks before writing anything
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "wb") as f:  # a file object, so numpy does not append ".npz" to the name
+    with rundir.atomic_file(out, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
         np.savez(f, **to_reference(params))
-    os.replace(out + ".tmp", out)
     json_path = os.path.splitext(out)[0] + ".json"
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(reference, f, indent=2)
-    os.replace(json_path + ".tmp", json_path)
+    rundir.write_atomic(json_path, json.dumps(reference, indent=2))
     return out, json_path
 
 
@@ -211,7 +208,7 @@ def import_npz(npz: str, config: ml_collections.ConfigDict, workdir: str) -> Non
         if differ := [f"{k} ({v!r} there, {ours[k]!r} here)" for k, v in _architecture(theirs).items() if ours[k] != v]:
             raise InteropError(f"{json_path} and the config disagree on {', '.join(differ)}")
     params = from_reference(load_npz(npz), cfg, npz)
-    latest = os.path.join(workdir, checkpoint_lib.LATEST)
+    latest = os.path.join(workdir, rundir.CHECKPOINTS)
     if os.path.isdir(latest) and os.listdir(latest):
         raise InteropError(f"workdir {workdir!r} already has checkpoints; import into a new folder")
     config = ml_collections.ConfigDict(config.to_dict())

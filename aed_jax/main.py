@@ -37,21 +37,18 @@ from ml_collections import config_flags
 
 from aed_jax import api
 from aed_jax import cli
-from aed_jax import config as config_lib
 from aed_jax import errors
+from aed_jax import rundir
 from aed_jax import sample
 from aed_jax import tasks
 from aed_jax import train
-
-DEFAULT_DATASET = config_lib.base_config().dataset
-
 
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so importing this module defines none."""
     cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
                         "default: config.workdir, else runs/<config file name>, plus -<dataset> when the "
-                        f"dataset is not {DEFAULT_DATASET}.")
+                        f"dataset is not {rundir.DEFAULT_DATASET}.")
     flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints, metrics and TensorBoard events and "
                       "start over.")
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
@@ -64,14 +61,6 @@ def define_flags() -> None:
                         "JAX's persistent compilation cache, so a resumed run loads its train step instead of "
                         "compiling it again, as does the run after micro_batch_size auto-sizing compiled it; "
                         "'' disables it. The JAX_COMPILATION_CACHE_DIR variable, when set, wins.")
-
-
-def default_workdir(c, config_path: str) -> str:
-    """runs/<config name>, plus -<dataset> for a dataset other than the built-in one, so training a
-    config on your own data never lands in (and is never refused by) the built-in corpus's run."""
-    name = os.path.splitext(os.path.basename(config_path))[0]
-    dataset = c.dataset.replace(tasks.PREFIX, "task_")  # task:mqar -> runs/<config>-task_mqar
-    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
@@ -116,7 +105,7 @@ def main(argv):
         initialize_distributed()
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
-    workdir = fv.workdir or c.workdir or default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
+    workdir = fv.workdir or c.workdir or rundir.default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,
                  jax.process_count(), workdir)
     try:
@@ -150,7 +139,7 @@ def report(outcome: train.Outcome, workdir: str, train_steps: int, prompt: str, 
         return
     if outcome.already_finished:
         print(f"{workdir} is already finished at step {outcome.step} (train_steps {train_steps}): {losses}. "
-              f"Checkpoints in {os.path.join(workdir, 'checkpoints')}, the best in {os.path.join(workdir, 'best')}. "
+              f"Checkpoints in {os.path.join(workdir, rundir.CHECKPOINTS)}, the best in {os.path.join(workdir, rundir.BEST)}. "
               "Raise --config.train_steps to train on, or pass --fresh to start over")
         return
     print(f"final: {losses} ({workdir})")

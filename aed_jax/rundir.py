@@ -1,4 +1,12 @@
-"""A run's folder: who may write it (a lock), whether a resume is the same run, and what it logs.
+"""A run's folder (workdir), everything about it above orbax: its layout, who may write it (a lock),
+which run it holds and whether a resume is the same run, what it logs, which checkpoint a reader means.
+
+    <workdir>/checkpoints/<step>/   the latest few steps (orbax, `checkpoint`)
+    <workdir>/best/<step>/          the step of lowest val loss
+    <workdir>/damaged/              steps set aside as damaged, never deleted
+    <workdir>/config.json           the run's config, data.json its token files (the run's record)
+    <workdir>/metrics.jsonl         one JSON object a line, with "step"; TensorBoard events beside it
+    <workdir>/.lock                 held by the trainer
 
 A workdir belongs to one trainer at a time: process 0 holds an OS file lock on `<workdir>/.lock`
 for the trainer's lifetime, so a crashed trainer never leaves it held, and a second trainer exits
@@ -30,8 +38,104 @@ import tensorboardX
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import errors
+from aed_jax import tasks
 
+CHECKPOINTS, BEST, DAMAGED = "checkpoints", "best", "damaged"
 CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
+DEFAULT_DATASET = config_lib.base_config().dataset
+
+
+def default_workdir(c: ml_collections.ConfigDict, config_path: str) -> str:
+    """runs/<config name>, plus -<dataset> for a dataset other than the built-in one, so training a
+    config on your own data never lands in (and is never refused by) the built-in corpus's run."""
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    dataset = c.dataset.replace(tasks.PREFIX, "task_")  # task:mqar -> runs/<config>-task_mqar
+    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{dataset}")
+
+
+def checkpoints(workdir: str, keep: int = 3, create: bool = True):
+    """The manager of `<workdir>/checkpoints`, which keeps the newest `keep` steps."""
+    return checkpoint.manager(os.path.join(workdir, CHECKPOINTS), keep=keep, create=create)
+
+
+def best(workdir: str, create: bool = True):
+    """The manager of `<workdir>/best`, which keeps the step of lowest val loss."""
+    return checkpoint.manager(os.path.join(workdir, BEST), best=True, create=create)
+
+
+def clean_interrupted(workdir: str) -> list[str]:
+    """Removes the temporary folders that interrupted saves left in checkpoints/ and best/; their paths.
+    Only the trainer calls it (process 0, holding the lock)."""
+    return sorted(p for kind in (CHECKPOINTS, BEST) for p in checkpoint.clean_interrupted(os.path.join(workdir, kind)))
+
+
+def set_aside_damaged_best(workdir: str) -> list[str]:
+    """Moves each step of best/ whose metrics orbax cannot use (`checkpoint.damaged_metrics`) to
+    damaged/, as a damaged checkpoint is; one warning line each. Only the trainer calls it (process 0,
+    holding the lock)."""
+    moved, folder = [], os.path.join(workdir, BEST)
+    for step, why in checkpoint.damaged_metrics(folder).items():
+        target = checkpoint.move_aside(folder, step, os.path.join(workdir, DAMAGED))
+        logging.warning("checkpoint %d in %s is damaged (%s); moved it to %s", step, folder, why, target)
+        moved.append(target)
+    return moved
+
+
+def resolve_step(workdir: str, which: str | int = "latest"):
+    """(manager, step) for a reader's `which`: "latest", "best" or a step number; CheckpointError
+    (one line) if absent."""
+    if not os.path.isdir(workdir):
+        raise checkpoint.CheckpointError(f"workdir {workdir!r} does not exist")
+    kind = BEST if which == "best" else CHECKPOINTS
+    folder = os.path.join(workdir, kind)
+    if not os.path.isdir(folder):
+        raise checkpoint.CheckpointError(f"workdir {workdir!r} has no {kind}/ checkpoints")
+    if kind == BEST and (damaged := checkpoint.damaged_metrics(folder)):
+        step, why = next(iter(damaged.items()))
+        raise checkpoint.CheckpointError(f"checkpoint {step} in {folder} is damaged ({why}); the next training run "
+                                         "sets it aside, or use --checkpoint latest")
+    mngr = best(workdir, create=False) if kind == BEST else checkpoints(workdir, create=False)
+    steps = mngr.all_steps()
+    if not steps:
+        raise checkpoint.CheckpointError(f"workdir {workdir!r} has no checkpoints in {kind}/")
+    if which in ("latest", "best"):
+        best_step = mngr.best_step() if which == "best" else None
+        return mngr, max(steps) if best_step is None else best_step
+    if str(which).isdigit() and int(which) in steps:
+        return mngr, int(which)
+    raise checkpoint.CheckpointError(f"workdir {workdir!r} has no checkpoint {which!r}; saved steps: {sorted(steps)}")
+
+
+def restore_params(workdir: str, which: str | int = "latest"):
+    """(params, config, step) from a run's checkpoint, without the optimizer state, verified.
+
+    Every array comes back as host numpy, so a checkpoint written on N devices loads on any other
+    device count. A damaged checkpoint is CheckpointError naming the steps of checkpoints/ that
+    are intact; nothing in the workdir is changed.
+    """
+    mngr, step = resolve_step(workdir, which)
+    try:
+        params, config = checkpoint.read_params(mngr, step)
+    except checkpoint.Damaged as e:
+        raise checkpoint.CheckpointError(f"checkpoint {step} in {mngr.directory} is damaged ({e}); "
+                                         f"{_intact(workdir, skip=(str(mngr.directory), step))}") from None
+    return params, config, step
+
+
+def _intact(workdir: str, skip: tuple[str, int]) -> str:
+    """Which steps of checkpoints/ restore and verify, for an error message: `intact steps: 30, 35`."""
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        return "no intact checkpoint"
+    mngr, intact = checkpoints(workdir, create=False), []
+    for step in sorted(mngr.all_steps()):
+        if (str(mngr.directory), step) == skip:
+            continue
+        try:
+            checkpoint.read_params(mngr, step)
+            intact.append(step)
+        except checkpoint.Damaged:  # damaged too: not listed
+            continue
+    return f"intact steps: {', '.join(map(str, intact))}" if intact else "no intact checkpoint"
 
 
 class RunError(errors.UserError):
@@ -92,7 +196,7 @@ def locked(workdir: str):
 def start_over(workdir: str) -> None:
     """What --fresh removes: the checkpoints, the metrics, the TensorBoard events and the run's
     record, so no old curve or step mixes with the new run. Damaged checkpoints set aside stay."""
-    for name in (checkpoint.LATEST, checkpoint.BEST):
+    for name in (CHECKPOINTS, BEST):
         shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
     for path in [os.path.join(workdir, name) for name in (METRICS, CONFIG, DATA)] + glob.glob(
             os.path.join(glob.escape(workdir), "events.out.tfevents.*")):
@@ -133,6 +237,22 @@ def recorded(workdir: str) -> tuple[dict | None, dict | None]:
     return out[0], out[1]
 
 
+def saved_run(workdir: str, mngr) -> tuple[dict | None, dict | None, bool]:
+    """(config, data record, model_only) of the run the workdir holds (`mngr`: its checkpoints). Written
+    by the trainer when it accepted the run; without that record, the newest readable checkpoint's
+    config: all of it for a trained step (config.json was lost, the run is still the one its
+    checkpoints hold), its model alone for the step 0 that `interop import` writes (never trained)."""
+    saved_config, saved_data = recorded(workdir)
+    if saved_config is not None or mngr.latest_step() is None:
+        return saved_config, saved_data, False
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return checkpoint.saved_config(mngr, step).to_dict(), None, step == 0
+        except checkpoint.CheckpointError as e:
+            logging.warning("%s", e)
+    return None, None, False
+
+
 def differences(saved: dict, current: dict, saved_data: dict | None, current_data: dict,
                 model_only: bool = False) -> list[str]:
     """The keys (and data files) in which `current` is another run than `saved`, as "key (old -> new)";
@@ -171,13 +291,17 @@ def check_same_run(workdir: str, c: ml_collections.ConfigDict, data: dict, saved
 
 def accept(workdir: str, c: ml_collections.ConfigDict, data: dict) -> None:
     """Records the run as the workdir's own, once it has passed every check."""
-    _write_atomic(os.path.join(workdir, CONFIG), json.dumps(c.to_dict(), indent=2, sort_keys=True))
-    _write_atomic(os.path.join(workdir, DATA), json.dumps(data, indent=2, sort_keys=True))
+    write_atomic(os.path.join(workdir, CONFIG), json.dumps(c.to_dict(), indent=2, sort_keys=True))
+    write_atomic(os.path.join(workdir, DATA), json.dumps(data, indent=2, sort_keys=True))
 
 
-def last_estimate(workdir: str) -> dict:
-    """The last estimate line of metrics.jsonl (with "step"), or {} when there is none."""
-    found = {}
+def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
+    """(training lines, estimate lines) of `<workdir>/metrics.jsonl`, each sorted by step.
+
+    A resumed run may log a step twice (a kill between a log line and the next checkpoint); the
+    last line of a step wins. A line cut short by a kill is skipped; a missing file gives two empty lists.
+    """
+    train, estimates = {}, {}
     path = os.path.join(workdir, METRICS)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -187,8 +311,16 @@ def last_estimate(workdir: str) -> dict:
                 except ValueError:
                     continue
                 if "val_loss" in row:
-                    found = row
-    return found
+                    estimates[row["step"]] = row
+                elif "ce" in row:
+                    train[row["step"]] = row
+    return [train[s] for s in sorted(train)], [estimates[s] for s in sorted(estimates)]
+
+
+def last_estimate(workdir: str) -> dict:
+    """The last estimate line of metrics.jsonl (with "step"), or {} when there is none."""
+    estimates = read_metrics(workdir)[1]
+    return estimates[-1] if estimates else {}
 
 
 class MetricsWriter:
@@ -207,7 +339,7 @@ class MetricsWriter:
                 with open(path, encoding="utf-8") as f:
                     kept = [line.rstrip("\n") + "\n" for line in f
                             if (step := _logged_step(line)) is not None and step <= start_step]
-                _write_atomic(path, "".join(kept))
+                write_atomic(path, "".join(kept))
             self.jsonl = open(path, "a", encoding="utf-8")
             self.tb = tensorboardX.SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
 
@@ -235,11 +367,25 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
-def _write_atomic(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w"):
+    """A file to write `path` through: `<path>.tmp`, renamed over `path` only when the block completes
+    (a reader sees the old file or the new one, never half of one) and removed if it fails."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 import signal
 import sys
 import time
@@ -260,22 +261,6 @@ def _data_files(c: ml_collections.ConfigDict) -> tuple[str, str]:
     return data.split_paths(c)
 
 
-def _saved_run(workdir: str, latest) -> tuple[dict | None, dict | None, bool]:
-    """(config, data record, model_only) of the run the workdir holds. Written by the trainer when it
-    accepted the run; without that record, the newest readable checkpoint's config: all of it for a
-    trained step (config.json was lost, the run is still the one its checkpoints hold), its model
-    alone for the step 0 that `interop import` writes (never trained on any data)."""
-    saved_config, saved_data = rundir.recorded(workdir)
-    if saved_config is not None or latest.latest_step() is None:
-        return saved_config, saved_data, False
-    for step in sorted(latest.all_steps(), reverse=True):
-        try:
-            return checkpoint.saved_config(latest, step).to_dict(), None, step == 0
-        except checkpoint.CheckpointError as e:
-            logging.warning("%s", e)
-    return None, None, False
-
-
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
     """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
@@ -286,9 +271,9 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         if jax.process_index() == 0:
             if fresh:
                 rundir.start_over(workdir)
-            for path in checkpoint.clean_interrupted(workdir):
+            for path in rundir.clean_interrupted(workdir):
                 logging.warning("removed %s, left by an interrupted save", path)
-            checkpoint.set_aside_damaged_best(workdir)
+            rundir.set_aside_damaged_best(workdir)
         return _train(c, workdir, mesh)
 
 
@@ -306,8 +291,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
         data_record = {}
         if jax.process_count() > 1:  # as _data_files does: the workdir is clean before anyone reads it
             multihost_utils.sync_global_devices("workdir ready")
-    latest, best = checkpoint.manager(workdir, keep=c.keep_checkpoints), checkpoint.manager(workdir, checkpoint.BEST)
-    rundir.check_same_run(workdir, c, data_record, *_saved_run(workdir, latest))
+    latest, best = rundir.checkpoints(workdir, keep=c.keep_checkpoints), rundir.best(workdir)
+    rundir.check_same_run(workdir, c, data_record, *rundir.saved_run(workdir, latest))
 
     to_global = functools.partial(mesh_lib.to_global, mesh)
     if task is None:
@@ -320,7 +305,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     model, optimizer, schedule = model_lib.from_config(c), optim.make_optimizer(c), optim.learning_rate(c)
 
     abstract = abstract_state(model, optimizer, mesh)
-    restored = checkpoint.restore_latest(latest, abstract, train_iter)
+    restored = checkpoint.restore_latest(latest, abstract, train_iter, os.path.join(workdir, rundir.DAMAGED))
     if restored is None:
         state, start = init_on_mesh(jax.random.key(c.random_seed), abstract, model=model, optimizer=optimizer), 0
     else:

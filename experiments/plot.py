@@ -14,7 +14,6 @@ call `plot_runs` for any set of workdirs.
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 from absl import flags
@@ -26,31 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from aed_jax import cli  # noqa: E402
+from aed_jax import rundir  # noqa: E402
 from experiments import suites  # noqa: E402
 
 BAND = "band: lowest to highest seed"  # the legend's words for the band around a mean over seeds
-
-
-def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
-    """(training lines, estimate lines) of `<workdir>/metrics.jsonl`, each sorted by step.
-
-    A resumed run may log a step twice (a kill between a log line and the next checkpoint); the
-    last line of a step wins. A missing file gives two empty lists.
-    """
-    path = os.path.join(workdir, "metrics.jsonl")
-    train, estimates = {}, {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                if "val_loss" in row:
-                    estimates[row["step"]] = row
-                elif "ce" in row:
-                    train[row["step"]] = row
-    return [train[s] for s in sorted(train)], [estimates[s] for s in sorted(estimates)]
 
 
 def plot_runs(runs: dict[str, str | list[str]], path: str, title: str = "", seed_points: dict[str, dict] | None = None
@@ -64,7 +42,7 @@ def plot_runs(runs: dict[str, str | list[str]], path: str, title: str = "", seed
     """
     curves = {}
     for label, workdirs in runs.items():
-        metrics = [read_metrics(w) for w in ([workdirs] if isinstance(workdirs, str) else workdirs)]
+        metrics = [rundir.read_metrics(w) for w in ([workdirs] if isinstance(workdirs, str) else workdirs)]
         metrics = [(train, est) for train, est in metrics if train or est]
         if metrics:
             curves[label] = metrics
@@ -151,7 +129,7 @@ def plot_sweep(points: dict[str, dict[str, dict[int, list[str]]]], path: str, ti
     seed]}}}. Several seeds: their mean, in a band from the lowest to the highest. Returns `path`, or
     None if no run has an estimate."""
     last = {w: est[-1] for lines in points.values() for widths in lines.values() for dirs in widths.values()
-            for w in dirs for _, est in [read_metrics(w)] if est}
+            for w in dirs for _, est in [rundir.read_metrics(w)] if est}
     if not last:
         return None
     fig, axes = plt.subplots(len(metrics), len(points), figsize=(max(4.6 * len(points), 7), 3.6 * len(metrics)),

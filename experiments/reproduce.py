@@ -56,11 +56,12 @@ from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import errors
+from aed_jax import rundir
 from aed_jax import train
 from experiments import plot
 from experiments import stats
 from experiments import suites
-from experiments.suites import DEFAULT_DATASET, MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
+from experiments.suites import MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
 
 EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss column
 MAX_SEED_COUNT = 100  # --seeds N above this is taken for a seed, not a count
@@ -126,7 +127,7 @@ def data_override(folder: str | None, dataset: str | None = None) -> dict:
         override = _folder_override(folder)
     c = config_lib.base_config()
     c.update(override)
-    if c.dataset != DEFAULT_DATASET:
+    if c.dataset != rundir.DEFAULT_DATASET:
         data.split_paths(c)  # a DataError naming the missing file and how to make it
     return override
 
@@ -147,7 +148,7 @@ def _folder_override(folder: str) -> dict:
 def latest_step(workdir: str) -> int | None:
     """The step of the latest checkpoint in `workdir`, or None."""
     try:
-        mngr, step = checkpoint.resolve_step(workdir)
+        mngr, step = rundir.resolve_step(workdir)
     except checkpoint.CheckpointError:
         return None
     mngr.close()
@@ -160,13 +161,6 @@ def _read_json(path: str) -> dict:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
@@ -190,22 +184,20 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str |
         error = str(e)
     finally:
         step = latest_step(workdir)
-        _write_json_atomic(info_path, {
+        rundir.write_atomic(info_path, json.dumps({
             "run": run.name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
             "finished": step is not None and step >= c.train_steps, "error": error,
             "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            "updated": datetime.datetime.now().isoformat(timespec="seconds")})
+            "updated": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2, sort_keys=True))
     if error:
         return f"failed: {error}"
     return "finished" if step is not None and step >= c.train_steps else "interrupted"
 
 
-
-
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
     """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
-    train_rows, estimates = plot.read_metrics(workdir)
+    train_rows, estimates = rundir.read_metrics(workdir)
     info, last = _read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
     step = latest_step(workdir)
     has_embedding_loss = c.model_type == "aed" and c.model_config.embedding_loss_type != "NONE"
@@ -423,7 +415,7 @@ def _data_text(c: ml_collections.ConfigDict) -> str:
                "its row"
     folder = data.data_folder(c)
     text = f"`{folder}`"
-    if c.dataset != DEFAULT_DATASET:
+    if c.dataset != rundir.DEFAULT_DATASET:
         text += f" (dataset `{c.dataset}`)"
     elif not c.data_dir:
         text += " (the built-in corpus)"
@@ -505,10 +497,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_string("out", None, "Folder of the runs' workdirs and the results; default runs/<suite>_<scale> "
                         "(runs/<suite> for smoke and tiny), plus -<dataset> for another corpus than "
-                        f"{DEFAULT_DATASET}.", flag_values=fv)
+                        f"{rundir.DEFAULT_DATASET}.", flag_values=fv)
     flags.DEFINE_string("dataset", None, "A prepared corpus: its files <dataset>_train.bin/_val.bin, in data/<dataset> "
                         "unless --data_dir says where (python -m aed_jax.prepare ... --out data/<dataset>). Default: "
-                        f"the one in --data_dir, else the built-in {DEFAULT_DATASET}, prepared on first use (for quick "
+                        f"the one in --data_dir, else the built-in {rundir.DEFAULT_DATASET}, prepared on first use (for quick "
                         "checks: too small for the seed's recipe). Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
                         "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
@@ -536,7 +528,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     seeds = parse_seeds(fv.seeds)
     overrides = data_override(fv.data_dir, fv.dataset)
-    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", DEFAULT_DATASET))
+    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", rundir.DEFAULT_DATASET))
     configs = {}
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)

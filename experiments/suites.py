@@ -20,13 +20,13 @@ import ml_collections
 from aed_jax import config as config_lib
 from aed_jax import errors
 from aed_jax import model as model_lib
+from aed_jax import rundir
 from aed_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_STEPS = 9000  # the seed's published runs
 MINI_FACTOR = 10  # --scale mini: train_steps, warmup_iters, lr_decay_iters and est_interval divided by this
 MINI_EST_FACTOR = 4  # --scale mini: est_steps divided by this
-DEFAULT_DATASET = config_lib.base_config().dataset  # the built-in corpus, prepared on first use
 DEFAULT_SEED = config_lib.base_config().random_seed  # --seeds N: this seed and the N - 1 after it
 # --suite smoke: a few steps of two tiny models, on CPU in well under a minute each.
 SMOKE_OVERRIDES = dict(train_steps=6, warmup_iters=2, lr_decay_iters=6, est_interval=3, est_steps=2, log_interval=1)
@@ -362,11 +362,11 @@ def get(name: str, scale: str | None = None) -> Suite:
     return _task_suite(scale or SCALES["tasks"][0]) if name == "tasks" else _FIXED[name]
 
 
-def default_out(suite: str, scale: str | None, dataset: str = DEFAULT_DATASET) -> str:
+def default_out(suite: str, scale: str | None, dataset: str = rundir.DEFAULT_DATASET) -> str:
     """runs/<suite>_<scale> (runs/<suite> for a suite with one size), plus -<dataset> for a corpus other than
     the built-in one, as main names workdirs: runs on different corpora never share a folder."""
     name = suite if scale is None else f"{suite}_{scale}"
-    return os.path.join("runs", name if dataset == DEFAULT_DATASET else f"{name}-{dataset}")
+    return os.path.join("runs", name if dataset == rundir.DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def workdir(out: str, run: str, seed: int | None) -> str:

@@ -21,6 +21,7 @@ from aed_jax import checkpoint
 from aed_jax import data
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import rundir
 from aed_jax import train
 from test_train import ROOT, data_dir, small_config  # noqa: F401
 
@@ -49,7 +50,7 @@ def pristine(data_dir, tmp_path_factory):  # noqa: F811
     """A workdir with checkpoints 2, 4, 6 (the iterator two batches on at each) and best/ at 4; the states saved."""
     c = small_config(data_dir)
     workdir = str(tmp_path_factory.mktemp("pristine") / "run")
-    latest, best, it, states, positions = checkpoint.manager(workdir), checkpoint.manager(workdir, checkpoint.BEST), \
+    latest, best, it, states, positions = rundir.checkpoints(workdir), rundir.best(workdir), \
         _iterator(c), {}, {}
     for step in STEPS:
         next(it), next(it)
@@ -137,12 +138,12 @@ def _assert_identical(a, b):
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restores(run, fault, caplog, capfd):
     c, workdir, states, positions = run
-    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    step_dir = os.path.join(workdir, rundir.CHECKPOINTS, "6")
     FAULTS[fault](step_dir)
     damaged = _tree_digest(step_dir)
 
     with pytest.raises(checkpoint.CheckpointError) as e:  # a reader reports it and changes nothing
-        checkpoint.restore_params(workdir, "latest")
+        rundir.restore_params(workdir, "latest")
     message = str(e.value)
     assert "\n" not in message and message.startswith(f"checkpoint 6 in {os.path.join(workdir, 'checkpoints')} "
                                                       "is damaged (")
@@ -151,31 +152,31 @@ def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restore
 
     it = _iterator(c)
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
     assert step == 4
     _assert_identical(state, states[4])
     assert it.get_state() == positions[4]
     [warning] = _warnings(caplog)
     assert "\n" not in warning and warning.startswith("checkpoint 6 in ") and "is damaged (" in warning
-    [aside] = os.listdir(os.path.join(workdir, checkpoint.DAMAGED))
+    [aside] = os.listdir(os.path.join(workdir, rundir.DAMAGED))
     assert aside.startswith("checkpoints-6-") and aside in warning
-    assert _tree_digest(os.path.join(workdir, checkpoint.DAMAGED, aside)) == damaged  # moved, byte for byte
-    assert sorted(os.listdir(os.path.join(workdir, checkpoint.LATEST))) == ["2", "4"]
+    assert _tree_digest(os.path.join(workdir, rundir.DAMAGED, aside)) == damaged  # moved, byte for byte
+    assert sorted(os.listdir(os.path.join(workdir, rundir.CHECKPOINTS))) == ["2", "4"]
     assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_missing_stream_position_is_a_warning_that_the_stream_restarts(run, caplog):
     c, workdir, states, _ = run
-    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "6", checkpoint.STREAM))
+    shutil.rmtree(os.path.join(workdir, rundir.CHECKPOINTS, "6", checkpoint.STREAM))
     it = _iterator(c)
     start = it.get_state()
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
     assert step == 6 and it.get_state() == start
     _assert_identical(state, states[6])
     [warning] = _warnings(caplog)
     assert "checkpoint 6 in" in warning and "no data stream position: the data stream restarts from its beginning" in warning
-    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+    assert not os.path.exists(os.path.join(workdir, rundir.DAMAGED))
 
 
 @pytest.mark.parametrize("fault,cause", [
@@ -185,10 +186,10 @@ def test_a_missing_stream_position_is_a_warning_that_the_stream_restarts(run, ca
 ])
 def test_a_step_whose_state_or_stream_is_not_its_own_is_set_aside(run, fault, cause, caplog):
     c, workdir, states, positions = run
-    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    step_dir = os.path.join(workdir, rundir.CHECKPOINTS, "6")
     if fault == "folder renamed":  # without its stream position, so the state's own step is what tells
         shutil.rmtree(os.path.join(step_dir, checkpoint.STREAM))
-        os.rename(step_dir, os.path.join(workdir, checkpoint.LATEST, "8"))
+        os.rename(step_dir, os.path.join(workdir, rundir.CHECKPOINTS, "8"))
     else:
         path = os.path.join(step_dir, checkpoint.STREAM, "metadata")  # orbax's JSON item file
         position = json.load(open(path))
@@ -197,7 +198,7 @@ def test_a_step_whose_state_or_stream_is_not_its_own_is_set_aside(run, fault, ca
         json.dump(position, open(path, "w"))
     it = _iterator(c)
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
     assert step == 4 and it.get_state() == positions[4]
     _assert_identical(state, states[4])
     [warning] = _warnings(caplog)
@@ -207,13 +208,13 @@ def test_a_step_whose_state_or_stream_is_not_its_own_is_set_aside(run, fault, ca
 def test_an_earlier_versions_stream_position_restores(run):
     """Before the position was global, one process saved it through grain, in data/process_0-of-1.json."""
     c, workdir, states, positions = run
-    step_dir = os.path.join(workdir, checkpoint.LATEST, "6")
+    step_dir = os.path.join(workdir, rundir.CHECKPOINTS, "6")
     shutil.rmtree(os.path.join(step_dir, checkpoint.STREAM))
     os.makedirs(os.path.join(step_dir, "data"))
     with open(os.path.join(step_dir, checkpoint.LEGACY_DATA), "w") as f:
         json.dump(positions[6], f)
     it = _iterator(c)
-    state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), it)
+    state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
     assert step == 6 and it.get_state() == positions[6] != _iterator(c).get_state()
     _assert_identical(state, states[6])
 
@@ -221,9 +222,9 @@ def test_an_earlier_versions_stream_position_restores(run):
 def test_an_imported_step_0_without_data_restores_silently(data_dir, tmp_path, caplog):  # noqa: F811
     c = small_config(data_dir)
     state = _state(c, 1, 0)
-    checkpoint.save(checkpoint.manager(str(tmp_path)), 0, state, c)
+    checkpoint.save(rundir.checkpoints(str(tmp_path)), 0, state, c)
     with caplog.at_level(logging.WARNING):
-        restored, step = checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), _abstract(c), _iterator(c))
+        restored, step = checkpoint.restore_latest(rundir.checkpoints(str(tmp_path)), _abstract(c), _iterator(c), os.path.join(str(tmp_path), rundir.DAMAGED))
     assert step == 0 and not _warnings(caplog)
     _assert_identical(restored, state)
 
@@ -232,10 +233,10 @@ def test_checkpoints_without_checksums_still_load(run, caplog):
     """As written before checkpoints carried checksums."""
     c, workdir, states, _ = run
     for step in STEPS:
-        shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, str(step), checkpoint.CHECKSUMS))
+        shutil.rmtree(os.path.join(workdir, rundir.CHECKPOINTS, str(step), checkpoint.CHECKSUMS))
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c), _iterator(c))
-        params, _, _ = checkpoint.restore_params(workdir, "latest")
+        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), _iterator(c), os.path.join(workdir, rundir.DAMAGED))
+        params, _, _ = rundir.restore_params(workdir, "latest")
     assert step == 6 and not _warnings(caplog)
     _assert_identical(state, states[6])
     _assert_identical(params, jax.device_get(states[6]["params"]))
@@ -244,13 +245,13 @@ def test_checkpoints_without_checksums_still_load(run, caplog):
 def test_every_checkpoint_damaged_is_one_line_and_nothing_is_deleted(run, caplog):
     c, workdir, _, _ = run
     for step in STEPS:
-        os.remove(os.path.join(workdir, checkpoint.LATEST, str(step), "state", "_METADATA"))
+        os.remove(os.path.join(workdir, rundir.CHECKPOINTS, str(step), "state", "_METADATA"))
     with pytest.raises(checkpoint.CheckpointError, match=r"^every checkpoint in \S+ is damaged \(steps 6, 4, 2, moved "
                                                          r"to \S+/damaged\); the same command now trains from step 0$"):
-        checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(c))
-    assert len(_warnings(caplog)) == 3 and len(os.listdir(os.path.join(workdir, checkpoint.DAMAGED))) == 3
+        checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), None, os.path.join(workdir, rundir.DAMAGED))
+    assert len(_warnings(caplog)) == 3 and len(os.listdir(os.path.join(workdir, rundir.DAMAGED))) == 3
     with pytest.raises(checkpoint.CheckpointError, match="has no checkpoints in checkpoints/"):
-        checkpoint.restore_params(workdir)
+        rundir.restore_params(workdir)
 
 
 def test_another_models_checkpoint_is_not_taken_for_damage(run):
@@ -259,39 +260,39 @@ def test_another_models_checkpoint_is_not_taken_for_damage(run):
     other.model_config.n_embed = 64
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ holds another state than this "
                                                          r"config's \(.*\)$"):
-        checkpoint.restore_latest(checkpoint.manager(workdir), _abstract(other))
-    assert sorted(os.listdir(os.path.join(workdir, checkpoint.LATEST))) == ["2", "4", "6"]
-    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+        checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(other), None, os.path.join(workdir, rundir.DAMAGED))
+    assert sorted(os.listdir(os.path.join(workdir, rundir.CHECKPOINTS))) == ["2", "4", "6"]
+    assert not os.path.exists(os.path.join(workdir, rundir.DAMAGED))
 
 
 def test_no_checkpoint_restores_nothing(tmp_path, data_dir):  # noqa: F811
-    assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), _abstract(small_config(data_dir))) is None
+    assert checkpoint.restore_latest(rundir.checkpoints(str(tmp_path)), _abstract(small_config(data_dir)), None, os.path.join(str(tmp_path), rundir.DAMAGED)) is None
 
 
 def test_a_damaged_best_names_the_intact_steps(run):
     _, workdir, _, _ = run
-    _other_arrays(os.path.join(workdir, checkpoint.BEST, "4"), os.path.join(workdir, checkpoint.LATEST, "2"))
+    _other_arrays(os.path.join(workdir, rundir.BEST, "4"), os.path.join(workdir, rundir.CHECKPOINTS, "2"))
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 4 in \S+/best is damaged \(checksum mismatch "
                                                          r"in params/\S+\); intact steps: 2, 4, 6$"):
-        checkpoint.restore_params(workdir, "best")
+        rundir.restore_params(workdir, "best")
 
 
 @pytest.mark.parametrize("content,why", [('{"val_lo', r"metrics: JSONDecodeError: "),
                                          ('{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number")])
 def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, content, why, caplog):
     c, workdir, states, _ = run
-    with open(os.path.join(workdir, checkpoint.BEST, "4", "metrics", "metrics"), "w") as f:
+    with open(os.path.join(workdir, rundir.BEST, "4", "metrics", "metrics"), "w") as f:
         f.write(content)
     with pytest.raises(checkpoint.CheckpointError) as e:
-        checkpoint.restore_params(workdir, "best")
+        rundir.restore_params(workdir, "best")
     assert re.match(rf"^checkpoint 4 in \S+/best is damaged \({why}.*\); the next training run sets it aside, "
                     r"or use --checkpoint latest$", str(e.value))
     with caplog.at_level(logging.WARNING):
-        [moved] = checkpoint.set_aside_damaged_best(workdir)
+        [moved] = rundir.set_aside_damaged_best(workdir)
     [warning] = _warnings(caplog)
     assert "checkpoint 4 in" in warning and moved in warning and os.path.basename(moved).startswith("best-4-")
-    assert not os.path.exists(os.path.join(workdir, checkpoint.BEST, "4"))
-    assert checkpoint.best_val_loss(checkpoint.manager(workdir, checkpoint.BEST)) == math.inf  # a new best can land
+    assert not os.path.exists(os.path.join(workdir, rundir.BEST, "4"))
+    assert checkpoint.best_val_loss(rundir.best(workdir)) == math.inf  # a new best can land
 
 
 @pytest.mark.parametrize("change,cause", [
@@ -301,40 +302,40 @@ def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trai
 ])
 def test_a_config_item_that_parses_but_is_not_the_runs_is_damage_for_readers(run, change, cause):
     c, workdir, states, _ = run
-    path = os.path.join(workdir, checkpoint.LATEST, "6", "config", "metadata")
+    path = os.path.join(workdir, rundir.CHECKPOINTS, "6", "config", "metadata")
     with open(path) as f:
         config = json.load(f)
     with open(path, "w") as f:
         json.dump(change(config), f)
     with pytest.raises(checkpoint.CheckpointError) as e:
-        checkpoint.restore_params(workdir, "latest")
+        rundir.restore_params(workdir, "latest")
     message = str(e.value)
     assert "\n" not in message and message.startswith("checkpoint 6 in ") and cause in message
     assert message.endswith("; intact steps: 2, 4")
-    params, _, step = checkpoint.restore_params(workdir, 4)
+    params, _, step = rundir.restore_params(workdir, 4)
     _assert_identical(params, states[4]["params"])
 
 
 def test_saved_config_of_a_broken_config_is_one_line(run):
     _, workdir, _, _ = run
-    FAULTS["broken config"](os.path.join(workdir, checkpoint.LATEST, "6"))
+    FAULTS["broken config"](os.path.join(workdir, rundir.CHECKPOINTS, "6"))
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ has an unreadable config "
                                                          r"\(config: JSONDecodeError: [^\n]*\)$"):
-        checkpoint.saved_config(checkpoint.manager(workdir), 6)
+        checkpoint.saved_config(rundir.checkpoints(workdir), 6)
 
 
 def test_save_replaces_a_step_that_exists(run):
     """A re-run after an interrupted one saves a step again."""
     c, workdir, states, _ = run
-    checkpoint.save(checkpoint.manager(workdir), 6, states[2], c)
-    params, _, step = checkpoint.restore_params(workdir, 6)
+    checkpoint.save(rundir.checkpoints(workdir), 6, states[2], c)
+    params, _, step = rundir.restore_params(workdir, 6)
     assert step == 6
     _assert_identical(params, jax.device_get(states[2]["params"]))
 
 
 def test_best_only_moves_to_a_finite_lower_val_loss(run):
     c, workdir, states, _ = run
-    best = checkpoint.manager(workdir, checkpoint.BEST)
+    best = rundir.best(workdir)
     assert checkpoint.best_val_loss(best) == 1.5
     for step, loss in ((6, math.nan), (6, math.inf), (6, 1.5), (6, 2.0)):
         assert not checkpoint.save_best(best, step, states[6], c, loss)
@@ -343,7 +344,7 @@ def test_best_only_moves_to_a_finite_lower_val_loss(run):
     assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 1.0
     assert checkpoint.save_best(best, 6, states[2], c, 0.9)  # the same step again, better: replaced
     assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 0.9
-    _assert_identical(checkpoint.restore_params(workdir, "best")[0], jax.device_get(states[2]["params"]))
+    _assert_identical(rundir.restore_params(workdir, "best")[0], jax.device_get(states[2]["params"]))
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the save it kills
@@ -355,17 +356,17 @@ def test_an_interrupted_best_save_is_cleaned_and_the_best_kept(run, monkeypatch)
 
     monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", killed)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_best(checkpoint.manager(workdir, checkpoint.BEST), 6, states[6], c, 1.0)
+        checkpoint.save_best(rundir.best(workdir), 6, states[6], c, 1.0)
     monkeypatch.undo()
-    left = [n for n in os.listdir(os.path.join(workdir, checkpoint.BEST)) if n != "4"]
+    left = [n for n in os.listdir(os.path.join(workdir, rundir.BEST)) if n != "4"]
     assert left and all(".orbax-checkpoint-tmp" in n for n in left)
-    assert checkpoint.clean_interrupted(workdir) == [os.path.join(workdir, checkpoint.BEST, n) for n in sorted(left)]
-    assert os.listdir(os.path.join(workdir, checkpoint.BEST)) == ["4"]
-    assert checkpoint.clean_interrupted(workdir) == []
-    params, _, step = checkpoint.restore_params(workdir, "best")
+    assert rundir.clean_interrupted(workdir) == [os.path.join(workdir, rundir.BEST, n) for n in sorted(left)]
+    assert os.listdir(os.path.join(workdir, rundir.BEST)) == ["4"]
+    assert rundir.clean_interrupted(workdir) == []
+    params, _, step = rundir.restore_params(workdir, "best")
     assert step == 4
     _assert_identical(params, jax.device_get(states[4]["params"]))
-    best = checkpoint.manager(workdir, checkpoint.BEST)  # the re-run saves that best again
+    best = rundir.best(workdir)  # the re-run saves that best again
     assert checkpoint.save_best(best, 6, states[6], c, 1.0) and best.all_steps() == [6]
 
 
@@ -373,7 +374,7 @@ def test_an_interrupted_best_save_is_cleaned_and_the_best_kept(run, monkeypatch)
                                      ["aed_jax.interop", "export", "--out=OUT/m.npz"]])
 def test_readers_of_a_damaged_checkpoint_print_one_line(run, command, tmp_path):
     _, workdir, _, _ = run
-    FAULTS["truncated"](os.path.join(workdir, checkpoint.LATEST, "6"))
+    FAULTS["truncated"](os.path.join(workdir, rundir.CHECKPOINTS, "6"))
     args = [a.replace("OUT", str(tmp_path)) for a in command]
     proc = subprocess.run([sys.executable, "-m", *args, f"--workdir={workdir}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -381,7 +382,7 @@ def test_readers_of_a_damaged_checkpoint_print_one_line(run, command, tmp_path):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: checkpoint 6 in {workdir}/checkpoints is "
                                                                     "damaged (state: ")
     assert proc.stderr.endswith("; intact steps: 2, 4\n")
-    assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED))
+    assert not os.path.exists(os.path.join(workdir, rundir.DAMAGED))
 
 
 def test_a_failed_restores_abandoned_reads_log_nothing_later(run, caplog):
@@ -389,9 +390,9 @@ def test_a_failed_restores_abandoned_reads_log_nothing_later(run, caplog):
     asyncio then logs "Future exception was never retrieved" with a traceback, which must not break
     a reader's one-line error. Such a future is made here by hand, after a real failed restore."""
     _, workdir, _, _ = run
-    FAULTS["truncated"](os.path.join(workdir, checkpoint.LATEST, "6"))
+    FAULTS["truncated"](os.path.join(workdir, rundir.CHECKPOINTS, "6"))
     with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.restore_params(workdir)
+        rundir.restore_params(workdir)
     loop = asyncio.new_event_loop()
     future = loop.create_future()
     future.set_exception(OSError("an abandoned read"))
@@ -404,7 +405,7 @@ def test_a_failed_restores_abandoned_reads_log_nothing_later(run, caplog):
 
 # The trainer over damaged or interrupted checkpoints (est_interval 2: a checkpoint and an estimate every 2 steps).
 
-def _kind_steps(workdir, kind=checkpoint.LATEST):
+def _kind_steps(workdir, kind=rundir.CHECKPOINTS):
     return sorted(int(n) for n in os.listdir(os.path.join(workdir, kind)) if n.isdigit())
 
 
@@ -415,7 +416,7 @@ def straight(data_dir, tmp_path_factory):  # noqa: F811
     straight, at_8 = str(tmp_path_factory.mktemp("straight")), str(tmp_path_factory.mktemp("at8") / "run")
     train.train_and_evaluate(c, straight)
     train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), at_8)
-    return c, checkpoint.restore_params(straight, "latest")[0], at_8
+    return c, rundir.restore_params(straight, "latest")[0], at_8
 
 
 @pytest.fixture
@@ -428,30 +429,30 @@ def at_8(straight, tmp_path):
 
 def test_training_resumes_from_the_newest_intact_checkpoint(at_8, caplog):
     c, straight_params, workdir = at_8
-    _other_arrays(os.path.join(workdir, checkpoint.LATEST, "8"), os.path.join(workdir, checkpoint.LATEST, "4"))
+    _other_arrays(os.path.join(workdir, rundir.CHECKPOINTS, "8"), os.path.join(workdir, rundir.CHECKPOINTS, "4"))
     with caplog.at_level(logging.WARNING):
         assert train.train_and_evaluate(c, workdir).step == 10
     [warning] = _warnings(caplog)
     assert warning.startswith("checkpoint 8 in ") and "checksum mismatch in " in warning
-    assert [n.split("-")[:2] for n in os.listdir(os.path.join(workdir, checkpoint.DAMAGED))] == [["checkpoints", "8"]]
+    assert [n.split("-")[:2] for n in os.listdir(os.path.join(workdir, rundir.DAMAGED))] == [["checkpoints", "8"]]
     assert _kind_steps(workdir) == [6, 8, 10]
-    _assert_identical(checkpoint.restore_params(workdir)[0], straight_params)  # the same stream, from step 6
+    _assert_identical(rundir.restore_params(workdir)[0], straight_params)  # the same stream, from step 6
 
 
 def test_best_ahead_of_checkpoints_resumes(at_8):
     """A kill between the best save and the latest save of step 8."""
     c, straight_params, workdir = at_8
-    assert _kind_steps(workdir, checkpoint.BEST) == [8]  # the loss falls: the last estimate is the best
-    shutil.rmtree(os.path.join(workdir, checkpoint.LATEST, "8"))
+    assert _kind_steps(workdir, rundir.BEST) == [8]  # the loss falls: the last estimate is the best
+    shutil.rmtree(os.path.join(workdir, rundir.CHECKPOINTS, "8"))
     assert train.train_and_evaluate(c, workdir).step == 10
     assert _kind_steps(workdir) == [6, 8, 10]
-    _assert_identical(checkpoint.restore_params(workdir)[0], straight_params)
+    _assert_identical(rundir.restore_params(workdir)[0], straight_params)
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the save it kills
 def test_a_kill_during_the_best_save_loses_no_best(at_8, monkeypatch, caplog):
     c, _, workdir = at_8
-    best_dir = os.path.join(workdir, checkpoint.BEST)
+    best_dir = os.path.join(workdir, rundir.BEST)
     async_save = ocp.StandardCheckpointHandler.async_save
 
     def killed_in_best(self, directory, *args, **kwargs):
@@ -463,7 +464,7 @@ def test_a_kill_during_the_best_save_loses_no_best(at_8, monkeypatch, caplog):
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(c, workdir)
     monkeypatch.undo()
-    assert _kind_steps(workdir) == [4, 6, 8] and _kind_steps(workdir, checkpoint.BEST) == [8]
+    assert _kind_steps(workdir) == [4, 6, 8] and _kind_steps(workdir, rundir.BEST) == [8]
     assert any(".orbax-checkpoint-tmp" in n for n in os.listdir(best_dir))
     with caplog.at_level(logging.WARNING):
         assert train.train_and_evaluate(c, workdir).step == 10

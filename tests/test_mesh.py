@@ -22,7 +22,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     import json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, numpy as np
-    from aed_jax import checkpoint, config as config_lib, mesh as mesh_lib, model as model_lib, optim, train
+    from aed_jax import checkpoint, config as config_lib, mesh as mesh_lib, model as model_lib, optim, rundir, train
 
     def small(model_type):
         c = config_lib.base_config(model_type)
@@ -68,12 +68,12 @@ EIGHT_DEVICES = textwrap.dedent("""
 
         # A checkpoint saved under 4x2 restores under 8x1 and 1x8 with identical parameters.
         workdir = os.path.join(sys.argv[2], model_type)
-        checkpoint.save(checkpoint.manager(workdir), 1, saved, c)
+        checkpoint.save(rundir.checkpoints(workdir), 1, saved, c)
         restored = {}
         for data, fsdp in ((8, 1), (1, 8)):
             c.mesh_data, c.mesh_fsdp = data, fsdp
             mesh = mesh_lib.make_mesh(c)
-            state, step = checkpoint.restore_latest(checkpoint.manager(workdir), train.abstract_state(model, opt, mesh))
+            state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), train.abstract_state(model, opt, mesh), None, os.path.join(workdir, rundir.DAMAGED))
             fsdp_spec = [a.sharding.spec for a in jax.tree_util.tree_leaves(state["params"])]
             restored[f"{data}x{fsdp}"] = {
                 "step": step, "equal": all(np.array_equal(a, b) for a, b in zip(

@@ -10,7 +10,7 @@ import pytest
 
 from aed_jax import analyze
 from aed_jax import api
-from aed_jax import checkpoint
+from aed_jax import rundir
 from aed_jax import config as config_lib
 from aed_jax import model as model_lib
 from aed_jax import sample
@@ -130,9 +130,9 @@ def test_rope_configs_train_resume_and_sample(name, tmp_path):
         rng.integers(0, V, n).astype(np.uint16).tofile(tmp_path / f"synth_{split}.bin")
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(shrunk(name, str(tmp_path), 2), workdir)
-    first = checkpoint.restore_params(workdir)[0]
+    first = rundir.restore_params(workdir)[0]
     train.train_and_evaluate(shrunk(name, str(tmp_path), 4), workdir)  # resumes from step 2
-    params, config, step = checkpoint.restore_params(workdir)
+    params, config, step = rundir.restore_params(workdir)
     assert step == 4 and config.model_config.position_embedding_type == "ROPE"
     assert not np.array_equal(params["token_embedding"]["embedding"], first["token_embedding"]["embedding"])
     assert ("next_positional_embedding" in params) == (name == "rope") and "positional_embedding" not in params

@@ -20,13 +20,13 @@ from aed_jax import train
 from test_train import ROOT, _launch, _wait_for_checkpoint, config_file, data_dir, small_config  # noqa: F401
 
 
-def _steps(workdir, kind=checkpoint.LATEST):
+def _steps(workdir, kind=rundir.CHECKPOINTS):
     folder = os.path.join(workdir, kind)
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
 
 
 def _all_finite(workdir, which):
-    params = checkpoint.restore_params(workdir, which)[0]
+    params = rundir.restore_params(workdir, which)[0]
     return all(np.isfinite(p).all() for p in jax.tree_util.tree_leaves(params))
 
 
@@ -52,14 +52,14 @@ def _poison_update_at(monkeypatch, start, bad_step):
 def test_non_finite_parameters_at_a_checkpoint_step_are_never_saved(data_dir, tmp_path, monkeypatch):
     workdir = str(tmp_path)
     train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
-    best_before = _steps(workdir, checkpoint.BEST)
+    best_before = _steps(workdir, rundir.BEST)
     _poison_update_at(monkeypatch, start=4, bad_step=6)
     with pytest.raises(train.TrainError) as e:
         train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir)
     message = str(e.value)
     assert "\n" not in message
     assert "step 6 produced non-finite parameters" in message and "last finite checkpoint is step 4" in message
-    assert _steps(workdir) == [2, 4] and _steps(workdir, checkpoint.BEST) == best_before
+    assert _steps(workdir) == [2, 4] and _steps(workdir, rundir.BEST) == best_before
     assert _all_finite(workdir, "latest") and _all_finite(workdir, "best")
     monkeypatch.undo()  # the fault is gone: the run goes on from step 4
     assert train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir).step == 8
@@ -83,7 +83,7 @@ def test_a_huge_learning_rate_stops_before_saving_anything_non_finite(data_dir, 
         train.train_and_evaluate(c, workdir)
     for step in _steps(workdir):
         assert _all_finite(workdir, step), step
-    if _steps(workdir, checkpoint.BEST):
+    if _steps(workdir, rundir.BEST):
         assert _all_finite(workdir, "best")
 
 
@@ -249,7 +249,7 @@ def test_sigint_stops_with_a_resume_line_not_a_final_one(config_file, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "final:" not in out
-    saved = checkpoint.resolve_step(workdir)[1]
+    saved = rundir.resolve_step(workdir)[1]
     assert f"stopped by SIGINT at step {saved} of 100000, checkpoint saved; run the same command to resume" in out
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from absl import flags
 
-from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
@@ -37,7 +36,7 @@ def test_a_resumed_task_run_equals_a_straight_one(tmp_path):
     train.train_and_evaluate(task_config(), straight)
     train.train_and_evaluate(task_config(train_steps=3), resumed)
     outcome = train.train_and_evaluate(task_config(), resumed)
-    a, b = checkpoint.restore_params(straight)[0], checkpoint.restore_params(resumed)[0]
+    a, b = rundir.restore_params(straight)[0], rundir.restore_params(resumed)[0]
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     est = outcome.estimate
     assert 0.0 <= est["val_token_accuracy"] <= 1.0 and 0.0 <= est["val_sequence_accuracy"] <= est["val_token_accuracy"]
@@ -71,7 +70,7 @@ def test_evaluate_scores_the_answers_alone_as_numpy_does(tmp_path, capsys):
     cli.reporting(evaluate.main)(fv(["evaluate", "--workdir", workdir, "--batches", "3", "--seed", "11", "--json"]), fv)
     got = json.loads(capsys.readouterr().out)
 
-    params = checkpoint.restore_params(workdir)[0]
+    params = rundir.restore_params(workdir)[0]
     model = model_lib.make_model(model_lib.ModelConfig.from_config(c))
     ce, right, rows_right, answers, rows = 0.0, 0, 0, 0, 0
     for b in data.task_batches(c, c.batch_size, 3, 11):

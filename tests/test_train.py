@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
@@ -94,7 +93,7 @@ def test_loss_falls(data_dir, tmp_path):
 
 
 def _params(workdir, which="latest"):
-    return checkpoint.restore_params(workdir, which)[0]
+    return rundir.restore_params(workdir, which)[0]
 
 
 def test_resume_is_bitwise_identical(data_dir, tmp_path):
@@ -175,7 +174,7 @@ def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "stopped by SIGTERM: checkpoint saved at step" in out
     saved = int(out.split("stopped by SIGTERM: checkpoint saved at step ")[1].split(",")[0])
-    assert checkpoint.resolve_step(workdir)[1] == saved
+    assert rundir.resolve_step(workdir)[1] == saved
     assert cache.is_dir() and any(cache.iterdir())
 
 
@@ -186,12 +185,12 @@ def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_pa
     time.sleep(1.0)
     proc.kill()
     proc.communicate()
-    latest = checkpoint.resolve_step(workdir)[1]
+    latest = rundir.resolve_step(workdir)[1]
     proc = _launch(config_file, workdir, "--config.train_steps=%d" % (latest + 2))
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out[-3000:]
     assert f"resuming from step {latest}" in out
-    assert checkpoint.resolve_step(workdir)[1] == latest + 2
+    assert rundir.resolve_step(workdir)[1] == latest + 2
 
 
 def test_micro_batch_size_changes_the_split_not_the_update():
@@ -272,5 +271,5 @@ def test_trains_on_from_an_imported_checkpoint(data_dir, tmp_path):
     params = model_lib.init_params(model_lib.from_config(c), jax.random.key(7))
     api.save_params(str(tmp_path), params, c)
     train.train_and_evaluate(c, str(tmp_path))
-    assert checkpoint.resolve_step(str(tmp_path))[1] == 4
+    assert rundir.resolve_step(str(tmp_path))[1] == 4
     assert not np.array_equal(_params(str(tmp_path))["ln"]["scale"], params["ln"]["scale"])

@@ -6,7 +6,7 @@ One deterministic pass over every non-overlapping window of the val split (or `-
 then `DIR/report.md`, one PNG per figure (several runs side by side, a legend entry per run) and
 `DIR/metrics.json` with every number:
 
-- validation cross-entropy by position t = 0..T-1 (`evaluate.loss_sums`, the evaluator's numbers);
+- validation cross-entropy by position t = 0..T-1 (`metrics.loss_sums`, evaluate's numbers);
 - the positional table's cosine-similarity matrix (ROPE: the table of "next position" vectors, if
   any), its row norms next to the token embeddings' norms weighted by token frequency in the
   training split;
@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from aed_jax import cli  # noqa: E402
 from aed_jax import data as data_lib  # noqa: E402
-from aed_jax import evaluate as evaluate_lib  # noqa: E402
+from aed_jax import metrics  # noqa: E402
 from aed_jax import model as model_lib  # noqa: E402
 from aed_jax import rundir  # noqa: E402
 
@@ -183,7 +183,7 @@ def _capture(module: nn.Module, method_name: str) -> bool:
 def _pass(cfg: model_lib.ModelConfig):
     """A jitted (params, x_BxT, y_BxT, weight_B) -> the evaluator's sums and the activation sums."""
     model = model_lib.make_model(cfg)
-    with_embedding_loss = evaluate_lib.has_embedding_loss(cfg)
+    with_embedding_loss = metrics.has_embedding_loss(cfg)
     stack, depth = (("encoder_transformer_blocks", cfg.encoder_layers) if cfg.model_type == "aed"
                     else ("transformer_blocks", cfg.n_layer))
 
@@ -193,7 +193,7 @@ def _pass(cfg: model_lib.ModelConfig):
                                                capture_intermediates=_capture, mutable=["intermediates"])
         captured = state["intermediates"]
         terms_BxT = captured["embedding_loss_BxT"][0] if with_embedding_loss else None
-        out = evaluate_lib.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
+        out = metrics.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
         emb_BxTxD = input_embeddings(cfg, params, x_BxT)
         layers = [emb_BxTxD] + [captured[f"{stack}_{i}"]["__call__"][0] for i in range(depth)]
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
@@ -208,7 +208,7 @@ def _pass(cfg: model_lib.ModelConfig):
 
 def summarise(totals: dict) -> dict:
     """Means of the pass's accumulated sums: the evaluator's, then per layer, head and position."""
-    out = evaluate_lib.means(totals)
+    out = metrics.means(totals)
     rows, t = float(totals["rows"]), len(totals["ce_T"])
     out["alignment_by_layer_position"] = (totals["alignment_LxT"] / rows).tolist()
     out["alignment_by_layer"] = (totals["alignment_LxT"].sum(-1) / (rows * t)).tolist()
@@ -239,7 +239,7 @@ def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.nd
     """(count of every token id, the file counted): the run's training split (or the train split of
     the --data folder), else the evaluated tokens when no training split is found."""
     try:
-        path = evaluate_lib.data_path(config, data if data and os.path.isdir(data) else None, "train")
+        path = data_lib.split_file(config, data if data and os.path.isdir(data) else None, "train")
         tokens = data_lib.load_tokens(path, vocab, 1)
     except data_lib.DataError:
         path, tokens = evaluated_path, evaluated
@@ -253,7 +253,7 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
     # float32 whatever the run trained in: these are measurements, compared with numpy's.
     cfg = model_lib.ModelConfig.from_config(config, dtype=jnp.float32, scan_layers=False).for_inference()
     params = model_lib.unstack_layers(params)
-    path = evaluate_lib.data_path(config, data, "val")
+    path = data_lib.split_file(config, data, "val")
     context = cfg.context_size
     tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + 1)
     if windows:
@@ -264,7 +264,7 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
     batches = -(-((len(tokens) - 1) // context) // batch_size)
     for batch in tqdm.tqdm(data_lib.eval_windows(tokens, context, batch_size), total=batches, unit="batch",
                            desc=f"analyze {label or workdir}", disable=None):
-        evaluate_lib.accumulate(totals, sums_fn(device_params, *evaluate_lib.pad_batch(batch, batch_size)))
+        metrics.accumulate(totals, sums_fn(device_params, *metrics.pad_batch(batch, batch_size)))
     return {"workdir": workdir, "checkpoint": checkpoint, "step": step, "data": path, "frequencies_from": counted,
             "model_type": cfg.model_type, "position_embedding_type": cfg.position_embedding_type,
             "context_size": context, "n_embed": cfg.n_embed,

@@ -30,7 +30,9 @@ import numpy as np
 
 from aed_jax import cli
 from aed_jax import data
+from aed_jax import memory
 from aed_jax import mesh as mesh_lib
+from aed_jax import metrics
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
@@ -69,23 +71,21 @@ def timed(fn, *args, repeats: int) -> float:
     return statistics.median(seconds)
 
 
-def memory(c) -> dict:
+def step_memory(c) -> dict:
     """Per-device memory of `c`'s train step on its mesh, by XLA's buffer assignment, compiled and
     not run: the parameters + AdamW state one device holds, and what the whole step needs."""
     mesh = mesh_lib.make_mesh(c)
     model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     abstract = train.abstract_state(model, optimizer, mesh)
-    micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
-    batch = {k: jax.ShapeDtypeStruct((c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size),
-                                     np.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
+    lower = functools.partial(train.lower_train_step, c, model, optimizer, mesh, abstract)
+    micro = memory.pick_micro_batch_size(c, mesh, lower)
     start = time.perf_counter()
-    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
-        abstract["params"], abstract["opt_state"], batch, jax.random.key(1)).compile()
+    step = lower(micro)
     return {"model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "micro_batch_size": micro,
             "params": sum(a.size for a in jax.tree_util.tree_leaves(abstract["params"])),
             "state_gib_per_device": mesh_lib.bytes_per_device((abstract["params"], abstract["opt_state"])) / 2**30,
-            "step_memory_gib": train.compiled_memory_bytes(step) / 2**30, "compile_s": time.perf_counter() - start}
+            "step_memory_gib": memory.program_bytes(step) / 2**30, "compile_s": time.perf_counter() - start}
 
 
 def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False) -> dict:
@@ -100,12 +100,13 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     params, opt_state = state["params"], state["opt_state"]
     tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
     batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
-    micro = train.pick_micro_batch_size(c, model, optimizer, mesh, abstract)
+    micro = memory.pick_micro_batch_size(c, mesh, functools.partial(train.lower_train_step, c, model, optimizer, mesh,
+                                                                     abstract))
     start = time.perf_counter()
     step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
         params, opt_state, batch, jax.random.key(1)).compile()
     compile_s = time.perf_counter() - start
-    step_memory_gib = train.compiled_memory_bytes(step) / 2**30
+    step_memory_gib = memory.program_bytes(step) / 2**30
 
     state = {"params": params, "opt_state": opt_state}
 
@@ -118,7 +119,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     fpt = flops_per_token(params, cfg)
     peak = peak_flops()
     eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
-    eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
+    eval_fn = jax.jit(lambda p, b: metrics.eval_step(p, b, model=model))
     eval_s = timed(eval_fn, state["params"], eval_batch, repeats=steps)
     out = {
         "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
@@ -153,7 +154,7 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
     out = {}
     for name in ("prefetch", "sync"):
         host = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows))
-        batches = train.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
+        batches = data.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
         pending, wait_s = None, 0.0
         for i in range(steps + 2):  # two warm-up steps
             if i == 2:
@@ -224,7 +225,7 @@ def main(argv):
     # The config file as given on the command line: which run was measured, not only which model type.
     name = config_flags.get_config_filename(fv["config"])
     if fv.memory_only:
-        result = {"config": name, **memory(config)}
+        result = {"config": name, **step_memory(config)}
         print(json.dumps(result) if fv.json else "\n".join(f"{k:<22} {v}" for k, v in result.items()))
         return
     result = {"config": name, **run(config, fv.steps, fv.generate_tokens, fv.input_pipeline)}

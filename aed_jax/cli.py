@@ -1,4 +1,4 @@
-"""What every command line shares: the `--config` flag, one-line user errors, memory limits."""
+"""What every command line shares: the `--config` flag, one-line user errors, malloc's setting."""
 from __future__ import annotations
 
 import ctypes
@@ -134,28 +134,6 @@ def _quiet_libraries(argv):
 def no_extra_args(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-
-
-def memory_free(device) -> tuple[int, str]:
-    """(bytes, what they are) that a new computation on `device` may allocate: its allocator's limit
-    less what is in use where jax reports them (GPU, TPU), else the host's available memory (CPU)."""
-    stats = device.memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"free {device.device_kind} memory"
-    return host_memory(), "available host memory"
-
-
-def host_memory() -> int:
-    """Bytes the host can still give: MemAvailable on Linux, elsewhere all physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def fail(message: str):

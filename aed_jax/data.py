@@ -12,7 +12,9 @@ before it looks, so no reader ever gets a new val file beside an old train file.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import glob
 import os
 import sys
 from collections.abc import Iterator
@@ -68,6 +70,27 @@ def split_paths(config) -> tuple[str, str]:
         raise DataError(f"{missing}: no such file; make it with "
                         f"python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}{hf}")
     return paths
+
+
+def split_file(config, data: str | None, split: str) -> str:
+    """The token file a reader means: the run's split, a split in the folder `data`, or the file `data`."""
+    if data is None:
+        if tasks.task_name(config.get("dataset", "")) is not None:
+            raise DataError(f"{config.dataset} is a synthetic task, drawn afresh: it has no token files "
+                                     "to read; pass --data FILE.bin")
+        train_path, val_path = split_paths(config)
+        return val_path if split == "val" else train_path
+    if not os.path.isdir(data):
+        return data  # a file: load_tokens checks it
+    finish_commit(data)  # a prepare killed mid-commit: move the rest of its files in first
+    for name in (f"{config.dataset}_{split}.bin", f"{split}.bin"):
+        if os.path.isfile(os.path.join(data, name)):
+            return os.path.join(data, name)
+    found = sorted(glob.glob(os.path.join(glob.escape(data), f"*_{split}.bin")))
+    if len(found) == 1:
+        return found[0]
+    raise DataError(f"{data}: no {split}.bin or <name>_{split}.bin here"
+                             + (f" (several: {', '.join(map(os.path.basename, found))})" if found else ""))
 
 
 def commit_files(staging: str, folder: str) -> None:
@@ -219,3 +242,29 @@ def eval_windows(tokens: np.ndarray, context_size: int, batch_size: int) -> Iter
     offsets = np.arange(0, len(tokens) - context_size, context_size)
     for start in range(0, len(offsets), batch_size):
         yield _windows(tokens, offsets[start:start + batch_size], context_size)
+
+
+class DevicePrefetch:
+    """Keeps `size` batches already sent to their devices (transfers are asynchronous), so a step
+    never waits on a host-to-device copy. Its checkpointable state (what the checkpoint
+    saves) is the state before the next batch it will yield, not after the ones it holds ahead, so
+    a resumed run sees exactly the stream a straight run sees."""
+
+    def __init__(self, iterator, to_device, size: int = 2):
+        self.iterator, self.to_device, self.size, self.queue = iterator, to_device, size, collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self.queue) < self.size:
+            state = self.iterator.get_state()
+            self.queue.append((state, self.to_device(next(self.iterator))))
+        return self.queue.popleft()[1]
+
+    def get_state(self) -> dict:
+        return dict(self.queue[0][0] if self.queue else self.iterator.get_state())
+
+    def set_state(self, state: dict) -> None:
+        self.iterator.set_state(state)
+        self.queue.clear()

@@ -102,6 +102,26 @@ def to_global(mesh: Mesh, local_batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
+def reading_mesh(config) -> Mesh:
+    """For a reader of a checkpoint (evaluate): the run config's mesh if it fits this machine's devices,
+    else every device on `data` (also for a config saved before there were mesh keys)."""
+    keys = {"mesh_data": config.get("mesh_data", -1), "mesh_fsdp": config.get("mesh_fsdp", 1)}
+    try:
+        return make_mesh(ml_collections.ConfigDict(keys))
+    except MeshError:
+        return make_mesh(ml_collections.ConfigDict({"mesh_data": -1, "mesh_fsdp": 1}))
+
+
+def place(params, mesh: Mesh):
+    """`params` (host arrays) on `mesh`, sharded by the training rules."""
+    return jax.device_put(params, state_shardings(mesh, params))
+
+
+def padded_size(batch_size: int, mesh: Mesh) -> int:
+    """The smallest multiple of the mesh's device count that holds `batch_size` rows."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
 def bytes_per_device(tree) -> int:
     """The bytes one device holds of `tree`'s arrays (abstract or concrete, each with a .sharding):
     what sharding saves, as the memory table of BENCHMARKS.md reports it."""

@@ -35,6 +35,7 @@ from absl import flags
 from aed_jax import api
 from aed_jax import cli
 from aed_jax import errors
+from aed_jax import memory
 from aed_jax import model as model_lib
 from aed_jax import tokenizer as tokenizer_lib
 
@@ -83,25 +84,23 @@ def encode_prompt(text: str, vocab_size: int, encoding=None) -> np.ndarray:
 def check_memory(model, params, num_samples: int, prompt_length: int, max_new_tokens: int, *,
                  use_cache: bool = True, top_k: int | None = None, greedy: bool = False) -> None:
     """Raises SampleError, naming the limit, when the tokens (int32 [num_samples, prompt_length +
-    max_new_tokens]) outgrow the host's available memory, or the first decoding call (a whole window
-    for every sample, the largest) the device's free memory by XLA's buffer assignment. That call is
-    compiled exactly as `generate` makes it, so `generate` then reuses the compile."""
-    need, free = 4 * num_samples * (prompt_length + max_new_tokens), cli.host_memory()
+    max_new_tokens]) outgrow the host's available memory, or the generation the device's free memory
+    by XLA's buffer assignment. It compiles the very program `generate` runs (`_program`, for these
+    shapes), so `generate` then reuses that compile instead of making its own."""
+    need, free = 4 * num_samples * (prompt_length + max_new_tokens), memory.host_available()
     if need > free:
         most = free // (4 * num_samples) - prompt_length
         fix = f"pass --max_new_tokens {most} or less" if most > 0 else "pass a smaller --num_samples"
         raise SampleError(f"the tokens, int32 [--num_samples {num_samples}, {prompt_length} prompt + --max_new_tokens "
-                          f"{max_new_tokens}], need {cli.gib(need)}, more than the {cli.gib(free)} of available host "
-                          f"memory; {fix}")
-    context, decoder = model.cfg.context_size, _decoder(model.cfg)
-    first = decoder.prefill if use_cache and prompt_length < context else decoder.full
-    window_BxT = jax.ShapeDtypeStruct((num_samples, context), jnp.int32)
-    mem = first.lower(params, window_BxT, min(prompt_length, context), key=jax.random.key(0), i=0,
-                      temperature=jnp.float32(1.0), top_k=top_k or None, greedy=greedy).compile().memory_analysis()
-    need, (free, what) = mem.temp_size_in_bytes + mem.output_size_in_bytes, cli.memory_free(jax.local_devices()[0])
+                          f"{max_new_tokens}], need {memory.gib(need)}, more than the {memory.gib(free)} of available "
+                          f"host memory; {fix}")
+    decode, _ = _program(model.cfg, prompt_length, max_new_tokens, use_cache, top_k or None, greedy)
+    prompt_BxL = jax.ShapeDtypeStruct((num_samples, prompt_length), jnp.int32)
+    compiled = decode.lower(params, prompt_BxL, jax.random.key(0), jnp.float32(1.0)).compile()
+    need, (free, what) = memory.program_bytes(compiled, arguments_resident=True), memory.device_free(jax.local_devices()[0])
     if need > free:
-        raise SampleError(f"--num_samples {num_samples}: a decoding call needs {cli.gib(need)} (XLA's buffer "
-                          f"assignment), more than the {cli.gib(free)} of {what}; pass --num_samples "
+        raise SampleError(f"--num_samples {num_samples}: a decoding call needs {memory.gib(need)} (XLA's buffer "
+                          f"assignment), more than the {memory.gib(free)} of {what}; pass --num_samples "
                           f"{max(1, num_samples * free // need)} or less")
 
 

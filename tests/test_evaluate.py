@@ -13,7 +13,9 @@ from absl import flags
 from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
+from aed_jax import memory
 from aed_jax import evaluate
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 
 T, V = 8, 97
@@ -142,7 +144,7 @@ def test_bad_input_is_one_line_and_exit_1(run, tmp_path, capsys, argv, message):
 def test_a_batch_beyond_memory_is_refused_with_one_that_fits(run, capsys, monkeypatch):
     """On CPU the limit is the host's available memory (here 1 GiB): the refusal names it, and the
     batch it suggests does fit by the same measure (XLA's buffer assignment of the eval step)."""
-    monkeypatch.setattr(cli, "host_memory", lambda: 2**30)
+    monkeypatch.setattr(memory, "host_available", lambda: 2**30)
     with pytest.raises(SystemExit):
         run_cli(["--workdir", run["workdir"], "--data", run["data"], "--full", "--batch_size", "10000000"])
     err = capsys.readouterr().err
@@ -150,8 +152,8 @@ def test_a_batch_beyond_memory_is_refused_with_one_that_fits(run, capsys, monkey
     assert "more than the 1.0 GiB of available host memory; pass --batch_size " in err
     fits = int(err.split("--batch_size ")[1].split()[0])
     cfg = run["model"].cfg
-    assert 1000 < fits < 10000000 and evaluate.step_memory(cfg, run["params"], fits,
-                                                            evaluate.eval_mesh(tiny_config())) <= 2**30
+    assert 1000 < fits < 10000000 and memory.eval_batch_bytes(cfg, run["params"], fits,
+                                                              mesh_lib.reading_mesh(tiny_config())) <= 2**30
 
 
 @pytest.mark.parametrize("fsdp", [False, True])

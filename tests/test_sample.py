@@ -10,6 +10,7 @@ from absl import flags
 from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
+from aed_jax import memory
 from aed_jax import model as model_lib
 from aed_jax import sample
 
@@ -191,17 +192,33 @@ def test_cli_bad_input_is_one_line_and_exit_1(workdir, tmp_path, capsys, argv, m
 
 
 def test_a_request_beyond_memory_is_refused_with_the_largest_that_fits(workdir, monkeypatch):
-    """With 1 GiB free, 2 samples of 3 + N int32 tokens fit up to N = 2**30 / 8 - 3; a batch whose
-    decoding call needs more (by XLA's buffer assignment) is refused with a smaller one that fits."""
-    monkeypatch.setattr(cli, "host_memory", lambda: 2**30)
+    """With 1 GiB free, 2 samples of 3 + N int32 tokens fit on the host up to N = 2**30 / 8 - 3; a
+    batch whose generation needs more device memory (XLA's buffer assignment of the program that
+    runs) is refused with a smaller one that fits."""
+    monkeypatch.setattr(memory, "host_available", lambda: 2**30)
     model, params, _, _ = api.load(workdir)
-    sample.check_memory(model, params, 2, 3, 2**27 - 3)
+    sample.check_memory(model, params, 2, 3, 2**20)
     with pytest.raises(sample.SampleError, match=rf"need 1\.0 GiB, .* 1\.0 GiB of available host memory; "
                                                  rf"pass --max_new_tokens {2**27 - 3} or less$"):
         sample.check_memory(model, params, 2, 3, 2**27 - 2)
-    with pytest.raises(sample.SampleError, match=r"^--num_samples 1000: a decoding call needs .* pass --num_samples"
+    with pytest.raises(sample.SampleError, match=r"^--num_samples 3000: a decoding call needs .* pass --num_samples"
                                                  r" (\d+) or less$") as error:
-        sample.check_memory(model, params, 1000, 3, 1)  # logits alone: 1000 x 8 x 50257 x 4 bytes = 1.5 GiB
+        sample.check_memory(model, params, 3000, 3, 1)  # the prompt's logits alone: 3000 x 3 x 50257 x 4 bytes = 1.7 GiB
     fits = int(error.value.args[0].split()[-3])
-    assert 1 <= fits < 1000
+    assert 1 <= fits < 3000
     sample.check_memory(model, params, fits, 3, 1)  # the suggestion fits by the same measure
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_memory_check_compiles_the_program_that_generates(workdir, caplog, use_cache):
+    """sample measures the program it runs: the check and the generation after it compile one
+    program of sample's, once (the check's compile is the one the generation reuses)."""
+    model, params, _, _ = api.load(workdir)
+    sample._program.cache_clear()
+    with caplog.at_level("WARNING"), jax.log_compiles(True):
+        sample.check_memory(model, params, 2, 3, 5, use_cache=use_cache, greedy=True)
+        sample.generate(model, params, np.ones((2, 3), np.int32), 5, use_cache=use_cache, greedy=True)
+    ours = ("jit(decode)", "jit(prefill)", "jit(full)", "jit(step)")
+    compiled = [r.getMessage().split()[4] for r in caplog.records
+                if r.getMessage().startswith("Finished XLA compilation of") and r.getMessage().split()[4] in ours]
+    assert compiled == ["jit(decode)"]

@@ -1,4 +1,5 @@
 """The trainer: the seed's schedule, loss falls, bitwise resume, preemption, sharding, NaN, bad resumes."""
+import functools
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from aed_jax import config as config_lib
+from aed_jax import memory
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
@@ -220,14 +222,17 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
     c.batch_size, c.gradient_accumulation_steps = 2, 8
     model, opt = model_lib.from_config(c), optim.make_optimizer(c)
     mesh = mesh_lib.make_mesh(c)
-    assert train.pick_micro_batch_size(c, model, opt, mesh, None) == 2  # CPU: batch_size
+    pick = lambda: memory.pick_micro_batch_size(c, mesh, functools.partial(train.lower_train_step, c, model, opt, mesh,
+                                                                           abstract))
+    abstract = None
+    assert pick() == 2  # CPU: batch_size
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
         jax.eval_shape(lambda: (lambda p: {"params": p, "opt_state": opt.init(p)})(
             model_lib.init_params(model, jax.random.key(0)))))
     batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
-    need = {m: train.compiled_memory_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
+    need = {m: memory.program_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
         abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
     assert need[8] > need[4]
 
@@ -235,14 +240,14 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
         def memory_stats(self):
             return {"bytes_limit": (need[4] + need[8]) / 2 / 0.9}
     monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
-    assert train.pick_micro_batch_size(c, model, opt, mesh, abstract) == 4
+    assert pick() == 4
     c.micro_batch_size = 16  # set by hand: taken as it is
-    assert train.pick_micro_batch_size(c, model, opt, mesh, abstract) == 16
+    assert pick() == 16
 
 
 def test_device_prefetch_checkpoints_the_consumed_position(data_dir):
     path = os.path.join(data_dir, "synth_train.bin")
-    make = lambda: train.DevicePrefetch(train.data.train_iterator(path, 16, 4, seed=3), lambda b: b, size=3)
+    make = lambda: train.data.DevicePrefetch(train.data.train_iterator(path, 16, 4, seed=3), lambda b: b, size=3)
     first = make()
     for _ in range(3):
         next(first)

@@ -1,0 +1,52 @@
+"""What a training run shows while it runs: a progress bar (or, in a log file, a line now and then)
+and each step's metrics, timed and logged to metrics.jsonl and TensorBoard every `log_interval` steps."""
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import tqdm
+
+
+class Progress:
+    """A tqdm bar on a terminal; in a log file (stderr not a tty), a plain line at most every
+    `every_s` seconds instead of a bar's hundreds of carriage-return updates. Process 0 only.
+
+    `step` takes a step's fetched metrics: it adds the step's wall time and tokens/s (the time since
+    the previous step, or since `restart_clock` after an estimate and a save), updates the bar, and
+    every `log_interval` steps writes them, with the learning rate, through `writer`.
+    """
+
+    def __init__(self, start: int, total: int, writer, schedule, log_interval: int, tokens_per_step: int,
+                 every_s: float = 30.0):
+        self.enabled, self.tty = jax.process_index() == 0, sys.stderr.isatty()
+        self.total, self.every_s, self.last_line = total, every_s, time.perf_counter()
+        self.writer, self.schedule, self.log_interval, self.tokens_per_step = writer, schedule, log_interval, \
+            tokens_per_step
+        self.bar = tqdm.tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                             disable=not (self.enabled and self.tty))
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.t_last = time.perf_counter()
+
+    def step(self, step: int, metrics: dict) -> None:
+        """Step `step`'s host metrics (floats), after the step ran."""
+        now = time.perf_counter()
+        metrics.update(step_time_s=now - self.t_last, tokens_per_s=self.tokens_per_step / (now - self.t_last))
+        self.t_last = now
+        self.bar.update(1)
+        self.bar.set_postfix(ce=f"{metrics['ce']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        if self.enabled and not self.tty and now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.write(f"step {step}/{self.total}: ce {metrics['ce']:.4f}, {metrics['tokens_per_s']:,.0f} tokens/s")
+        if step % self.log_interval == 0:
+            self.writer.write(step, {**metrics, "lr": self.schedule(step - 1)})
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            self.bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()

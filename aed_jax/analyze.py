@@ -235,15 +235,15 @@ def table_metrics(params, counts_V: np.ndarray) -> dict:
     return out
 
 
-def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.ndarray, vocab: int):
+def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.ndarray, alphabet_size: int):
     """(count of every token id, the file counted): the run's training split (or the train split of
     the --data folder), else the evaluated tokens when no training split is found."""
     try:
         path = data_lib.split_file(config, data if data and os.path.isdir(data) else None, "train")
-        tokens = data_lib.load_tokens(path, vocab, 1)
+        tokens = data_lib.load_tokens(path, alphabet_size, 1)
     except data_lib.DataError:
         path, tokens = evaluated_path, evaluated
-    return np.bincount(np.asarray(tokens), minlength=vocab), path
+    return np.bincount(np.asarray(tokens), minlength=alphabet_size), path
 
 
 def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = None, windows: int | None = None,

@@ -153,7 +153,7 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
     to_global = functools.partial(mesh_lib.to_global, mesh)
     out = {}
     for name in ("prefetch", "sync"):
-        host = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows))
+        host = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_slice(rows))
         batches = data.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
         pending, wait_s = None, 0.0
         for i in range(steps + 2):  # two warm-up steps

@@ -147,7 +147,7 @@ def _open(path: str, min_tokens: int) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def load_tokens(path: str, vocab_size: int, min_tokens: int) -> np.memmap:
+def load_tokens(path: str, alphabet_size: int, min_tokens: int) -> np.memmap:
     """The token file at `path`, memory-mapped, after checking it is a token file for this vocab.
 
     min_tokens: context_size + 1 for a pass of eval_windows, context_size + 2 to sample at random.
@@ -156,9 +156,9 @@ def load_tokens(path: str, vocab_size: int, min_tokens: int) -> np.memmap:
     tokens = _open(path, min_tokens)
     for start in range(0, len(tokens), _CHECK_CHUNK):
         chunk = tokens[start:start + _CHECK_CHUNK]
-        if chunk.max() >= vocab_size:
-            at = start + int(np.argmax(chunk >= vocab_size))
-            raise DataError(f"{path}: token id {tokens[at]} at position {at} is not below the vocab size {vocab_size}")
+        if chunk.max() >= alphabet_size:
+            at = start + int(np.argmax(chunk >= alphabet_size))
+            raise DataError(f"{path}: token id {tokens[at]} at position {at} is not below the vocab size {alphabet_size}")
     return tokens
 
 
@@ -182,7 +182,7 @@ def train_iterator(path: str, context_size: int, batch_size: int, seed: int,
 
     Batch k of the stream has its batch_size offsets drawn by np.random.default_rng((seed, k)): one
     global batch a step, whatever the number of processes; a process reads only its `rows` of it
-    (mesh.process_rows), so the cluster's shape changes neither the batches nor the losses. Grain
+    (mesh.process_slice), so the cluster's shape changes neither the batches nor the losses. Grain
     threads prepare batches ahead of the trainer.
 
     The iterator's state is {"next_index": k}, the same on every process: get_state() after some

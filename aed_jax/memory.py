@@ -71,9 +71,9 @@ def eval_batch_bytes(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: 
     """Bytes one device allocates in `metrics.eval_sums` for a batch of `batch_size` beside the placed
     `params`; the same lowering `evaluate` then runs (with a `task`'s answer mask, the program that
     takes one), so jax compiles it once."""
-    rows = mesh_lib.rows(mesh)
-    x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32, sharding=rows)
-    weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=rows)
-    answers = (jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.float32, sharding=rows),) if task else ()
+    sharding = mesh_lib.batch_sharding(mesh)
+    x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32, sharding=sharding)
+    weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=sharding)
+    answers = (jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.float32, sharding=sharding),) if task else ()
     compiled = metrics.eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B, *answers).compile()
     return program_bytes(compiled, arguments_resident=True)

@@ -76,7 +76,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def rows(mesh: Mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh) -> NamedSharding:
     """A batch's rows split over every device (both axes)."""
     return NamedSharding(mesh, P(AXES))
 
@@ -88,9 +88,9 @@ def check_rows(key: str, n_rows: int, mesh: Mesh) -> None:
                         f"(mesh_data x mesh_fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
 
 
-def process_rows(n_rows: int) -> slice:
+def process_slice(n_rows: int) -> slice:
     """This process's rows of a global batch of `n_rows`: a contiguous block, as `make_mesh` orders
-    the devices, so that `jax.make_array_from_process_local_data(rows(mesh), batch[process_rows])`
+    the devices, so that `jax.make_array_from_process_local_data(batch_sharding(mesh), batch[process_slice])`
     rebuilds the one global batch."""
     per_process = n_rows // jax.process_count()
     return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
@@ -98,7 +98,7 @@ def process_rows(n_rows: int) -> slice:
 
 def to_global(mesh: Mesh, local_batch: dict) -> dict:
     """{name: this process's rows} as {name: one global array}, rows over every device."""
-    sharding = rows(mesh)
+    sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

@@ -51,12 +51,12 @@ class Evaluator:
         self.eval_fn = jax.jit(functools.partial(eval_step, model=model))
 
     def _batches(self, split: str, step: int):
-        c, process_rows = self.c, mesh_lib.process_rows(self.c.batch_size)
+        c, rows = self.c, mesh_lib.process_slice(self.c.batch_size)
         seed = (c.random_seed, step, int(split == "val"))
         if self.tokens is None:
-            return data_lib.task_batches(c, c.batch_size, c.est_steps, seed, process_rows)
+            return data_lib.task_batches(c, c.batch_size, c.est_steps, seed, rows)
         return data_lib.random_batches(self.tokens[split], c.model_config.context_size, c.batch_size, c.est_steps,
-                                       seed, process_rows)
+                                       seed, rows)
 
     def __call__(self, params, step: int) -> dict:
         out = {}
@@ -154,6 +154,6 @@ def evaluate(model, params, batches, batch_size: int, mesh: jax.sharding.Mesh | 
     for batch in batches:
         arrays = pad_batch(batch, batch_size)
         if mesh is not None:
-            arrays = jax.device_put(arrays, mesh_lib.rows(mesh))
+            arrays = jax.device_put(arrays, mesh_lib.batch_sharding(mesh))
         accumulate(totals, sums_fn(params, *arrays))
     return means(totals)

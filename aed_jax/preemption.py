@@ -33,7 +33,7 @@ class Preemption:
         if self._max is None:
             return None
         flags = np.full(self.mesh.local_mesh.size, self.signal is not None, np.int32)
-        return self._max(jax.make_array_from_process_local_data(mesh_lib.rows(self.mesh), flags))
+        return self._max(jax.make_array_from_process_local_data(mesh_lib.batch_sharding(self.mesh), flags))
 
     def agreed(self, vote) -> bool:
         """Whether to stop now: the fetched `vote` of an earlier step (every process reads the same one),

@@ -60,24 +60,24 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("benchmark", False, "Print tokens/s with and without the cache instead of text.", flag_values=fv)
 
 
-def check_sampling(vocab_size: int, temperature: float, top_k: int | None, greedy: bool) -> None:
-    """Raises SampleError for a temperature <= 0 when sampling or a top_k outside [0, vocab_size]."""
+def check_sampling(alphabet_size: int, temperature: float, top_k: int | None, greedy: bool) -> None:
+    """Raises SampleError for a temperature <= 0 when sampling or a top_k outside [0, alphabet_size]."""
     if greedy:
         return
     if not temperature > 0:
         raise SampleError(f"--temperature must be > 0 when sampling, got {temperature}; use --greedy for argmax")
-    if top_k is not None and not 0 <= top_k <= vocab_size:
-        raise SampleError(f"--top_k must be between 1 and the vocabulary size {vocab_size} (0: no cut), got {top_k}")
+    if top_k is not None and not 0 <= top_k <= alphabet_size:
+        raise SampleError(f"--top_k must be between 1 and the vocabulary size {alphabet_size} (0: no cut), got {top_k}")
 
 
-def encode_prompt(text: str, vocab_size: int, encoding=None) -> np.ndarray:
+def encode_prompt(text: str, alphabet_size: int, encoding=None) -> np.ndarray:
     """The prompt's GPT-2 tokens as int32 [L]; SampleError if there are none or one is out of the vocab."""
     encoding = encoding or tokenizer_lib.get_encoding()
     ids = encoding.encode(text, allowed_special={"<|endoftext|>"})
     if not ids:
         raise SampleError(f"--prompt {text!r} tokenizes to no tokens")
-    if max(ids) >= vocab_size:
-        raise SampleError(f"--prompt has token id {max(ids)}, outside the model's vocabulary of {vocab_size}")
+    if max(ids) >= alphabet_size:
+        raise SampleError(f"--prompt has token id {max(ids)}, outside the model's vocabulary of {alphabet_size}")
     return np.asarray(ids, np.int32)
 
 
@@ -316,9 +316,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         if fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
-    vocab = model.cfg.alphabet_size
-    check_sampling(vocab, fv.temperature, fv.top_k, fv.greedy)
-    prompt_L = encode_prompt(fv.prompt, vocab, encoding)
+    check_sampling(model.cfg.alphabet_size, fv.temperature, fv.top_k, fv.greedy)
+    prompt_L = encode_prompt(fv.prompt, model.cfg.alphabet_size, encoding)
     check_memory(model, params, fv.num_samples, len(prompt_L), fv.max_new_tokens, use_cache=fv.cache,
                  top_k=fv.top_k, greedy=fv.greedy)
     prompt_BxL = np.tile(prompt_L[None], (fv.num_samples, 1))

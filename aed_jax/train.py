@@ -111,9 +111,9 @@ def lower_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh,
     """`compile_train_step`'s step compiled for `abstract` (abstract_state's) and the batch it takes (a
     task's with its loss mask), without running it: what `memory` measures and `bench` times."""
     rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
-    batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
+    batch = {k: jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
     if tasks.task_name(c.dataset) is not None:
-        batch["weight"] = jax.ShapeDtypeStruct((rows, T), jnp.float32, sharding=mesh_lib.rows(mesh))
+        batch["weight"] = jax.ShapeDtypeStruct((rows, T), jnp.float32, sharding=mesh_lib.batch_sharding(mesh))
     return compile_train_step(c, model, optimizer, mesh, micro_batch_size).lower(
         abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()
 
@@ -151,10 +151,10 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         return _train(c, workdir, mesh)
 
 
-def _last_good(latest) -> str:
+def _last_good(saves) -> str:
     """Where the run can resume from, for the line that stops it."""
-    step = latest.latest_step()
-    return f"the last finite checkpoint is step {step} in {latest.directory}" if step is not None else \
+    step = saves.latest_step()
+    return f"the last finite checkpoint is step {step} in {saves.directory}" if step is not None else \
         "no checkpoint was saved"
 
 
@@ -162,27 +162,28 @@ def _save(c: ml_collections.ConfigDict, workdir: str, managers: tuple, step: int
           est: dict | None, mesh: Mesh) -> None:
     """best/ first, then checkpoints/: a kill between them leaves checkpoints/ one interval behind,
     and the re-run recomputes this step's best. Never a non-finite state."""
-    latest, best = managers
+    saves, best_saves = managers
     state["step"] = jax.device_put(np.int32(step), mesh_lib.replicated(mesh))  # a global array, as on every host
     try:
         if est is not None:
-            checkpoint.save_best(best, step, state, c, est["val_loss"])
-        checkpoint.save(latest, step, state, c, train_iter)
+            checkpoint.save_best(best_saves, step, state, c, est["val_loss"])
+        checkpoint.save(saves, step, state, c, train_iter)
     except OSError as e:
-        raise TrainError(f"saving step {step} in {workdir} failed ({e.strerror or e}); {_last_good(latest)}") from None
+        raise TrainError(f"saving step {step} in {workdir} failed ({e.strerror or e}); {_last_good(saves)}") from None
     logging.info("saved checkpoint at step %d", step)
 
 
-def _record(pending: tuple, progress_: progress.Progress, preemption_: preemption.Preemption, latest) -> bool:
+def _record(pending: tuple, shown: progress.Progress, stopper: preemption.Preemption, saves) -> bool:
     """Fetches step i's metrics (the next step is already dispatched), stops on NaN/inf, shows and
     logs them; whether the processes agreed to stop (Preemption)."""
-    i, metrics, vote = pending
-    metrics, vote = jax.device_get((metrics, vote))
-    metrics = {k: float(v) for k, v in metrics.items()}
-    if not np.isfinite(metrics["loss"]):
-        raise TrainError(f"loss is {metrics['loss']} at step {i + 1}; stopped without saving it; {_last_good(latest)}")
-    progress_.step(i + 1, metrics)
-    return preemption_.agreed(vote)
+    i, step_metrics, vote = pending
+    step_metrics, vote = jax.device_get((step_metrics, vote))
+    step_metrics = {k: float(v) for k, v in step_metrics.items()}
+    if not np.isfinite(step_metrics["loss"]):
+        raise TrainError(f"loss is {step_metrics['loss']} at step {i + 1}; stopped without saving it; "
+                         f"{_last_good(saves)}")
+    shown.step(i + 1, step_metrics)
+    return stopper.agreed(vote)
 
 
 def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
@@ -193,27 +194,27 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     if task is None:
         train_path, val_path = data.split_paths(c)
         data_record = rundir.data_record(train_path, val_path)
-        vocab = c.model_config.alphabet_size
-        tokens = {"train": data.load_tokens(train_path, vocab, T + 2), "val": data.load_tokens(val_path, vocab, T + 2)}
-        stream = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_rows(rows))
+        tokens = {split: data.load_tokens(path, c.model_config.alphabet_size, T + 2)
+                  for split, path in (("train", train_path), ("val", val_path))}
+        stream = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_slice(rows))
     else:  # generated on the fly: no files to record
         data_record, tokens = {}, None
-        stream = data.task_iterator(c, rows, c.random_seed, mesh_lib.process_rows(rows))
-    latest, best = rundir.checkpoints(workdir, keep=c.keep_checkpoints), rundir.best(workdir)
-    rundir.check_same_run(workdir, c, data_record, *rundir.saved_run(workdir, latest))
+        stream = data.task_iterator(c, rows, c.random_seed, mesh_lib.process_slice(rows))
+    saves, best_saves = rundir.checkpoints(workdir, keep=c.keep_checkpoints), rundir.best(workdir)
+    rundir.check_same_run(workdir, c, data_record, *rundir.saved_run(workdir, saves))
 
     train_iter = data.DevicePrefetch(stream, functools.partial(mesh_lib.to_global, mesh))
     model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     abstract = abstract_state(model, optimizer, mesh)
-    restored = checkpoint.restore_latest(latest, abstract, train_iter, os.path.join(workdir, rundir.DAMAGED))
+    restored = checkpoint.restore_latest(saves, abstract, train_iter, os.path.join(workdir, rundir.DAMAGED))
     if restored is None:
         state, start = init_on_mesh(jax.random.key(c.random_seed), abstract, model=model, optimizer=optimizer), 0
     else:
         state, start = restored
         logging.info("resuming from step %d in %s", start, workdir)
     if start >= c.train_steps:
-        latest.close()
-        best.close()
+        saves.close()
+        best_saves.close()
         return Outcome(start, rundir.last_estimate(workdir), already_finished=True)
     if jax.process_index() == 0:
         rundir.accept(workdir, c, data_record)
@@ -232,25 +233,25 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
             params, opt_state, step_metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
                                                       jax.random.fold_in(dropout_key, i))
             state = {"step": state["step"], "params": params, "opt_state": opt_state}
-            stop = _record(pending, shown, stopper, latest) if pending is not None else stopper.agreed(None)
+            stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
             pending = (i, step_metrics, stopper.vote())
             boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
             if not (boundary or stop):
                 continue
-            stop = _record(pending, shown, stopper, latest) or stop
+            stop = _record(pending, shown, stopper, saves) or stop
             pending, est = None, None
             if not bool(finite_fn(state)):
                 raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
-                                 f"{_last_good(latest)}")
+                                 f"{_last_good(saves)}")
             if boundary:
                 est = evaluator(state["params"], i + 1)
                 if not np.isfinite(est["val_loss"]):
                     raise TrainError(f"val loss is {est['val_loss']} at step {i + 1}; stopped without saving it; "
-                                     f"{_last_good(latest)}")
+                                     f"{_last_good(saves)}")
                 writer.write(i + 1, est)
                 outcome.estimate = {**est, "step": i + 1}
                 shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
-            _save(c, workdir, (latest, best), i + 1, state, train_iter, est, mesh)
+            _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
             outcome.step = i + 1
             if stop:
                 logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
@@ -261,6 +262,6 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
         shown.close()
         writer.close()
         stopper.restore()
-        latest.close()
-        best.close()
+        saves.close()
+        best_saves.close()
     return outcome

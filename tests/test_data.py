@@ -84,7 +84,7 @@ def test_state_resumes_the_same_stream(tmp_path):
 
 def test_random_batches(tmp_path):
     n = 500
-    tokens = data.load_tokens(token_file(tmp_path / "t.bin", n), vocab_size=50257, min_tokens=T + 2)
+    tokens = data.load_tokens(token_file(tmp_path / "t.bin", n), alphabet_size=50257, min_tokens=T + 2)
     batches = list(data.random_batches(tokens, T, B, num_batches=5, seed=4))
     assert len(batches) == 5
     for batch, again in zip(batches, data.random_batches(tokens, T, B, num_batches=5, seed=4)):
@@ -93,14 +93,14 @@ def test_random_batches(tmp_path):
 
 
 def test_random_batches_need_one_window_to_sample(tmp_path):
-    tokens = data.load_tokens(token_file(tmp_path / "short.bin", T + 1), vocab_size=50257, min_tokens=T + 1)
+    tokens = data.load_tokens(token_file(tmp_path / "short.bin", T + 1), alphabet_size=50257, min_tokens=T + 1)
     with pytest.raises(data.DataError, match=r"short\.bin: 9 tokens, fewer than the 10 needed"):
         next(data.random_batches(tokens, T, B, num_batches=1, seed=0))
 
 
 @pytest.mark.parametrize("n", [T + 1, 3 * T, 3 * T + 1, 10 * T + 3])
 def test_eval_windows(tmp_path, n):
-    tokens = data.load_tokens(token_file(tmp_path / "t.bin", n), vocab_size=50257, min_tokens=T + 1)
+    tokens = data.load_tokens(token_file(tmp_path / "t.bin", n), alphabet_size=50257, min_tokens=T + 1)
     batches = list(data.eval_windows(tokens, T, batch_size=3))
     offsets = [i for i in range(0, n, T) if i + T + 1 <= n]
     assert [len(batch["x"]) for batch in batches[:-1]] == [3] * (len(batches) - 1)  # only the last is smaller
@@ -110,7 +110,7 @@ def test_eval_windows(tmp_path, n):
 
 
 def test_load_tokens_memory_maps(tmp_path):
-    tokens = data.load_tokens(token_file(tmp_path / "t.bin", 300), vocab_size=300, min_tokens=T + 1)
+    tokens = data.load_tokens(token_file(tmp_path / "t.bin", 300), alphabet_size=300, min_tokens=T + 1)
     assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
     np.testing.assert_array_equal(tokens, np.arange(300))
 
@@ -118,7 +118,7 @@ def test_load_tokens_memory_maps(tmp_path):
 def test_token_id_check_reads_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_CHECK_CHUNK", 64)
     with pytest.raises(data.DataError, match=r"t\.bin: token id 250 at position 250 is not below the vocab size 250"):
-        data.load_tokens(token_file(tmp_path / "t.bin", 300), vocab_size=250, min_tokens=T + 1)
+        data.load_tokens(token_file(tmp_path / "t.bin", 300), alphabet_size=250, min_tokens=T + 1)
 
 
 def write(path, payload: bytes) -> str:
@@ -140,7 +140,7 @@ BAD_FILES = {
 def test_bad_token_file(case, tmp_path):
     make, message = BAD_FILES[case]
     with pytest.raises(data.DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
-        data.load_tokens(make(tmp_path), vocab_size=50257, min_tokens=T + 1)
+        data.load_tokens(make(tmp_path), alphabet_size=50257, min_tokens=T + 1)
     assert "\n" not in str(error.value)
 
 

@@ -231,7 +231,7 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
         jax.eval_shape(lambda: (lambda p: {"params": p, "opt_state": opt.init(p)})(
             model_lib.init_params(model, jax.random.key(0)))))
-    batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.rows(mesh)) for k in "xy"}
+    batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
     need = {m: memory.program_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
         abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
     assert need[8] > need[4]

@@ -486,7 +486,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("scale", None, sorted({s for scales in suites.SCALES.values() for s in scales}),
                       "For --suite seed and rope: full (the seed's recipe, the default) or mini (steps and schedule "
                       f"divided by {MINI_FACTOR}). For --suite tasks: cpu (the default; the whole suite with 3 seeds "
-                      "in about an hour on 2 CPU cores), full (Zoology's sizes, for a GPU) or smoke (a few steps of "
+                      "in about 80 minutes on 2 CPU cores), full (Zoology's sizes, for a GPU) or smoke (a few steps of "
                       "one tiny width: CI).", flag_values=fv)
     flags.DEFINE_string("seeds", None, "Train every run with several random seeds, each in <out>/<run>/seed<k>, and "
                         "report means, standard deviations and paired differences with 95% intervals: a count N (the "

@@ -126,7 +126,7 @@ def _sort(context_size: int, length: int) -> Difficulty:
 
 
 # --suite tasks: calibrate here (the measurements: experiments/README.md). cpu: the whole suite (36 configs)
-# with --seeds 3 in about an hour on two CPU cores; full: Zoology's MQAR sizes (vocabulary 8,192, 256 and 512
+# with --seeds 3 in about 80 minutes on two CPU cores; full: Zoology's MQAR sizes (vocabulary 8,192, 256 and 512
 # tokens, widths 64-512) for a GPU; smoke: one tiny width for a few steps, the CI check that the pipeline runs.
 TASK_SCALES = {
     "cpu": TaskScale(

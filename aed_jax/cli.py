@@ -132,8 +132,9 @@ def _quiet_libraries(argv):
 
 
 def no_extra_args(argv):
+    """One `error:` line (not absl's whole usage text) for positional arguments a command does not take."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])} (the flags are --name=value; --help lists them)")
 
 
 def fail(message: str):

@@ -254,11 +254,13 @@ def read(path: str) -> ml_collections.ConfigDict:
         c = module.get_config()
     except SyntaxError as e:
         raise ConfigError(f"{e.filename}, line {e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:  # whatever the file's own code raised: where, and what
+    except (Exception, SystemExit) as e:  # whatever the file's own code raised (or exit()): where, and what
         lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
                  if os.path.abspath(f.filename) == os.path.abspath(path)]
         where = f"{path}, line {lines[-1]}" if lines else path
-        what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {errors.one_line(e)}"
+        what = str(e) if isinstance(e, ConfigError) else \
+            f"called sys.exit({e.code!r}) while loading" if isinstance(e, SystemExit) else \
+            f"{type(e).__name__}: {errors.one_line(e)}"
         raise ConfigError(f"{where}: {what}") from None
     if not isinstance(c, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned a {type(c).__name__}, not a ConfigDict")

@@ -142,6 +142,7 @@ def test_file_errors_are_one_line_naming_the_file(tmp_path):
                     r'typo\.py, line 5: AttributeError: Key "lr_typo" does not exist'),
         "raises.py": ("from aed_jax import config\n\ndef get_config():\n    return config.base_config('gpt')\n",
                       r"raises\.py, line 4: model_type: 'gpt' is not one of aed, baseline$"),
+        "exits.py": ("import sys\nsys.exit(0)\n", r"exits\.py, line 2: called sys\.exit\(0\) while loading$"),
     }
     for name, (text, match) in files.items():
         (tmp_path / name).write_text(text)
@@ -198,6 +199,7 @@ def test_commands_report_config_errors_in_one_line():
     file with an override (once an OSError traceback)."""
     for command, args, message in [
         ("main", [], "error: --config is required"),
+        ("summary", ["--config=configs/tiny.py", "extra"], "error: unexpected arguments: extra"),
         ("summary", ["--config=configs/nope.py", "--config.train_steps=4"], "error: configs/nope.py: no such file"),
     ]:
         result = subprocess.run([sys.executable, "-m", f"aed_jax.{command}", *args], cwd=ROOT, capture_output=True,

@@ -202,8 +202,15 @@ def import_npz(npz: str, config: ml_collections.ConfigDict, workdir: str) -> Non
     check_reference_positions(cfg)
     json_path = os.path.splitext(npz)[0] + ".json"
     if os.path.isfile(json_path):
-        with open(json_path) as f:
-            theirs = model_config_from_reference(json.load(f), cfg.model_type)
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                ref = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InteropError(f"{json_path}: unreadable ({errors.one_line(e)}); fix or remove it (it only checks "
+                               "that the npz is the config's model)") from None
+        if not isinstance(ref, dict):
+            raise InteropError(f"{json_path}: not a JSON object of model_config keys")
+        theirs = model_config_from_reference(ref, cfg.model_type)
         ours = _architecture(cfg)
         if differ := [f"{k} ({v!r} there, {ours[k]!r} here)" for k, v in _architecture(theirs).items() if ours[k] != v]:
             raise InteropError(f"{json_path} and the config disagree on {', '.join(differ)}")
@@ -225,7 +232,11 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     if missing := [f"--{name}" for name in needed if not fv[name].value]:
         cli.fail(f"{command} needs {', '.join(missing)}")
     if command == "export":
-        npz, json_path = export(fv.workdir, fv.out, fv.checkpoint)
+        try:
+            npz, json_path = export(fv.workdir, fv.out, fv.checkpoint)
+        except OSError as e:  # nothing half-written is left: rundir.atomic_file removes its .tmp
+            cli.fail(f"--out {fv.out}: cannot write {e.filename or fv.out} ({e.strerror or e}); choose a writable "
+                     "file path with room for the arrays")
         print(f"wrote {npz} and {json_path}")
     else:
         import_npz(fv.npz, config_lib.load(fv.config), fv.workdir)

@@ -251,6 +251,35 @@ def test_cli_usage_and_export_errors(run, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_export_onto_a_folder_or_into_a_read_only_one_is_one_line_and_leaves_nothing(run, capsys, tmp_path):
+    """An --out that is a folder, or in a folder that cannot be written: one line naming it, and no
+    half-written file beside it."""
+    folder = tmp_path / "a_folder.npz"
+    folder.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for out in (folder, locked / "model.npz"):
+            if out.parent == locked and os.access(locked, os.W_OK):
+                continue  # root writes anywhere: the read-only case cannot be made here
+            with pytest.raises(SystemExit):
+                run_cli(["export", "--workdir", str(run["root"] / "run"), "--out", str(out)])
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: --out {out}: cannot write ") and err.count("\n") == 1, err
+            assert not [n for n in os.listdir(out.parent) if n.endswith(".tmp")]
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_broken_model_json_beside_the_npz_is_one_line(run, capsys):
+    os.makedirs(run["root"] / "broken", exist_ok=True)
+    np.savez(run["root"] / "broken" / "model.npz", **run["arrays"])
+    for text, message in (("{not json", "unreadable"), ("[1, 2]", "not a JSON object")):
+        (run["root"] / "broken" / "model.json").write_text(text)
+        assert message in _import_error(run, capsys, run["root"] / "broken" / "model.npz")
+
+
 def test_a_rope_model_is_refused_both_ways_in_one_line(run, capsys):
     """The reference has only the learned table: export writes nothing, import refuses the config."""
     with open(run["json"]) as f:

@@ -400,27 +400,31 @@ def _check_describes(config: dict, params) -> None:
                        f"e.g. {differ[0]})")
 
 
-def read_params(mngr: ocp.CheckpointManager, step: int):
-    """(params as host numpy, config) of `step`, the params verified against their checksums; Damaged
-    (the cause, one line) when they cannot be."""
+def read_params(mngr: ocp.CheckpointManager, step: int, whole_state: bool = False):
+    """(params as host numpy, config) of `step`. The params and the step number the state holds are
+    read and verified (their checksums; the step is the folder's); with `whole_state`, every array of
+    the state and the stream position too, as the trainer's restore verifies them (what a reader's
+    list of intact steps uses). Damaged (the cause, one line) when anything fails."""
     _check_layout(mngr, step)
     config = _config(mngr, step)
     try:
         with _quiet_restore():
-            params_metadata = dict(mngr.item_metadata(step)["state"])["params"]
-            abstract = {"params": jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), params_metadata)}
+            metadata = dict(mngr.item_metadata(step)["state"])
+            wanted = metadata if whole_state else {k: metadata[k] for k in ("params", "step") if k in metadata}
+            abstract = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), wanted)
             _check_describes(config, abstract["params"])
             as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-            with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params alone
-                params = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"),
-                                              args=ocp.args.PyTreeRestore(abstract, as_numpy, partial_restore=True))
-            params = params["params"]
+            with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params and step alone
+                state = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"), args=ocp.args.PyTreeRestore(
+                    abstract, as_numpy, partial_restore=not whole_state))
     except Damaged:
         raise
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
         raise Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)
     if recorded is not None:
-        recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.startswith("params/")}}
-    _verify({"params": params}, recorded)
-    return params, ml_collections.ConfigDict(config)
+        recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.split("/")[0] in state}}
+    _verify(state, recorded)
+    if "step" in state:
+        _check_step(state, _stream_position(mngr, step) if whole_state else None, step)
+    return state["params"], ml_collections.ConfigDict(config)

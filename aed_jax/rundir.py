@@ -123,7 +123,8 @@ def restore_params(workdir: str, which: str | int = "latest"):
 
 
 def _intact(workdir: str, skip: tuple[str, int]) -> str:
-    """Which steps of checkpoints/ restore and verify, for an error message: `intact steps: 30, 35`."""
+    """Which steps of checkpoints/ restore and verify whole (every item, as the trainer checks them), for
+    an error message: `intact steps: 30, 35`."""
     if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         return "no intact checkpoint"
     mngr, intact = checkpoints(workdir, create=False), []
@@ -131,7 +132,7 @@ def _intact(workdir: str, skip: tuple[str, int]) -> str:
         if (str(mngr.directory), step) == skip:
             continue
         try:
-            checkpoint.read_params(mngr, step)
+            checkpoint.read_params(mngr, step, whole_state=True)  # as the trainer would find it
             intact.append(step)
         except checkpoint.Damaged:  # damaged too: not listed
             continue

@@ -277,6 +277,33 @@ def test_a_damaged_best_names_the_intact_steps(run):
         rundir.restore_params(workdir, "best")
 
 
+def test_readers_list_as_intact_only_steps_the_trainer_would_resume_from(run):
+    """A step whose params verify but whose optimizer state does not (its recorded checksum changed
+    here, so the damage is exactly there) is not intact for the trainer, so not for a reader either."""
+    _, workdir, _, _ = run
+    path = os.path.join(workdir, rundir.CHECKPOINTS, "4", checkpoint.CHECKSUMS, "metadata")
+    with open(path) as f:
+        recorded = json.load(f)
+    key = next(k for k in sorted(recorded["crc32"]) if k.startswith("opt_state/") and "/mu/" in k)
+    recorded["crc32"][key] ^= 1
+    with open(path, "w") as f:
+        json.dump(recorded, f)
+    _other_arrays(os.path.join(workdir, rundir.CHECKPOINTS, "6"), os.path.join(workdir, rundir.CHECKPOINTS, "2"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ is damaged \(checksum mismatch in "
+                                                         r"params/\S+\); intact steps: 2$"):
+        rundir.restore_params(workdir)
+
+
+def test_a_renamed_step_is_damaged_for_readers_too(run):
+    """The state holds the step it was saved at; a reader of a renamed folder says so instead of
+    reporting the folder's step for another step's parameters."""
+    _, workdir, _, _ = run
+    os.rename(os.path.join(workdir, rundir.CHECKPOINTS, "6"), os.path.join(workdir, rundir.CHECKPOINTS, "8"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 8 in \S+ is damaged \(state: holds step 6, not "
+                                                         r"the 8 its folder is named\); intact steps: 2, 4$"):
+        rundir.restore_params(workdir)
+
+
 @pytest.mark.parametrize("content,why", [('{"val_lo', r"metrics: JSONDecodeError: "),
                                          ('{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number")])
 def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, content, why, caplog):
@@ -325,9 +352,9 @@ def test_saved_config_of_a_broken_config_is_one_line(run):
 
 
 def test_save_replaces_a_step_that_exists(run):
-    """A re-run after an interrupted one saves a step again."""
+    """A re-run after an interrupted one saves a step again (other parameters, the same step number)."""
     c, workdir, states, _ = run
-    checkpoint.save(rundir.checkpoints(workdir), 6, states[2], c)
+    checkpoint.save(rundir.checkpoints(workdir), 6, dict(states[2], step=jnp.asarray(6, jnp.int32)), c)
     params, _, step = rundir.restore_params(workdir, 6)
     assert step == 6
     _assert_identical(params, jax.device_get(states[2]["params"]))
@@ -342,7 +369,8 @@ def test_best_only_moves_to_a_finite_lower_val_loss(run):
     assert best.all_steps() == [4]
     assert checkpoint.save_best(best, 6, states[6], c, 1.0)
     assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 1.0
-    assert checkpoint.save_best(best, 6, states[2], c, 0.9)  # the same step again, better: replaced
+    again = dict(states[2], step=jnp.asarray(6, jnp.int32))  # other parameters at the same step
+    assert checkpoint.save_best(best, 6, again, c, 0.9)  # the same step again, better: replaced
     assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 0.9
     _assert_identical(rundir.restore_params(workdir, "best")[0], jax.device_get(states[2]["params"]))
 

@@ -4,7 +4,8 @@ from aed_jax.config import base_config
 
 def get_config():
     c = base_config("baseline")
-    c.model_config.n_embed = 160
-    c.model_config.n_head = 10
-    c.model_config.n_layer = 26
+    m = c.model_config
+    m.n_embed = 160
+    m.n_head = 10
+    m.n_layer = 26
     return c

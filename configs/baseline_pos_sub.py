@@ -9,8 +9,9 @@ from aed_jax.config import base_config
 
 def get_config():
     c = base_config("baseline")
-    c.model_config.update(dict(
-        n_embed=160, n_head=10, n_layer=26, context_size=200, use_bias=False, dropout_rate=0.0,
-        sub_pos_embed_to_decoder="YES_NO_LN",
-    ))
+    m = c.model_config
+    m.n_embed = 160
+    m.n_head = 10
+    m.n_layer = 26
+    m.sub_pos_embed_to_decoder = "YES_NO_LN"
     return c

@@ -12,8 +12,22 @@ from aed_jax.config import base_config
 
 def get_config():
     c = base_config("baseline")
-    c.model_config.update(dict(n_embed=1024, n_head=16, n_layer=24, context_size=1024))
-    c.update(dict(batch_size=16, gradient_accumulation_steps=32, train_steps=20000, lr=3e-4, min_lr=3e-5,
-                  warmup_iters=2000, lr_decay_iters=20000, est_interval=1000, est_steps=50, scan_layers=True,
-                  remat=True, mesh_data=1, mesh_fsdp=-1))
+    m = c.model_config
+    m.context_size = 1024
+    m.n_embed = 1024
+    m.n_head = 16
+    m.n_layer = 24
+    c.batch_size = 16
+    c.gradient_accumulation_steps = 32
+    c.train_steps = 20000
+    c.lr = 0.0003
+    c.min_lr = 3e-05
+    c.warmup_iters = 2000
+    c.lr_decay_iters = 20000
+    c.scan_layers = True
+    c.remat = True
+    c.mesh_data = 1
+    c.mesh_fsdp = -1
+    c.est_interval = 1000
+    c.est_steps = 50
     return c

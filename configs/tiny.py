@@ -17,22 +17,27 @@ from aed_jax.config import base_config
 
 def get_config():
     c = base_config("aed")
-    c.model_config.update(dict(
-        n_embed=64, n_head=4, n_layer=2, context_size=64, use_bias=False, dropout_rate=0.0,
-        order_type="ORIGINAL", add_pos_embed_to_decoder=False, add_ln_before_decoder_ff=False,
-        sub_pos_embed_to_decoder="YES_NO_LN",
-        embedding_loss_type="MSE", embedding_loss_coeff=8.0,
-        use_ln_on_encoder_out=True, detach_type="ENCODER_OUT", embedding_ln_type="INIT",
-    ))
-    c.model_config.cross_attn_config.update(dict(n_head=8, use_bias=False))
+    m = c.model_config
+    m.context_size = 64
+    m.n_embed = 64
+    m.n_head = 4
+    m.n_layer = 2
+    m.sub_pos_embed_to_decoder = "YES_NO_LN"
+    m.use_ln_on_encoder_out = True
+    m.embedding_loss_type = "MSE"
+    m.detach_type = "ENCODER_OUT"
+    m.embedding_loss_coeff = 8.0
+    m.embedding_ln_type = "INIT"
+    m.cross_attn_config.n_head = 8
+    m.cross_attn_config.use_bias = False
     c.batch_size = 8
     c.gradient_accumulation_steps = 1
-    c.ce_chunk_tokens = 128
     c.train_steps = 1200
-    c.lr = 3e-3
-    c.min_lr = 3e-4
+    c.lr = 0.003
+    c.min_lr = 0.0003
     c.warmup_iters = 30
     c.lr_decay_iters = 1200
+    c.ce_chunk_tokens = 128
     c.est_interval = 300
     c.est_steps = 10
     return c

@@ -79,6 +79,22 @@ def checksums(tree) -> dict[str, int]:
     return out
 
 
+def _json_crc32(value) -> int:
+    """The crc32 of a JSON item's canonical text: a damaged byte that still parses (a changed digit)
+    changes it."""
+    return zlib.crc32(json.dumps(value, sort_keys=True).encode())
+
+
+def _verify_items(mngr: ocp.CheckpointManager, step: int, position: dict | None) -> None:
+    """Damaged when the config item, or the stream `position` read from `step`, is not what was saved:
+    a damaged byte that still parses and fits (a changed digit) passes every other check. Run last, so
+    that what the other checks can name is named; checkpoints from before item checksums pass."""
+    recorded = (_recorded(mngr, step) or {}).get("items", {})
+    for name, value in (("config", _config(mngr, step)), (STREAM, position)):
+        if value is not None and recorded.get(name) is not None and _json_crc32(value) != recorded[name]:
+            raise Damaged(f"{name}: checksum mismatch")
+
+
 def _verify(tree, recorded: dict | None) -> None:
     """Damaged naming the first array of `tree` whose bytes differ from the checksum recorded at save."""
     if recorded is None:  # written before checkpoints carried checksums
@@ -100,10 +116,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
          data_iter=None, metrics: dict | None = None) -> None:
     """Saves `state`, its checksums, the config and (when given) the data iterator's position at
     `step`, synchronously; a `step` already there (left by an interrupted run being re-run) is replaced."""
-    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict()),
-             CHECKSUMS: ocp.args.JsonSave({"crc32": checksums(state)})}
+    recorded = {"crc32": checksums(state), "items": {"config": _json_crc32(config.to_dict())}}
+    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
     if data_iter is not None:
-        items[STREAM] = ocp.args.JsonSave(data_iter.get_state())
+        position = data_iter.get_state()
+        items[STREAM] = ocp.args.JsonSave(position)
+        recorded["items"][STREAM] = _json_crc32(position)
+    items[CHECKSUMS] = ocp.args.JsonSave(recorded)
     if step in mngr.all_steps():
         mngr.delete(step)
     try:
@@ -278,7 +297,8 @@ def _recorded(mngr: ocp.CheckpointManager, step: int) -> dict | None:
     if not os.path.isdir(os.path.join(_step_dir(mngr, step), CHECKSUMS)):
         return None
     recorded = _restore_item(mngr, step, CHECKSUMS, ocp.args.JsonRestore())
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("crc32"), dict):
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("crc32"), dict) or \
+            not isinstance(recorded.get("items", {}), dict):
         raise Damaged(f"{CHECKSUMS}: not a JSON object with crc32")
     return recorded
 
@@ -360,6 +380,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter, damag
             state = _restore_verified(mngr, step, abstract_state)
             position = _stream_position(mngr, step)
             _check_step(state, position, step)
+            _verify_items(mngr, step, position)
         except Damaged as e:
             moved = move_aside(str(mngr.directory), step, damaged_dir)
             mngr.reload()
@@ -425,6 +446,8 @@ def read_params(mngr: ocp.CheckpointManager, step: int, whole_state: bool = Fals
     if recorded is not None:
         recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.split("/")[0] in state}}
     _verify(state, recorded)
+    position = _stream_position(mngr, step) if whole_state else None
     if "step" in state:
-        _check_step(state, _stream_position(mngr, step) if whole_state else None, step)
+        _check_step(state, position, step)
+    _verify_items(mngr, step, position)
     return state["params"], ml_collections.ConfigDict(config)

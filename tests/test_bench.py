@@ -33,6 +33,7 @@ def test_flops_per_token_matches_the_hand_count():
     assert bench.flops_per_token(params, scanned) == expected
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_bench_runs_on_cpu(tmp_path):
     c = config_lib.base_config("aed")
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=1, context_size=16, alphabet_size=128))
@@ -55,6 +56,7 @@ def test_bench_runs_on_cpu(tmp_path):
     assert "tokens/s" in table and "data-fed (prefetch)" in table and table.startswith("model                aed\n")
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_cli_json_names_the_config_file(tmp_path):
     """--json reports which config file was measured, beside the model type."""
     for split in ("train", "val"):
@@ -120,7 +122,8 @@ def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
 
 
 @pytest.mark.parametrize("model_type,layers,attention_calls",
-                         [pytest.param("aed", 2, 6, marks=pytest.mark.slow), ("baseline", 3, 3)])
+                         [pytest.param("aed", 2, 6, marks=pytest.mark.slow),
+                          pytest.param("baseline", 3, 3, marks=pytest.mark.slow)])
 def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type, layers, attention_calls):
     """experiments/profile_cpu: each attention call the model makes is recorded (AED: encoder self,
     decoder self and cross per layer), and every piece gets a positive time."""

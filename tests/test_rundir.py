@@ -186,6 +186,7 @@ def test_a_finished_run_says_so_and_trains_nothing(data_dir, tmp_path):
     assert done.estimate["step"] == 4 and np.isfinite(done.estimate["val_loss"])
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_fresh_removes_old_tensorboard_events_and_metrics(data_dir, tmp_path):
     workdir = str(tmp_path)
     train.train_and_evaluate(small_config(data_dir, train_steps=2), workdir)

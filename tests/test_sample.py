@@ -164,6 +164,7 @@ def test_cli_prints_the_prompt_and_its_continuations(workdir, capsys):
     assert all(text.startswith("Hello world") and len(text) > len("Hello world") for text in texts[:2])
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_cli_benchmark_prints_both_rates(workdir, capsys):
     run_cli(["--workdir", workdir, "--benchmark", "--max_new_tokens", "10", "--greedy"])
     out = capsys.readouterr().out

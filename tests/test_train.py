@@ -124,6 +124,7 @@ def test_resumed_writer_drops_what_the_interrupted_run_logged_after_the_checkpoi
     assert rows[5]["loss"] == 1.0 / 6 and rows[6]["loss"] == 0.5
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_refuses_a_checkpoint_of_another_model(data_dir, tmp_path):
     train.train_and_evaluate(small_config(data_dir, train_steps=4), str(tmp_path))
     other = small_config(data_dir, train_steps=8)
@@ -165,6 +166,7 @@ def config_file(data_dir, tmp_path):
     return str(path)
 
 
+@pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
 def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
     """Also runs with main's own compilation cache (not the suite's): the train step lands in it."""
     workdir, cache = str(tmp_path / "run"), tmp_path / "xla_cache"

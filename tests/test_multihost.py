@@ -6,6 +6,7 @@ counts, SIGTERM to one or every process, and a dead peer.
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,8 +32,13 @@ def config_file(data_dir, tmp_path_factory):  # noqa: F811
     return str(path)
 
 
-def _free_port(low: int = 1024, high: int = 65535) -> int:
-    for port in range(low, high + 1):
+def _free_port(low: int = 20000, high: int = 65535) -> int:
+    """A port in [low, high] that is free now, drawn at random: two test sessions on one machine (or
+    one started right after another) must not both take the first free one and meet each other's
+    coordinator."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(low, high)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -48,7 +54,7 @@ def _cluster_env(n: int, slurm: bool) -> dict:
     if slurm:
         return dict(SLURM_JOB_ID=str(_free_port(61440, 65535) - 61440), SLURM_STEP_NODELIST="localhost",
                     SLURM_NTASKS=str(n))
-    return dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port(20000)}", JAX_NUM_PROCESSES=str(n))
+    return dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(n))
 
 
 def _process_env(p: int, slurm: bool) -> dict:
@@ -163,7 +169,8 @@ def _start_long_run(config_file, workdir):
     deadline = time.time() + 180
     while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
                and os.path.getsize(os.path.join(workdir, "metrics.jsonl"))):  # training has begun
-        assert time.time() < deadline and all(p.poll() is None for p in run.procs), run.err(0)[-3000:]
+        assert time.time() < deadline and all(p.poll() is None for p in run.procs), \
+            [(p, run.procs[p].poll(), run.err(p)[:1500]) for p in (0, 1)]  # how each began to fail
         time.sleep(0.2)
     return run
 

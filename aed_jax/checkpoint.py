@@ -85,13 +85,14 @@ def _json_crc32(value) -> int:
     return zlib.crc32(json.dumps(value, sort_keys=True).encode())
 
 
-def _verify_items(mngr: ocp.CheckpointManager, step: int, position: dict | None) -> None:
-    """Damaged when the config item, or the stream `position` read from `step`, is not what was saved:
-    a damaged byte that still parses and fits (a changed digit) passes every other check. Run last, so
-    that what the other checks can name is named; checkpoints from before item checksums pass."""
-    recorded = (_recorded(mngr, step) or {}).get("items", {})
-    for name, value in (("config", _config(mngr, step)), (STREAM, position)):
-        if value is not None and recorded.get(name) is not None and _json_crc32(value) != recorded[name]:
+def _verify_items(recorded: dict | None, config: dict, position: dict | None) -> None:
+    """Damaged when a step's config item, or its stream `position`, is not what was saved (`recorded`:
+    its checksums item): a damaged byte that still parses and fits (a changed digit) passes every other
+    check. Run last, so that what the other checks can name is named; checkpoints from before item
+    checksums pass."""
+    items = (recorded or {}).get("items", {})
+    for name, value in (("config", config), (STREAM, position)):
+        if value is not None and items.get(name) is not None and _json_crc32(value) != items[name]:
             raise Damaged(f"{name}: checksum mismatch")
 
 
@@ -324,14 +325,15 @@ def _check_same_state(mngr: ocp.CheckpointManager, step: int, abstract_state) ->
 
 
 def _restore_verified(mngr: ocp.CheckpointManager, step: int, abstract_state):
-    """The state of `step`, its arrays verified against their checksums; its config read too (a
-    checkpoint whose config cannot be read is as unusable as one whose arrays cannot)."""
+    """(state, config, checksums) of `step`, the state's arrays verified against their checksums; its
+    config read too (a checkpoint whose config cannot be read is as unusable as one whose arrays cannot)."""
     _check_layout(mngr, step)
     _check_same_state(mngr, step, abstract_state)
-    _config(mngr, step)
+    config = _config(mngr, step)
     state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(abstract_state))
-    _verify(state, _recorded(mngr, step))
-    return state
+    recorded = _recorded(mngr, step)
+    _verify(state, recorded)
+    return state, config, recorded
 
 
 def _stream_position(mngr: ocp.CheckpointManager, step: int) -> dict | None:
@@ -377,10 +379,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter, damag
         return None
     for step in steps:
         try:
-            state = _restore_verified(mngr, step, abstract_state)
+            state, config, recorded = _restore_verified(mngr, step, abstract_state)
             position = _stream_position(mngr, step)
             _check_step(state, position, step)
-            _verify_items(mngr, step, position)
+            _verify_items(recorded, config, position)
         except Damaged as e:
             moved = move_aside(str(mngr.directory), step, damaged_dir)
             mngr.reload()
@@ -443,11 +445,10 @@ def read_params(mngr: ocp.CheckpointManager, step: int, whole_state: bool = Fals
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
         raise Damaged(f"state: {_cause(e, _step_dir(mngr, step))}") from None
     recorded = _recorded(mngr, step)
-    if recorded is not None:
-        recorded = {"crc32": {k: v for k, v in recorded["crc32"].items() if k.split("/")[0] in state}}
-    _verify(state, recorded)
+    _verify(state, None if recorded is None else  # the arrays read: with a partial restore, not all of them
+            {"crc32": {k: v for k, v in recorded["crc32"].items() if k.split("/")[0] in state}})
     position = _stream_position(mngr, step) if whole_state else None
     if "step" in state:
         _check_step(state, position, step)
-    _verify_items(mngr, step, position)
+    _verify_items(recorded, config, position)
     return state["params"], ml_collections.ConfigDict(config)

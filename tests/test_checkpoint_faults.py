@@ -41,6 +41,12 @@ def _iterator(c):
     return data.train_iterator(train_path, c.model_config.context_size, c.batch_size, c.random_seed)
 
 
+def _resume(workdir, abstract, data_iter=None):
+    """The trainer's restore of `workdir`'s checkpoints/: the newest intact step, damaged ones moved to damaged/."""
+    return checkpoint.restore_latest(rundir.checkpoints(workdir), abstract, data_iter,
+                                     os.path.join(workdir, rundir.DAMAGED))
+
+
 def _abstract(c):
     return jax.eval_shape(lambda: _state(c, 0, 0))
 
@@ -113,6 +119,16 @@ def _other_arrays(step_dir, source_dir):
     shutil.copytree(os.path.join(source_dir, "state"), os.path.join(step_dir, "state"))
 
 
+def _edit_item(step_dir, item, change):
+    """Rewrites a step's JSON item (orbax's `<item>/metadata` file) as `change(its value)`: damage that
+    still parses."""
+    path = os.path.join(step_dir, item, "metadata")
+    with open(path) as f:
+        value = json.load(f)
+    with open(path, "w") as f:
+        json.dump(change(value), f)
+
+
 def _tree_digest(folder) -> dict[str, str]:
     out = {}
     for root, _, files in os.walk(folder):
@@ -152,7 +168,7 @@ def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restore
 
     it = _iterator(c)
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
+        state, step = _resume(workdir, _abstract(c), it)
     assert step == 4
     _assert_identical(state, states[4])
     assert it.get_state() == positions[4]
@@ -171,7 +187,7 @@ def test_a_missing_stream_position_is_a_warning_that_the_stream_restarts(run, ca
     it = _iterator(c)
     start = it.get_state()
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
+        state, step = _resume(workdir, _abstract(c), it)
     assert step == 6 and it.get_state() == start
     _assert_identical(state, states[6])
     [warning] = _warnings(caplog)
@@ -191,14 +207,13 @@ def test_a_step_whose_state_or_stream_is_not_its_own_is_set_aside(run, fault, ca
         shutil.rmtree(os.path.join(step_dir, checkpoint.STREAM))
         os.rename(step_dir, os.path.join(workdir, rundir.CHECKPOINTS, "8"))
     else:
-        path = os.path.join(step_dir, checkpoint.STREAM, "metadata")  # orbax's JSON item file
-        position = json.load(open(path))
-        assert position["next_index"] == 6
-        position["next_index"] = -5 if fault == "next_index -5" else 7
-        json.dump(position, open(path, "w"))
+        def moved(position):
+            assert position["next_index"] == 6
+            return {**position, "next_index": -5 if fault == "next_index -5" else 7}
+        _edit_item(step_dir, checkpoint.STREAM, moved)
     it = _iterator(c)
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
+        state, step = _resume(workdir, _abstract(c), it)
     assert step == 4 and it.get_state() == positions[4]
     _assert_identical(state, states[4])
     [warning] = _warnings(caplog)
@@ -214,7 +229,7 @@ def test_an_earlier_versions_stream_position_restores(run):
     with open(os.path.join(step_dir, checkpoint.LEGACY_DATA), "w") as f:
         json.dump(positions[6], f)
     it = _iterator(c)
-    state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), it, os.path.join(workdir, rundir.DAMAGED))
+    state, step = _resume(workdir, _abstract(c), it)
     assert step == 6 and it.get_state() == positions[6] != _iterator(c).get_state()
     _assert_identical(state, states[6])
 
@@ -224,7 +239,7 @@ def test_an_imported_step_0_without_data_restores_silently(data_dir, tmp_path, c
     state = _state(c, 1, 0)
     checkpoint.save(rundir.checkpoints(str(tmp_path)), 0, state, c)
     with caplog.at_level(logging.WARNING):
-        restored, step = checkpoint.restore_latest(rundir.checkpoints(str(tmp_path)), _abstract(c), _iterator(c), os.path.join(str(tmp_path), rundir.DAMAGED))
+        restored, step = _resume(str(tmp_path), _abstract(c), _iterator(c))
     assert step == 0 and not _warnings(caplog)
     _assert_identical(restored, state)
 
@@ -235,7 +250,7 @@ def test_checkpoints_without_checksums_still_load(run, caplog):
     for step in STEPS:
         shutil.rmtree(os.path.join(workdir, rundir.CHECKPOINTS, str(step), checkpoint.CHECKSUMS))
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), _iterator(c), os.path.join(workdir, rundir.DAMAGED))
+        state, step = _resume(workdir, _abstract(c), _iterator(c))
         params, _, _ = rundir.restore_params(workdir, "latest")
     assert step == 6 and not _warnings(caplog)
     _assert_identical(state, states[6])
@@ -248,7 +263,7 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_is_deleted(run, caplog
         os.remove(os.path.join(workdir, rundir.CHECKPOINTS, str(step), "state", "_METADATA"))
     with pytest.raises(checkpoint.CheckpointError, match=r"^every checkpoint in \S+ is damaged \(steps 6, 4, 2, moved "
                                                          r"to \S+/damaged\); the same command now trains from step 0$"):
-        checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), None, os.path.join(workdir, rundir.DAMAGED))
+        _resume(workdir, _abstract(c))
     assert len(_warnings(caplog)) == 3 and len(os.listdir(os.path.join(workdir, rundir.DAMAGED))) == 3
     with pytest.raises(checkpoint.CheckpointError, match="has no checkpoints in checkpoints/"):
         rundir.restore_params(workdir)
@@ -260,13 +275,13 @@ def test_another_models_checkpoint_is_not_taken_for_damage(run):
     other.model_config.n_embed = 64
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ holds another state than this "
                                                          r"config's \(.*\)$"):
-        checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(other), None, os.path.join(workdir, rundir.DAMAGED))
+        _resume(workdir, _abstract(other))
     assert sorted(os.listdir(os.path.join(workdir, rundir.CHECKPOINTS))) == ["2", "4", "6"]
     assert not os.path.exists(os.path.join(workdir, rundir.DAMAGED))
 
 
 def test_no_checkpoint_restores_nothing(tmp_path, data_dir):  # noqa: F811
-    assert checkpoint.restore_latest(rundir.checkpoints(str(tmp_path)), _abstract(small_config(data_dir)), None, os.path.join(str(tmp_path), rundir.DAMAGED)) is None
+    assert _resume(str(tmp_path), _abstract(small_config(data_dir))) is None
 
 
 def test_a_damaged_best_names_the_intact_steps(run):
@@ -281,13 +296,12 @@ def test_readers_list_as_intact_only_steps_the_trainer_would_resume_from(run):
     """A step whose params verify but whose optimizer state does not (its recorded checksum changed
     here, so the damage is exactly there) is not intact for the trainer, so not for a reader either."""
     _, workdir, _, _ = run
-    path = os.path.join(workdir, rundir.CHECKPOINTS, "4", checkpoint.CHECKSUMS, "metadata")
-    with open(path) as f:
-        recorded = json.load(f)
-    key = next(k for k in sorted(recorded["crc32"]) if k.startswith("opt_state/") and "/mu/" in k)
-    recorded["crc32"][key] ^= 1
-    with open(path, "w") as f:
-        json.dump(recorded, f)
+
+    def one_moment_changed(recorded):
+        key = next(k for k in sorted(recorded["crc32"]) if k.startswith("opt_state/") and "/mu/" in k)
+        recorded["crc32"][key] ^= 1
+        return recorded
+    _edit_item(os.path.join(workdir, rundir.CHECKPOINTS, "4"), checkpoint.CHECKSUMS, one_moment_changed)
     _other_arrays(os.path.join(workdir, rundir.CHECKPOINTS, "6"), os.path.join(workdir, rundir.CHECKPOINTS, "2"))
     with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ is damaged \(checksum mismatch in "
                                                          r"params/\S+\); intact steps: 2$"):
@@ -329,11 +343,7 @@ def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trai
 ])
 def test_a_config_item_that_parses_but_is_not_the_runs_is_damage_for_readers(run, change, cause):
     c, workdir, states, _ = run
-    path = os.path.join(workdir, rundir.CHECKPOINTS, "6", "config", "metadata")
-    with open(path) as f:
-        config = json.load(f)
-    with open(path, "w") as f:
-        json.dump(change(config), f)
+    _edit_item(os.path.join(workdir, rundir.CHECKPOINTS, "6"), "config", change)
     with pytest.raises(checkpoint.CheckpointError) as e:
         rundir.restore_params(workdir, "latest")
     message = str(e.value)
@@ -538,8 +548,8 @@ def test_every_byte_of_a_checkpoint_damaged_is_found_or_harmless(pristine, tmp_p
                 except checkpoint.CheckpointError as e:
                     message = str(e)
                     assert "\n" not in message and len(message) < 600, (case, message)
-                    assert message.endswith(("intact steps: 2, 4", "intact steps: 2, 4, 6", "use --checkpoint latest")), \
-                        (case, message)
+                    endings = ("intact steps: 2, 4", "intact steps: 2, 4, 6", "use --checkpoint latest")
+                    assert message.endswith(endings), (case, message)
                     seen = "refused"
                 rundir.set_aside_damaged_best(copy)  # what the trainer does at start, then opens best/
                 best = rundir.best(copy)
@@ -547,8 +557,7 @@ def test_every_byte_of_a_checkpoint_damaged_is_found_or_harmless(pristine, tmp_p
                 best.close()
                 it = _iterator(c)
                 with caplog.at_level(logging.WARNING):
-                    state, resumed = checkpoint.restore_latest(rundir.checkpoints(copy), _abstract(c), it,
-                                                               os.path.join(copy, rundir.DAMAGED))
+                    state, resumed = _resume(copy, _abstract(c), it)
                 _assert_identical(state, states[resumed])  # a step's own state, never another's
                 assert it.get_state() == positions[resumed], case
                 assert resumed == 6 or kind == rundir.CHECKPOINTS, case  # damage in best/ never costs checkpoints/
@@ -568,21 +577,13 @@ def test_a_changed_number_in_the_config_or_stream_item_is_found_by_its_checksum(
     """A damaged byte that still parses and fits (another learning rate, another seed in the stream's
     state) passes every other check; the items' checksums find it."""
     c, workdir, states, positions = run
-    path = os.path.join(workdir, rundir.CHECKPOINTS, "6", "config", "metadata")
-    with open(path) as f:
-        config = json.load(f)
-    config["lr"] = config["lr"] * 2
-    with open(path, "w") as f:
-        json.dump(config, f)
-    with pytest.raises(checkpoint.CheckpointError, match=r"is damaged \(config: checksum mismatch\); intact steps: 2, 4$"):
+    _edit_item(os.path.join(workdir, rundir.CHECKPOINTS, "6"), "config",
+               lambda config: {**config, "lr": config["lr"] * 2})
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"is damaged \(config: checksum mismatch\); intact steps: 2, 4$"):
         rundir.restore_params(workdir)
-    path = os.path.join(workdir, rundir.CHECKPOINTS, "4", checkpoint.STREAM, "metadata")
-    with open(path) as f:
-        position = json.load(f)
-    position["extra"] = 1
-    with open(path, "w") as f:
-        json.dump(position, f)
-    state, step = checkpoint.restore_latest(rundir.checkpoints(workdir), _abstract(c), _iterator(c),
-                                            os.path.join(workdir, rundir.DAMAGED))
+    _edit_item(os.path.join(workdir, rundir.CHECKPOINTS, "4"), checkpoint.STREAM,
+               lambda position: {**position, "extra": 1})
+    state, step = _resume(workdir, _abstract(c), _iterator(c))
     assert step == 2
     _assert_identical(state, states[2])

@@ -1,12 +1,24 @@
-"""`python -m aed_jax.analyze --workdir A [--workdir B ...] --out DIR`: what a run's embeddings and
-attention look like, for the seed's open questions (does position subtraction change the positional
-embeddings, does the encoder track the running mean of its input, where in the window a model wins).
+"""`python -m aed_jax.analyze --workdir A [--workdir B ...] --out DIR`: what a run's parts are worth and
+what its embeddings and attention look like, for the seed's open questions (does the embedding loss
+make the encoder track the running mean of its input, does position subtraction matter, what does
+the decoder take from the encoder, where in the window a model wins), several runs side by side.
 
-One deterministic pass over every non-overlapping window of the val split (or `--data`) per run,
-then `DIR/report.md`, one PNG per figure (several runs side by side, a legend entry per run) and
-`DIR/metrics.json` with every number:
+Every run is measured on the same sample of windows: `--windows N` starts drawn at random from the
+val split (or `--data`) with `--seed` (data.sample_offsets), so N is a sample size and two runs on
+the same file are compared window by window. Then `DIR/report.md`, one PNG per figure (runs on
+shared axes, one panel per quantity), `DIR/metrics.json` with every number and `DIR/windows.npz`
+with each run's cross-entropy by window and position:
 
-- validation cross-entropy by position t = 0..T-1 (`metrics.loss_sums`, evaluate's numbers);
+- validation cross-entropy by position t = 0..T-1 (`metrics.loss_sums`, evaluate's numbers), and
+  each run's difference from the first run by position, with a bootstrap band over the windows
+  (stats.bootstrap_band) and a t-interval of the mean difference;
+- eval-time ablations (aed_jax.ablations): the change in cross-entropy, and AED the change in
+  embedding loss, when one part is taken out (input positions, position subtraction, the encoder
+  output, the cross-attention, the embedding-loss LayerNorms' scales), each a mean over the windows
+  of the paired per-window change with its 95% t-interval;
+- the embedding-loss LayerNorms: their scales and biases, the cosine of each encoder layer's output
+  with the running mean before them (raw) and after them (as the loss compares them), and a
+  sentence when the loss is met mostly by shrinking the scales (`shrinking_factor`);
 - the positional table's cosine-similarity matrix (ROPE: the table of "next position" vectors, if
   any), its row norms next to the token embeddings' norms weighted by token frequency in the
   training split;
@@ -36,33 +48,43 @@ import jax.numpy as jnp
 import matplotlib
 import matplotlib.ticker
 import numpy as np
+import optax
 import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from aed_jax import ablations as ablations_lib  # noqa: E402
 from aed_jax import cli  # noqa: E402
 from aed_jax import data as data_lib  # noqa: E402
 from aed_jax import metrics  # noqa: E402
 from aed_jax import model as model_lib  # noqa: E402
 from aed_jax import rundir  # noqa: E402
+from aed_jax import stats  # noqa: E402
 
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
 ATTENTION_KINDS = ("self", "encoder self", "decoder self", "decoder cross")  # baseline; AED
+EMBEDDING_LNS = ("encoder_out_ln", "embeddings_ln")  # the LayerNorms on the embedding loss's path
+SHRINKING = 10.0  # shrinking_factor at or above this: the report says the scales, not alignment, meet the loss
+RESAMPLES = 1000  # bootstrap resamples of the windows
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_multi_string("workdir", None, "A run folder; repeat it to compare runs side by side.", flag_values=fv)
+    flags.DEFINE_multi_string("workdir", None, "A run folder; repeat it to compare runs side by side (the first "
+                              "is the one the others' differences are taken from).", flag_values=fv)
     flags.DEFINE_string("checkpoint", "latest", "Which checkpoint of each run: latest, best, or a step number.",
                         flag_values=fv)
-    flags.DEFINE_string("data", None, "A token folder or one .bin file to pass over; default: each run's val split.",
-                        flag_values=fv)
-    flags.DEFINE_integer("windows", None, "Only the first N windows (default: every window of the split).",
-                         flag_values=fv)
+    flags.DEFINE_string("data", None, "A token folder or one .bin file to draw windows from; default: each run's "
+                        "val split.", flag_values=fv)
+    flags.DEFINE_integer("windows", 1000, "How many windows to draw at random (a sample size: intervals narrow "
+                         "as it grows).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the window draw and of the bootstrap.", flag_values=fv)
+    flags.DEFINE_bool("ablations", True, "Measure the eval-time ablations (one more forward pass each).",
+                      flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the run config's batch_size).",
                          flag_values=fv)
-    flags.DEFINE_string("out", None, "Folder for report.md, the PNGs and metrics.json.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Folder for report.md, the PNGs, metrics.json and windows.npz.", flag_values=fv)
 
 
 # Embedding tables (host numpy, float64).
@@ -112,13 +134,17 @@ def distance_sums(probs_BxNxTxS, weight_B):
     return jnp.einsum("bnts,ts,b->n", probs_BxNxTxS, distance_TxS, weight_B)
 
 
+def cosine_sums(a_BxTxD, b_BxTxD, weight_B):
+    """[T]: cos(a at t, b at t) (norms clamped at 1e-8), summed over weighted rows."""
+    a_BxTxD, b_BxTxD = a_BxTxD.astype(jnp.float32), b_BxTxD.astype(jnp.float32)
+    norms_BxT = (jnp.maximum(jnp.linalg.norm(a_BxTxD, axis=-1), 1e-8)
+                 * jnp.maximum(jnp.linalg.norm(b_BxTxD, axis=-1), 1e-8))
+    return jnp.einsum("bt,b->t", jnp.sum(a_BxTxD * b_BxTxD, axis=-1) / norms_BxT, weight_B)
+
+
 def alignment_sums(layer_BxTxD, emb_BxTxD, weight_B):
     """[T]: cos(layer output at t, mean of the input embeddings 0..t), summed over weighted rows."""
-    layer_BxTxD, emb_BxTxD = layer_BxTxD.astype(jnp.float32), emb_BxTxD.astype(jnp.float32)
-    mean_BxTxD = jnp.cumsum(emb_BxTxD, axis=1) / jnp.arange(1, emb_BxTxD.shape[1] + 1)[None, :, None]
-    norms_BxT = (jnp.maximum(jnp.linalg.norm(layer_BxTxD, axis=-1), 1e-8)
-                 * jnp.maximum(jnp.linalg.norm(mean_BxTxD, axis=-1), 1e-8))
-    return jnp.einsum("bt,b->t", jnp.sum(layer_BxTxD * mean_BxTxD, axis=-1) / norms_BxT, weight_B)
+    return cosine_sums(layer_BxTxD, ablations_lib.running_mean(emb_BxTxD), weight_B)
 
 
 def input_embeddings(cfg: model_lib.ModelConfig, params, x_BxT):
@@ -179,28 +205,63 @@ def _capture(module: nn.Module, method_name: str) -> bool:
         isinstance(module, nn.Dense) and module.name in _ATTENTION_DENSE))
 
 
+def after_embedding_lns(params, layer_BxTxD):
+    """A layer's output as the embedding loss compares it: through `encoder_out_ln` when the run has one."""
+    if "encoder_out_ln" not in params:
+        return layer_BxTxD.astype(jnp.float32)
+    ln = nn.LayerNorm(epsilon=1e-5, use_bias=True, dtype=jnp.float32)
+    return ln.apply({"params": params["encoder_out_ln"]}, layer_BxTxD.astype(jnp.float32))
+
+
 @functools.lru_cache(maxsize=8)
-def _pass(cfg: model_lib.ModelConfig):
-    """A jitted (params, x_BxT, y_BxT, weight_B) -> the evaluator's sums and the activation sums."""
+def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
+    """A jitted (params, ablated {name: params}, x_BxT, y_BxT, weight_B) -> the evaluator's sums, the
+    activation sums, each row's CE by position, and each ablation's CE (and embedding loss) by row."""
     model = model_lib.make_model(cfg)
     with_embedding_loss = metrics.has_embedding_loss(cfg)
     stack, depth = (("encoder_transformer_blocks", cfg.encoder_layers) if cfg.model_type == "aed"
                     else ("transformer_blocks", cfg.n_layer))
+    ablated = {name: ablations_lib.ablated_config(name, cfg)
+               for name in (ablations_lib.applicable(cfg) if with_ablations else ())}
+
+    def by_row(logits_BxTxV, y_BxT, state, name="intact"):
+        out = {"ce_B": optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean(-1)}
+        if with_embedding_loss and name not in ablations_lib.DECODER_SIDE:
+            out["embedding_loss_B"] = state["intermediates"]["embedding_loss_BxT"][0].mean(-1)
+        return out
 
     @jax.jit
-    def sums(params, x_BxT, y_BxT, weight_B):
+    def sums(params, ablated_params, x_BxT, y_BxT, weight_B):
         (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
                                                capture_intermediates=_capture, mutable=["intermediates"])
         captured = state["intermediates"]
         terms_BxT = captured["embedding_loss_BxT"][0] if with_embedding_loss else None
         out = metrics.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
+        out["rows/ce_BxT"] = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
+        out.update({f"rows/intact/{k}": v for k, v in by_row(logits_BxTxV, y_BxT, state).items()})
         emb_BxTxD = input_embeddings(cfg, params, x_BxT)
         layers = [emb_BxTxD] + [captured[f"{stack}_{i}"]["__call__"][0] for i in range(depth)]
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
+        if with_embedding_loss:  # the same layers as the loss compares them: after the LayerNorms
+            target_BxTxD = captured["embedding_loss_target_BxTxD"][0]
+            after = [after_embedding_lns(params, layer) for layer in layers]
+            out["alignment_after_ln_LxT"] = jnp.stack([cosine_sums(a, target_BxTxD, weight_B) for a in after])
+            if cfg.embedding_aggregation == "CUM_MEAN":  # a bias b shifts a running mean by b: take both out
+                bias_enc, bias_emb = (params[n]["bias"][None, None] if n in params else 0.0 for n in EMBEDDING_LNS)
+                out["alignment_unbiased_LxT"] = jnp.stack([
+                    cosine_sums(a - bias_enc, target_BxTxD - bias_emb, weight_B) for a in after])
         for name, pairs in attentions(cfg, captured).items():
             probs = [model_lib.causal_probs(q, k) for q, k in pairs]
             out[f"entropy/{name}"] = jnp.stack([entropy_sums(p, weight_B) for p in probs])
             out[f"distance/{name}"] = jnp.stack([distance_sums(p, weight_B) for p in probs])
+        positions_TxD = (params["positional_embedding"]["embedding"][:x_BxT.shape[1]]
+                         if "positional_embedding" in params else None)
+        for name, ablated_cfg in ablated.items():
+            perturbations = ablations_lib.perturbations(name, cfg, emb_BxTxD, layers[-1], positions_TxD)
+            (logits, _), state = model_lib.make_model(ablated_cfg).apply(
+                {"params": ablated_params[name], "perturbations": perturbations}, x_BxT,
+                with_embedding_loss=with_embedding_loss, mutable=["intermediates"])
+            out.update({f"rows/{name}/{k}": v for k, v in by_row(logits, y_BxT, state, name).items()})
         return out
 
     return sums
@@ -210,14 +271,57 @@ def summarise(totals: dict) -> dict:
     """Means of the pass's accumulated sums: the evaluator's, then per layer, head and position."""
     out = metrics.means(totals)
     rows, t = float(totals["rows"]), len(totals["ce_T"])
-    out["alignment_by_layer_position"] = (totals["alignment_LxT"] / rows).tolist()
-    out["alignment_by_layer"] = (totals["alignment_LxT"].sum(-1) / (rows * t)).tolist()
+    for key, name in (("alignment_LxT", "alignment"), ("alignment_after_ln_LxT", "alignment_after_ln"),
+                      ("alignment_unbiased_LxT", "alignment_unbiased")):
+        if key in totals:
+            out[f"{name}_by_layer_position"] = (totals[key] / rows).tolist()
+            out[f"{name}_by_layer"] = (totals[key].sum(-1) / (rows * t)).tolist()
     out["attention"] = {key.split("/")[1]: {"entropy": (totals[key] / (rows * t)).tolist(),
                                             "distance": (totals["distance/" + key.split("/")[1]] / (rows * t)).tolist()}
                         for key in sorted(totals) if key.startswith("entropy/")}
     out["uniform_attention"] = {"entropy": float(np.mean(np.log(np.arange(1, t + 1)))),
                                 "distance": float(np.mean(np.arange(t) / 2))}
     return out
+
+
+def _interval(values_N: np.ndarray) -> dict:
+    """{"mean", "low", "high"}: a mean over windows with its 95% t-interval (stats.t_interval)."""
+    i = stats.t_interval([float(v) for v in values_N])
+    return {"mean": i.mean, "low": i.low, "high": i.high}
+
+
+def ablation_effects(rows: dict) -> dict:
+    """{ablation: {"ce": interval, "embedding_loss": interval}}: the paired per-window change (ablated
+    minus intact) of each quantity, `rows` holding {"intact"|ablation: {"ce_B", "embedding_loss_B"}}
+    over the same windows."""
+    intact = rows["intact"]
+    return {name: {q: _interval(np.asarray(by_row[f"{q}_B"]) - np.asarray(intact[f"{q}_B"]))
+                   for q in ("ce", "embedding_loss") if f"{q}_B" in by_row}
+            for name, by_row in rows.items() if name != "intact"}
+
+
+def layer_norm_stats(params) -> dict:
+    """{LayerNorm: {"scale_mean", "scale_abs_mean", "scale_abs_max", "bias_abs_mean"}} of the
+    embedding-loss LayerNorms the run has."""
+    out = {}
+    for name in EMBEDDING_LNS:
+        if name in params:
+            scale, bias = (np.asarray(params[name][k], np.float64) for k in ("scale", "bias"))
+            out[name] = {"scale_mean": float(scale.mean()), "scale_abs_mean": float(np.abs(scale).mean()),
+                         "scale_abs_max": float(np.abs(scale).max()), "bias_abs_mean": float(np.abs(bias).mean())}
+    return out
+
+
+def shrinking_factor(run: dict) -> float | None:
+    """How much larger the embedding loss is with the embedding-loss LayerNorms' scales reset to 1 than
+    with the learned ones (None without that ablation). The loss compares the two LayerNormed sides;
+    scaling both by gamma scales an MSE by about gamma^2 whatever their directions, so a factor of
+    SHRINKING or more says that at least 1 - 1/SHRINKING of the disagreement the normalised sides
+    still have is hidden by small scales rather than removed by alignment."""
+    effect = run.get("ablations", {}).get("unit_ln_scales", {}).get("embedding_loss")
+    if effect is None or not run.get("embedding_loss"):
+        return None
+    return (run["embedding_loss"] + effect["mean"]) / run["embedding_loss"]
 
 
 def table_metrics(params, counts_V: np.ndarray) -> dict:
@@ -246,58 +350,165 @@ def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.nd
     return np.bincount(np.asarray(tokens), minlength=alphabet_size), path
 
 
-def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = None, windows: int | None = None,
-                batch_size: int | None = None, label: str = "") -> dict:
-    """Every number of one run's checkpoint; CheckpointError / DataError (one line) for bad input."""
+def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = None, windows: int = 1000,
+                seed: int = 0, batch_size: int | None = None, with_ablations: bool = True, label: str = "") -> dict:
+    """Every number of one run's checkpoint on `windows` windows drawn with `seed`; its rows' CE by
+    window and position under "_ce_WxT" (not JSON: windows.npz). CheckpointError / DataError (one
+    line) for bad input."""
     params, config, step = rundir.restore_params(workdir, checkpoint)
     # float32 whatever the run trained in: these are measurements, compared with numpy's.
     cfg = model_lib.ModelConfig.from_config(config, dtype=jnp.float32, scan_layers=False).for_inference()
     params = model_lib.unstack_layers(params)
     path = data_lib.split_file(config, data, "val")
     context = cfg.context_size
-    tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + 1)
-    if windows:
-        tokens = tokens[:windows * context + 1]
+    tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + 2)
+    offsets = data_lib.sample_offsets(tokens, context, windows, seed)
     counts_V, counted = token_counts(config, data, path, tokens, cfg.alphabet_size)
     batch_size = batch_size or config.batch_size
-    sums_fn, totals, device_params = _pass(cfg), {}, jax.device_put(params)
-    batches = -(-((len(tokens) - 1) // context) // batch_size)
-    for batch in tqdm.tqdm(data_lib.eval_windows(tokens, context, batch_size), total=batches, unit="batch",
-                           desc=f"analyze {label or workdir}", disable=None):
-        metrics.accumulate(totals, sums_fn(device_params, *metrics.pad_batch(batch, batch_size)))
-    return {"workdir": workdir, "checkpoint": checkpoint, "step": step, "data": path, "frequencies_from": counted,
-            "model_type": cfg.model_type, "position_embedding_type": cfg.position_embedding_type,
-            "context_size": context, "n_embed": cfg.n_embed,
-            "sub_pos_embed_to_decoder": cfg.sub_pos_embed_to_decoder,
-            "embedding_loss_type": cfg.embedding_loss_type if cfg.model_type == "aed" else None,
-            **summarise(totals), **table_metrics(params, counts_V)}
+    sums_fn, totals, rows = _pass(cfg, with_ablations), {}, {}
+    device_params = jax.device_put(params)
+    ablated = {name: jax.device_put(ablations_lib.ablated_params(name, cfg, params))
+               for name in (ablations_lib.applicable(cfg) if with_ablations else ())}
+    for batch in tqdm.tqdm(data_lib.windows_at(tokens, offsets, context, batch_size), total=-(-windows // batch_size),
+                           unit="batch", desc=f"analyze {label or workdir}", disable=None):
+        x, y, weight = metrics.pad_batch(batch, batch_size)
+        out = jax.device_get(sums_fn(device_params, ablated, x, y, weight))
+        kept = weight > 0
+        for key in [k for k in out if k.startswith("rows/")]:
+            rows.setdefault(key, []).append(np.asarray(out.pop(key), np.float64)[kept])
+        metrics.accumulate(totals, out)
+    rows = {key: np.concatenate(value) for key, value in rows.items()}
+    by_row: dict = {}
+    for key, value in rows.items():
+        if key != "rows/ce_BxT":
+            _, name, quantity = key.split("/")
+            by_row.setdefault(name, {})[quantity] = value
+    run = {"workdir": workdir, "checkpoint": checkpoint, "step": step, "data": path, "frequencies_from": counted,
+           "windows": windows, "seed": seed, "model_type": cfg.model_type,
+           "position_embedding_type": cfg.position_embedding_type, "context_size": context, "n_embed": cfg.n_embed,
+           "sub_pos_embed_to_decoder": cfg.sub_pos_embed_to_decoder,
+           "embedding_loss_type": cfg.embedding_loss_type if cfg.model_type == "aed" else None,
+           "pos_rows": cfg.pos_rows, **summarise(totals), **table_metrics(params, counts_V),
+           "layer_norms": layer_norm_stats(params), "ablations": ablation_effects(by_row),
+           "_ce_WxT": rows["rows/ce_BxT"], "_offsets": offsets}
+    run["shrinking_factor"] = shrinking_factor(run)
+    return run
 
 
-# Figures: one PNG each, every run in the same axes (a heatmap per run), a legend entry per run.
+def differences(runs: dict, seed: int = 0) -> dict:
+    """{label: {"against", "by_position", "low", "high", "mean"}} for every run after the first that
+    was measured on the first run's windows (same file, context and offsets): its CE minus the
+    first run's, by position with a bootstrap band over the windows, and overall with a t-interval."""
+    (first, reference), out = next(iter(runs.items())), {}
+    for label, m in list(runs.items())[1:]:
+        if m["data"] != reference["data"] or not np.array_equal(m["_offsets"], reference["_offsets"]) \
+                or m["context_size"] != reference["context_size"]:
+            continue
+        difference_WxT = m["_ce_WxT"] - reference["_ce_WxT"]
+        low_T, high_T = stats.bootstrap_band(difference_WxT, seed, RESAMPLES)
+        out[label] = {"against": first, "by_position": difference_WxT.mean(0).tolist(), "low": low_T.tolist(),
+                      "high": high_T.tolist(), "mean": _interval(difference_WxT.mean(1))}
+    return out
+
+
+# Figures: one Figure each, every run on the same axes (one panel per quantity; the positional heatmaps,
+# which cannot share axes, one panel per run on one colour scale), a legend entry per run.
 
 def _colors(runs: dict) -> dict:
     return {label: f"C{i % 10}" for i, label in enumerate(runs)}
 
 
-def _save(fig, out: str, name: str) -> str:
+def _finish(fig, axes, title: str | None = None):
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, name), dpi=110)
-    plt.close(fig)
-    return name
+    return fig
 
 
-def plot_ce_by_position(runs: dict, out: str) -> str:
+def plot_ce_by_position(runs: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
     for (label, m), color in zip(runs.items(), _colors(runs).values()):
         ax.plot(m["ce_by_position"], color=color, label=f"{label} (mean {m['ce_loss']:.3f})")
     ax.set(title="Validation cross-entropy by position in the window", xlabel="position t",
            ylabel="mean cross-entropy (nats)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _save(fig, out, "ce_by_position.png")
+    return _finish(fig, [ax])
 
 
-def plot_positional_cosine(runs: dict, out: str) -> str | None:
+def plot_ce_difference(runs: dict, diffs: dict):
+    if not diffs:
+        return None
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, d in diffs.items():
+        ax.fill_between(range(len(d["low"])), d["low"], d["high"], color=colors[label], alpha=0.25, linewidth=0)
+        ax.plot(d["by_position"], color=colors[label],
+                label=f"{label} - {d['against']} (mean {d['mean']['mean']:+.3f}, "
+                      f"95% CI {d['mean']['low']:+.3f} to {d['mean']['high']:+.3f})")
+    ax.axhline(0.0, color="gray", linewidth=1)
+    ax.set(title="Cross-entropy difference by position (band: 95% bootstrap over windows)", xlabel="position t",
+           ylabel="difference in cross-entropy (nats)")
+    return _finish(fig, [ax])
+
+
+def _bars(ax, runs: dict, values: dict, names: list[str]):
+    """Grouped horizontal bars: a group per name, a bar per run, with 95% intervals as error bars.
+    `values[label][name]` is an interval dict or missing (no bar)."""
+    colors, height = _colors(runs), 0.8 / max(len(runs), 1)
+    for i, label in enumerate(runs):
+        ys, xs, errors = [], [], [[], []]
+        for j, name in enumerate(names):
+            v = values.get(label, {}).get(name)
+            if v is None:
+                continue
+            ys.append(j + (i - (len(runs) - 1) / 2) * height)
+            xs.append(v["mean"])
+            errors[0].append(v["mean"] - (v["low"] if v["low"] is not None else v["mean"]))
+            errors[1].append((v["high"] if v["high"] is not None else v["mean"]) - v["mean"])
+        if xs:
+            ax.barh(ys, xs, height=height, xerr=errors, color=colors[label], label=label, capsize=2)
+    ax.set_yticks(range(len(names)), names)
+    ax.axvline(0.0, color="gray", linewidth=1)
+    ax.invert_yaxis()
+
+
+def plot_ablations(runs: dict):
+    names = [n for n in ablations_lib.ABLATIONS if any(n in m["ablations"] for m in runs.values())]
+    if not names:
+        return None
+    quantities = [("ce", "change in cross-entropy (nats)")]
+    if any("embedding_loss" in e for m in runs.values() for e in m["ablations"].values()):
+        quantities.append(("embedding_loss", "change in embedding loss"))
+    fig, axes = plt.subplots(1, len(quantities), figsize=(6.5 * len(quantities), 0.6 * len(names) + 2.2),
+                             squeeze=False)
+    for ax, (key, xlabel) in zip(axes[0], quantities):
+        _bars(ax, runs, {label: {n: e[key] for n, e in m["ablations"].items() if key in e}
+                         for label, m in runs.items()}, names)
+        ax.set(title=xlabel.split(" (")[0].capitalize() + " when a part is taken out", xlabel=xlabel)
+        # symlog: changes from a hundredth of a nat (or 1e-4 of a loss) to many nats on one axis
+        ax.set_xscale("symlog", linthresh=1e-2 if key == "ce" else 1e-4)
+    return _finish(fig, axes[0], "Eval-time ablations against the intact model (95% intervals over windows)")
+
+
+def plot_layer_norms(runs: dict):
+    with_lns = {label: m for label, m in runs.items() if m["layer_norms"]}
+    if not with_lns:
+        return None
+    names = [n for n in EMBEDDING_LNS if any(n in m["layer_norms"] for m in with_lns.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.0 * len(names) + 2.4))
+    for ax, (key, xlabel) in zip(axes, (("scale_abs_mean", "mean |scale| (1 at initialisation)"),
+                                         ("bias_abs_mean", "mean |bias| (0 at initialisation)"))):
+        _bars(ax, with_lns, {label: {n: {"mean": v[key], "low": None, "high": None}
+                                     for n, v in m["layer_norms"].items()} for label, m in with_lns.items()}, names)
+        ax.set(title=xlabel.split(" (")[0], xlabel=xlabel, xscale="log" if key == "scale_abs_mean" else "linear")
+    axes[0].axvline(1.0, color="gray", linestyle="--", label="initial scale")
+    return _finish(fig, axes, "The embedding-loss LayerNorms")
+
+
+def plot_positional_cosine(runs: dict):
     tables = {label: m for label, m in runs.items() if m["positional_table"]}
     if not tables:
         return None
@@ -306,25 +517,29 @@ def plot_positional_cosine(runs: dict, out: str) -> str | None:
         image = ax.imshow(np.asarray(m["positional_cosine"]), vmin=-1, vmax=1, cmap="RdBu_r", origin="lower")
         ax.set(title=f"{label} ({m['positional_table']})", xlabel="row (position)", ylabel="row (position)")
         fig.colorbar(image, ax=ax, fraction=0.046, label="cosine")
-    fig.suptitle("Cosine similarity between positional embeddings")
-    return _save(fig, out, "positional_cosine.png")
+    fig.suptitle("Cosine similarity between positional embeddings (one colour scale)")
+    fig.tight_layout()
+    return fig
 
 
-def plot_norms(runs: dict, out: str) -> str:
+def plot_norms(runs: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
     for (label, m), color in zip(runs.items(), _colors(runs).values()):
         if m["positional_table"]:
-            ax.plot(m["positional_norms"], color=color, label=f"{label}: positional embedding norm")
+            norms = m["positional_norms"]
+            ax.plot(range(m["context_size"]), norms[:m["context_size"]], color=color,
+                    label=f"{label}: positional embedding norm")
+            if len(norms) > m["context_size"]:
+                ax.plot([m["context_size"]], norms[m["context_size"]:], "X", color=color, markersize=9,
+                        label=f"{label}: row T, the last token's next position (used only by pos sub)")
         ax.axhline(m["token_norm_weighted"], color=color, linestyle="--",
                    label=f"{label}: token embedding norm, frequency-weighted")
-    ax.set(title="Embedding norms: positional by position, tokens weighted by frequency", xlabel="position",
-           ylabel="L2 norm")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, out, "norms.png")
+    ax.set(title="Embedding norms: positional by row, tokens weighted by frequency", xlabel="row (position)",
+           ylabel="L2 norm", ylim=(0, None))
+    return _finish(fig, [ax])
 
 
-def plot_overlap(runs: dict, out: str) -> str | None:
+def plot_overlap(runs: dict):
     tables = {label: m for label, m in runs.items() if m.get("overlap")}
     if not tables:
         return None
@@ -334,23 +549,21 @@ def plot_overlap(runs: dict, out: str) -> str | None:
         ks = [int(k) for k in m["overlap"]]
         left.plot(ks, [m["overlap"][str(k)]["positional_variance_in_token_subspace"] for k in ks], "o-",
                   color=colors[label], label=label)
-        left.plot(ks, [m["overlap"][str(k)]["random_subspace_expectation"] for k in ks], ":", color=colors[label],
-                  label=f"{label}: random subspace (k/D)")
         k = max(ks)
         right.plot(range(1, k + 1), m["overlap"][str(k)]["principal_angles_deg"], "o-", color=colors[label],
                    label=f"{label} (k={k})")
+    for d in sorted({m["n_embed"] for m in tables.values()}):
+        ks = sorted({int(k) for m in tables.values() if m["n_embed"] == d for k in m["overlap"]})
+        left.plot(ks, [k / d for k in ks], ":", color="gray", label=f"a random subspace (k/D, D={d})")
     left.set(title="Positional variance inside the token top-k subspace", xlabel="k", ylabel="fraction of variance",
-             xscale="log", ylim=(0, 1.02))
+             ylim=(0, 1.02))
     left.set_xscale("log", base=2)
     right.set(title="Principal angles between the top-k subspaces", xlabel="angle index",
               ylabel="angle (degrees)", ylim=(0, 92))
-    for ax in (left, right):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return _save(fig, out, "overlap.png")
+    return _finish(fig, [left, right])
 
 
-def plot_embedding_loss(runs: dict, out: str) -> str | None:
+def plot_embedding_loss(runs: dict):
     with_loss = {label: m for label, m in runs.items() if "embedding_loss_by_position" in m}
     if not with_loss:
         return None
@@ -358,94 +571,210 @@ def plot_embedding_loss(runs: dict, out: str) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, m in with_loss.items():
         ax.plot(m["embedding_loss_by_position"], color=colors[label],
-                label=f"{label} ({m['embedding_loss_type']}, mean {m['embedding_loss']:.4f})")
-    ax.set(title="Embedding-loss terms by position (eval mode)", xlabel="position t", ylabel="loss term")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _save(fig, out, "embedding_loss_by_position.png")
+                label=f"{label} ({m['embedding_loss_type']}, mean {m['embedding_loss']:.3g})")
+    ax.set(title="Embedding-loss terms by position (eval mode, before the coefficient)", xlabel="position t",
+           ylabel="loss term", ylim=(0, None))
+    return _finish(fig, [ax])
 
 
-def plot_alignment(runs: dict, out: str) -> str:
+def plot_alignment(runs: dict):
     colors = _colors(runs)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, m in runs.items():
-        what = "encoder blocks" if m["model_type"] == "aed" else "blocks"
-        left.plot(m["alignment_by_layer"], "o-", color=colors[label], label=f"{label} ({what})")
-        right.plot(m["alignment_by_layer_position"][-1], color=colors[label], label=f"{label}: last of its {what}")
-    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    left.set(title="cos(layer output, running mean of input embeddings)", xlabel="layer (0: the input embeddings)",
-             ylabel="mean cosine")
-    right.set(title="The same for the last layer, by position", xlabel="position t", ylabel="mean cosine")
-    for ax in (left, right):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return _save(fig, out, "alignment.png")
-
-
-def plot_attention(runs: dict, out: str, stat: str) -> str:
-    """stat "entropy" or "distance": every head of every layer (dots) and their mean (line), per attention kind."""
-    kinds = [kind for kind in ATTENTION_KINDS if any(kind in m["attention"] for m in runs.values())]
-    colors = _colors(runs)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    panels = [("alignment_by_layer", "Before the LayerNorms: cos(layer output, running mean)")]
+    if any("alignment_after_ln_by_layer" in m for m in runs.values()):
+        panels.append(("alignment_after_ln_by_layer", "After them, as the embedding loss compares"))
+    if any("alignment_unbiased_by_layer" in m for m in runs.values()):
+        panels.append(("alignment_unbiased_by_layer", "After them, their biases taken out"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2))
+    for ax, (key, title) in zip(axes, panels):
         for label, m in runs.items():
-            if kind not in m["attention"]:
-                continue
-            values_LxN = np.asarray(m["attention"][kind][stat])
-            layers = np.arange(len(values_LxN))
-            ax.plot(np.repeat(layers, values_LxN.shape[1]), values_LxN.ravel(), ".", color=colors[label], alpha=0.5)
-            ax.plot(layers, values_LxN.mean(1), "-", color=colors[label], label=f"{label} (dots: heads)")
+            if key in m:
+                what = "encoder blocks" if m["model_type"] == "aed" else "blocks"
+                ax.plot(m[key], "o-", color=colors[label], label=f"{label} ({what})")
+        ax.set(title=title, xlabel="layer (0: the input embeddings)", ylabel="mean cosine")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for label, m in runs.items():
+        axes[-1].plot(m["alignment_by_layer_position"][-1], color=colors[label], label=f"{label}: last layer")
+    axes[-1].set(title="Before the LayerNorms, last layer, by position", xlabel="position t", ylabel="mean cosine")
+    low = min(min(np.min(m[key]) for key, _ in panels if key in m) for m in runs.values())
+    for ax in axes:  # one range for every panel: 0 to 1, and below 0 when a cosine is
+        ax.set_ylim(min(-0.05, low - 0.05), 1.05)
+    return _finish(fig, axes, "Does the encoder track the running mean of its input embeddings?")
+
+
+_KIND_STYLES = {"self": "-", "encoder self": "-", "decoder self": "--", "decoder cross": ":"}
+
+
+def plot_attention(runs: dict):
+    """Entropy and attended distance: a panel each, every run and attention kind as lines (the layer
+    mean; the heads' values as dots), uniform attention over the visible keys dashed grey."""
+    colors = _colors(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, stat in zip(axes, ("entropy", "distance")):
+        for label, m in runs.items():
+            for kind, values in m["attention"].items():
+                values_LxN = np.asarray(values[stat])
+                layers = np.arange(len(values_LxN))
+                ax.plot(np.repeat(layers, values_LxN.shape[1]), values_LxN.ravel(), ".", color=colors[label],
+                        alpha=0.35)
+                ax.plot(layers, values_LxN.mean(1), _KIND_STYLES[kind], marker="o", color=colors[label],
+                        label=f"{label}: {kind}")
         for t, uniform in sorted({(m["context_size"], m["uniform_attention"][stat]) for m in runs.values()}):
             ax.axhline(uniform, color="gray", linestyle="--", label=f"uniform over the visible keys (T={t})")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set(title=f"{kind}-attention", xlabel="layer",
-               ylabel="entropy (nats)" if stat == "entropy" else "mean attended distance (positions)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Attention entropy per layer and head" if stat == "entropy"
-                 else "Mean attended distance (query position - key position) per layer and head")
-    return _save(fig, out, f"attention_{stat}.png")
+        ax.set(title="Attention entropy" if stat == "entropy" else "Mean attended distance", xlabel="layer",
+               ylabel="entropy (nats)" if stat == "entropy" else "query position - key position", ylim=(0, None))
+    return _finish(fig, axes, "Attention by layer (lines: the mean over heads; dots: each head)")
 
 
-FIGURES = (  # (function, what the report says of it)
-    (plot_ce_by_position, "Where in the window each model gains or loses: mean validation cross-entropy at each "
-                          "position t over the deterministic pass."),
-    (plot_positional_cosine, "How similar the positional embeddings are to each other."),
-    (plot_norms, "Positional embedding norms by position, against the token embeddings' norm weighted by "
-                 "token frequency in the training split (dashed)."),
-    (plot_overlap, "How much the positional and token embeddings share directions: the fraction of the positional "
-                   "variance inside the token table's top-k principal subspace (dotted: a random subspace), and "
-                   "the principal angles between the two top-k subspaces (0: shared, 90: orthogonal)."),
-    (plot_embedding_loss, "The AED embedding-loss terms at each position, without dropout."),
-    (plot_alignment, "What the embedding loss asks of the last encoder layer: the cosine between each layer's "
-                     "output and the running mean of the input embeddings (does it hold there, and where does "
-                     "it start)."),
-    (functools.partial(plot_attention, stat="entropy"),
-     "Attention entropy of every head (dots) and the layer's mean (line); dashed: uniform attention over the "
-     "visible keys."),
-    (functools.partial(plot_attention, stat="distance"), "How far back each head looks, on average."),
+FIGURES = (  # (file, function of (runs, differences), a comparison on shared axes, what the report says of it)
+    ("ce_by_position.png", lambda runs, diffs: plot_ce_by_position(runs), True,
+     "Mean validation cross-entropy at each position t over the sampled windows."),
+    ("ce_difference.png", lambda runs, diffs: plot_ce_difference(runs, diffs), True,
+     "Each run's cross-entropy minus the first run's, by position, on the same windows: the band is a 95% "
+     "bootstrap band over the windows; where it excludes zero the runs differ at that position."),
+    ("ablations.png", lambda runs, diffs: plot_ablations(runs), True,
+     "What each part is worth: the change when it is taken out, against the intact model on the same windows "
+     "(bars: mean; whiskers: 95% t-interval over windows)."),
+    ("layer_norms.png", lambda runs, diffs: plot_layer_norms(runs), True,
+     "The scales and biases of the LayerNorms the embedding loss compares through (log axis; dashed: the initial "
+     "scale of 1)."),
+    ("alignment.png", lambda runs, diffs: plot_alignment(runs), True,
+     "What the embedding loss asks of the last encoder layer: the cosine between each layer's output and the "
+     "running mean of the input embeddings, raw and (AED with a loss) after the embedding-loss LayerNorms."),
+    ("embedding_loss_by_position.png", lambda runs, diffs: plot_embedding_loss(runs), True,
+     "The AED embedding-loss terms at each position, without dropout and before the coefficient."),
+    ("attention.png", lambda runs, diffs: plot_attention(runs), True,
+     "Attention entropy and how far back each head looks, every run and attention on the same axes; dashed: "
+     "uniform attention over the visible keys."),
+    ("norms.png", lambda runs, diffs: plot_norms(runs), True,
+     "Positional embedding norms by row (X: the extra row only position subtraction uses), against the token "
+     "embeddings' norm weighted by token frequency in the training split (dashed)."),
+    ("overlap.png", lambda runs, diffs: plot_overlap(runs), True,
+     "How much the positional and token embeddings share directions: the fraction of the positional variance "
+     "inside the token table's top-k principal subspace (dotted: a random subspace), and the principal angles "
+     "between the two top-k subspaces (0: shared, 90: orthogonal)."),
+    ("positional_cosine.png", lambda runs, diffs: plot_positional_cosine(runs), False,
+     "How similar the positional embeddings are to each other (a panel per run, one colour scale)."),
 )
 
 
-def write_report(runs: dict, out: str, command: str) -> list[str]:
-    """DIR/report.md, the PNGs and metrics.json for `runs` ({label: analyze_run's dict}); the PNG names."""
+def _interval_text(i: dict, digits: int = 3) -> str:
+    if i["low"] is None:
+        return f"{i['mean']:+.{digits}f}"
+    return f"{i['mean']:+.{digits}f} [{i['low']:+.{digits}f}, {i['high']:+.{digits}f}]"
+
+
+def _loss_text(i: dict) -> str:
+    return f"{i['mean']:+.3g} [{i['low']:+.3g}, {i['high']:+.3g}]" if i["low"] is not None else f"{i['mean']:+.3g}"
+
+
+def shrinking_sentence(label: str, m: dict) -> str | None:
+    """What the report says of a run's embedding loss and its LayerNorms (None without the ablation)."""
+    factor = m.get("shrinking_factor")
+    if factor is None:
+        return None
+    loss = m["embedding_loss"]
+    scales = ", ".join(f"`{n}` {v['scale_abs_mean']:.3g}" for n, v in m["layer_norms"].items())
+    cosines = f"{m['alignment_by_layer'][-1]:.2f} before the LayerNorms, {m['alignment_after_ln_by_layer'][-1]:.2f} after"
+    if "alignment_unbiased_by_layer" in m:
+        cosines += f" and {m['alignment_unbiased_by_layer'][-1]:.2f} with their biases taken out"
+    detail = (f"with the scales reset to 1 the loss is {loss * factor:.3g}, {factor:,.0f} times larger; the mean "
+              f"|scale| is {scales}; the last encoder layer's cosine with the running mean is {cosines}")
+    if factor >= SHRINKING:
+        return (f"**{label}: the embedding loss ({loss:.3g}) is met mostly by shrinking the LayerNorm scales, not by "
+                f"the encoder tracking the running mean**: {detail}.")
+    return f"{label}: the embedding loss ({loss:.3g}) is not explained by small scales alone: {detail}."
+
+
+def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]:
+    """DIR/report.md, the PNGs, metrics.json and windows.npz for `runs` ({label: analyze_run's dict});
+    the PNG names. Each file is written atomically."""
     os.makedirs(out, exist_ok=True)
-    written = [(f(runs, out), text) for f, text in FIGURES]
-    written = [(name, text) for name, text in written if name]
-    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump({"runs": runs}, f)
+    diffs = differences(runs, seed)
+    written = []
+    for name, plot, _, text in FIGURES:
+        fig = plot(runs, diffs)
+        if fig is None:
+            continue
+        with rundir.atomic_file(os.path.join(out, name), "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+        plt.close(fig)
+        written.append((name, text))
+    public = {label: {k: v for k, v in m.items() if not k.startswith("_")} for label, m in runs.items()}
+    rundir.write_atomic(os.path.join(out, "metrics.json"), json.dumps({"runs": public, "differences": diffs}))
+    with rundir.atomic_file(os.path.join(out, "windows.npz"), "wb") as f:
+        np.savez(f, labels=np.asarray(list(runs)), **{f"run{i}_{k}": m[f"_{k}"] for i, m in enumerate(runs.values())
+                                                       for k in ("ce_WxT", "offsets")})
+    first = next(iter(runs.values()))
     lines = ["# Analysis", "", f"`{command}`", "",
+             f"Every run measured on the same {first['windows']:,} windows of {first['context_size']} tokens, drawn at "
+             f"random (seed {first['seed']}) from its data file; intervals are 95%, over those windows. They "
+             f"measure how much the numbers move with the windows drawn, not with the random seed a run was trained "
+             f"with: a difference between two runs that the windows cannot explain may still be one seed's luck "
+             f"(`experiments.reproduce --seeds N` measures that).", "",
              "| run | model | step | tokens | val CE | perplexity | accuracy loss | embedding loss | "
              "token norm (weighted) | mean positional norm |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in runs.items():
-        emb = f"{m['embedding_loss']:.4f}" if "embedding_loss" in m else "-"
+        emb = f"{m['embedding_loss']:.3g}" if "embedding_loss" in m else "-"
         pos = f"{np.mean(m['positional_norms']):.3f}" if m["positional_table"] else "-"
         lines.append(f"| {label} | {m['model_type']} | {m['step']} | {m['tokens']:,} | {m['ce_loss']:.4f} | "
                      f"{m['perplexity']:.2f} | {m['accuracy_loss']:.4f} | {emb} | "
                      f"{m['token_norm_weighted']:.3f} | {pos} |")
-    lines += ["", "Runs: " + "; ".join(f"{label} = `{m['workdir']}` ({m['checkpoint']}), data `{m['data']}`"
-                                       for label, m in runs.items()), ""]
-    lines += ["## Overlap of positional and token embeddings", "",
+    lines += ["", "Runs: " + "; ".join(f"{label} = `{m['workdir']}` ({m['checkpoint']}, step {m['step']}), data "
+                                       f"`{m['data']}`" for label, m in runs.items()), ""]
+    if diffs:
+        lines += ["## Differences", "", "Cross-entropy minus the first run's on the same windows, the mean over "
+                  "positions with its t-interval over windows (by position: `ce_difference.png`).", ""]
+        lines += [f"- {label} - {d['against']}: {_interval_text(d['mean'])} nats"
+                  + (": the interval excludes zero" if d["mean"]["low"] > 0 or d["mean"]["high"] < 0 else
+                     ": the interval includes zero") for label, d in diffs.items()]
+        lines.append("")
+    names = [n for n in ablations_lib.ABLATIONS if any(n in m["ablations"] for m in runs.values())]
+    if names:
+        lines += ["## What each part is worth: eval-time ablations", "",
+                  "Each part taken out of the trained model, nothing retrained; the change against the intact model "
+                  "on the same windows, mean [95% t-interval over windows] (windows drawn at random may overlap: "
+                  "read the intervals as approximate). `-`: the run has no such part.", ""]
+        lines += [f"- `{n}`: {ablations_lib.ABLATIONS[n]}" for n in names]
+        for key, what in (("ce", "Change in cross-entropy (nats)"), ("embedding_loss", "Change in embedding loss")):
+            if key == "embedding_loss" and not any(key in e for m in runs.values() for e in m["ablations"].values()):
+                continue
+            fmt = _interval_text if key == "ce" else _loss_text
+            lines += ["", f"{what}:", "", "| ablation | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+            lines += [f"| `{n}` | " + " | ".join(fmt(m["ablations"][n][key]) if key in m["ablations"].get(n, {})
+                                                   else "-" for m in runs.values()) + " |" for n in names]
+        lines.append("")
+    with_lns = {label: m for label, m in runs.items() if m["layer_norms"]}
+    if with_lns:
+        lines += ["## The embedding loss and its LayerNorms", "",
+                  "| run | LayerNorm | mean scale | mean abs scale | max abs scale | mean abs bias |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | `{n}` | {v['scale_mean']:.3g} | {v['scale_abs_mean']:.3g} | {v['scale_abs_max']:.3g} | "
+                  f"{v['bias_abs_mean']:.3g} |" for label, m in with_lns.items() for n, v in m["layer_norms"].items()]
+        lines += ["", "Mean cosine with the running mean, by layer (layer 0: the input embeddings): before the "
+                  "LayerNorms / after them, as the loss compares / after them with their biases taken out (a shared "
+                  "bias on both sides makes the cosine after them high whatever the directions):", ""]
+        for label, m in with_lns.items():
+            if "alignment_after_ln_by_layer" in m:
+                columns = [m[k] for k in ("alignment_by_layer", "alignment_after_ln_by_layer",
+                                          "alignment_unbiased_by_layer") if k in m]
+                lines.append(f"- {label}: " + ", ".join(" / ".join(f"{v:.3f}" for v in values)
+                                                        for values in zip(*columns)))
+        sentences = [s for s in (shrinking_sentence(label, m) for label, m in with_lns.items()) if s]
+        if sentences:
+            lines += [""] + sentences + ["", f"How that is decided: the loss compares the two LayerNormed sides, and "
+                                         f"scaling both by a factor g scales an MSE by about g^2 whatever their "
+                                         f"directions. So the loss with the scales reset to 1 (the `unit_ln_scales` "
+                                         f"ablation) is compared with the loss as trained: at {SHRINKING:.0f} times "
+                                         f"or more, at least {1 - 1 / SHRINKING:.0%} of the disagreement the "
+                                         f"normalised sides still have is hidden by the scales rather than removed "
+                                         f"by alignment."]
+        lines.append("")
+    lines += ["## Alignment with the running mean of the input embeddings", "",
+              "Mean cosine by layer, before any LayerNorm (layer 0: the input embeddings; then each encoder block, or "
+              "each block of a baseline).", ""]
+    lines += [f"- {label}: " + ", ".join(f"{v:.3f}" for v in m["alignment_by_layer"]) for label, m in runs.items()]
+    lines += ["", "## Overlap of positional and token embeddings", "",
               "| run | k | principal angles (deg) min / mean / max | positional variance in token top-k | random k/D |",
               "|---|---|---|---|---|"]
     for label, m in runs.items():
@@ -453,22 +782,17 @@ def write_report(runs: dict, out: str, command: str) -> list[str]:
             a = o["principal_angles_deg"]
             lines.append(f"| {label} | {k} | {min(a):.1f} / {np.mean(a):.1f} / {max(a):.1f} | "
                          f"{o['positional_variance_in_token_subspace']:.3f} | {o['random_subspace_expectation']:.3f} |")
-    lines += ["", "## Alignment with the running mean of the input embeddings", "",
-              "Mean cosine by layer (layer 0: the input embeddings; then each encoder block, or each block of a "
-              "baseline).", ""]
-    lines += [f"- {label}: " + ", ".join(f"{v:.3f}" for v in m["alignment_by_layer"]) for label, m in runs.items()]
     lines += ["", "## Attention", "", "| run | attention | layer | entropy by head (nats) | distance by head |",
               "|---|---|---|---|---|"]
     for label, m in runs.items():
-        for kind, stats in m["attention"].items():
-            for i, (entropy, distance) in enumerate(zip(stats["entropy"], stats["distance"])):
+        for kind, values in m["attention"].items():
+            for i, (entropy, distance) in enumerate(zip(values["entropy"], values["distance"])):
                 lines.append(f"| {label} | {kind} | {i} | {' '.join(f'{v:.2f}' for v in entropy)} | "
                              f"{' '.join(f'{v:.1f}' for v in distance)} |")
     lines += ["", "## Figures", ""]
     for name, text in written:
         lines += [f"![{name}]({name})", "", text, ""]
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    rundir.write_atomic(os.path.join(out, "report.md"), "\n".join(lines))
     return [name for name, _ in written]
 
 
@@ -483,23 +807,29 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     if not fv.workdir:
         cli.fail("--workdir is required (repeat it to compare runs)")
     if not fv.out:
-        cli.fail("--out is required: the folder for report.md, the figures and metrics.json")
+        cli.fail("--out is required: the folder for report.md, the figures, metrics.json and windows.npz")
     for name in ("windows", "batch_size"):
         if fv[name].value is not None and fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
-    runs = {label: analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.batch_size, label)
+    if fv.windows < 2:
+        cli.fail(f"--windows must be at least 2 (an interval needs two windows), got {fv.windows}")
+    runs = {label: analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size, fv.ablations,
+                               label)
             for workdir, label in zip(fv.workdir, labels(fv.workdir))}
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
     try:
-        figures = write_report(runs, fv.out, command)
+        figures = write_report(runs, fv.out, command, fv.seed)
     except OSError as e:
         cli.fail(f"--out {fv.out}: cannot write the report ({e.strerror or e})")
-    print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json and {len(figures)} figures: {', '.join(figures)}")
+    print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json, windows.npz and {len(figures)} figures: "
+          f"{', '.join(figures)}")
 
 
 def _flag_args(fv: flags.FlagValues) -> list[str]:
     args = [f"--workdir {w}" for w in fv.workdir] + [f"--checkpoint {fv.checkpoint}"]
-    args += [f"--{name} {fv[name].value}" for name in ("data", "windows", "batch_size") if fv[name].value is not None]
+    args += [f"--{name} {fv[name].value}" for name in ("data", "windows", "seed", "batch_size")
+             if fv[name].value is not None]
+    args += [] if fv.ablations else ["--noablations"]
     return args + [f"--out {fv.out}"]
 
 

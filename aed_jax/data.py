@@ -239,7 +239,18 @@ def task_batches(config, batch_size: int, num_batches: int, seed,
 def eval_windows(tokens: np.ndarray, context_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Every non-overlapping window, at offsets 0, T, 2T, ... while i + T + 1 <= N, in order and in
     batches of batch_size (the last may be smaller): a deterministic pass over a whole split."""
-    offsets = np.arange(0, len(tokens) - context_size, context_size)
+    return windows_at(tokens, np.arange(0, len(tokens) - context_size, context_size), context_size, batch_size)
+
+
+def sample_offsets(tokens: np.ndarray, context_size: int, count: int, seed: int) -> np.ndarray:
+    """`count` window starts drawn uniformly at random, with replacement, as the estimates draw theirs:
+    a sample of a split's windows fixed by `seed` (the same for every run given the same file)."""
+    return _random_offsets(np.random.default_rng(seed), tokens, context_size, count)
+
+
+def windows_at(tokens: np.ndarray, offsets: np.ndarray, context_size: int,
+               batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The windows at `offsets`, in order, in batches of batch_size (the last may be smaller)."""
     for start in range(0, len(offsets), batch_size):
         yield _windows(tokens, offsets[start:start + batch_size], context_size)
 

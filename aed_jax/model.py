@@ -452,6 +452,7 @@ class GPT(nn.Module):
         weights_BxT: which targets the cross-entropy counts (`_head`); None: all."""
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         embed, x_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
+        x_BxTxD = self.perturb("embeddings", x_BxTxD)  # aed_jax.ablations only; adds nothing otherwise
         x_BxTxD = nn.Dropout(cfg.dropout_rate)(x_BxTxD, deterministic=not train)
         x_BxTxD = _stack(cfg, "transformer_blocks", cfg.n_layer, x_BxTxD, deterministic=not train)
         out_BxTxD = _sub_next_positions(cfg, _layer_norm(cfg, "ln")(x_BxTxD), next_TxD)
@@ -472,8 +473,10 @@ class AED(nn.Module):
         cfg, positions_T = self.cfg, _positions(self, tokens_BxT.shape[1])
         # 1-2. Input embeddings (ROPE: the tokens' alone) and the causal encoder.
         embed, emb_BxTxD, next_TxD = _embeddings(cfg, tokens_BxT, positions_T)
+        emb_BxTxD = self.perturb("embeddings", emb_BxTxD)  # aed_jax.ablations only; adds nothing otherwise
         emb_BxTxD = nn.Dropout(cfg.dropout_rate)(emb_BxTxD, deterministic=not train)
         enc_BxTxD = _stack(cfg, "encoder_transformer_blocks", cfg.encoder_layers, emb_BxTxD, deterministic=not train)
+        enc_BxTxD = self.perturb("encoder_out", enc_BxTxD)  # the same
         # 3. Bridge to the decoder.
         dec_BxTxD = enc_BxTxD
         if cfg.add_ln_before_decoder_ff:
@@ -532,6 +535,7 @@ class AED(nn.Module):
             avg_BxTxD = emb_ln(avg_BxTxD)
         terms_BxT = losses.embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
         self.sow("intermediates", "embedding_loss_BxT", terms_BxT)
+        self.sow("intermediates", "embedding_loss_target_BxTxD", avg_BxTxD)  # what analyze compares layers with
         return terms_BxT.mean()
 
 

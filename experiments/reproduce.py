@@ -59,7 +59,7 @@ from aed_jax import errors
 from aed_jax import rundir
 from aed_jax import train
 from experiments import plot
-from experiments import stats
+from aed_jax import stats
 from experiments import suites
 from experiments.suites import MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
 

@@ -30,9 +30,6 @@ MINI_EST_FACTOR = 4  # --scale mini: est_steps divided by this
 DEFAULT_SEED = config_lib.base_config().random_seed  # --seeds N: this seed and the N - 1 after it
 # --suite smoke: a few steps of two tiny models, on CPU in well under a minute each.
 SMOKE_OVERRIDES = dict(train_steps=6, warmup_iters=2, lr_decay_iters=6, est_interval=3, est_steps=2, log_interval=1)
-# The keys a stand-in baseline takes from configs/tiny.py, so that both train with the same recipe.
-TINY_RECIPE = ("batch_size", "gradient_accumulation_steps", "lr", "min_lr", "train_steps", "warmup_iters",
-               "lr_decay_iters", "est_interval", "est_steps")
 LOSS_METRICS = ("val_loss",)  # what a language-model suite's paired differences compare
 TASK_METRICS = ("val_token_accuracy", "val_sequence_accuracy")  # and a task suite's
 METRIC_NAMES = {"val_loss": "val loss", "val_token_accuracy": "val token accuracy",
@@ -207,16 +204,6 @@ def matched_baseline(aed: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return c
 
 
-def _tiny_baseline() -> ml_collections.ConfigDict:
-    """configs/baseline.py at the width of configs/tiny.py with its 4 blocks (tiny's 2 + 2), and tiny's recipe."""
-    tiny, c = _config_file("tiny")(), _config_file("baseline")()
-    c.model_config.update(dict(n_embed=64, n_head=4, n_layer=4, context_size=tiny.model_config.context_size))
-    for key in TINY_RECIPE:
-        c[key] = tiny[key]
-    config_lib.validate(c)
-    return c
-
-
 def _smoke(make: Callable[[], ml_collections.ConfigDict]) -> Callable[[], ml_collections.ConfigDict]:
     def smoke() -> ml_collections.ConfigDict:
         c = make()
@@ -253,7 +240,7 @@ _FIXED = {
                        ("mse_pos_sub", "baseline", "smaller_baseline", "dropout_baseline"), "params"))),
     "smoke": Suite(
         runs=(Run("tiny", "tiny AED (MSE + pos sub)", _smoke(_config_file("tiny")), _SEED["mse_pos_sub"]),
-              Run("tiny_baseline", "tiny baseline", _smoke(_tiny_baseline), _SEED["baseline"])),
+              Run("tiny_baseline", "tiny baseline", _smoke(_config_file("tiny_baseline")), _SEED["baseline"])),
         comparisons=(Comparison("embedding_loss", "Tiny AED with an embedding loss", ("tiny",), "embedding_loss"),
                      Comparison("baselines", "Tiny AED against a tiny baseline", ("tiny", "tiny_baseline"), "params")),
         note="Smoke suite: tiny stand-ins trained for a few steps, a check that the pipeline runs, not a "
@@ -264,7 +251,7 @@ _FIXED = {
                   _SEED["mse_pos_sub"]),
               Run("no_loss_no_pos", "tiny AED, no embedding loss and no pos sub",
                   _variant("tiny", **NO_LOSS_NO_POS), _SEED["no_loss_no_pos"]),
-              Run("baseline", "tiny baseline (4 blocks, 64 wide)", _tiny_baseline, _SEED["baseline"]),
+              Run("baseline", "tiny baseline (4 blocks, 64 wide)", _config_file("tiny_baseline"), _SEED["baseline"]),
               Run("matched_baseline", "tiny baseline matched to the AED's size",
                   lambda: matched_baseline(_config_file("tiny")()), _SEED["smaller_baseline"])),
         comparisons=(

@@ -5,19 +5,25 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import pytest
 from absl import flags
 
+from aed_jax import ablations
 from aed_jax import analyze
 from aed_jax import cli
 from aed_jax import api
 from aed_jax import config as config_lib
+from aed_jax import data as data_lib
+from aed_jax import stats
 from aed_jax import model as model_lib
 from aed_jax import train
 
 T, V = 8, 97
+WINDOWS = 10
 LOSS = dict(embedding_loss_type="MSE", embedding_loss_coeff=2.0, detach_type="ENCODER_OUT",
             embedding_ln_type="INIT", use_ln_on_encoder_out=True, sub_pos_embed_to_decoder="YES_NO_LN")
 
@@ -33,7 +39,7 @@ def tiny_config(model_type, **model):
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokens")
     rng = np.random.default_rng(0)
-    rng.integers(0, V, T * 6 + 3).astype(np.uint16).tofile(folder / "val.bin")  # 6 windows: a batch and a short one
+    rng.integers(0, V, T * 6 + 3).astype(np.uint16).tofile(folder / "val.bin")
     rng.integers(0, 20, 300).astype(np.uint16).tofile(folder / "train.bin")  # frequencies: only ids < 20
     return str(folder)
 
@@ -42,23 +48,43 @@ MODELS = {"aed": ("aed", LOSS), "baseline": ("baseline", {}),
           "aed_rope": ("aed", dict(LOSS, position_embedding_type="ROPE"))}
 
 
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """{name: (workdir, params, config)}: a saved tiny model of each kind, its matrices scaled up so that
+    attention is far from uniform, and its embedding-loss LayerNorms shrunk and shifted (scales 0.02-0.3,
+    biases about 0.1) as training leaves them."""
+    out = {}
+    for name, (model_type, options) in MODELS.items():
+        config = tiny_config(model_type, **options)
+        model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+        params = model_lib.init_params(model, jax.random.key(0))
+        sharp = ("batch_attn_weights", "q_weights", "k_v_weights")
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, p: p * (20.0 if path[-2].key in sharp else 4.0) if p.ndim == 2 else p, params)
+        rng = np.random.default_rng(5)
+        for ln in ("encoder_out_ln", "embeddings_ln"):
+            if ln in params:
+                params[ln] = {"scale": jnp.asarray(rng.uniform(0.02, 0.3, 16), jnp.float32),
+                              "bias": jnp.asarray(rng.normal(0.1, 0.05, 16), jnp.float32)}
+        workdir = str(tmp_path_factory.mktemp(name))
+        api.save_params(workdir, params, config)
+        out[name] = (workdir, params, config)
+    return out
+
+
 @pytest.fixture(scope="module", params=list(MODELS))
-def analysed(request, tmp_path_factory, data):
-    """A saved tiny model (its matrices scaled up, so attention is far from uniform) and its analysis."""
-    model_type, options = MODELS[request.param]
-    config = tiny_config(model_type, **options)
-    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
-    params = model_lib.init_params(model, jax.random.key(0))
-    sharp = ("batch_attn_weights", "q_weights", "k_v_weights")
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, p: p * (20.0 if path[-2].key in sharp else 4.0) if p.ndim == 2 else p, params)
-    workdir = str(tmp_path_factory.mktemp(request.param))
-    api.save_params(workdir, params, config)
-    got = analyze.analyze_run(workdir, data=data)
+def analysed(request, saved_models, data):
+    """One saved model's analysis on WINDOWS random windows, and the windows."""
+    workdir, params, config = saved_models[request.param]
+    got = analyze.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)  # 2 batches of 4 and a short one
     val = np.fromfile(os.path.join(data, "val.bin"), np.uint16).astype(np.int64)
-    window = np.arange(6)[:, None] * T + np.arange(T + 1)[None]
+    offsets = data_lib.sample_offsets(val, T, WINDOWS, 3)
+    np.testing.assert_array_equal(got["_offsets"], offsets)
+    assert len(set(offsets.tolist())) > WINDOWS // 2  # drawn at random, not the first windows
+    window = offsets[:, None] + np.arange(T + 1)[None]
     x, y = val[window[:, :-1]], val[window[:, 1:]]
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
     return dict(got=got, model=model, params=params, p=p, x=x, y=y, config=config, data=data)
 
 
@@ -119,10 +145,13 @@ def block(p, x, n, cfg):
     return x + feed_forward(p["feed_forward"], layer_norm(p["ln2"], x)), probs
 
 
-def numpy_forward(p, cfg, x):
-    """(input embeddings, outputs of each (encoder) block, {attention kind: [probs per layer]}, logits, emb terms)."""
+def numpy_forward(p, cfg, x, ablation=None):
+    """(input embeddings, outputs of each (encoder) block, {attention kind: [probs per layer]}, logits, emb terms),
+    of the intact model or with one part taken out as aed_jax.ablations describes it."""
+    if ablation == "unit_ln_scales":
+        p = dict(p, **{n: dict(p[n], scale=np.ones_like(p[n]["scale"])) for n in ("encoder_out_ln", "embeddings_ln")})
     emb = p["token_embedding"]["embedding"][x]
-    if cfg.position_embedding_type == "LEARNED":
+    if cfg.position_embedding_type == "LEARNED" and ablation != "no_input_positions":
         emb = emb + p["positional_embedding"]["embedding"][:x.shape[1]]
     h, outputs, probs = emb, [], {}
     stack = "encoder_transformer_blocks" if cfg.model_type == "aed" else "transformer_blocks"
@@ -133,6 +162,8 @@ def numpy_forward(p, cfg, x):
         probs.setdefault(kind, []).append(pr)
     terms = None
     if cfg.model_type == "aed":
+        if ablation == "encoder_out_running_mean":
+            h = np.cumsum(emb, 1) / np.arange(1, x.shape[1] + 1)[None, :, None]
         enc, d = h, h @ p["decoder_feed_forward"]["kernel"]
         for i in range(cfg.n_layer):
             q = p[f"decoder_transformer_blocks_{i}"]
@@ -145,13 +176,13 @@ def numpy_forward(p, cfg, x):
             pr = causal_probs(*positions(heads(layer_norm(q["decoder_cross_ln"], d) @ c["q_weights"]["kernel"], n), kk,
                                          cfg))
             probs.setdefault("decoder cross", []).append(pr)
-            d = d + attend(pr, vv, c["residual_proj"])
+            d = d + (0.0 if ablation == "no_cross_attention" else attend(pr, vv, c["residual_proj"]))
             d = d + feed_forward(q["decoder_feed_forward"], layer_norm(q["decoder_ln2"], d))
         h = d
         mean = np.cumsum(layer_norm(p["embeddings_ln"], emb), 1) / np.arange(1, x.shape[1] + 1)[None, :, None]
         terms = np.mean((mean - layer_norm(p["encoder_out_ln"], enc)) ** 2, -1)
     out = layer_norm(p["ln"], h)
-    if cfg.sub_pos_embed_to_decoder != "NO":
+    if cfg.sub_pos_embed_to_decoder != "NO" and ablation != "no_pos_sub":
         out = out - (p["positional_embedding"]["embedding"][1:x.shape[1] + 1] if cfg.position_embedding_type == "LEARNED"
                      else p["next_positional_embedding"]["embedding"][:x.shape[1]])
     return emb, outputs, probs, out @ p["token_embedding"]["embedding"].T, terms
@@ -190,6 +221,130 @@ def test_every_activation_number_is_the_numpy_one(analysed):
         np.testing.assert_allclose(got["attention"][kind]["distance"], distance, rtol=1e-4, atol=1e-6)
         assert np.ptp(entropy) > 0.1  # heads differ: a real test, not uniform attention everywhere
     assert got["uniform_attention"]["entropy"] == pytest.approx(np.mean(np.log(np.arange(1, T + 1))))
+
+
+def numpy_ce(logits, y):
+    """[B, T] cross-entropy of float64 logits."""
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+
+
+T_975_9 = 2.2621571627409915  # Student t quantile 0.975 at 9 degrees of freedom (WINDOWS - 1), from a table
+
+
+def test_ablations_are_the_numpy_model_with_the_part_taken_out(analysed):
+    """Each ablation's change in CE (and embedding loss) is the numpy model's with that part taken out,
+    window by window, with the t-interval computed by hand."""
+    got, p, x, y = (analysed[k] for k in ("got", "p", "x", "y"))
+    cfg = analysed["model"].cfg
+    expected = {"aed": set(ablations.ABLATIONS), "baseline": {"no_input_positions"},
+                "aed_rope": set(ablations.ABLATIONS) - {"no_input_positions"}}
+    kind = "baseline" if cfg.model_type == "baseline" else "aed_rope" if cfg.position_embedding_type == "ROPE" else "aed"
+    assert set(got["ablations"]) == expected[kind]
+    _, _, _, logits, terms = numpy_forward(p, cfg, x)
+    ce_W = numpy_ce(logits, y).mean(1)
+    for name, effect in got["ablations"].items():
+        _, _, _, ablated_logits, ablated_terms = numpy_forward(p, cfg, x, name)
+        change_W = numpy_ce(ablated_logits, y).mean(1) - ce_W
+        if name == "unit_ln_scales":
+            np.testing.assert_allclose(change_W, 0.0, atol=1e-12)  # the CE does not pass through them
+        else:
+            assert np.abs(change_W).max() > 1e-3, name  # the part was doing something: a real test
+        half = T_975_9 * change_W.std(ddof=1) / math.sqrt(WINDOWS)
+        assert effect["ce"]["mean"] == pytest.approx(change_W.mean(), rel=1e-3, abs=1e-5), name
+        assert effect["ce"]["low"] == pytest.approx(change_W.mean() - half, rel=1e-3, abs=1e-5), name
+        assert effect["ce"]["high"] == pytest.approx(change_W.mean() + half, rel=1e-3, abs=1e-5), name
+        if terms is not None and name not in ablations.DECODER_SIDE:
+            change = (ablated_terms.mean(1) - terms.mean(1)).mean()
+            assert effect["embedding_loss"]["mean"] == pytest.approx(change, rel=1e-3, abs=1e-7), name
+        else:
+            assert "embedding_loss" not in effect
+
+
+def cosine(a, b):
+    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_the_embedding_loss_layer_norms_and_the_alignment_the_loss_sees(analysed):
+    got, p, x = (analysed[k] for k in ("got", "p", "x"))
+    cfg = analysed["model"].cfg
+    if cfg.model_type == "baseline":
+        assert got["layer_norms"] == {} and got["shrinking_factor"] is None
+        assert "alignment_after_ln_by_layer" not in got
+        return
+    for name in ("encoder_out_ln", "embeddings_ln"):
+        scale, bias = p[name]["scale"], p[name]["bias"]
+        assert got["layer_norms"][name] == pytest.approx({
+            "scale_mean": scale.mean(), "scale_abs_mean": np.abs(scale).mean(), "scale_abs_max": np.abs(scale).max(),
+            "bias_abs_mean": np.abs(bias).mean()}, rel=1e-6)
+    emb, outputs, _, _, terms = numpy_forward(p, cfg, x)
+    target = np.cumsum(layer_norm(p["embeddings_ln"], emb), 1) / np.arange(1, T + 1)[None, :, None]
+    after = [layer_norm(p["encoder_out_ln"], a) for a in [emb] + outputs]
+    np.testing.assert_allclose(got["alignment_after_ln_by_layer_position"],
+                               [cosine(a, target).mean(0) for a in after], rtol=1e-4, atol=1e-5)
+    biases = p["encoder_out_ln"]["bias"], p["embeddings_ln"]["bias"]
+    np.testing.assert_allclose(got["alignment_unbiased_by_layer_position"],
+                               [cosine(a - biases[0], target - biases[1]).mean(0) for a in after], rtol=1e-4, atol=1e-5)
+    # The shrinking factor: the loss with unit scales over the loss as it is, from the numpy model.
+    unit_terms = numpy_forward(p, cfg, x, "unit_ln_scales")[4]
+    assert got["shrinking_factor"] == pytest.approx(unit_terms.mean() / terms.mean(), rel=1e-3)
+    assert got["shrinking_factor"] > analyze.SHRINKING  # scales of 0.02-0.3: the report must say so
+    assert "met mostly by shrinking the LayerNorm scales" in analyze.shrinking_sentence("run", got)
+
+
+def test_the_shrinking_sentence_follows_its_rule():
+    run = {"embedding_loss": 0.01, "alignment_by_layer": [0.5, 0.3], "alignment_after_ln_by_layer": [0.9, 0.8],
+           "layer_norms": {"encoder_out_ln": {"scale_abs_mean": 0.01}}}
+    assert analyze.shrinking_sentence("r", dict(run, shrinking_factor=None)) is None
+    strong = analyze.shrinking_sentence("r", dict(run, shrinking_factor=analyze.SHRINKING))
+    assert strong.startswith("**r: the embedding loss (0.01) is met mostly by shrinking") and "0.1, 10 times" in strong
+    weak = analyze.shrinking_sentence("r", dict(run, shrinking_factor=analyze.SHRINKING * 0.99))
+    assert "not explained by small scales alone" in weak and "0.30 before the LayerNorms, 0.80 after" in weak
+
+
+def test_differences_are_window_by_window_with_a_bootstrap_band():
+    rng = np.random.default_rng(0)
+    offsets, base = np.arange(6), rng.normal(3.0, 0.3, (6, 4))
+    other = base - 0.1 + rng.normal(0, 0.05, (6, 4))
+    run = lambda ce, o=offsets: {"data": "v.bin", "context_size": 4, "_offsets": o, "_ce_WxT": ce}
+    got = analyze.differences({"a": run(base), "b": run(other), "elsewhere": run(other, offsets + 1)}, seed=7)
+    assert set(got) == {"b"}  # not measured on a's windows: no paired difference
+    d = other - base
+    np.testing.assert_allclose(got["b"]["by_position"], d.mean(0))
+    low, high = stats.bootstrap_band(d, 7, analyze.RESAMPLES)
+    np.testing.assert_allclose(got["b"]["low"], low)
+    np.testing.assert_allclose(got["b"]["high"], high)
+    assert np.all(np.asarray(got["b"]["low"]) <= d.mean(0)) and np.all(d.mean(0) <= np.asarray(got["b"]["high"]))
+    assert got["b"]["mean"]["mean"] == pytest.approx(d.mean(1).mean()) and got["b"]["against"] == "a"
+
+
+# Panels each comparison figure has: one per quantity, every run that has it on the same axes.
+PANELS = {"ce_by_position.png": 1, "ce_difference.png": 1, "ablations.png": 2, "layer_norms.png": 2,
+          "alignment.png": 4, "embedding_loss_by_position.png": 1, "attention.png": 2, "norms.png": 1, "overlap.png": 2}
+
+
+def test_each_comparison_figure_has_one_panel_per_quantity(saved_models, data):
+    labels = {"aed": "learned", "baseline": "baseline", "aed_rope": "rope"}  # no label inside another
+    runs = {labels[name]: analyze.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)
+            for name, (workdir, _, _) in saved_models.items()}
+    diffs = analyze.differences(runs)
+    assert set(diffs) == {"baseline", "rope"}
+    comparisons = [(name, plot) for name, plot, comparison, _ in analyze.FIGURES if comparison]
+    assert {name for name, _ in comparisons} == set(PANELS)
+    for name, plot in comparisons:
+        fig = plot(runs, diffs)
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        assert len(panels) == PANELS[name], name
+        assert len({ax.get_title() for ax in panels}) == len(panels), name  # no quantity split over panels
+        for ax in panels:
+            legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+            shown = {run for run in runs if run in legend}
+            # Every run with this panel's quantity is in it: all three where all three have it.
+            everyone = name in ("ce_by_position.png", "attention.png", "norms.png") or (
+                name == "alignment.png" and ax in (panels[0], panels[-1]))
+            assert shown == set(runs) if everyone else shown, (name, ax.get_title(), legend)
+        matplotlib.pyplot.close(fig)
 
 
 def test_every_table_number_is_the_numpy_one(analysed):
@@ -266,8 +421,7 @@ def test_cli_writes_the_whole_report_for_two_runs(trained, tmp_path, capsys):
     out = tmp_path / "report"
     run_cli(["--workdir", trained["aed_run"], "--workdir", trained["baseline_run"], "--out", str(out),
              "--windows", "20"])
-    figures = ["ce_by_position.png", "positional_cosine.png", "norms.png", "overlap.png",
-               "embedding_loss_by_position.png", "alignment.png", "attention_entropy.png", "attention_distance.png"]
+    figures = list(PANELS) + ["positional_cosine.png"]
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
     report = (out / "report.md").read_text()
     for name in figures:
@@ -283,16 +437,27 @@ def test_cli_writes_the_whole_report_for_two_runs(trained, tmp_path, capsys):
     assert set(runs["aed_run"]["attention"]) == {"encoder self", "decoder self", "decoder cross"}
     assert set(runs["baseline_run"]["attention"]) == {"self"}
     assert np.asarray(runs["baseline_run"]["attention"]["self"]["entropy"]).shape == (2, 2)
+    # The ablations of both runs side by side, the difference, and the windows they were measured on.
+    assert set(runs["aed_run"]["ablations"]) == set(ablations.ABLATIONS)
+    assert set(runs["baseline_run"]["ablations"]) == {"no_input_positions"}
+    assert "| ablation | aed_run | baseline_run |" in report and "| `no_cross_attention` | " in report
+    assert "- baseline_run - aed_run: " in report
+    windows = np.load(out / "windows.npz")
+    assert list(windows["labels"]) == ["aed_run", "baseline_run"]
+    np.testing.assert_array_equal(windows["run0_offsets"], windows["run1_offsets"])
+    assert windows["run0_ce_WxT"].shape == (20, T)
+    np.testing.assert_allclose(windows["run0_ce_WxT"].mean(0), runs["aed_run"]["ce_by_position"], rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_checkpoint_and_data_file(trained, tmp_path, capsys, data):
     out = tmp_path / "one"
     run_cli(["--workdir", trained["aed_run"], "--checkpoint", "best", "--data", os.path.join(data, "val.bin"),
-             "--out", str(out)])
+             "--windows", "6", "--noablations", "--out", str(out)])
     run = json.loads((out / "metrics.json").read_text())["runs"]["aed_run"]
     assert run["checkpoint"] == "best" and run["tokens"] == 6 * T and run["data"].endswith("val.bin")
-    assert (out / "attention_entropy.png").stat().st_size > 10000
+    assert run["ablations"] == {} and "--noablations" in (out / "report.md").read_text()
+    assert (out / "attention.png").stat().st_size > 10000
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +477,7 @@ def saved(tmp_path_factory):
     (["--workdir", "{run}", "--checkpoint", "7", "--out", "{tmp}/o"], "has no checkpoint '7'"),
     (["--workdir", "{run}", "--data", "{tmp}/odd.bin", "--out", "{tmp}/o"], "not a flat uint16 token file"),
     (["--workdir", "{run}", "--windows", "0", "--out", "{tmp}/o"], "--windows must be at least 1"),
+    (["--workdir", "{run}", "--windows", "1", "--out", "{tmp}/o"], "--windows must be at least 2"),
     (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "cannot write the report"),
 ])
 def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, message):

@@ -67,6 +67,19 @@ def test_the_model_defaults_are_base_configs(model_type):
         config_lib.base_config(model_type), dtype=model_lib.ModelConfig.dtype)
 
 
+def test_tiny_baseline_is_tiny_without_the_aed():
+    """configs/tiny_baseline.py, the baseline the README compares configs/tiny.py with, has tiny's width,
+    window and every key of its recipe, and tiny's 2 + 2 blocks as 4."""
+    tiny, baseline = (config_lib.load(os.path.join(ROOT, "configs", f"{name}.py")) for name in ("tiny", "tiny_baseline"))
+    assert baseline.model_type == "baseline"
+    for key in ("n_embed", "n_head", "context_size", "dropout_rate", "use_bias"):
+        assert baseline.model_config[key] == tiny.model_config[key], key
+    assert baseline.model_config.n_layer == 2 * tiny.model_config.n_layer
+    for key in config_lib.SCHEDULE_KEYS + ("batch_size", "gradient_accumulation_steps", "lr", "min_lr", "warmup_iters",
+                                         "lr_decay_iters", "weight_decay", "random_seed", "dataset"):
+        assert baseline[key] == tiny[key], key
+
+
 def test_every_key_has_one_kind():
     """The kinds of key are a partition of the top-level keys that are not data or task settings."""
     kinds = (config_lib.MODEL_KEYS, config_lib.SCHEDULE_KEYS, config_lib.LOCATION_KEYS, config_lib.EXECUTION_KEYS)

@@ -1,12 +1,11 @@
-"""experiments/stats.py: the paired t-interval against hand-worked examples, and the sentences that say it."""
+"""aed_jax/stats.py: the paired t-interval and the bootstrap band against hand-worked examples, and the
+sentences that say them."""
 import math
-import os
-import sys
 
+import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/ is not installed
-from experiments import stats  # noqa: E402
+from aed_jax import stats
 
 T_975_2DF = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom (3 seeds), from a table
 
@@ -60,3 +59,19 @@ def test_one_seed_and_none():
     assert stats.paired({1: 1.0}, {2: 1.0}) == []
     assert stats.sentence("a", "b", None, "val loss") == "a - b: no seed has both runs' val loss yet"
     assert stats.summary([1.0, 2.0, 4.0]) == stats.Summary(pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3)), 3)
+
+
+def test_bootstrap_band_by_hand():
+    """Two windows a and b: a resample's mean is a (1/4), (a+b)/2 (1/2) or b (1/4), so with enough
+    resamples the 95% band is [a, b] exactly; one window: its value on both sides."""
+    low, high = stats.bootstrap_band(np.array([[1.0, 5.0], [3.0, -1.0]]), seed=0, resamples=4000)
+    np.testing.assert_array_equal(low, [1.0, -1.0])
+    np.testing.assert_array_equal(high, [3.0, 5.0])
+    low, high = stats.bootstrap_band(np.array([[2.5]]), seed=0)
+    assert (low[0], high[0]) == (2.5, 2.5)
+    # The same seed gives the same band; a band narrows as the windows grow.
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(size=(10, 1)), rng.normal(size=(1000, 1))
+    np.testing.assert_array_equal(stats.bootstrap_band(few, 3), stats.bootstrap_band(few, 3))
+    width = lambda band: float(band[1][0] - band[0][0])
+    assert width(stats.bootstrap_band(many, 3)) < width(stats.bootstrap_band(few, 3)) / 3

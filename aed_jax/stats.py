@@ -1,5 +1,7 @@
-"""Statistics over random seeds: a run's mean and standard deviation, and the paired difference of two runs
-with its Student t confidence interval, said in a sentence.
+"""Confidence intervals, in one place: over random seeds (a run's mean and standard deviation, and the
+paired difference of two runs with its Student t interval, said in a sentence; experiments.reproduce)
+and over sampled windows (a t-interval of paired differences, and a bootstrap band of a curve;
+aed_jax.analyze).
 
 Why paired: two runs with the same seed share their initialisation, data order and dropout draws,
 so the difference seed by seed cancels much of what the seed alone moves; its interval is
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+
+import numpy as np
 
 from scipy import stats as scipy_stats
 
@@ -74,3 +78,15 @@ def sentence(a: str, b: str, interval: Interval | None, what: str, digits: int =
     if interval.excludes_zero():
         return f"{head}: {mean} {ci}: {'lower' if interval.mean < 0 else 'higher'}, the interval excludes zero"
     return f"{head}: {mean} {ci}: the interval includes zero: no difference shown at {interval.n} seeds"
+
+
+def bootstrap_band(samples_NxK: np.ndarray, seed: int, resamples: int = 1000,
+                   confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """(low_K, high_K): the percentile bootstrap band of the mean over the N rows of each of K columns
+    (a curve measured on N sampled windows): `resamples` draws of N rows with replacement, the same rows
+    for every column, and the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means."""
+    samples_NxK = np.asarray(samples_NxK, np.float64)
+    rows_RxN = np.random.default_rng(seed).integers(0, len(samples_NxK), (resamples, len(samples_NxK)))
+    means_RxK = samples_NxK[rows_RxN].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return np.quantile(means_RxK, tail, axis=0), np.quantile(means_RxK, 1 - tail, axis=0)

@@ -81,7 +81,8 @@ def plot_runs(runs: dict[str, str | list[str]], path: str, title: str = "", seed
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_ylabel("embedding loss (training)" if key == "embedding_loss" else "cross-entropy (eval mode)")
+        ax.set_ylabel("embedding loss (training, before × coeff)" if key == "embedding_loss"
+                      else "cross-entropy (eval mode)")
         points = [(x, y) for line in ax.get_lines() for x, y in zip(line.get_xdata(), line.get_ydata())]
         values = [y for _, y in points]
         if key == "embedding_loss" and min(values) > 0 and max(values) / min(values) > 30:

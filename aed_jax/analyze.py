@@ -420,7 +420,10 @@ def _colors(runs: dict) -> dict:
 
 def _finish(fig, axes, title: str | None = None):
     for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
+        entries = len(ax.get_legend_handles_labels()[0])
+        if entries > 5:  # many runs: below the panel, where it hides no line
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        elif entries:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if title:
@@ -469,7 +472,8 @@ def _bars(ax, runs: dict, values: dict, names: list[str]):
             errors[0].append(v["mean"] - (v["low"] if v["low"] is not None else v["mean"]))
             errors[1].append((v["high"] if v["high"] is not None else v["mean"]) - v["mean"])
         if xs:
-            ax.barh(ys, xs, height=height, xerr=errors, color=colors[label], label=label, capsize=2)
+            ax.barh(ys, xs, height=height, xerr=errors if np.any(errors) else None, color=colors[label], label=label,
+                    capsize=2)
     ax.set_yticks(range(len(names)), names)
     ax.axvline(0.0, color="gray", linewidth=1)
     ax.invert_yaxis()
@@ -797,9 +801,14 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
 
 
 def labels(workdirs: list[str]) -> list[str]:
-    """Each run's name in the legends: its folder's name, or its path where two names clash."""
-    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
-    return [n if names.count(n) == 1 else os.path.normpath(w) for n, w in zip(names, workdirs)]
+    """Each run's name in the legends: the last part of its path, or as many last parts as tell every run
+    apart (runs/tiny/mse_pos_sub/seed1337 and .../baseline/seed1337: mse_pos_sub/seed1337, baseline/seed1337)."""
+    parts = [os.path.normpath(w).split(os.sep) for w in workdirs]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [os.path.normpath(w) for w in workdirs]  # the same folder twice: its path, twice
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):

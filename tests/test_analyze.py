@@ -488,3 +488,10 @@ def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, m
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():
+    assert analyze.labels(["runs/a", "other/b/"]) == ["a", "b"]
+    assert analyze.labels(["runs/tiny/mse/seed1", "runs/tiny/base/seed1", "runs/tiny/mse/seed2"]) == [
+        "mse/seed1", "base/seed1", "mse/seed2"]
+    assert analyze.labels(["x/run", "x/run"]) == ["x/run", "x/run"]

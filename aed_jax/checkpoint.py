@@ -51,13 +51,24 @@ class Damaged(Exception):
 
 
 def manager(directory: str, keep: int = 3, best: bool = False, create: bool = True) -> ocp.CheckpointManager:
-    """The manager of the steps in `directory`: the newest `keep`, or with `best` the one of lowest `val_loss`."""
+    """The manager of the steps in `directory`: the newest `keep`, or with `best` the one of lowest `val_loss`.
+
+    With create=False, a reader's: it writes nothing (not even orbax's root metadata) and waits for no
+    other process. orbax's managers meet every process at a barrier on creation and on each restore;
+    a reader runs on one process of a job (process 0's closing samples, `evaluate`), so there it is
+    a manager of this process alone, and the others, never joining, cannot hang it."""
+    processes = {} if create else {"multiprocessing_options": _this_process_alone()}
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1 if best else keep, best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
-        enable_async_checkpointing=False, create=create)
+        enable_async_checkpointing=False, create=create, save_root_metadata=create, **processes)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 CHECKSUMS: ocp.JsonCheckpointHandler(), STREAM: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+
+
+def _this_process_alone() -> ocp.options.MultiprocessingOptions:
+    """A reader's orbax options: this process is the whole job, so orbax's barriers wait for no other."""
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
 
 
 def _host(leaf) -> np.ndarray:
@@ -437,7 +448,9 @@ def read_params(mngr: ocp.CheckpointManager, step: int, whole_state: bool = Fals
             abstract = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), wanted)
             _check_describes(config, abstract["params"])
             as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-            with ocp.PyTreeCheckpointer() as checkpointer:  # a partial restore reads the params and step alone
+            alone = _this_process_alone()  # a reader's, as `manager`'s with create=False
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
+                                  multiprocessing_options=alone) as checkpointer:  # partial: the params and step
                 state = checkpointer.restore(os.path.join(_step_dir(mngr, step), "state"), args=ocp.args.PyTreeRestore(
                     abstract, as_numpy, partial_restore=not whole_state))
     except Damaged:

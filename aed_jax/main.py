@@ -9,6 +9,7 @@ JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
 import os
 import signal
 import sys
+import threading
 
 
 def _interrupted(*_):
@@ -26,8 +27,15 @@ def _interrupted(*_):
     os._exit(1)
 
 
-if __name__ == "__main__":  # Ctrl-C while the libraries load or the run is set up
+def _terminated(*_):
+    """SIGTERM while the libraries load (from then on, cluster.on_sigterm_outside_training): one line, exit 1."""
+    os.write(2, b"error: process stopped by SIGTERM before training began; there was nothing to save\n")
+    os._exit(1)
+
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the libraries load or the run is set up
     signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 from absl import flags
@@ -37,7 +45,7 @@ from ml_collections import config_flags
 
 from aed_jax import api
 from aed_jax import cli
-from aed_jax import errors
+from aed_jax import cluster
 from aed_jax import rundir
 from aed_jax import sample
 from aed_jax import tasks
@@ -57,6 +65,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("distributed", False, "One process of a multi-process run: join the others first (from "
                       "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, else from SLURM); start "
                       "every process with the same command.")
+    flags.DEFINE_integer("join_timeout", 300, "--distributed: seconds to wait for every process to join before "
+                         "giving up with one line (a process that died while starting never joins).", lower_bound=1)
     flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
                         "JAX's persistent compilation cache, so a resumed run loads its train step instead of "
                         "compiling it again, as does the run after micro_batch_size auto-sizing compiled it; "
@@ -72,37 +82,12 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
         print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 
 
-def initialize_distributed() -> None:
-    """jax.distributed.initialize from the JAX_* variables when set (jax reads the address alone),
-    else from the cluster (SLURM, Open MPI); CPU processes talk through gloo."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-    given = [n for n in names if os.environ.get(n)]
-    try:
-        if given:
-            if len(given) < len(names):
-                raise ValueError(f"{', '.join(n for n in names if n not in given)} not set")
-            jax.distributed.initialize(os.environ[names[0]], int(os.environ[names[1]]), int(os.environ[names[2]]))
-        else:
-            jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:
-        cli.fail(f"--distributed: {errors.one_line(e)}; set {', '.join(names)} on every process, or run "
-                 "under SLURM")
-
-
-def _lost_peer(e: BaseException) -> bool:
-    """Whether `e` is a collective or coordination failure of a multi-process run (XLA raises them
-    with an absl status code first): what a dead peer looks like from the survivors."""
-    codes = ("UNKNOWN", "INTERNAL", "UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED", "FAILED_PRECONDITION")
-    return jax.process_count() > 1 and str(e).startswith(tuple(f"{code}:" for code in codes))
-
-
 def main(argv):
     cli.no_extra_args(argv)
     c = cli.get_config()
     fv = flags.FLAGS
-    if fv.distributed:
-        initialize_distributed()
+    liveness, finished = cluster.join(fv.join_timeout) if fv.distributed else None, threading.Event()
+    cluster.on_sigterm_outside_training(liveness, finished)
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     workdir = fv.workdir or c.workdir or rundir.default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
@@ -113,15 +98,12 @@ def main(argv):
     except OSError as e:
         cli.fail(f"{e.filename or workdir}: {e.strerror or e}")
     except Exception as e:
-        if not _lost_peer(e):
+        if not cluster.lost_peer(e):
             raise
-        # os._exit: a normal exit would wait in jax.distributed's shutdown barrier for the dead peer.
-        sys.stdout.flush()
-        sys.stderr.write(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with the "
-                         f"others ({errors.one_line(e)[:160]}); one of them has probably died. The workdir "
-                         "keeps its latest checkpoint: start every process again with the same command\n")
-        sys.stderr.flush()
-        os._exit(1)
+        cluster.exit_lost(e)
+    finished.set()
+    if liveness is not None:
+        liveness.leave()
     if jax.process_index() == 0:
         is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead
         report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)

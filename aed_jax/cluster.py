@@ -1,0 +1,186 @@
+"""The processes of a multi-process job, from start to exit: joining them, noticing one that is gone,
+and ending every process with one line and the right exit code.
+
+jax's distributed service ends a job whose process died with a multi-line C++ abort, after its
+heartbeat timeout (100 s), or for a process that never joined after its initialisation timeout
+(300 s), in silence until then. A scheduler sees a crash either way. So:
+
+- `join` runs jax.distributed.initialize under a watchdog: a line when the others are late, and one
+  line and exit 1 when they have not all joined within `join_timeout` seconds;
+- `Liveness`, once joined, keeps a counter per process in the service's key-value store, raised
+  every second by a thread; each process watches the others' counters, and one that stops for
+  STALE_S seconds without the process having said it is done (`leave`) or stopped (`stop`) ends this
+  process with one line and exit 1, within seconds, wherever it waits (a barrier, a collective, a
+  compile). A process stopped by SIGTERM outside training says so first, so the others name why.
+- `lost_peer` tells a collective's failure from a bug: inside training a dead peer usually shows
+  first as such an error (gloo's connection reset), which `exit_lost` turns into the same line.
+
+Every exit here is `os._exit`: a normal exit would wait in jax.distributed's shutdown barrier for
+the process that is gone.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+from jax.experimental import multihost_utils
+
+from aed_jax import errors
+
+JAX_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+STALE_S = 15.0  # a process whose counter has not moved for this long is gone
+_BEAT_S = 1.0
+_LATE_S = 30.0  # the first "still waiting" line
+
+
+class ClusterError(errors.UserError):
+    """The processes cannot be joined as asked (variables missing, unreachable coordinator)."""
+
+
+def _out(line: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def join(join_timeout: int) -> "Liveness":
+    """jax.distributed.initialize from the JAX_* variables when set (jax reads the address alone),
+    else from the cluster (SLURM, Open MPI); CPU processes talk through gloo. Returns the running
+    `Liveness`. Processes that have not all joined within `join_timeout` s: one line, exit 1."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    given = [n for n in JAX_VARIABLES if os.environ.get(n)]
+    if given and len(given) < len(JAX_VARIABLES):
+        raise ClusterError(f"--distributed: {', '.join(n for n in JAX_VARIABLES if n not in given)} not set; set "
+                           f"{', '.join(JAX_VARIABLES)} on every process, or run under SLURM")
+    joined = threading.Event()
+
+    def watchdog():
+        start = time.time()
+        if not joined.wait(_LATE_S):
+            sys.stderr.write(f"waiting for the other processes to join (up to --join_timeout={join_timeout} s)\n")
+            sys.stderr.flush()
+            if not joined.wait(max(join_timeout - (time.time() - start), 0)):
+                _out(f"error: --distributed: not every process joined within {join_timeout} s (--join_timeout); "
+                     "one may have failed to start or died while starting (see its log). Start every process "
+                     "again with the same command", 1)
+
+    threading.Thread(target=watchdog, daemon=True, name="aed_jax join watchdog").start()
+    args = (os.environ[JAX_VARIABLES[0]], int(os.environ[JAX_VARIABLES[1]]), int(os.environ[JAX_VARIABLES[2]])) \
+        if given else ()
+    try:  # jax's own timeout after ours: ours speaks first, in one line
+        jax.distributed.initialize(*args, initialization_timeout=join_timeout + 60)
+    except (ValueError, RuntimeError) as e:
+        raise ClusterError(f"--distributed: {errors.one_line(e)}; set {', '.join(JAX_VARIABLES)} on every "
+                           "process, or run under SLURM") from None
+    joined.set()
+    _connect_collectives()
+    return Liveness()
+
+
+def _connect_collectives() -> None:
+    """A first collective now, with stdout sent to stderr meanwhile: gloo prints its connection lines
+    ("[Gloo] Rank 1 is connected to 1 peer ranks") on stdout, which is the report's, process 0's alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        multihost_utils.sync_global_devices("aed_jax: every process joined")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class Liveness:
+    """Each process's counter in the key-value store, raised every second; a watch on the others'."""
+
+    def __init__(self):
+        from jax._src import distributed  # the client of jax.distributed, for its key-value store
+        self.client, self.me, self.n = distributed.global_state.client, jax.process_index(), jax.process_count()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="aed_jax liveness").start()
+
+    def _key(self, kind: str, process: int) -> str:
+        return f"aed_jax/{kind}/{process}"
+
+    def _get(self, kind: str, process: int) -> str | None:
+        try:
+            return self.client.key_value_try_get(self._key(kind, process))
+        except Exception:  # not set (yet)
+            return None
+
+    def _run(self):
+        seen = {p: (None, time.time()) for p in range(self.n) if p != self.me}
+        while not self._stopped.is_set():
+            try:
+                self.client.key_value_increment(self._key("alive", self.me), 1)
+                for p, (count, since) in seen.items():
+                    if self._get("done", p) is not None:
+                        continue
+                    if (why := self._get("stopped", p)) is not None:
+                        _out(f"error: process {self.me} of {self.n}: process {p} {why}; start every process again "
+                             "with the same command", 1)
+                    now = self._get("alive", p)
+                    if now != count:
+                        seen[p] = (now, time.time())
+                    elif time.time() - since > STALE_S:
+                        _out(f"error: process {self.me} of {self.n} lost process {p} (no sign of life for "
+                             f"{STALE_S:.0f} s); it has probably died (see its log). The workdir keeps its latest "
+                             "checkpoint: start every process again with the same command", 1)
+            except Exception as e:  # the service itself is gone: process 0, which hosts it, has died
+                if self._stopped.is_set():
+                    return
+                _out(f"error: process {self.me} of {self.n} lost the coordinator (process 0): "
+                     f"{errors.one_line(e)[:160]}. The workdir keeps its latest checkpoint: start every process "
+                     "again with the same command", 1)
+            self._stopped.wait(_BEAT_S)
+
+    def leave(self) -> None:
+        """This process is done: the others stop watching it, and it stops watching them."""
+        self._stopped.set()
+        try:
+            self.client.key_value_set(self._key("done", self.me), "1")
+        except Exception:
+            pass
+
+    def stop(self, why: str) -> None:
+        """This process is about to exit outside training (`why`, e.g. "was stopped by SIGTERM"): tell the others."""
+        self._stopped.set()
+        try:
+            self.client.key_value_set(self._key("stopped", self.me), why)
+        except Exception:
+            pass
+
+
+def on_sigterm_outside_training(liveness: "Liveness | None", finished: threading.Event) -> None:
+    """SIGTERM outside training (the trainer's own handler saves and stops inside it, `preemption`):
+    before training ended there is nothing to save: one line, exit 1; after it ended (the closing
+    samples) the run is complete: one line, exit 0. The other processes are told either way."""
+    def handle(signum, frame):
+        if finished.is_set():
+            why, code = "was stopped by SIGTERM after training ended; its checkpoints are saved", 0
+        else:
+            why, code = "was stopped by SIGTERM before training began; there was nothing to save", 1
+        if liveness is not None:
+            liveness.stop(why)
+        _out(f"{'error: ' if code else ''}process {jax.process_index()} {why}", code)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether `e` is a collective or coordination failure of a multi-process run (XLA raises them
+    with an absl status code first): what a dead peer looks like from the survivors."""
+    codes = ("UNKNOWN", "INTERNAL", "UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED", "FAILED_PRECONDITION")
+    return jax.process_count() > 1 and str(e).startswith(tuple(f"{code}:" for code in codes))
+
+
+def exit_lost(e: BaseException) -> None:
+    """One line for a collective that failed because another process is gone (`lost_peer`), exit 1."""
+    _out(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with the others "
+         f"({errors.one_line(e)[:160]}); one of them has probably died. The workdir keeps its latest "
+         "checkpoint: start every process again with the same command", 1)

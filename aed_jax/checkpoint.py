@@ -138,10 +138,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
     if step in mngr.all_steps():
         mngr.delete(step)
     try:
-        mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-        mngr.wait_until_finished()
-    except ValueError as e:  # tensorstore reports a failed write (a full disk) as a ValueError
-        if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+        with _quiet():  # orbax logs a failed write's traceback from its threads; the caller says it in a line
+            mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+            mngr.wait_until_finished()
+    except (OSError, ValueError) as e:
+        # tensorstore reports a failed write (a full disk) as a ValueError
+        if isinstance(e, ValueError) and "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+            raise
+        if jax.process_index() == 0:  # nothing half-written left behind, and its space back
+            with contextlib.suppress(OSError):
+                clean_interrupted(str(mngr.directory))
+        if isinstance(e, OSError):
             raise
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
 
@@ -263,8 +270,9 @@ class _DropAbandonedFutures(std_logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_restore():
-    """While restoring: no orbax, grain or asyncio log record; for good: no debris of a failed restore."""
+def _quiet():
+    """While saving or restoring: no orbax, grain or asyncio log record (a failure is the caller's one
+    line); for good: no debris of a failed restore."""
     if not isinstance(sys.unraisablehook, _DropRestoreDebris):
         sys.unraisablehook = _DropRestoreDebris(sys.unraisablehook)
     asyncio_logger = std_logging.getLogger("asyncio")
@@ -291,7 +299,7 @@ def _check_layout(mngr: ocp.CheckpointManager, step: int) -> None:
 def _restore_item(mngr: ocp.CheckpointManager, step: int, name: str, arg):
     """One item of `step`, quietly; any failure is Damaged naming the item."""
     try:
-        with _quiet_restore():
+        with _quiet():
             return mngr.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
     except Exception as e:  # whatever orbax, tensorstore or zstd raise on a damaged file
         raise Damaged(f"{name}: {_cause(e, _step_dir(mngr, step))}") from None
@@ -324,7 +332,7 @@ def _check_same_state(mngr: ocp.CheckpointManager, step: int, abstract_state) ->
     """CheckpointError when `step` holds arrays of other names or shapes than `abstract_state`: a
     different model, not damage, so nothing is moved aside."""
     try:
-        with _quiet_restore():
+        with _quiet():
             saved = _shapes(dict(mngr.item_metadata(step)["state"]))
     except Exception as e:  # unreadable metadata is damage
         raise Damaged(f"state/_METADATA: {_cause(e, _step_dir(mngr, step))}") from None
@@ -442,7 +450,7 @@ def read_params(mngr: ocp.CheckpointManager, step: int, whole_state: bool = Fals
     _check_layout(mngr, step)
     config = _config(mngr, step)
     try:
-        with _quiet_restore():
+        with _quiet():
             metadata = dict(mngr.item_metadata(step)["state"])
             wanted = metadata if whole_state else {k: metadata[k] for k in ("params", "step") if k in metadata}
             abstract = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), wanted)

@@ -46,6 +46,7 @@ from ml_collections import config_flags
 from aed_jax import api
 from aed_jax import cli
 from aed_jax import cluster
+from aed_jax import errors
 from aed_jax import rundir
 from aed_jax import sample
 from aed_jax import tasks
@@ -95,8 +96,8 @@ def main(argv):
                  jax.process_count(), workdir)
     try:
         outcome = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
-    except OSError as e:
-        cli.fail(f"{e.filename or workdir}: {e.strerror or e}")
+    except OSError as e:  # writing the run folder (metrics.jsonl, TensorBoard, config.json): its last checkpoint stays
+        cli.fail(errors.write_failed(e, e.filename or workdir, "run the same command to resume"))
     except Exception as e:
         if not cluster.lost_peer(e):
             raise

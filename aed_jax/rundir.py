@@ -27,13 +27,16 @@ import json
 import os
 import shutil
 import socket
+import time
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tensorboardX
+from tensorboardX import event_file_writer
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
 from aed_jax import checkpoint
 from aed_jax import config as config_lib
@@ -329,7 +332,11 @@ class MetricsWriter:
 
     A run resumed at `start_step` first drops what an interrupted run logged after that step (it
     will be logged again), so each step appears once: from metrics.jsonl by an atomic rewrite, and
-    from TensorBoard with its purge_step.
+    from TensorBoard by a purge event at the next step, as SummaryWriter(purge_step=...) writes it.
+
+    The events are written in this thread (tensorboardX's EventsWriter), not by SummaryWriter's
+    writer thread: on a full disk that thread dies with a traceback and the next flush waits for it
+    for good. Here a failed write is an OSError out of `write`, which the command reports in a line.
     """
 
     def __init__(self, workdir: str, start_step: int = 0):
@@ -342,7 +349,14 @@ class MetricsWriter:
                             if (step := _logged_step(line)) is not None and step <= start_step]
                 write_atomic(path, "".join(kept))
             self.jsonl = open(path, "a", encoding="utf-8")
-            self.tb = tensorboardX.SummaryWriter(workdir, purge_step=start_step + 1 if start_step else None)
+            self.tb = event_file_writer.EventsWriter(os.path.join(workdir, "events"))
+            if start_step:
+                for event in (event_pb2.Event(step=start_step + 1, file_version="brain.Event:2"),
+                              event_pb2.Event(step=start_step + 1,
+                                              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))):
+                    event.wall_time = time.time()
+                    self.tb.write_event(event)
+                self.tb.flush()
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -350,8 +364,8 @@ class MetricsWriter:
         metrics = {k: float(v) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()])
+        self.tb.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         self.tb.flush()
 
     def close(self) -> None:

@@ -168,8 +168,9 @@ def _save(c: ml_collections.ConfigDict, workdir: str, managers: tuple, step: int
         if est is not None:
             checkpoint.save_best(best_saves, step, state, c, est["val_loss"])
         checkpoint.save(saves, step, state, c, train_iter)
-    except OSError as e:
-        raise TrainError(f"saving step {step} in {workdir} failed ({e.strerror or e}); {_last_good(saves)}") from None
+    except OSError as e:  # the last good checkpoint stays; the re-run resumes from it
+        raise TrainError(errors.write_failed(e, f"saving step {step} in {workdir}",
+                                             f"run the same command to resume ({_last_good(saves)})")) from None
     logging.info("saved checkpoint at step %d", step)
 
 

@@ -4,6 +4,7 @@ import errno
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,8 +224,9 @@ def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(data_dir, tmp_p
     monkeypatch.setattr(owner, name, save_on_a_full_disk)
     with pytest.raises(train.TrainError) as e:
         train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir)
-    assert str(e.value) == (f"saving step 6 in {workdir} failed (No space left on device); the last finite "
-                            f"checkpoint is step 4 in {os.path.join(workdir, 'checkpoints')}")
+    assert str(e.value) == (f"saving step 6 in {workdir}: No space left on device: free space on its disk (or choose "
+                            "another folder), then run the same command to resume (the last finite checkpoint is "
+                            f"step 4 in {os.path.join(workdir, 'checkpoints')})")
     monkeypatch.undo()
     assert train.train_and_evaluate(small_config(data_dir, train_steps=8, est_interval=2), workdir).step == 8
 
@@ -272,3 +274,25 @@ def test_ctrl_c_while_starting_is_one_line(config_file, tmp_path, when):
     else:
         assert proc.returncode == 1
         assert err.strip().splitlines()[-1] == "error: interrupted; the workdir keeps its latest checkpoint"
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume_as_metrics_jsonl_does(data_dir, tmp_path):
+    """A run killed after logging steps it had not saved: the re-run logs them again, and TensorBoard
+    (through the purge event) and metrics.jsonl both keep one value a step, the re-run's."""
+    from tensorboard.backend.event_processing import event_accumulator
+    workdir = str(tmp_path)
+    train.train_and_evaluate(small_config(data_dir, train_steps=6, est_interval=4), workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # as if killed before step 6's save
+    time.sleep(1.1)  # a new event file, as a new process opens
+    train.train_and_evaluate(small_config(data_dir, train_steps=6, est_interval=4), workdir)
+    logged = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        logged.setdefault(row.pop("step"), {}).update(row)
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    events = event_accumulator.EventAccumulator(workdir)
+    events.Reload()
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([e.value for e in loss], [logged[s]["loss"] for s in range(1, 7)], rtol=1e-6)
+    assert [e.step for e in events.Scalars("val_loss")] == [4, 6]

@@ -227,8 +227,8 @@ def move_aside(directory: str, step: int, damaged_dir: str) -> str:
 def _cause(e: BaseException, step_dir: str) -> str:
     """One line of at most 200 characters for a warning or an error: the innermost exception (what
     tensorstore or zstd found, not orbax's wrapper), paths relative to the step's folder."""
-    while (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
+    while (inner := e.__cause__ or e.__context__) is not None and not isinstance(inner, StopIteration):
+        e = inner  # (json's decoder raises its error in the context of an internal StopIteration: not a cause)
     text = " ".join(str(e).replace(step_dir + os.sep, "").replace(step_dir, ".").split()) or "no message"
     text = f"{type(e).__name__}: {text}"
     return text if len(text) <= 200 else text[:197] + "..."

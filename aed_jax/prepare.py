@@ -304,6 +304,19 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
+class FolderBusy(DataError):
+    """Another process is preparing the same folder (it holds the folder's lock)."""
+
+
+def _wait_until_unlocked(folder: str) -> None:
+    """Blocks until no process holds `folder`'s lock (`_staging`'s)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
 @contextlib.contextmanager
 def _staging(out_dir: str) -> Iterator[str]:
     """A new hidden folder in out_dir to write the files in, removed if the block fails.
@@ -317,8 +330,8 @@ def _staging(out_dir: str) -> Iterator[str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when fd closes or the process dies
         except BlockingIOError:
-            raise DataError(f"{out_dir}: another prepare is writing this folder; "
-                            "wait for it to finish or choose another --out") from None
+            raise FolderBusy(f"{out_dir}: another prepare is writing this folder; "
+                             "wait for it to finish or choose another --out") from None
         except OSError:
             pass  # a filesystem without locks (some network ones): go on without
         for stale in glob.glob(os.path.join(glob.escape(out_dir), ".prepare-*.tmp")):
@@ -529,9 +542,13 @@ def ensure_data(config) -> tuple[str, str]:
     """data.split_paths(config), after preparing the built-in corpus if it is missing, so a fresh
     clone trains at once; any other dataset must have been prepared by the user."""
     folder = data.data_folder(config)
-    if config.dataset == "wiki_vital" and data.find_splits(folder, config.dataset) is None:
+    while config.dataset == "wiki_vital" and data.find_splits(folder, config.dataset) is None:
         logging.info("Preparing the built-in corpus wiki_vital (Wikipedia Vital Articles summaries) in %s", folder)
-        prepare_wiki_vital(folder, name=config.dataset, progress=False)
+        try:
+            prepare_wiki_vital(folder, name=config.dataset, progress=False)
+        except FolderBusy:  # another run's first start is preparing it: use what it writes (or try again)
+            logging.info("another process is preparing %s; waiting for it", folder)
+            _wait_until_unlocked(folder)
     return data.split_paths(config)
 
 

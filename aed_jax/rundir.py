@@ -66,6 +66,16 @@ def best(workdir: str, create: bool = True):
     return checkpoint.manager(os.path.join(workdir, BEST), best=True, create=create)
 
 
+def check_layout(workdir: str) -> None:
+    """RunError (one line) when a name the run folder needs (checkpoints/, best/, damaged/) is taken by
+    something that is not a folder: said before training, not at the first save."""
+    for name in (CHECKPOINTS, BEST, DAMAGED):
+        path = os.path.join(workdir, name)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise RunError(f"{path} is not a folder, and the run keeps its {name} checkpoints there: move it "
+                           "away, then run the same command")
+
+
 def clean_interrupted(workdir: str) -> list[str]:
     """Removes the temporary folders that interrupted saves left in checkpoints/ and best/; their paths.
     Only the trainer calls it (process 0, holding the lock)."""

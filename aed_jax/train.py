@@ -138,6 +138,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
     with rundir.locked(workdir):
+        rundir.check_layout(workdir)
         if jax.process_index() == 0:
             if fresh:
                 rundir.start_over(workdir)

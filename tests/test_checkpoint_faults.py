@@ -318,6 +318,17 @@ def test_a_renamed_step_is_damaged_for_readers_too(run):
         rundir.restore_params(workdir)
 
 
+def test_garbage_in_the_checksums_item_names_the_json_error(run):
+    """Not `StopIteration: 0`, the json decoder's internal exception that the error was raised beside."""
+    _, workdir, _, _ = run
+    with open(os.path.join(workdir, rundir.CHECKPOINTS, "6", checkpoint.CHECKSUMS, "metadata"), "w") as f:
+        f.write("garbage{{")
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ is damaged \(checksums: "
+                                                         r"JSONDecodeError: Expecting value: line 1 column 1 \(char 0\)"
+                                                         r"\); intact steps: 2, 4$"):
+        rundir.restore_params(workdir)
+
+
 @pytest.mark.parametrize("content,why", [('{"val_lo', r"metrics: JSONDecodeError: "),
                                          ('{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number")])
 def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, content, why, caplog):

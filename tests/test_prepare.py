@@ -285,3 +285,33 @@ def test_ensure_data_prepares_wiki_vital_once(tmp_path, monkeypatch, caplog):
     with pytest.raises(prepare.DataError, match="data/mine/mine_train.bin: no such file"):
         prepare.ensure_data(make_config("mine"))
     assert calls == ["data/wiki_vital"]
+
+
+def test_a_second_run_waits_for_the_first_runs_prepare_of_the_built_in_corpus(tmp_path, monkeypatch):
+    """Two fresh runs sharing a new data folder: the second waits while the first prepares it (holding
+    the folder's lock), then trains on its files, not exiting with advice about prepare's --out."""
+    import threading
+    folder = tmp_path / "data"
+    folder.mkdir()
+    calls = []
+
+    def prepare_while_another_is(out_dir, name, progress):  # the real lock, the files written by "the other"
+        calls.append(out_dir)
+        with prepare._staging(out_dir):
+            raise AssertionError("the first run holds the lock: _staging must refuse")
+    monkeypatch.setattr(prepare, "prepare_wiki_vital", prepare_while_another_is)
+    config = config_lib.base_config("aed")
+    config.data_dir = str(folder)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the first run, preparing
+    found = []
+    second = threading.Thread(target=lambda: found.append(prepare.ensure_data(config)))
+    second.start()
+    second.join(2.0)
+    assert second.is_alive() and len(calls) == 1  # tried once, now waiting
+    for split in ("train", "val"):
+        np.arange(100, dtype=np.uint16).tofile(folder / f"wiki_vital_{split}.bin")
+    os.close(fd)  # the first run's prepare is done
+    second.join(10.0)
+    assert not second.is_alive() and len(calls) == 1
+    assert found == [(str(folder / "wiki_vital_train.bin"), str(folder / "wiki_vital_val.bin"))]

@@ -296,3 +296,13 @@ def test_tensorboard_shows_each_step_once_after_a_resume_as_metrics_jsonl_does(d
     assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([e.value for e in loss], [logged[s]["loss"] for s in range(1, 7)], rtol=1e-6)
     assert [e.step for e in events.Scalars("val_loss")] == [4, 6]
+
+
+@pytest.mark.parametrize("name", [rundir.CHECKPOINTS, rundir.BEST, rundir.DAMAGED])
+def test_a_file_where_the_run_keeps_a_folder_is_one_line_before_training(data_dir, tmp_path, name):
+    workdir = str(tmp_path)
+    (tmp_path / name).write_text("not a folder")
+    with pytest.raises(rundir.RunError, match=rf"^{tmp_path / name} is not a folder, and the run keeps its {name} "
+                                              r"checkpoints there: move it away, then run the same command$"):
+        train.train_and_evaluate(small_config(data_dir, train_steps=2), workdir)
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # said before any step, not at the save

@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from aed_jax import ablations as ablations_lib  # noqa: E402
 from aed_jax import cli  # noqa: E402
 from aed_jax import data as data_lib  # noqa: E402
+from aed_jax import errors  # noqa: E402
 from aed_jax import metrics  # noqa: E402
 from aed_jax import model as model_lib  # noqa: E402
 from aed_jax import rundir  # noqa: E402
@@ -828,8 +829,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
     try:
         figures = write_report(runs, fv.out, command, fv.seed)
-    except OSError as e:
-        cli.fail(f"--out {fv.out}: cannot write the report ({e.strerror or e})")
+    except OSError as e:  # each file is written whole or not at all
+        cli.fail(errors.write_failed(e, f"--out {fv.out}: cannot write the report", "run the same command again"))
     print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json, windows.npz and {len(figures)} figures: "
           f"{', '.join(figures)}")
 

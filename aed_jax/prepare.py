@@ -603,8 +603,8 @@ def main(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
                               fv.max_tokens, fv.val_fraction)
         else:
             meta = prepare_input(fv.input, fv.out, name, fv.field, fv.val_fraction)
-    except OSError as e:
-        cli.fail(str(e))
+    except OSError as e:  # the three files appear together or not at all
+        cli.fail(errors.write_failed(e, e.filename or fv.out, "run the same command again"))
     print(f"{fv.out}: {meta['train']['tokens']:,} train and {meta['val']['tokens']:,} val tokens")
 
 

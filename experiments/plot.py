@@ -119,7 +119,8 @@ def _legend_and_save(fig, handles: list, labels: list[str], banded: bool, title:
     if title:
         fig.suptitle(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with rundir.atomic_file(path, "wb") as f:  # a full disk leaves the old figure, not half of a new one
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
 
 

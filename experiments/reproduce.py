@@ -444,7 +444,7 @@ def _seed_config(c: ml_collections.ConfigDict, seed: int | None) -> ml_collectio
 
 
 def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    with rundir.atomic_file(path) as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: ("" if r[k] is None else r[k]) for k in columns} for r in rows)
@@ -468,8 +468,8 @@ def write_report(out: str, suite_name: str, suite: Suite, scale: str | None, con
     paths = plot.plot_comparisons(out, suite, {run.name: suites.workdirs(out, run.name, seeds) for run in suite.runs},
                                   f"scale {scale}" if scale else suite_name, points)
     figures = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(suite_name, suite, scale, rows, configs, figures, diffs, seeds))
+    rundir.write_atomic(os.path.join(out, "results.md"), markdown(suite_name, suite, scale, rows, configs, figures,
+                                                                   diffs, seeds))
     tables = (("results.csv", CSV_COLUMNS, rows), ("seeds.csv", SEED_CSV_COLUMNS, sum(seed_rows.values(), [])),
               ("differences.csv", DIFFERENCE_CSV_COLUMNS, diffs))
     for name, columns, table in tables:
@@ -546,7 +546,10 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         if status == "interrupted":
             print("interrupted: writing the results so far; run the same command again to resume", flush=True)
             break
-    paths = write_report(out, fv.suite, suite, scale, configs, seeds)
+    try:
+        paths = write_report(out, fv.suite, suite, scale, configs, seeds)
+    except OSError as e:  # each file is written whole or not at all; the trained runs stay
+        cli.fail(errors.write_failed(e, e.filename or out, "run the same command again: it trains nothing twice"))
     for path in paths:
         print(path)
 

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
@@ -78,21 +79,25 @@ def join(join_timeout: int) -> "Liveness":
         raise ClusterError(f"--distributed: {errors.one_line(e)}; set {', '.join(JAX_VARIABLES)} on every "
                            "process, or run under SLURM") from None
     joined.set()
+    if jax.process_index() != 0:  # process 0 speaks for the job; the others only for their own errors
+        logging.set_verbosity(logging.ERROR)
     _connect_collectives()
     return Liveness()
 
 
 def _connect_collectives() -> None:
-    """A first collective now, with stdout sent to stderr meanwhile: gloo prints its connection lines
-    ("[Gloo] Rank 1 is connected to 1 peer ranks") on stdout, which is the report's, process 0's alone."""
+    """A first collective now, gloo's connection lines ("[Gloo] Rank 1 is connected to 1 peer ranks",
+    on stdout, the report's) sent to process 0's stderr meanwhile, and to nowhere from the others."""
     sys.stdout.flush()
     saved = os.dup(1)
-    os.dup2(2, 1)
+    target = os.open(os.devnull, os.O_WRONLY) if jax.process_index() else os.dup(2)
+    os.dup2(target, 1)
     try:
         multihost_utils.sync_global_devices("aed_jax: every process joined")
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(target)
 
 
 class Liveness:

@@ -51,10 +51,17 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def format_table(results: dict) -> str:
-    lines = []
+    """One line a number, the names in a column as wide as the longest; a curve by position (a list)
+    summarised as its length, first value, mean and last value (--json gives every value)."""
+    width, lines = max(map(len, results), default=0) + 2, []
     for key, value in results.items():
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        lines.append(f"{key:<16}{text}")
+        if isinstance(value, list):
+            values = [v for v in value if v is not None]
+            text = (f"{len(value)} positions: t=0 {values[0]:.4f}, mean {sum(values) / len(values):.4f}, "
+                    f"t={len(value) - 1} {values[-1]:.4f}") if values else f"{len(value)} positions, none counted"
+        else:
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}{text}")
     return "\n".join(lines)
 
 
@@ -105,7 +112,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         print(json.dumps({**results, **where}))
     else:
         print(f"{cfg.model_type} model, step {step} of {fv.workdir} ({fv.checkpoint}); {path}, {where['mode']}")
-        print(format_table({k: v for k, v in results.items() if not isinstance(v, list)}))
+        print(format_table(results))
 
 
 if __name__ == "__main__":

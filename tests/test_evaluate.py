@@ -110,7 +110,8 @@ def test_table_and_data_file_or_named_split(run, tmp_path, capsys):
     run_cli(["--workdir", run["workdir"], "--data", str(named), "--full"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["ce_loss", "perplexity", "accuracy_loss", "tokens",
-                                                       "embedding_loss"]
+                                                       "embedding_loss", "ce_by_position", "embedding_loss_by_position"]
+    assert " positions: t=0 " in lines[-1]  # a curve summarised, not listed
 
 
 def test_baseline_reports_no_embedding_loss(tmp_path, run, capsys):
@@ -180,3 +181,15 @@ def test_sharded_over_four_devices_is_the_same_evaluation(run, capsys, fsdp):
     for key in ("ce_loss", "accuracy_loss", "embedding_loss"):
         assert four[key] == pytest.approx(one[key], rel=1e-5)
     np.testing.assert_allclose(four["ce_by_position"], one["ce_by_position"], rtol=1e-5)
+
+
+def test_the_table_has_a_column_of_names_and_summarises_curves():
+    """What evaluate and the notebook print: every name apart from its value, however long, and a
+    per-position list as four numbers, not 200."""
+    table = evaluate.format_table({"ce_loss": 6.5, "embedding_loss_by_position": [0.5, None, 1.5, 1.0],
+                                   "tokens": 640, "ce_by_position": [None, None]})
+    assert table.splitlines() == [
+        "ce_loss                     6.5000",
+        "embedding_loss_by_position  4 positions: t=0 0.5000, mean 1.0000, t=3 1.0000",
+        "tokens                      640",
+        "ce_by_position              2 positions, none counted"]

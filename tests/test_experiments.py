@@ -391,3 +391,21 @@ def test_colab_setup_cells_on_a_simulated_colab(tmp_path):
     assert error(6) == (None if jax.default_backend() == "gpu" else no_gpu)
     assert error(9) == ["error: open this notebook from the aed_jax repository (or its experiments/ folder) after "
                         "pip install -e \".[dev]\""]
+
+
+def test_colab_notebook_trains_the_cpu_quick_start_when_it_finds_no_gpu(tmp_path, capsys):
+    """The parameters cell, then the prepare cell on this CPU: the seed-size CONFIG is swapped for
+    configs/tiny.py (CPU_PRESET), with a line saying so; CPU_PRESET = False keeps it."""
+    nb = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
+    parameters = next(cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", []))
+    prepare_cell = next(cell for cell in nb.cells if cell.cell_type == "code" and "prepare_wiki_vital" in cell.source)
+    for split in ("train", "val"):  # token files already there: nothing to prepare
+        np.arange(1000, dtype=np.uint16).tofile(tmp_path / f"wiki_vital_{split}.bin")
+    for preset, expected in ((True, "configs/tiny.py"), (False, "configs/mse_pos_sub.py")):
+        scope = {"os": os}
+        exec(parameters.source, scope)
+        scope.update(DATA_DIR=str(tmp_path), CPU_PRESET=preset)
+        assert scope["CONFIG"] == "configs/mse_pos_sub.py"
+        exec(prepare_cell.source, scope)
+        assert scope["CONFIG"] == expected and scope["config"].model_config.n_embed == (64 if preset else 150)
+        assert ("No GPU on this runtime: training configs/tiny.py" in capsys.readouterr().out) == preset

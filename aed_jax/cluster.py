@@ -172,7 +172,8 @@ def on_sigterm_outside_training(liveness: "Liveness | None", finished: threading
             why, code = "was stopped by SIGTERM before training began; there was nothing to save", 1
         if liveness is not None:
             liveness.stop(why)
-        _out(f"{'error: ' if code else ''}process {jax.process_index()} {why}", code)
+        who = f"process {jax.process_index()}" if jax.process_count() > 1 else "the run"
+        _out(f"{'error: ' if code else ''}{who} {why}", code)
 
     signal.signal(signal.SIGTERM, handle)
 

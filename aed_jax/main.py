@@ -29,7 +29,7 @@ def _interrupted(*_):
 
 def _terminated(*_):
     """SIGTERM while the libraries load (from then on, cluster.on_sigterm_outside_training): one line, exit 1."""
-    os.write(2, b"error: process stopped by SIGTERM before training began; there was nothing to save\n")
+    os.write(2, b"error: the run was stopped by SIGTERM before training began; there was nothing to save\n")
     os._exit(1)
 
 

@@ -182,6 +182,25 @@ def test_sigterm_saves_and_exits_cleanly(config_file, tmp_path):
     assert cache.is_dir() and any(cache.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["importing", "setting up"])
+def test_sigterm_before_training_is_one_line_and_exit_1(config_file, tmp_path, moment):
+    """SIGTERM while the libraries load, or once the run is set up and its first step compiles: nothing
+    to save, one line, exit 1 (it used to be no line at all, or a traceback)."""
+    proc = _launch(config_file, str(tmp_path / "run"))
+    if moment == "importing":
+        time.sleep(0.3)
+    else:
+        for line in proc.stdout:
+            if "devices: 1 x cpu" in line:
+                break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == ("error: the run was stopped by SIGTERM before training began; there "
+                                            "was nothing to save")
+
+
 def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_path):
     workdir = str(tmp_path / "run")
     proc = _launch(config_file, workdir)

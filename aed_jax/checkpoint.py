@@ -63,7 +63,8 @@ def manager(directory: str, keep: int = 3, best: bool = False, create: bool = Tr
         enable_async_checkpointing=False, create=create, save_root_metadata=create, **processes)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 CHECKSUMS: ocp.JsonCheckpointHandler(), STREAM: ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+    with _quiet():  # a step's unreadable _CHECKPOINT_METADATA is logged here; readers and the trainer report it
+        return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def _this_process_alone() -> ocp.options.MultiprocessingOptions:
@@ -190,13 +191,32 @@ def clean_interrupted(directory: str) -> list[str]:
     return sorted(removed)
 
 
+def _unreadable_step_metadata(step_dir: str) -> str | None:
+    """What is wrong with the step's `_CHECKPOINT_METADATA` (orbax's record of the step, which it reads,
+    logging an ERROR with the file's content when it cannot, whenever a manager is built); None if
+    nothing is (or it is absent)."""
+    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"_CHECKPOINT_METADATA: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return None if isinstance(value, dict) else "_CHECKPOINT_METADATA: not a JSON object"
+
+
 def damaged_metrics(directory: str) -> dict[int, str]:
     """{step: what is wrong} for each step in `directory` (a best-keeping one) whose metrics orbax cannot
-    use: not a JSON object with a finite number `val_loss`. Orbax reads every step's metrics when a
-    manager is built, and best_fn compares them, so one such file would stop every start, and every reader."""
+    use: not a JSON object with a finite number `val_loss`, or an unreadable `_CHECKPOINT_METADATA`.
+    Orbax reads every step's metrics when a manager is built, and best_fn compares them, so one such
+    file would stop every start, and every reader."""
     found = {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, name, "metrics", "metrics")
+        if name.isdigit() and (why := _unreadable_step_metadata(os.path.join(directory, name))):
+            found[int(name)] = why
+            continue
         if not name.isdigit() or not os.path.isfile(path):
             continue
         try:
@@ -294,6 +314,8 @@ def _check_layout(mngr: ocp.CheckpointManager, step: int) -> None:
     for path in ("state/", "config/", "state/_METADATA", "config/metadata"):
         if not os.path.exists(os.path.join(_step_dir(mngr, step), path)):
             raise Damaged(f"{path} is missing")
+    if why := _unreadable_step_metadata(_step_dir(mngr, step)):
+        raise Damaged(why)
 
 
 def _restore_item(mngr: ocp.CheckpointManager, step: int, name: str, arg):

@@ -318,6 +318,21 @@ def test_a_renamed_step_is_damaged_for_readers_too(run):
         rundir.restore_params(workdir)
 
 
+def test_an_unreadable_step_metadata_file_is_damage(run, caplog):
+    """orbax's `_CHECKPOINT_METADATA` of a step, unreadable: readers name it, the trainer sets the step
+    aside and resumes from the one before, and orbax's ERROR line about it is not shown."""
+    c, workdir, states, _ = run
+    with open(os.path.join(workdir, rundir.CHECKPOINTS, "6", "_CHECKPOINT_METADATA"), "w") as f:
+        f.write("{garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=r"^checkpoint 6 in \S+ is damaged \(_CHECKPOINT_METADATA: "
+                                                         r"JSONDecodeError: .*\); intact steps: 2, 4$"):
+        rundir.restore_params(workdir)
+    with caplog.at_level(logging.WARNING):
+        state, start = _resume(workdir, _abstract(c))
+    assert start == 4 and not os.path.exists(os.path.join(workdir, rundir.CHECKPOINTS, "6"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_garbage_in_the_checksums_item_names_the_json_error(run):
     """Not `StopIteration: 0`, the json decoder's internal exception that the error was raised beside."""
     _, workdir, _, _ = run
@@ -329,12 +344,19 @@ def test_garbage_in_the_checksums_item_names_the_json_error(run):
         rundir.restore_params(workdir)
 
 
-@pytest.mark.parametrize("content,why", [('{"val_lo', r"metrics: JSONDecodeError: "),
-                                         ('{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number")])
-def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, content, why, caplog):
+@pytest.mark.parametrize("item,content,why", [
+    ("metrics/metrics", '{"val_lo', r"metrics: JSONDecodeError: "),
+    ("metrics/metrics", '{"val_loss": "abc"}', r"metrics: val_loss is 'abc', not a finite number"),
+    ("_CHECKPOINT_METADATA", "garbage", r"_CHECKPOINT_METADATA: JSONDecodeError: Expecting value")])
+def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trainer(run, item, content, why, caplog):
     c, workdir, states, _ = run
-    with open(os.path.join(workdir, rundir.BEST, "4", "metrics", "metrics"), "w") as f:
+    with open(os.path.join(workdir, rundir.BEST, "4", item), "w") as f:
         f.write(content)
+    if item == "_CHECKPOINT_METADATA":  # orbax reads it building a manager, and logs an ERROR with its content
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            rundir.best(workdir, create=False)
+        assert not caplog.records  # not shown: our one line says it
     with pytest.raises(checkpoint.CheckpointError) as e:
         rundir.restore_params(workdir, "best")
     assert re.match(rf"^checkpoint 4 in \S+/best is damaged \({why}.*\); the next training run sets it aside, "

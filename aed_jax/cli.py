@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import logging as std_logging
 import os
+import warnings
 import sys
 
 from absl import app
@@ -124,10 +125,14 @@ def keep_freed_host_memory() -> bool:
 
 
 def _quiet_libraries(argv):
-    """Keeps orbax's, grain's and jax's INFO lines (one per save, backend probing) out of the log; their warnings still show."""
+    """Keeps orbax's, grain's and jax's INFO lines (one per save, backend probing) out of the log; their
+    warnings still show, but for the compilation cache's."""
     quiet = lambda record: record.levelno >= std_logging.WARNING or not any(
         f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
     logging.get_absl_handler().addFilter(quiet)
+    # The compilation cache only saves time: failing to write an entry (a full disk), or to read one a full
+    # disk cut short (jax compiles the program again and rewrites it), is not the user's news.
+    warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache entry")
     return argv
 
 

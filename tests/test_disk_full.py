@@ -5,6 +5,7 @@ remedy, leaves no half-written step behind and loses no intact checkpoint."""
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -20,17 +21,25 @@ def _config_file(path, data_dir, **overrides):  # noqa: F811
     return str(path)
 
 
-def _train(config, workdir, no_file_growth=False):
-    """`python -m aed_jax.main` to the end; (exit code, stderr lines that are not absl's INFO/WARNING log,
+def _command(module, *args, no_file_growth=False):
+    """`python -m aed_jax.<module> args`; (exit code, stderr lines that are not absl's INFO/WARNING log,
     stderr). no_file_growth: under a file-size limit of 0 bytes (RLIMIT_FSIZE, set by the shell, SIGXFSZ
     ignored so that a write past it fails with EFBIG instead of killing the process)."""
-    command = [sys.executable, "-m", "aed_jax.main", f"--config={config}", f"--workdir={workdir}", "--sample_tokens=0"]
+    command = [sys.executable, "-m", f"aed_jax.{module}", *args]
     if no_file_growth:
         command = ["bash", "-c", 'trap "" XFSZ; ulimit -f 0; exec "$@"', "bash", *command]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if no_file_growth:  # its own compilation cache: entries cut short by the limit stay out of the suite's
+        env["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="aed_jax_xla_cache_")
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     lines = [line for line in proc.stderr.splitlines() if not line[:1] in "IW" or not line[1:5].isdigit()]
     return proc.returncode, lines, proc.stderr
+
+
+def _train(config, workdir, no_file_growth=False):
+    """`python -m aed_jax.main` to the end (`_command`)."""
+    return _command("main", f"--config={config}", f"--workdir={workdir}", "--sample_tokens=0",
+                    no_file_growth=no_file_growth)
 
 
 def _no_debris(workdir):
@@ -78,3 +87,24 @@ def test_a_file_size_limit_on_a_resumed_run(tmp_path, data_dir):  # noqa: F811
         lines
     assert rundir.restore_params(workdir)[2] == 4
     _no_debris(workdir)
+
+
+def test_analyze_and_prepare_with_no_room_are_one_line_and_write_nothing(tmp_path, data_dir):  # noqa: F811
+    """The report writers under the same 0-byte file-size limit: one line naming where and what to do,
+    and no file half-written (each appears whole or not at all)."""
+    workdir = str(tmp_path / "run")
+    assert _train(_config_file(tmp_path / "c.py", data_dir, train_steps=2, est_interval=2), workdir)[0] == 0
+    out = tmp_path / "report"
+    code, lines, stderr = _command("analyze", f"--workdir={workdir}", "--windows=4", "--noablations", f"--out={out}",
+                                   no_file_growth=True)
+    assert code == 1 and "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith(f"error: --out {out}: cannot write the report: File too large: free space on its "
+                               "disk (or choose another folder), then run the same command again"), lines
+    assert not [p for p in out.iterdir() if p.stat().st_size] if out.exists() else True
+    (tmp_path / "corpus.txt").write_text("Some text to tokenize. " * 2000)
+    code, lines, stderr = _command("prepare", f"--input={tmp_path / 'corpus.txt'}", f"--out={tmp_path / 'tokens'}",
+                                   no_file_growth=True)
+    assert code == 1 and "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    assert ": File too large: free space on its disk (or choose another folder), then run the same command " \
+           "again" in lines[0], lines
+    assert not list((tmp_path / "tokens").glob("*.bin"))

@@ -1,4 +1,6 @@
-"""CPU quick start: the MSE + pos-sub AED model, shrunk to train in about 2.5 minutes on 2 cores.
+"""CPU quick start: the MSE + pos-sub AED model, shrunk to train in about 4 minutes on 2 cores (4 min 2 s
+on the project's 2-vCPU Xeon VM with nothing else running, 2026-12-04: the corpus prepared, the step
+compiled and 1,200 steps trained, from an empty data folder and compilation cache).
 
 What to expect: 1,200 steps of 8 x 64 tokens (614k tokens, two thirds of an epoch of the
 built-in corpus) take val loss from 10.8 to about 6.5 (6.35-6.6 across random seeds; the whole

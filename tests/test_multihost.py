@@ -135,6 +135,16 @@ def test_two_processes_train_as_one(runs):
     assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["4", "8"]
 
 
+def test_the_readmes_by_hand_recipe_ends_with_exit_0(config_file, tmp_path):
+    """The README's recipe as written: the JAX_* variables, --distributed, and the closing samples at their
+    default length (this small model's vocabulary is not GPT-2's, so process 0 reads the checkpoint alone
+    and says it cannot continue text: the read is what used to wait for process 1 and abort)."""
+    run = Run(config_file, str(tmp_path / "run"), 2, sample_tokens=40)
+    assert run.wait(timeout=240) == [0, 0], run.err(0)[-3000:]
+    assert "final: train loss" in run.out(0) and run.out(1) == "" and run.err(1) == ""
+    assert "no continuations printed" in run.err(0)
+
+
 def _truncated_copy(workdir, target):
     """`workdir` as it was at step 4: a run to resume."""
     shutil.copytree(workdir, target, ignore=shutil.ignore_patterns(".lock"))

@@ -306,3 +306,17 @@ def test_a_file_where_the_run_keeps_a_folder_is_one_line_before_training(data_di
                                               r"checkpoints there: move it away, then run the same command$"):
         train.train_and_evaluate(small_config(data_dir, train_steps=2), workdir)
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # said before any step, not at the save
+
+
+def test_a_step_a_kill_left_beyond_keep_checkpoints_goes_at_the_next_save(tmp_path):
+    """A kill between a new step landing and the oldest's deletion leaves keep + 1 steps; the next save
+    (orbax's max_to_keep, over every step it finds) brings them back to keep."""
+    import ml_collections
+    config, state = ml_collections.ConfigDict({"a": 1}), {"x": np.ones(3, np.float32)}
+    folder = str(tmp_path / rundir.CHECKPOINTS)
+    for step in (2, 4, 6, 8):  # keep 3, and the kill: 8 landed, 2 still there
+        checkpoint.save(checkpoint.manager(folder, keep=10), step, state, config)
+    saves = checkpoint.manager(folder, keep=3)
+    assert saves.all_steps() == [2, 4, 6, 8]
+    checkpoint.save(saves, 10, state, config)
+    assert sorted(saves.all_steps()) == [6, 8, 10] and sorted(os.listdir(folder)) == ["10", "6", "8"]

@@ -246,9 +246,9 @@ def test_sigterm_before_training_ends_every_process_in_one_line(config_file, tmp
 @pytest.mark.parametrize("when", ["importing", "joined"])
 def test_a_process_dead_while_starting_ends_the_other_in_one_line(config_file, tmp_path, victim, when):
     """kill -9 of either process before it joined (the other gives up after --join_timeout, one line) or
-    after: process 1 lost, process 0 notices within STALE_S (one line); process 0 lost, process 1's jax
-    client aborts at once with jax's own multi-line message (the coordination service lived in process
-    0; jax offers no hook to turn that abort into a line)."""
+    after: process 1 lost, process 0 notices within STALE_S (one line); process 0 lost, process 1 says so
+    in a line, or its jax client aborts first with jax's own multi-line message (the coordination
+    service lived in process 0; jax offers no hook to turn that abort into a line)."""
     run = Run(config_file, str(tmp_path / "run"), 2, "--join_timeout=10")
     if when == "importing":
         time.sleep(0.5)
@@ -259,8 +259,9 @@ def test_a_process_dead_while_starting_ends_the_other_in_one_line(config_file, t
     survivor = 1 - victim
     code = run.wait(timeout=120)[survivor]
     assert time.time() - start < 45  # jax's own: 100 s (heartbeat) or 300 s (joining), then an abort
-    if (victim, when) == (0, "joined"):  # the coordinator gone: jax's client aborts at once, in its own words
-        assert code == -signal.SIGABRT and "Terminating process because the JAX distributed service" in run.err(1)
+    if (victim, when) == (0, "joined") and code == -signal.SIGABRT:  # the coordinator gone: jax's client may
+        # abort at once, in its own words, before this process's own watch says it in a line (either can win)
+        assert "Terminating process because the JAX distributed service" in run.err(1)
         return
     assert code == 1
     line = _last_line(run, survivor)

@@ -259,9 +259,11 @@ def test_a_process_dead_while_starting_ends_the_other_in_one_line(config_file, t
     survivor = 1 - victim
     code = run.wait(timeout=120)[survivor]
     assert time.time() - start < 45  # jax's own: 100 s (heartbeat) or 300 s (joining), then an abort
-    if (victim, when) == (0, "joined") and code == -signal.SIGABRT:  # the coordinator gone: jax's client may
-        # abort at once, in its own words, before this process's own watch says it in a line (either can win)
-        assert "Terminating process because the JAX distributed service" in run.err(1)
+    if (victim, when) == (0, "joined") and code != 1:  # the coordinator gone: jax's client may end the process
+        # at once, in its own words (an abort, -6, whose handler sometimes crashes, -11), before this process's
+        # own watch says it in a line: either can win
+        assert code in (-signal.SIGABRT, -signal.SIGSEGV) and \
+            "Terminating process because the JAX distributed service" in run.err(1), (code, run.err(1)[-2000:])
         return
     assert code == 1
     line = _last_line(run, survivor)

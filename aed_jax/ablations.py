@@ -1,10 +1,11 @@
 """Eval-time ablations: a trained model with one of its parts taken out, to measure what that part is worth.
 
 `aed_jax.analyze` reports each as the change in cross-entropy (and embedding loss) against the intact
-model on the same windows. An ablation changes the model's parameters (`ablate`), its config, or an
-intermediate value through flax's `perturb` (`perturbations`): the models add a "perturbations"
-collection to their input embeddings ("embeddings") and, AED, to the encoder output ("encoder_out")
-when one is given, and nothing in every other call (training, evaluation, decoding).
+model on the same windows. An ablation changes the model's parameters (`ablated_params`), its
+config (`ablated_config`), or an intermediate value through flax's `perturb` (`perturbations`): the
+models add a "perturbations" collection to their input embeddings ("embeddings") and, AED, to the
+encoder output ("encoder_out") when one is given, and nothing in every other call (training,
+evaluation, decoding).
 """
 from __future__ import annotations
 
@@ -61,16 +62,10 @@ def ablated_params(name: str, cfg: model_lib.ModelConfig, params) -> dict:
             block["cross_multi_attn_head"] = cross
             params[f"decoder_transformer_blocks_{i}"] = block
     elif name == "unit_ln_scales":
-        for ln in ("encoder_out_ln", "embeddings_ln"):
+        for ln in model_lib.EMBEDDING_LNS:
             if ln in params:
                 params[ln] = {**params[ln], "scale": jnp.ones_like(params[ln]["scale"])}
     return params
-
-
-def running_mean(emb_BxTxD):
-    """[B, T, D]: the mean of emb over positions 0..t at each t, in float32."""
-    count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
-    return jnp.cumsum(emb_BxTxD.astype(jnp.float32), axis=1) / count_T[None, :, None]
 
 
 def perturbations(name: str, cfg: model_lib.ModelConfig, emb_BxTxD, enc_BxTxD=None, positions_TxD=None) -> dict:
@@ -84,5 +79,5 @@ def perturbations(name: str, cfg: model_lib.ModelConfig, emb_BxTxD, enc_BxTxD=No
     if cfg.model_type == "aed":
         out["encoder_out"] = jnp.zeros_like(enc_BxTxD)
         if name == "encoder_out_running_mean":
-            out["encoder_out"] = (running_mean(emb_BxTxD) - enc_BxTxD).astype(enc_BxTxD.dtype)
+            out["encoder_out"] = (model_lib.running_mean(emb_BxTxD) - enc_BxTxD).astype(enc_BxTxD.dtype)
     return out

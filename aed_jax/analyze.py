@@ -66,7 +66,6 @@ from aed_jax import stats  # noqa: E402
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
 ATTENTION_KINDS = ("self", "encoder self", "decoder self", "decoder cross")  # baseline; AED
-EMBEDDING_LNS = ("encoder_out_ln", "embeddings_ln")  # the LayerNorms on the embedding loss's path
 SHRINKING = 10.0  # shrinking_factor at or above this: the report says the scales, not alignment, meet the loss
 RESAMPLES = 1000  # bootstrap resamples of the windows
 
@@ -145,7 +144,7 @@ def cosine_sums(a_BxTxD, b_BxTxD, weight_B):
 
 def alignment_sums(layer_BxTxD, emb_BxTxD, weight_B):
     """[T]: cos(layer output at t, mean of the input embeddings 0..t), summed over weighted rows."""
-    return cosine_sums(layer_BxTxD, ablations_lib.running_mean(emb_BxTxD), weight_B)
+    return cosine_sums(layer_BxTxD, model_lib.running_mean(emb_BxTxD), weight_B)
 
 
 def input_embeddings(cfg: model_lib.ModelConfig, params, x_BxT):
@@ -225,8 +224,8 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
     ablated = {name: ablations_lib.ablated_config(name, cfg)
                for name in (ablations_lib.applicable(cfg) if with_ablations else ())}
 
-    def by_row(logits_BxTxV, y_BxT, state, name="intact"):
-        out = {"ce_B": optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean(-1)}
+    def by_row(ce_BxT, state, name="intact"):
+        out = {"ce_B": ce_BxT.mean(-1)}
         if with_embedding_loss and name not in ablations_lib.DECODER_SIDE:
             out["embedding_loss_B"] = state["intermediates"]["embedding_loss_BxT"][0].mean(-1)
         return out
@@ -239,7 +238,7 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
         terms_BxT = captured["embedding_loss_BxT"][0] if with_embedding_loss else None
         out = metrics.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
         out["rows/ce_BxT"] = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
-        out.update({f"rows/intact/{k}": v for k, v in by_row(logits_BxTxV, y_BxT, state).items()})
+        out.update({f"rows/intact/{k}": v for k, v in by_row(out["rows/ce_BxT"], state).items()})
         emb_BxTxD = input_embeddings(cfg, params, x_BxT)
         layers = [emb_BxTxD] + [captured[f"{stack}_{i}"]["__call__"][0] for i in range(depth)]
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
@@ -248,7 +247,8 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
             after = [after_embedding_lns(params, layer) for layer in layers]
             out["alignment_after_ln_LxT"] = jnp.stack([cosine_sums(a, target_BxTxD, weight_B) for a in after])
             if cfg.embedding_aggregation == "CUM_MEAN":  # a bias b shifts a running mean by b: take both out
-                bias_enc, bias_emb = (params[n]["bias"][None, None] if n in params else 0.0 for n in EMBEDDING_LNS)
+                bias_enc, bias_emb = (params[n]["bias"][None, None] if n in params else 0.0
+                                      for n in model_lib.EMBEDDING_LNS)
                 out["alignment_unbiased_LxT"] = jnp.stack([
                     cosine_sums(a - bias_enc, target_BxTxD - bias_emb, weight_B) for a in after])
         for name, pairs in attentions(cfg, captured).items():
@@ -262,7 +262,8 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
             (logits, _), state = model_lib.make_model(ablated_cfg).apply(
                 {"params": ablated_params[name], "perturbations": perturbations}, x_BxT,
                 with_embedding_loss=with_embedding_loss, mutable=["intermediates"])
-            out.update({f"rows/{name}/{k}": v for k, v in by_row(logits, y_BxT, state, name).items()})
+            ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, y_BxT)
+            out.update({f"rows/{name}/{k}": v for k, v in by_row(ce_BxT, state, name).items()})
         return out
 
     return sums
@@ -305,7 +306,7 @@ def layer_norm_stats(params) -> dict:
     """{LayerNorm: {"scale_mean", "scale_abs_mean", "scale_abs_max", "bias_abs_mean"}} of the
     embedding-loss LayerNorms the run has."""
     out = {}
-    for name in EMBEDDING_LNS:
+    for name in model_lib.EMBEDDING_LNS:
         if name in params:
             scale, bias = (np.asarray(params[name][k], np.float64) for k in ("scale", "bias"))
             out[name] = {"scale_mean": float(scale.mean()), "scale_abs_mean": float(np.abs(scale).mean()),
@@ -502,7 +503,7 @@ def plot_layer_norms(runs: dict):
     with_lns = {label: m for label, m in runs.items() if m["layer_norms"]}
     if not with_lns:
         return None
-    names = [n for n in EMBEDDING_LNS if any(n in m["layer_norms"] for m in with_lns.values())]
+    names = [n for n in model_lib.EMBEDDING_LNS if any(n in m["layer_norms"] for m in with_lns.values())]
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.0 * len(names) + 2.4))
     for ax, (key, xlabel) in zip(axes, (("scale_abs_mean", "mean |scale| (1 at initialisation)"),
                                          ("bias_abs_mean", "mean |bias| (0 at initialisation)"))):
@@ -680,7 +681,8 @@ def shrinking_sentence(label: str, m: dict) -> str | None:
         return None
     loss = m["embedding_loss"]
     scales = ", ".join(f"`{n}` {v['scale_abs_mean']:.3g}" for n, v in m["layer_norms"].items())
-    cosines = f"{m['alignment_by_layer'][-1]:.2f} before the LayerNorms, {m['alignment_after_ln_by_layer'][-1]:.2f} after"
+    cosines = (f"{m['alignment_by_layer'][-1]:.2f} before the LayerNorms, "
+               f"{m['alignment_after_ln_by_layer'][-1]:.2f} after")
     if "alignment_unbiased_by_layer" in m:
         cosines += f" and {m['alignment_unbiased_by_layer'][-1]:.2f} with their biases taken out"
     detail = (f"with the scales reset to 1 the loss is {loss * factor:.3g}, {factor:,.0f} times larger; the mean "

@@ -142,16 +142,21 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.C
         with _quiet():  # orbax logs a failed write's traceback from its threads; the caller says it in a line
             mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
             mngr.wait_until_finished()
-    except (OSError, ValueError) as e:
-        # tensorstore reports a failed write (a full disk) as a ValueError
-        if isinstance(e, ValueError) and "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
+    except ValueError as e:  # tensorstore reports a failed write (a full disk) as a ValueError
+        if "RESOURCE_EXHAUSTED" not in str(e) and "No space left" not in str(e):
             raise
-        if jax.process_index() == 0:  # nothing half-written left behind, and its space back
-            with contextlib.suppress(OSError):
-                clean_interrupted(str(mngr.directory))
-        if isinstance(e, OSError):
-            raise
+        _drop_failed_save(mngr)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+    except OSError:
+        _drop_failed_save(mngr)
+        raise
+
+
+def _drop_failed_save(mngr: ocp.CheckpointManager) -> None:
+    """Removes what a failed save wrote (its temporary folder): nothing half-written left, its space back."""
+    if jax.process_index() == 0:
+        with contextlib.suppress(OSError):
+            clean_interrupted(str(mngr.directory))
 
 
 def best_val_loss(mngr: ocp.CheckpointManager) -> float:
@@ -191,19 +196,26 @@ def clean_interrupted(directory: str) -> list[str]:
     return sorted(removed)
 
 
+def _json_file(path: str, label: str):
+    """(the parsed JSON of `path`, None), or (None, what is wrong, for a Damaged line) when it cannot be
+    read or parsed; (None, None) when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:
+        return None, f"{label}: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
+
+
 def _unreadable_step_metadata(step_dir: str) -> str | None:
     """What is wrong with the step's `_CHECKPOINT_METADATA` (orbax's record of the step, which it reads,
     logging an ERROR with the file's content when it cannot, whenever a manager is built); None if
     nothing is (or it is absent)."""
-    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        return f"_CHECKPOINT_METADATA: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
-    return None if isinstance(value, dict) else "_CHECKPOINT_METADATA: not a JSON object"
+    value, why = _json_file(os.path.join(step_dir, "_CHECKPOINT_METADATA"), "_CHECKPOINT_METADATA")
+    if why or value is None or isinstance(value, dict):
+        return why
+    return "_CHECKPOINT_METADATA: not a JSON object"
 
 
 def damaged_metrics(directory: str) -> dict[int, str]:
@@ -214,19 +226,18 @@ def damaged_metrics(directory: str) -> dict[int, str]:
     found = {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, name, "metrics", "metrics")
-        if name.isdigit() and (why := _unreadable_step_metadata(os.path.join(directory, name))):
+        if not name.isdigit():
+            continue
+        if why := _unreadable_step_metadata(os.path.join(directory, name)):
             found[int(name)] = why
             continue
-        if not name.isdigit() or not os.path.isfile(path):
+        if not os.path.isfile(path):
             continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f)
-        except (OSError, ValueError) as e:
-            found[int(name)] = f"metrics: {type(e).__name__}: {' '.join(str(e).split())[:120]}"
-            continue
+        value, why = _json_file(path, "metrics")
         loss = value.get("val_loss") if isinstance(value, dict) else None
-        if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        if why:
+            found[int(name)] = why
+        elif isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
             found[int(name)] = f"metrics: val_loss is {loss!r}, not a finite number"
     return found
 

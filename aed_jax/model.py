@@ -502,8 +502,9 @@ class AED(nn.Module):
         whenever embedding_ln_type != NONE, so also when it is None (no loss): its 2D parameters
         are part of the seed's counts (15,763,200 for the no-loss run)."""
         cfg = self.cfg
-        enc_ln = _layer_norm(cfg, "encoder_out_ln", True, jnp.float32) if cfg.use_ln_on_encoder_out else None
-        emb_ln = _layer_norm(cfg, "embeddings_ln", True, jnp.float32) if cfg.embedding_ln_type != "NONE" else None
+        enc_name, emb_name = EMBEDDING_LNS
+        enc_ln = _layer_norm(cfg, enc_name, True, jnp.float32) if cfg.use_ln_on_encoder_out else None
+        emb_ln = _layer_norm(cfg, emb_name, True, jnp.float32) if cfg.embedding_ln_type != "NONE" else None
         return enc_ln, emb_ln
 
     def _declare_embedding_lns(self, x_BxTxD):
@@ -524,8 +525,7 @@ class AED(nn.Module):
         if cfg.embedding_ln_type == "INIT":
             emb_BxTxD = emb_ln(emb_BxTxD)
         if cfg.embedding_aggregation == "CUM_MEAN":
-            count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
-            avg_BxTxD = jnp.cumsum(emb_BxTxD, axis=1) / count_T[None, :, None]
+            avg_BxTxD = running_mean(emb_BxTxD)
         else:  # CAUSAL_CONV: position t mixes positions t-K+1..t, one learned filter a feature
             k = cfg.embedding_aggregation_kernel_size
             conv = nn.Conv(cfg.n_embed, (k,), padding=[(k - 1, 0)], feature_group_count=cfg.n_embed,
@@ -537,6 +537,12 @@ class AED(nn.Module):
         self.sow("intermediates", "embedding_loss_BxT", terms_BxT)
         self.sow("intermediates", "embedding_loss_target_BxTxD", avg_BxTxD)  # what analyze compares layers with
         return terms_BxT.mean()
+
+
+def running_mean(emb_BxTxD):
+    """[B, T, D]: at each t the mean of emb over positions 0..t (the embedding loss's CUM_MEAN), in float32."""
+    count_T = jnp.arange(1, emb_BxTxD.shape[1] + 1, dtype=jnp.float32)
+    return jnp.cumsum(emb_BxTxD.astype(jnp.float32), axis=1) / count_T[None, :, None]
 
 
 def _embed(cfg: ModelConfig, rows: int, name: str):
@@ -560,6 +566,7 @@ def init_params(model: nn.Module, rng: jax.Array, batch_size: int = 1):
 
 
 POSITIONAL_TABLES = ("positional_embedding", "next_positional_embedding")  # the learned table; ROPE's
+EMBEDDING_LNS = ("encoder_out_ln", "embeddings_ln")  # the embedding loss's LayerNorms: encoder side, inputs' side
 
 
 def count_params(params, exclude_positional: bool = True) -> int:

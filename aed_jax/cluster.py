@@ -9,9 +9,12 @@ heartbeat timeout (100 s), or for a process that never joined after its initiali
   line and exit 1 when they have not all joined within `join_timeout` seconds;
 - `Liveness`, once joined, keeps a counter per process in the service's key-value store, raised
   every second by a thread; each process watches the others' counters, and one that stops for
-  STALE_S seconds without the process having said it is done (`leave`) or stopped (`stop`) ends this
-  process with one line and exit 1, within seconds, wherever it waits (a barrier, a collective, a
-  compile). A process stopped by SIGTERM outside training says so first, so the others name why.
+  STALE_S seconds ends this process with one line and exit 1, within seconds, wherever it waits (a
+  barrier, a collective, a compile, process 0's closing samples). A process stopped by SIGTERM
+  before training ended says so first (`stop`), so the others name why.
+- `Liveness.finish` is the job's last barrier, still watched: every process reaches jax's own
+  shutdown barrier within a second of the others, so no process is lost while waiting there
+  (jax would notice after its 100 s heartbeat timeout, then abort).
 - `lost_peer` tells a collective's failure from a bug: inside training a dead peer usually shows
   first as such an error (gloo's connection reset), which `exit_lost` turns into the same line.
 
@@ -44,15 +47,16 @@ class ClusterError(errors.UserError):
 
 def _out(line: str, code: int) -> None:
     sys.stdout.flush()
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(line + "\n" if line else "")
     sys.stderr.flush()
     os._exit(code)
 
 
-def join(join_timeout: int) -> "Liveness":
+def join(join_timeout: int, training_ended: threading.Event) -> "Liveness":
     """jax.distributed.initialize from the JAX_* variables when set (jax reads the address alone),
     else from the cluster (SLURM, Open MPI); CPU processes talk through gloo. Returns the running
-    `Liveness`. Processes that have not all joined within `join_timeout` s: one line, exit 1."""
+    `Liveness` (`training_ended`: set once no process lost can cost any training). Processes that have
+    not all joined within `join_timeout` s: one line, exit 1."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     given = [n for n in JAX_VARIABLES if os.environ.get(n)]
     if given and len(given) < len(JAX_VARIABLES):
@@ -82,7 +86,7 @@ def join(join_timeout: int) -> "Liveness":
     if jax.process_index() != 0:  # process 0 speaks for the job; the others only for their own errors
         logging.set_verbosity(logging.ERROR)
     _connect_collectives()
-    return Liveness()
+    return Liveness(training_ended)
 
 
 def _connect_collectives() -> None:
@@ -103,10 +107,11 @@ def _connect_collectives() -> None:
 class Liveness:
     """Each process's counter in the key-value store, raised every second; a watch on the others'."""
 
-    def __init__(self):
+    def __init__(self, training_ended: threading.Event):
         from jax._src import distributed  # the client of jax.distributed, for its key-value store
         self.client, self.me, self.n = distributed.global_state.client, jax.process_index(), jax.process_count()
         self._stopped = threading.Event()
+        self.training_ended = training_ended
         threading.Thread(target=self._run, daemon=True, name="aed_jax liveness").start()
 
     def _key(self, kind: str, process: int) -> str:
@@ -124,8 +129,6 @@ class Liveness:
             try:
                 self.client.key_value_increment(self._key("alive", self.me), 1)
                 for p, (count, since) in seen.items():
-                    if self._get("done", p) is not None:
-                        continue
                     if (why := self._get("stopped", p)) is not None:
                         _out(f"error: process {self.me} of {self.n}: process {p} {why}; start every process again "
                              "with the same command", 1)
@@ -134,26 +137,39 @@ class Liveness:
                         seen[p] = (now, time.time())
                     elif time.time() - since > STALE_S:
                         _out(f"error: process {self.me} of {self.n} lost process {p} (no sign of life for "
-                             f"{STALE_S:.0f} s); it has probably died (see its log). The workdir keeps its latest "
-                             "checkpoint: start every process again with the same command", 1)
+                             f"{STALE_S:.0f} s); it has probably died (see its log). " + self._then(), 1)
             except Exception as e:  # the service itself is gone: process 0, which hosts it, has died
                 if self._stopped.is_set():
                     return
-                _out(f"error: process {self.me} of {self.n} lost the coordinator (process 0): "
-                     f"{errors.one_line(e)[:160]}. The workdir keeps its latest checkpoint: start every process "
-                     "again with the same command", 1)
+                self._lost_coordinator(e)
             self._stopped.wait(_BEAT_S)
 
-    def leave(self) -> None:
-        """This process is done: the others stop watching it, and it stops watching them."""
+    def _lost_coordinator(self, e: Exception) -> None:
+        _out(f"error: process {self.me} of {self.n} lost the coordinator (process 0): {errors.one_line(e)[:160]}. "
+             + self._then(), 1)
+
+    def _then(self) -> str:
+        if self.training_ended.is_set():
+            return "Training had ended: the workdir's checkpoints are complete"
+        return "The workdir keeps its latest checkpoint: start every process again with the same command"
+
+    def finish(self) -> None:
+        """This process is done: wait, still beating and watching, until every process is; then each
+        goes on to jax's shutdown barrier within a second of the others. Twice: a process lost after
+        saying it was done is missing from the second. Once done, a no-op."""
+        if self._stopped.is_set():
+            return
+        for kind in ("done", "leaving"):
+            try:
+                self.client.key_value_set(self._key(kind, self.me), "1", allow_overwrite=True)
+            except Exception as e:
+                self._lost_coordinator(e)
+            while any(self._get(kind, p) is None for p in range(self.n)):
+                time.sleep(0.2)  # a process lost meanwhile ends this one from the watching thread
         self._stopped.set()
-        try:
-            self.client.key_value_set(self._key("done", self.me), "1")
-        except Exception:
-            pass
 
     def stop(self, why: str) -> None:
-        """This process is about to exit outside training (`why`, e.g. "was stopped by SIGTERM"): tell the others."""
+        """This process is about to exit before training ended (`why`, e.g. "was stopped by SIGTERM"): tell the others."""
         self._stopped.set()
         try:
             self.client.key_value_set(self._key("stopped", self.me), why)
@@ -163,17 +179,21 @@ class Liveness:
 
 def on_sigterm_outside_training(liveness: "Liveness | None", finished: threading.Event) -> None:
     """SIGTERM outside training (the trainer's own handler saves and stops inside it, `preemption`):
-    before training ended there is nothing to save: one line, exit 1; after it ended (the closing
-    samples) the run is complete: one line, exit 0. The other processes are told either way."""
+    before training ended there is nothing to save: one line, exit 1, and the others are told. After
+    it ended (the closing samples, the last barrier) the run is complete: one line, and this process
+    ends as a finished one does, through the last barrier and jax's shutdown, exit 0 everywhere."""
     def handle(signum, frame):
-        if finished.is_set():
-            why, code = "was stopped by SIGTERM after training ended; its checkpoints are saved", 0
-        else:
-            why, code = "was stopped by SIGTERM before training began; there was nothing to save", 1
-        if liveness is not None:
-            liveness.stop(why)
         who = f"process {jax.process_index()}" if jax.process_count() > 1 else "the run"
-        _out(f"{'error: ' if code else ''}{who} {why}", code)
+        if not finished.is_set():
+            why = "was stopped by SIGTERM before training began; there was nothing to save"
+            if liveness is not None:
+                liveness.stop(why)
+            _out(f"error: {who} {why}", 1)
+        sys.stderr.write(f"{who} was stopped by SIGTERM after training ended; its checkpoints are saved\n")
+        if liveness is not None:
+            liveness.finish()
+            jax.distributed.shutdown()
+        _out("", 0)
 
     signal.signal(signal.SIGTERM, handle)
 

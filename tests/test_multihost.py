@@ -214,6 +214,26 @@ def test_a_dead_peer_is_one_line_not_a_hang(config_file, tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: process 0 of 2 lost contact with the others (")
 
 
+def test_of_three_processes_one_dead_ends_both_others_in_one_line(config_file, tmp_path):
+    """Process 2 killed while the others train and save every step: processes 0 and 1 each exit 1 with
+    their own line (process 1 must not be ended by jax's abort when process 0, which hosts the
+    coordination service, exits)."""
+    workdir = str(tmp_path / "run")
+    run = Run(config_file, workdir, 3, "--config.train_steps=100000",
+              "--config.batch_size=6", "--config.gradient_accumulation_steps=1", "--config.est_interval=1", "--config.est_steps=1")
+    deadline = time.time() + 240
+    while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+               and os.path.getsize(os.path.join(workdir, "metrics.jsonl"))):
+        assert time.time() < deadline and all(p.poll() is None for p in run.procs), [run.err(p)[-1500:] for p in (0, 1, 2)]
+        time.sleep(0.2)
+    run.procs[2].kill()
+    start = time.time()
+    assert run.wait(timeout=120)[:2] == [1, 1], [run.err(p)[-1500:] for p in (0, 1)]
+    assert time.time() - start < 60
+    for p in (0, 1):
+        assert _last_line(run, p).startswith(f"error: process {p} of 3 lost "), run.err(p)[-1500:]
+
+
 def _wait_for(run, p, text, timeout=180):
     deadline = time.time() + timeout
     while text not in run.err(p):
@@ -283,6 +303,42 @@ def test_a_peer_dead_while_the_other_saves_is_one_line_in_seconds(config_file, t
     assert run.wait(timeout=120)[0] == 1
     assert time.time() - start < 45
     assert _last_line(run, 0).startswith("error: process 0 of 2 lost ")
+
+
+def _at_the_end(config_file, tmp_path) -> "Run":
+    """A two-process run once process 0 has printed its last losses: training has ended, process 0 reads
+    the checkpoint for its closing samples, process 1 waits in the last barrier."""
+    run = Run(config_file, str(tmp_path / "run"), 2, sample_tokens=40)
+    deadline = time.time() + 180
+    while "final: train loss" not in run.out(0):
+        assert time.time() < deadline and all(p.poll() is None for p in run.procs), [run.err(p)[-1500:] for p in (0, 1)]
+        time.sleep(0.05)
+    return run
+
+
+def test_a_peer_dead_after_training_is_one_line_not_jaxs_shutdown_wait(config_file, tmp_path):
+    """Process 1 killed while process 0 does its closing work: process 0 says so in a line within seconds
+    and that the checkpoints are complete, where it used to wait in jax's shutdown barrier for 100 s and abort."""
+    run = _at_the_end(config_file, tmp_path)
+    run.procs[1].kill()
+    start = time.time()
+    assert run.wait(timeout=120)[0] == 1
+    assert time.time() - start < 45
+    line = _last_line(run, 0)
+    assert line.startswith("error: process 0 of 2 lost process 1 ") and \
+        line.endswith("Training had ended: the workdir's checkpoints are complete"), line
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_sigterm_after_training_ends_every_process_with_exit_0(config_file, tmp_path, victim):
+    """SIGTERM to either process during the closing work: the run is complete, so every process goes
+    through the last barrier and jax's shutdown and exits 0, the signalled one saying so in a line."""
+    run = _at_the_end(config_file, tmp_path)
+    run.procs[victim].send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == [0, 0], [run.err(p)[-1500:] for p in (0, 1)]
+    assert _last_line(run, victim) == (f"process {victim} was stopped by SIGTERM after training ended; its "
+                                       "checkpoints are saved")
+    assert run.err(1) == ("" if victim == 0 else _last_line(run, 1) + "\n")
 
 
 def test_a_process_that_never_joins_is_one_line_after_the_join_timeout(config_file, tmp_path):

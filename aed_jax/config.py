@@ -53,6 +53,9 @@ class ConfigError(errors.UserError):
     """A user error in a config: the message is one line naming the key."""
 
 
+DEFAULT_DATASET = "wiki_vital"  # the built-in corpus: runs and suites on any other get its name in their folder
+
+
 def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     """Every default; the training recipe is the seed's (docs/model.md, "Training recipe").
 
@@ -129,7 +132,7 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.est_steps = 200  # batches of train and of val per estimate
 
     # Data and outputs.
-    c.dataset = "wiki_vital"  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
+    c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
     c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
     c.keep_checkpoints = 3  # most recent checkpoints kept (the best-val one is kept besides)

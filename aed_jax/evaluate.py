@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import json
 
-import jax
 from absl import flags
 
 from aed_jax import cli
 from aed_jax import data as data_lib
-from aed_jax import memory
-from aed_jax import mesh as mesh_lib
-from aed_jax import metrics
-from aed_jax import model as model_lib
-from aed_jax import rundir
 from aed_jax import tasks
 
 
@@ -76,6 +70,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     if fv.seed is not None and fv.seed < 0:
         cli.fail(f"--seed must be >= 0, got {fv.seed}")
+    import jax  # here, once the flags are parsed: --help and a bad flag answer without loading it
+    from aed_jax import memory, mesh as mesh_lib, metrics, model as model_lib, rundir
     params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
     cfg = model_lib.ModelConfig.from_config(config)
     task = tasks.task_name(config.get("dataset", ""))

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import typing
 
 
 def _interrupted(*_):
@@ -38,26 +39,27 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while the libraries load or the 
     signal.signal(signal.SIGTERM, _terminated)
 
 
+# Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
+# --help and a bad flag answer in a fraction of a second.
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
-from aed_jax import api
 from aed_jax import cli
-from aed_jax import cluster
+from aed_jax import config as config_lib
 from aed_jax import errors
-from aed_jax import rundir
-from aed_jax import sample
 from aed_jax import tasks
-from aed_jax import train
+
+if typing.TYPE_CHECKING:
+    from aed_jax import train
+
 
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so importing this module defines none."""
     cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
                         "default: config.workdir, else runs/<config file name>, plus -<dataset> when the "
-                        f"dataset is not {rundir.DEFAULT_DATASET}.")
+                        f"dataset is not {config_lib.DEFAULT_DATASET}.")
     flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints, metrics and TensorBoard events and "
                       "start over.")
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
@@ -76,6 +78,7 @@ def define_flags() -> None:
 
 def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
     """A greedy and a sampled continuation of `prompt` by the latest checkpoint: what the model learnt."""
+    from aed_jax import api, sample
     model, params, _, encoding = api.load(workdir)
     prompt_1xL = sample.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
     for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=200, seed=0))):
@@ -86,8 +89,11 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
 def main(argv):
     cli.no_extra_args(argv)
     c = cli.get_config()
+    import jax
+    from aed_jax import cluster, rundir, train
     fv = flags.FLAGS
-    liveness, finished = cluster.join(fv.join_timeout) if fv.distributed else None, threading.Event()
+    finished = threading.Event()  # training has ended: a signal or a lost process costs no training now
+    liveness = cluster.join(fv.join_timeout, finished) if fv.distributed else None
     cluster.on_sigterm_outside_training(liveness, finished)
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
@@ -103,14 +109,15 @@ def main(argv):
             raise
         cluster.exit_lost(e)
     finished.set()
-    if liveness is not None:
-        liveness.leave()
     if jax.process_index() == 0:
         is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead
         report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)
+    if liveness is not None:
+        liveness.finish()
 
 
-def report(outcome: train.Outcome, workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
+def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
+    from aed_jax import rundir, sample
     est = outcome.estimate
     accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
                   "sequence" if "val_token_accuracy" in est else "")

@@ -45,7 +45,6 @@ from aed_jax import tasks
 
 CHECKPOINTS, BEST, DAMAGED = "checkpoints", "best", "damaged"
 CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".lock"
-DEFAULT_DATASET = config_lib.base_config().dataset
 
 
 def default_workdir(c: ml_collections.ConfigDict, config_path: str) -> str:
@@ -53,7 +52,7 @@ def default_workdir(c: ml_collections.ConfigDict, config_path: str) -> str:
     config on your own data never lands in (and is never refused by) the built-in corpus's run."""
     name = os.path.splitext(os.path.basename(config_path))[0]
     dataset = c.dataset.replace(tasks.PREFIX, "task_")  # task:mqar -> runs/<config>-task_mqar
-    return os.path.join("runs", name if c.dataset == DEFAULT_DATASET else f"{name}-{dataset}")
+    return os.path.join("runs", name if c.dataset == config_lib.DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def checkpoints(workdir: str, keep: int = 3, create: bool = True):

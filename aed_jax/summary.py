@@ -5,10 +5,7 @@ table excluded, the tied embedding/output matrix once.
 """
 import re
 
-import jax
-
 from aed_jax import cli
-from aed_jax import model as model_lib
 
 
 def _natural(name: str) -> list:
@@ -18,6 +15,8 @@ def _natural(name: str) -> list:
 
 def summarize(config) -> str:
     """The table as text; parameters are shapes only (jax.eval_shape), so nothing is allocated."""
+    import jax  # here, not at the top: --help and a bad flag answer without loading it
+    from aed_jax import model as model_lib
     cfg = model_lib.ModelConfig.from_config(config)
     params = cfg.abstract_params()
     named = sorted(params.items(), key=lambda item: _natural(item[0]))

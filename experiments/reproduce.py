@@ -127,7 +127,7 @@ def data_override(folder: str | None, dataset: str | None = None) -> dict:
         override = _folder_override(folder)
     c = config_lib.base_config()
     c.update(override)
-    if c.dataset != rundir.DEFAULT_DATASET:
+    if c.dataset != config_lib.DEFAULT_DATASET:
         data.split_paths(c)  # a DataError naming the missing file and how to make it
     return override
 
@@ -415,7 +415,7 @@ def _data_text(c: ml_collections.ConfigDict) -> str:
                "its row"
     folder = data.data_folder(c)
     text = f"`{folder}`"
-    if c.dataset != rundir.DEFAULT_DATASET:
+    if c.dataset != config_lib.DEFAULT_DATASET:
         text += f" (dataset `{c.dataset}`)"
     elif not c.data_dir:
         text += " (the built-in corpus)"
@@ -497,10 +497,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_string("out", None, "Folder of the runs' workdirs and the results; default runs/<suite>_<scale> "
                         "(runs/<suite> for smoke and tiny), plus -<dataset> for another corpus than "
-                        f"{rundir.DEFAULT_DATASET}.", flag_values=fv)
+                        f"{config_lib.DEFAULT_DATASET}.", flag_values=fv)
     flags.DEFINE_string("dataset", None, "A prepared corpus: its files <dataset>_train.bin/_val.bin, in data/<dataset> "
                         "unless --data_dir says where (python -m aed_jax.prepare ... --out data/<dataset>). Default: "
-                        f"the one in --data_dir, else the built-in {rundir.DEFAULT_DATASET}, prepared on first use (for quick "
+                        f"the one in --data_dir, else the built-in {config_lib.DEFAULT_DATASET}, prepared on first use (for quick "
                         "checks: too small for the seed's recipe). Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
                         "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
@@ -528,7 +528,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     seeds = parse_seeds(fv.seeds)
     overrides = data_override(fv.data_dir, fv.dataset)
-    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", rundir.DEFAULT_DATASET))
+    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET))
     configs = {}
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)

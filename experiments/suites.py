@@ -349,11 +349,11 @@ def get(name: str, scale: str | None = None) -> Suite:
     return _task_suite(scale or SCALES["tasks"][0]) if name == "tasks" else _FIXED[name]
 
 
-def default_out(suite: str, scale: str | None, dataset: str = rundir.DEFAULT_DATASET) -> str:
+def default_out(suite: str, scale: str | None, dataset: str = config_lib.DEFAULT_DATASET) -> str:
     """runs/<suite>_<scale> (runs/<suite> for a suite with one size), plus -<dataset> for a corpus other than
     the built-in one, as main names workdirs: runs on different corpora never share a folder."""
     name = suite if scale is None else f"{suite}_{scale}"
-    return os.path.join("runs", name if dataset == rundir.DEFAULT_DATASET else f"{name}-{dataset}")
+    return os.path.join("runs", name if dataset == config_lib.DEFAULT_DATASET else f"{name}-{dataset}")
 
 
 def workdir(out: str, run: str, seed: int | None) -> str:

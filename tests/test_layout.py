@@ -1,8 +1,13 @@
-"""The package's shape: no two files import each other, directly or in a loop, and docs/package.md
-(the map a new contributor reads first) names every module of the package."""
+"""The package's shape: no two files import each other, directly or in a loop, docs/package.md
+(the map a new contributor reads first) names every module of the package, and the commands that
+drive a library parse their flags before loading jax."""
 import ast
 import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("aed_jax", "experiments")
@@ -55,3 +60,29 @@ def test_the_package_map_names_every_module():
     named = set(re.findall(r"`(\w+)\.py`", text))
     missing = [name for name in modules() if name.startswith("aed_jax.") and name.split(".")[1] not in named]
     assert not missing, missing
+
+
+# Each command as the shell runs it, then whether jax was loaded by the time it exited.
+_LOADED_JAX = ("import runpy, sys\n"
+               "sys.argv = sys.argv[1:]\n"
+               "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+               "except SystemExit:\n    pass\n"
+               "print('jax' in sys.modules)")
+
+
+@pytest.mark.parametrize("command,argv,expected", [
+    ("aed_jax.main", ["--help"], "--sample_tokens: Tokens"),
+    ("aed_jax.main", ["--config=configs/tiny.py", "--config.train_step=1"], "error: unknown config key"),
+    ("aed_jax.main", ["--config=configs/tiny.py", "--join_timeout=0"], "error: flag --join_timeout=0"),
+    ("aed_jax.evaluate", ["--help"], "--[no]full: Evaluate every"),
+    ("aed_jax.evaluate", ["--workdir=x", "--full", "--batches=2"], "error: --full and --batches exclude"),
+    ("aed_jax.summary", ["--help"], "--config: Path to a config file"),
+    ("aed_jax.prepare", ["--help"], "--val_fraction"),
+])
+def test_help_and_bad_flags_answer_before_jax_loads(command, argv, expected):
+    """--help and a bad flag or config key take a fraction of a second: jax (a second or more of
+    start-up alone, far more on a busy machine) loads only once a command has its flags."""
+    result = subprocess.run([sys.executable, "-c", _LOADED_JAX, command, *argv], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert expected in result.stdout + result.stderr, (result.stdout[-500:], result.stderr[-500:])
+    assert result.stdout.strip().splitlines()[-1] == "False", "jax was loaded before the flags were parsed"

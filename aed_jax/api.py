@@ -1,9 +1,9 @@
 """For notebooks: one call loads a run's checkpoint.
 
-    from aed_jax import api, sample
+    from aed_jax import api, decoding
     model, params, config, enc = api.load("runs/tiny")           # or api.load(dir, "best") / step
     logits_BxTxV, _ = model.apply({"params": params}, tokens_BxT)
-    out = sample.generate(model, params, sample.encode_prompt("Paris is", 50257)[None], 20, greedy=True)
+    out = decoding.generate(model, params, decoding.encode_prompt("Paris is", 50257)[None], 20, greedy=True)
     print(enc.decode(out[0].tolist()))
 """
 from __future__ import annotations

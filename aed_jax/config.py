@@ -29,7 +29,7 @@ EMBEDDING_AGGREGATIONS = ("CUM_MEAN", "CAUSAL_CONV")
 DTYPES = ("auto", "float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # The kinds of key, declared once: `rundir` (what a resume may change), `model` (what ModelConfig
-# takes) and `interop` (what the reference implementation has) read them from here.
+# takes) and `reference` (what the reference implementation has) read them from here.
 MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' names and shapes depend on
 SCHEDULE_KEYS = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints")  # how long, how often
 LOCATION_KEYS = ("workdir", "data_dir")  # where (the data's identity is checked by its size and hash instead)

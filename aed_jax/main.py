@@ -78,11 +78,11 @@ def define_flags() -> None:
 
 def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
     """A greedy and a sampled continuation of `prompt` by the latest checkpoint: what the model learnt."""
-    from aed_jax import api, sample
+    from aed_jax import api, decoding
     model, params, _, encoding = api.load(workdir)
-    prompt_1xL = sample.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
+    prompt_1xL = decoding.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
     for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=200, seed=0))):
-        tokens = sample.generate(model, params, prompt_1xL, max_new_tokens, **options)[0]
+        tokens = decoding.generate(model, params, prompt_1xL, max_new_tokens, **options)[0]
         print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 
 
@@ -117,7 +117,7 @@ def main(argv):
 
 
 def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
-    from aed_jax import rundir, sample
+    from aed_jax import decoding, rundir
     est = outcome.estimate
     accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
                   "sequence" if "val_token_accuracy" in est else "")
@@ -136,7 +136,7 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
     if sample_tokens:
         try:
             print_continuations(workdir, prompt, sample_tokens)
-        except sample.SampleError as e:  # e.g. a model whose vocabulary is not GPT-2's
+        except decoding.SampleError as e:  # e.g. a model whose vocabulary is not GPT-2's
             logging.info("no continuations printed: %s", e)
 
 

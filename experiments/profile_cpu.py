@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aed_jax import bench
+from aed_jax import benchmark
 from aed_jax import cli
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
@@ -78,7 +78,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch, jax.random.key(1))
         return metrics
 
-    out["step"] = bench.timed(one_step, repeats=repeats)
+    out["step"] = benchmark.timed(one_step, repeats=repeats)
 
     def loss(p):
         return model.apply({"params": p}, x, y, train=True, rngs={"dropout": jax.random.key(1)})[1]["total"]
@@ -95,8 +95,8 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         jax.eval_shape(lambda p: loss(p), params)  # a fresh function: no cached trace
     finally:
         model_lib.attention = original
-    out["loss grad"] = bench.timed(jax.jit(jax.grad(loss)), params, repeats=repeats)
-    out["forward"] = bench.timed(jax.jit(loss), params, repeats=repeats)
+    out["loss grad"] = benchmark.timed(jax.jit(jax.grad(loss)), params, repeats=repeats)
+    out["forward"] = benchmark.timed(jax.jit(loss), params, repeats=repeats)
 
     # The head at the shapes the model calls it with: the stack's output and the tied embedding.
     embed_VxD = params["token_embedding"]["embedding"]
@@ -109,7 +109,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
     def head_ce(o, e):
         return model_lib._head(cfg, Embed(e), o, y, train=True)[1]["ce"]
 
-    out["head + CE"] = bench.timed(jax.jit(jax.grad(head_ce, argnums=(0, 1))), out_BxTxD, embed_VxD, repeats=repeats)
+    out["head + CE"] = benchmark.timed(jax.jit(jax.grad(head_ce, argnums=(0, 1))), out_BxTxD, embed_VxD, repeats=repeats)
 
     attention_s = 0.0
     for shapes, n in collections.Counter(calls).items():
@@ -119,7 +119,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         def attn(q, k, v):
             return jnp.sum(original(q, k, v, nn.Dropout(0.0), True, impl))
 
-        attention_s += n * bench.timed(jax.jit(jax.grad(attn, argnums=(0, 1, 2))), q, k, v, repeats=repeats)
+        attention_s += n * benchmark.timed(jax.jit(jax.grad(attn, argnums=(0, 1, 2))), q, k, v, repeats=repeats)
     out["attention"] = attention_s
     out["attention calls"] = len(calls)
 
@@ -129,7 +129,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
         updates, s = optimizer.update(g, s, p)
         return optax.apply_updates(p, updates), s
 
-    out["AdamW"] = bench.timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
+    out["AdamW"] = benchmark.timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
     out["rest of the stack"] = out["loss grad"] - out["head + CE"] - out["attention"]
     return out
 

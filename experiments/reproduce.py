@@ -14,7 +14,7 @@ Seeds: `--seeds 3` trains every run with the seeds 1337, 1338, 1339 (the config 
 initialisation, data order, dropout), `--seeds 7,8` with those, each in `<out>/<run>/seed<k>`.
 results.csv then holds each run's mean and standard deviation over its seeds and n, seeds.csv the
 values of every seed, differences.csv (and results.md, in words) each comparison's paired
-differences (run a minus run b, seed by seed) with their 95% t-intervals (experiments/stats.py).
+differences (run a minus run b, seed by seed) with their 95% t-intervals (aed_jax/stats.py).
 Without --seeds a run trains once, with its config's seed, in `<out>/<run>`.
 
 Re-running the same command resumes unfinished runs from their latest checkpoint and skips
@@ -38,443 +38,17 @@ Data: the built-in corpus wiki_vital by default, which is for quick checks, not 
 """
 from __future__ import annotations
 
-import csv
-import datetime
-import glob
-import json
+# Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
+# --help and a bad flag answer in a fraction of a second.
 import os
-import statistics
-import subprocess
-import time
 
 from absl import flags
-import jax
-import ml_collections
 
-from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
-from aed_jax import data
 from aed_jax import errors
-from aed_jax import rundir
-from aed_jax import train
-from experiments import plot
-from aed_jax import stats
 from experiments import suites
-from experiments.suites import MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
-
-EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss column
-MAX_SEED_COUNT = 100  # --seeds N above this is taken for a seed, not a count
-# The values a results row averages over seeds (its sd beside each), in the order of results.csv.
-METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss", "embedding_loss",
-           "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
-
-
-class ReproduceError(errors.UserError):
-    """A user error (a workdir of another scale, an ambiguous data folder, a bad --seeds): one line."""
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    """--seeds: one integer N is a count (the config's seed and the N - 1 after it); a comma-separated list,
-    the seeds themselves (a trailing comma makes one seed a list: "7,"). None: no --seeds."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    is_list = len(parts) > 1
-    parts = [p for p in parts if p] if is_list else parts
-    if not parts or not all(p.isdigit() for p in parts):
-        raise ReproduceError(f"--seeds {text}: give a count (3) or a comma-separated list of seeds (1337,1338), "
-                             "non-negative integers")
-    numbers = [int(p) for p in parts]
-    if is_list:
-        if len(set(numbers)) < len(numbers):
-            raise ReproduceError(f"--seeds {text}: a seed is repeated")
-        if max(numbers) >= 2**32:
-            raise ReproduceError(f"--seeds {text}: a seed must be below 2**32")
-        return numbers
-    if not 1 <= numbers[0] <= MAX_SEED_COUNT:
-        raise ReproduceError(f"--seeds {text}: a count of seeds is 1 to {MAX_SEED_COUNT}; for that one seed write "
-                             f"--seeds {text},")
-    return [suites.DEFAULT_SEED + k for k in range(numbers[0])]
-
-
-def check_layout(out: str, runs: tuple[Run, ...], seeds: list[int] | None) -> None:
-    """A run folder holds either one run (no --seeds) or one folder per seed, never both: a ReproduceError
-    when the command's --seeds does not match what `out` already holds."""
-    for run in runs:
-        folder = os.path.join(out, run.name)
-        if seeds is not None and os.path.isfile(os.path.join(folder, "run.json")):
-            raise ReproduceError(f"{folder} holds a run trained without --seeds; drop --seeds or pass another --out")
-        if seeds is None and glob.glob(os.path.join(glob.escape(folder), "seed*", "run.json")):
-            raise ReproduceError(f"{folder} holds runs trained with --seeds; pass --seeds or another --out")
-
-
-def recipe(c: ml_collections.ConfigDict) -> str:
-    return (f"{c.train_steps:,} steps of {c.batch_size} x {c.gradient_accumulation_steps} sequences of "
-            f"{c.model_config.context_size} tokens, lr {c.lr:g} with {c.warmup_iters:,} warmup steps and cosine decay "
-            f"to step {c.lr_decay_iters:,}, an estimate every {c.est_interval:,} steps over {c.est_steps} batches "
-            "of each split")
-
-
-def data_override(folder: str | None, dataset: str | None = None) -> dict:
-    """Config keys for --data_dir and --dataset; without --dataset, a folder's dataset is the name of its
-    <name>_train.bin. Any corpus but the built-in one must be prepared already: checked here, before training."""
-    if folder is None:
-        override = {"dataset": dataset} if dataset else {}
-    elif dataset:
-        override = {"data_dir": folder, "dataset": dataset}
-    else:
-        override = _folder_override(folder)
-    c = config_lib.base_config()
-    c.update(override)
-    if c.dataset != config_lib.DEFAULT_DATASET:
-        data.split_paths(c)  # a DataError naming the missing file and how to make it
-    return override
-
-
-def _folder_override(folder: str) -> dict:
-    if not os.path.isdir(folder):
-        raise ReproduceError(f"--data_dir: no such folder {folder!r}")
-    if all(os.path.isfile(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")):
-        return {"data_dir": folder}
-    trains = glob.glob(os.path.join(glob.escape(folder), "*_train.bin"))
-    names = sorted(os.path.basename(p)[:-len("_train.bin")] for p in trains
-                   if os.path.isfile(p[:-len("_train.bin")] + "_val.bin"))
-    if len(names) > 1:
-        raise ReproduceError(f"--data_dir: {folder} holds several datasets ({', '.join(names)}); keep one")
-    return {"data_dir": folder, **({"dataset": names[0]} if names else {})}  # none: wiki_vital, prepared there
-
-
-def latest_step(workdir: str) -> int | None:
-    """The step of the latest checkpoint in `workdir`, or None."""
-    try:
-        mngr, step = rundir.resolve_step(workdir)
-    except checkpoint.CheckpointError:
-        return None
-    mngr.close()
-    return step
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
-    """Trains or resumes `run` in `workdir`: "finished", "skipped", "interrupted" or "failed: <why>".
-
-    `<workdir>/run.json` records the scale, the latest step and the wall time of every call so far.
-    """
-    info_path = os.path.join(workdir, "run.json")
-    info = _read_json(info_path)
-    if info.get("scale", scale) != scale:
-        trained = info["scale"] or "none (a suite of one size)"
-        raise ReproduceError(f"{workdir} was trained at scale {trained}; pass that scale or another --out")
-    step = latest_step(workdir)
-    if step is not None and step >= c.train_steps:
-        return "skipped"
-    os.makedirs(workdir, exist_ok=True)
-    start, error = time.perf_counter(), None
-    try:
-        train.train_and_evaluate(c, workdir)
-    except train.TrainError as e:
-        error = str(e)
-    finally:
-        step = latest_step(workdir)
-        rundir.write_atomic(info_path, json.dumps({
-            "run": run.name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
-            "finished": step is not None and step >= c.train_steps, "error": error,
-            "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
-            "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            "updated": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2, sort_keys=True))
-    if error:
-        return f"failed: {error}"
-    return "finished" if step is not None and step >= c.train_steps else "interrupted"
-
-
-def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
-    """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
-    train_rows, estimates = rundir.read_metrics(workdir)
-    info, last = _read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
-    step = latest_step(workdir)
-    has_embedding_loss = c.model_type == "aed" and c.model_config.embedding_loss_type != "NONE"
-    tail = [r["embedding_loss"] for r in train_rows[-EMBEDDING_TAIL:] if "embedding_loss" in r]
-    speeds = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
-    if info.get("error"):
-        status = "failed"
-    elif step is None:
-        status = "not run"
-    else:
-        status = "finished" if step >= c.train_steps else "partial"
-    return {
-        "run": run.name, "label": run.label, "model": c.model_type, "seed": c.random_seed, "status": status,
-        "step": step or 0, "train_steps": c.train_steps, "params": params, "shape": shape(c),
-        **{key: last.get(key) for key in METRICS if key != "embedding_loss"},
-        "embedding_loss": sum(tail) / len(tail) if has_embedding_loss and tail else None,
-        "estimate_step": last.get("step"),
-        "wall_time_s": info.get("wall_time_s"), "tokens_per_s": statistics.median(speeds) if speeds else None,
-        "workdir": workdir,
-    }
-
-
-def shape(c: ml_collections.ConfigDict) -> str:
-    """Blocks x width: "2+2 x 64" for an AED (encoder + decoder blocks), "5 x 56" for a baseline."""
-    m = c.model_config
-    if c.model_type == "aed":
-        return f"{m.n_layer_encoder or m.n_layer}+{m.n_layer_decoder or m.n_layer} x {m.n_embed}"
-    return f"{m.n_layer} x {m.n_embed}"
-
-
-def aggregate(run: Run, seed_rows: list[dict]) -> dict:
-    """A run's results row from its seeds' rows: each metric's mean and sd over the seeds that have it (n: the
-    seeds with an estimate), the fewest steps, the mean wall time and speed, and the seed's numbers."""
-    first, statuses = seed_rows[0], [r["status"] for r in seed_rows]
-    estimated = [r for r in seed_rows if r["estimate_step"] is not None]
-    if len(set(statuses)) == 1:
-        status = statuses[0]
-    else:
-        status = f"{statuses.count('finished')}/{len(statuses)} finished" + ("; failed" if "failed" in statuses else "")
-    row = {key: first[key] for key in ("run", "label", "model", "train_steps", "params", "shape")}
-    row.update(status=status, step=min(r["step"] for r in seed_rows), n=len(estimated),
-               seeds=" ".join(str(r["seed"]) for r in estimated),
-               estimate_step=min((r["estimate_step"] for r in estimated), default=None))
-    for key in METRICS:
-        summary = stats.summary([r[key] for r in seed_rows if r[key] is not None])
-        row[key], row[f"{key}_sd"] = (summary.mean, summary.sd) if summary else (None, None)
-    for key in ("wall_time_s", "tokens_per_s"):
-        summary = stats.summary([r[key] for r in seed_rows if r[key] is not None])
-        row[key] = summary.mean if summary else None
-    row.update({f"seed_{key}": getattr(run.seed, key)
-                for key in ("train_loss", "val_loss", "embedding_loss", "params")})
-    return row
-
-
-def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
-    """Each comparison's paired differences a - b of each of the suite's metrics, over the seeds at which both
-    runs have an estimate of the same step, with their t-interval and the sentence that says it."""
-    out, runs = [], {run.name: run for run in suite.runs}
-    for comparison in suite.comparisons:
-        for a, b in comparison.differences():
-            where, names = "", (a, b)
-            if runs[a].point and runs[b].point:  # task runs: "<difficulty>, width 64: mse_pos_sub - baseline: ..."
-                where, names = f"{runs[a].point.panel}, width {runs[a].point.width}: ", (runs[a].point.model,
-                                                                                        runs[b].point.model)
-            for metric in suite.metrics:
-                values = [{r["seed"]: (r["estimate_step"], r[metric]) for r in seed_rows[name] if r[metric] is not None}
-                          for name in (a, b)]
-                common = [seed for seed in values[0].keys() & values[1].keys()
-                          if values[0][seed][0] == values[1][seed][0]]
-                interval = stats.t_interval(stats.paired({s: values[0][s][1] for s in common},
-                                                         {s: values[1][s][1] for s in common}))
-                out.append({
-                    "comparison": comparison.name, "a": a, "b": b, "metric": metric,
-                    "n": interval.n if interval else 0, "seeds": " ".join(map(str, sorted(common))),
-                    "mean": interval and interval.mean, "sd": interval and interval.sd,
-                    "ci_low": interval and interval.low, "ci_high": interval and interval.high,
-                    "excludes_zero": interval and interval.excludes_zero(),
-                    "sentence": where + stats.sentence(*names, interval, suites.METRIC_NAMES[metric])})
-    return out
-
-
-CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "shape", "n", "seeds",
-               *(f"{key}{sd}" for key in METRICS for sd in ("", "_sd")), "estimate_step", "wall_time_s",
-               "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params")
-SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
-                    "wall_time_s", "tokens_per_s", "workdir")
-DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
-                          "excludes_zero", "sentence")
-
-
-def _fmt(value, kind: str = "loss", sd: float | None = None) -> str:
-    """A table cell; with `sd`, "mean ± sd"."""
-    if value is None:
-        return "–"
-    if sd is not None:
-        return f"{_fmt(value, kind)} ± {_fmt(sd, kind)}"
-    if kind == "loss":
-        return f"{value:.3f}"
-    if kind == "small":
-        return f"{value:.3e}" if abs(value) < 1e-2 else f"{value:.4f}"
-    if kind == "int":
-        return f"{value:,.0f}"
-    seconds = round(value)  # kind == "time"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h {seconds // 60 % 60:02d}m"
-    return f"{seconds // 60}m {seconds % 60:02d}s"
-
-
-def _best(rows: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rows if r[key] is not None]
-    return min(values) if len(values) > 1 else None
-
-
-def _bold_if(text: str, value, best) -> str:
-    return f"**{text}**" if best is not None and value == best else text
-
-
-def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict], configs: dict, figures: dict,
-             diffs: list[dict], seeds: list[int] | None) -> str:
-    first = configs[rows[0]["run"]]
-    tasks = suite.metrics == suites.TASK_METRICS
-    scale_text = {"full": "the seed's recipe",
-                  "mini": f"1/{MINI_FACTOR} of the seed's steps (est_steps 1/{MINI_EST_FACTOR}), so compare the "
-                          "ordering of the runs with the seed's, not the values, which are for 9k steps"
-                  }.get(scale, "") if not tasks else ""
-    lines = [f"# Reproduction: suite `{suite_name}`" + (f", scale `{scale}`" if scale else ""), ""]
-    if scale_text:
-        lines += [f"Scale `{scale}`: {scale_text}.", ""]
-    lines += [("Recipe (the sequence length is each difficulty's)" if tasks else "Recipe") + f": {recipe(first)}.", ""]
-    if suite.note:
-        lines += [suite.note, ""]
-    if seeds is not None:
-        lines += [f"Seeds: {', '.join(map(str, seeds))} (random_seed: initialisation, data order, dropout). Each "
-                  "value is the mean ± standard deviation over a run's seeds with an estimate (n and the values of "
-                  "each seed: results.csv, seeds.csv); wall time and tokens/s are means per seed. A difference "
-                  "a - b is paired by seed, with its "
-                  f"{stats.CONFIDENCE:.0%} Student t-interval over the seeds (differences.csv); figures draw the "
-                  f"mean, in a band from the lowest to the highest seed.", ""]
-    if tasks:
-        lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "
-                  "estimate, over `est_steps` fresh batches. Wall time: training, estimates and compilation "
-                  "together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
-                  f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
-                  f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
-        return "\n".join(lines + _task_sections(suite, rows, figures, diffs)) + "\n"
-    lines += ["Train and val loss: eval-mode cross-entropy at the last estimate (`est_steps` random batches of each "
-              "split), as the seed reports them. Seed: the seed's published numbers (single A100, Wikipedia, 9k "
-              f"steps). Embedding loss: the mean of the last {EMBEDDING_TAIL} logged training values. Wall time: "
-              "training, estimates and compilation together; tokens/s: the median of the logged training steps.", "",
-              f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
-              f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
-              f"{datetime.datetime.now().isoformat(timespec='seconds')}.", "", "## All runs", "",
-              "| run | status | steps | params | train loss | seed | val loss | seed | embedding loss | seed | "
-              "wall time | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['label']} (`{r['run']}`) | {r['status']} | {r['step']:,}/{r['train_steps']:,} | "
-            f"{_fmt(r['params'], 'int')} | {_fmt(r['train_loss'], sd=r['train_loss_sd'])} | "
-            f"{_fmt(r['seed_train_loss'])} | {_fmt(r['val_loss'], sd=r['val_loss_sd'])} | "
-            f"{_fmt(r['seed_val_loss'])} | {_fmt(r['embedding_loss'], 'small', r['embedding_loss_sd'])} | "
-            f"{_fmt(r['seed_embedding_loss'], 'small')} | {_fmt(r['wall_time_s'], 'time')} | "
-            f"{_fmt(r['tokens_per_s'], 'int')} |")
-    by_name = {r["run"]: r for r in rows}
-    for comparison in suite.comparisons:
-        table = [by_name[name] for name in comparison.runs if name in by_name]
-        last = ("Embedding loss", "embedding_loss", "small") if comparison.last_column == "embedding_loss" else (
-            "Size (params)", "params", "int")
-        best_train, best_val = _best(table, "train_loss"), _best(table, "val_loss")
-        lines += ["", f"## {comparison.title}", ""]
-        if comparison.name in figures:
-            lines += [f"![{comparison.title}]({os.path.basename(figures[comparison.name])})", ""]
-        lines += [f"|   | Train loss | seed | Val loss | seed | {last[0]} | seed |", "|---|---|---|---|---|---|---|"]
-        for r in table:
-            lines.append(
-                f"| **{r['label']}** (`{r['run']}`) | "
-                f"{_bold_if(_fmt(r['train_loss'], sd=r['train_loss_sd']), r['train_loss'], best_train)} | "
-                f"{_fmt(r['seed_train_loss'])} | "
-                f"{_bold_if(_fmt(r['val_loss'], sd=r['val_loss_sd']), r['val_loss'], best_val)} | "
-                f"{_fmt(r['seed_val_loss'])} | {_fmt(r[last[1]], last[2], r.get(last[1] + '_sd'))} | "
-                f"{_fmt(r['seed_' + last[1]], last[2])} |")
-        lines += _difference_lines(comparison.name, diffs)
-    return "\n".join(lines) + "\n"
-
-
-def _difference_lines(comparison: str, diffs: list[dict]) -> list[str]:
-    sentences = [d["sentence"] for d in diffs if d["comparison"] == comparison]
-    return ["", "Paired differences:", "", *(f"- {s}" for s in sentences)] if sentences else []
-
-
-def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[dict]) -> list[str]:
-    """Per task: its figure, a table of every run (difficulty, width, model) and its paired differences."""
-    by_name, runs, lines = {r["run"]: r for r in rows}, {run.name: run for run in suite.runs}, []
-    for comparison in suite.comparisons:
-        lines += [f"## {comparison.title}", ""]
-        if comparison.name in figures:
-            lines += [f"![{comparison.title}]({os.path.basename(figures[comparison.name])})", ""]
-        lines += ["| difficulty | width | model | run | status | steps | shape | params | token accuracy | "
-                  "sequence accuracy | val loss | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name in comparison.runs:
-            r, point = by_name[name], runs[name].point
-            lines.append(
-                f"| {point.panel} | {point.width} | {point.line} | `{name}` | {r['status']} | "
-                f"{r['step']:,}/{r['train_steps']:,} | {r['shape']} | {_fmt(r['params'], 'int')} | "
-                f"{_fmt(r['val_token_accuracy'], sd=r['val_token_accuracy_sd'])} | "
-                f"{_fmt(r['val_sequence_accuracy'], sd=r['val_sequence_accuracy_sd'])} | "
-                f"{_fmt(r['val_loss'], sd=r['val_loss_sd'])} | {_fmt(r['wall_time_s'], 'time')} |")
-        lines += _difference_lines(comparison.name, diffs) + [""]
-    return lines
-
-
-def _data_text(c: ml_collections.ConfigDict) -> str:
-    """The corpus, and where its meta.json says it came from (prepare's source line), so a table names its data."""
-    if c.dataset.startswith("task:"):
-        return "synthetic sequences drawn on the fly by aed_jax/tasks.py (no files); each run's task and setting: " \
-               "its row"
-    folder = data.data_folder(c)
-    text = f"`{folder}`"
-    if c.dataset != config_lib.DEFAULT_DATASET:
-        text += f" (dataset `{c.dataset}`)"
-    elif not c.data_dir:
-        text += " (the built-in corpus)"
-    meta = _read_json(os.path.join(folder, "meta.json"))
-    if meta.get("source") and meta.get("train", {}).get("tokens"):
-        text += f": {meta['source']}; {meta['train']['tokens']:,} train tokens"
-    return text
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=suites.ROOT, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def _seed_config(c: ml_collections.ConfigDict, seed: int | None) -> ml_collections.ConfigDict:
-    """`c` with random_seed `seed` (None: as it is)."""
-    if seed is None:
-        return c
-    c = c.copy_and_resolve_references()
-    c.random_seed = seed
-    return c
-
-
-def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    with rundir.atomic_file(path) as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: ("" if r[k] is None else r[k]) for k in columns} for r in rows)
-
-
-def write_report(out: str, suite_name: str, suite: Suite, scale: str | None, configs: dict,
-                 seeds: list[int] | None = None) -> list[str]:
-    """Writes results.md, results.csv, seeds.csv, differences.csv and the figures under `out`; returns their
-    paths."""
-    seed_rows = {}
-    for run in suite.runs:
-        params = suites.count_params(configs[run.name])
-        seed_rows[run.name] = [collect(run, _seed_config(configs[run.name], seed), workdir, params)
-                               for seed, workdir in zip(seeds or [None], suites.workdirs(out, run.name, seeds))]
-    rows = [aggregate(run, seed_rows[run.name]) for run in suite.runs]
-    diffs = differences(suite, seed_rows)
-    points = None
-    if suite_name == "seed" and scale == "full":
-        points = {r.name: {"step": suites.SEED_STEPS, "train_loss": r.seed.train_loss, "val_loss": r.seed.val_loss,
-                           "embedding_loss": r.seed.embedding_loss} for r in suite.runs}
-    paths = plot.plot_comparisons(out, suite, {run.name: suites.workdirs(out, run.name, seeds) for run in suite.runs},
-                                  f"scale {scale}" if scale else suite_name, points)
-    figures = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
-    rundir.write_atomic(os.path.join(out, "results.md"), markdown(suite_name, suite, scale, rows, configs, figures,
-                                                                   diffs, seeds))
-    tables = (("results.csv", CSV_COLUMNS, rows), ("seeds.csv", SEED_CSV_COLUMNS, sum(seed_rows.values(), [])),
-              ("differences.csv", DIFFERENCE_CSV_COLUMNS, diffs))
-    for name, columns, table in tables:
-        _write_csv(os.path.join(out, name), columns, table)
-    return [os.path.join(out, "results.md"), *(os.path.join(out, name) for name, _, _ in tables), *paths]
+from experiments.suites import MINI_FACTOR
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -524,30 +98,32 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         cli.fail(f"--runs: unknown run {', '.join(map(repr, unknown))} for --suite {fv.suite}; "
                  f"choose from {', '.join(names)}")
     selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
+    import jax
+    from experiments import runner
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
-    seeds = parse_seeds(fv.seeds)
-    overrides = data_override(fv.data_dir, fv.dataset)
+    seeds = runner.parse_seeds(fv.seeds)
+    overrides = runner.data_override(fv.data_dir, fv.dataset)
     out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET))
     configs = {}
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)
         c.update(overrides)
         configs[run.name] = c
-    check_layout(out, suite.runs, seeds)
+    runner.check_layout(out, suite.runs, seeds)
     os.makedirs(out, exist_ok=True)
     jobs = [(run, seed) for seed in seeds or [None] for run in selected]  # seed by seed: pairs come early
     for i, (run, seed) in enumerate(jobs if fv.train else []):
         name, workdir = run.name + ("" if seed is None else f" seed {seed}"), suites.workdir(out, run.name, seed)
-        c = _seed_config(configs[run.name], seed)
+        c = runner._seed_config(configs[run.name], seed)
         print(f"[{i + 1}/{len(jobs)}] {name}: {c.train_steps:,} steps in {workdir}", flush=True)
-        status = train_run(run, c, workdir, scale)
+        status = runner.train_run(run, c, workdir, scale)
         print(f"[{i + 1}/{len(jobs)}] {name}: {status}", flush=True)
         if status == "interrupted":
             print("interrupted: writing the results so far; run the same command again to resume", flush=True)
             break
     try:
-        paths = write_report(out, fv.suite, suite, scale, configs, seeds)
+        paths = runner.write_report(out, fv.suite, suite, scale, configs, seeds)
     except OSError as e:  # each file is written whole or not at all; the trained runs stay
         cli.fail(errors.write_failed(e, e.filename or out, "run the same command again: it trains nothing twice"))
     for path in paths:

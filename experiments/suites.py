@@ -1,7 +1,8 @@
 """The suites of `experiments.reproduce`: their runs, the configs they train, the comparisons they report.
 
-A module of its own so that experiments/reproduce.py (which trains and writes the results) and
-experiments/plot.py (which draws them) both read the suites without importing each other.
+A module of its own so that experiments/runner.py (which trains and writes the results),
+experiments/figures.py (which draws them) and the commands all read the suites without importing
+each other.
 
 Suites: `seed` (the seed's eight runs), `rope` (rotary positions), `smoke` (two tiny configs for a
 few steps: CI), `tiny` (the seed's comparisons at configs/tiny.py's size, on CPU) and `tasks`
@@ -19,8 +20,6 @@ import ml_collections
 
 from aed_jax import config as config_lib
 from aed_jax import errors
-from aed_jax import model as model_lib
-from aed_jax import rundir
 from aed_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,6 +166,7 @@ NO_LOSS_NO_POS = dict(sub_pos_embed_to_decoder="NO", embedding_loss_type="NONE",
 
 def count_params(c: ml_collections.ConfigDict) -> int:
     """Parameters as the seed counts them (positional table excluded, tied matrix once), from shapes only."""
+    from aed_jax import model as model_lib  # here: the commands read the suites' names before jax loads
     return model_lib.count_params(model_lib.ModelConfig.from_config(c).abstract_params())
 
 

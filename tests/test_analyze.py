@@ -13,13 +13,14 @@ import pytest
 from absl import flags
 
 from aed_jax import ablations
+from aed_jax import analysis
 from aed_jax import analyze
-from aed_jax import cli
 from aed_jax import api
+from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data as data_lib
-from aed_jax import stats
 from aed_jax import model as model_lib
+from aed_jax import stats
 from aed_jax import train
 
 T, V = 8, 97
@@ -76,7 +77,7 @@ def saved_models(tmp_path_factory):
 def analysed(request, saved_models, data):
     """One saved model's analysis on WINDOWS random windows, and the windows."""
     workdir, params, config = saved_models[request.param]
-    got = analyze.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)  # 2 batches of 4 and a short one
+    got = analysis.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)  # 2 batches of 4 and a short one
     val = np.fromfile(os.path.join(data, "val.bin"), np.uint16).astype(np.int64)
     offsets = data_lib.sample_offsets(val, T, WINDOWS, 3)
     np.testing.assert_array_equal(got["_offsets"], offsets)
@@ -289,17 +290,17 @@ def test_the_embedding_loss_layer_norms_and_the_alignment_the_loss_sees(analysed
     # The shrinking factor: the loss with unit scales over the loss as it is, from the numpy model.
     unit_terms = numpy_forward(p, cfg, x, "unit_ln_scales")[4]
     assert got["shrinking_factor"] == pytest.approx(unit_terms.mean() / terms.mean(), rel=1e-3)
-    assert got["shrinking_factor"] > analyze.SHRINKING  # scales of 0.02-0.3: the report must say so
-    assert "met mostly by shrinking the LayerNorm scales" in analyze.shrinking_sentence("run", got)
+    assert got["shrinking_factor"] > analysis.SHRINKING  # scales of 0.02-0.3: the report must say so
+    assert "met mostly by shrinking the LayerNorm scales" in analysis.shrinking_sentence("run", got)
 
 
 def test_the_shrinking_sentence_follows_its_rule():
     run = {"embedding_loss": 0.01, "alignment_by_layer": [0.5, 0.3], "alignment_after_ln_by_layer": [0.9, 0.8],
            "layer_norms": {"encoder_out_ln": {"scale_abs_mean": 0.01}}}
-    assert analyze.shrinking_sentence("r", dict(run, shrinking_factor=None)) is None
-    strong = analyze.shrinking_sentence("r", dict(run, shrinking_factor=analyze.SHRINKING))
+    assert analysis.shrinking_sentence("r", dict(run, shrinking_factor=None)) is None
+    strong = analysis.shrinking_sentence("r", dict(run, shrinking_factor=analysis.SHRINKING))
     assert strong.startswith("**r: the embedding loss (0.01) is met mostly by shrinking") and "0.1, 10 times" in strong
-    weak = analyze.shrinking_sentence("r", dict(run, shrinking_factor=analyze.SHRINKING * 0.99))
+    weak = analysis.shrinking_sentence("r", dict(run, shrinking_factor=analysis.SHRINKING * 0.99))
     assert "not explained by small scales alone" in weak and "0.30 before the LayerNorms, 0.80 after" in weak
 
 
@@ -308,11 +309,11 @@ def test_differences_are_window_by_window_with_a_bootstrap_band():
     offsets, base = np.arange(6), rng.normal(3.0, 0.3, (6, 4))
     other = base - 0.1 + rng.normal(0, 0.05, (6, 4))
     run = lambda ce, o=offsets: {"data": "v.bin", "context_size": 4, "_offsets": o, "_ce_WxT": ce}
-    got = analyze.differences({"a": run(base), "b": run(other), "elsewhere": run(other, offsets + 1)}, seed=7)
+    got = analysis.differences({"a": run(base), "b": run(other), "elsewhere": run(other, offsets + 1)}, seed=7)
     assert set(got) == {"b"}  # not measured on a's windows: no paired difference
     d = other - base
     np.testing.assert_allclose(got["b"]["by_position"], d.mean(0))
-    low, high = stats.bootstrap_band(d, 7, analyze.RESAMPLES)
+    low, high = stats.bootstrap_band(d, 7, analysis.RESAMPLES)
     np.testing.assert_allclose(got["b"]["low"], low)
     np.testing.assert_allclose(got["b"]["high"], high)
     assert np.all(np.asarray(got["b"]["low"]) <= d.mean(0)) and np.all(d.mean(0) <= np.asarray(got["b"]["high"]))
@@ -326,11 +327,11 @@ PANELS = {"ce_by_position.png": 1, "ce_difference.png": 1, "ablations.png": 2, "
 
 def test_each_comparison_figure_has_one_panel_per_quantity(saved_models, data):
     labels = {"aed": "learned", "baseline": "baseline", "aed_rope": "rope"}  # no label inside another
-    runs = {labels[name]: analyze.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)
+    runs = {labels[name]: analysis.analyze_run(workdir, data=data, windows=WINDOWS, seed=3)
             for name, (workdir, _, _) in saved_models.items()}
-    diffs = analyze.differences(runs)
+    diffs = analysis.differences(runs)
     assert set(diffs) == {"baseline", "rope"}
-    comparisons = [(name, plot) for name, plot, comparison, _ in analyze.FIGURES if comparison]
+    comparisons = [(name, plot) for name, plot, comparison, _ in analysis.FIGURES if comparison]
     assert {name for name, _ in comparisons} == set(PANELS)
     for name, plot in comparisons:
         fig = plot(runs, diffs)
@@ -380,10 +381,10 @@ def test_every_table_number_is_the_numpy_one(analysed):
 def test_overlap_of_shared_and_orthogonal_subspaces():
     rng = np.random.default_rng(0)
     token = rng.normal(size=(50, 6)) * [5, 4, 3, 0.1, 0.1, 0.1]  # top-3 subspace: the first 3 axes
-    inside = analyze.overlap(token, rng.normal(size=(9, 6)) * [2, 1, 0.5, 0, 0, 0], 3)
+    inside = analysis.overlap(token, rng.normal(size=(9, 6)) * [2, 1, 0.5, 0, 0, 0], 3)
     np.testing.assert_allclose(inside["principal_angles_deg"], 0.0, atol=2.0)
     assert inside["positional_variance_in_token_subspace"] > 0.99
-    outside = analyze.overlap(token, rng.normal(size=(9, 6)) * [0, 0, 0, 2, 1, 0.5], 3)
+    outside = analysis.overlap(token, rng.normal(size=(9, 6)) * [0, 0, 0, 2, 1, 0.5], 3)
     np.testing.assert_allclose(outside["principal_angles_deg"], 90.0, atol=2.0)
     assert outside["positional_variance_in_token_subspace"] < 0.01
 
@@ -491,7 +492,7 @@ def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, m
 
 
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():
-    assert analyze.labels(["runs/a", "other/b/"]) == ["a", "b"]
-    assert analyze.labels(["runs/tiny/mse/seed1", "runs/tiny/base/seed1", "runs/tiny/mse/seed2"]) == [
+    assert analysis.labels(["runs/a", "other/b/"]) == ["a", "b"]
+    assert analysis.labels(["runs/tiny/mse/seed1", "runs/tiny/base/seed1", "runs/tiny/mse/seed2"]) == [
         "mse/seed1", "base/seed1", "mse/seed2"]
-    assert analyze.labels(["x/run", "x/run"]) == ["x/run", "x/run"]
+    assert analysis.labels(["x/run", "x/run"]) == ["x/run", "x/run"]

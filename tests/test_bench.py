@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from aed_jax import bench
+from aed_jax import benchmark
 from aed_jax import config as config_lib
 from aed_jax import model as model_lib
 
@@ -21,16 +22,16 @@ def test_flops_per_token_matches_the_hand_count():
     D, L, T, V = 32, 3, 16, 100
     cfg = model_lib.ModelConfig(model_type="baseline", alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
-    assert bench.flops_per_token(params, cfg) == 6 * (L * 12 * D * D + V * D) + 12 * L * T * D
+    assert benchmark.flops_per_token(params, cfg) == 6 * (L * 12 * D * D + V * D) + 12 * L * T * D
     aed = model_lib.ModelConfig(alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(aed), jax.random.key(0)))
     # Encoder blocks 12 D^2, decoder blocks 16 D^2 (cross-attention q, k, v, out), the bridge D^2;
     # attention in L encoder blocks and 2 L decoder attentions.
     expected = 6 * (L * 12 * D * D + L * 16 * D * D + D * D + V * D) + 12 * 3 * L * T * D
-    assert bench.flops_per_token(params, aed) == expected
+    assert benchmark.flops_per_token(params, aed) == expected
     scanned = dataclasses.replace(aed, scan_layers=True)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(scanned), jax.random.key(0)))
-    assert bench.flops_per_token(params, scanned) == expected
+    assert benchmark.flops_per_token(params, scanned) == expected
 
 
 @pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
@@ -41,18 +42,18 @@ def test_bench_runs_on_cpu(tmp_path):
     c.dataset, c.data_dir = "toy", str(tmp_path)
     for split in ("train", "val"):
         np.random.default_rng(0).integers(0, 128, 1000).astype(np.uint16).tofile(tmp_path / f"toy_{split}.bin")
-    result = bench.run(c, steps=2, generate_tokens=4, input_pipeline=True)
+    result = benchmark.run(c, steps=2, generate_tokens=4, input_pipeline=True)
     assert result["tokens_per_s"] > 0 and result["step_ms"] > 0 and result["compile_s"] > 0
     assert result["batch_tokens"] == 4 * 2 * 16
     assert result["mfu"] is None  # no peak for a CPU
     assert result["generate_tokens_per_s"] > 0 and result["generate_tokens_per_s_batch8"] > 0
     # The step holds at least its params, the two Adam moments and the [B, T, V] float32 logits.
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-        model_lib.init_params(bench.model_lib.from_config(c), jax.random.key(0))))
+        model_lib.init_params(benchmark.model_lib.from_config(c), jax.random.key(0))))
     assert result["step_memory_gib"] * 2**30 >= 4 * (3 * n_params + 4 * 16 * 128)
     for name in ("prefetch", "sync"):
         assert result[f"fed_step_ms_{name}"] > 0 and 0 <= result[f"data_wait_ms_{name}"] < result[f"fed_step_ms_{name}"]
-    table = bench.format_table(result)
+    table = benchmark.format_table(result)
     assert "tokens/s" in table and "data-fed (prefetch)" in table and table.startswith("model                aed\n")
 
 
@@ -73,7 +74,7 @@ def test_cli_json_names_the_config_file(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["config"] == str(config) and row["model_type"] == "aed" and row["tokens_per_s"] > 0
-    assert f"aed ({config})" in bench.format_table(row)
+    assert f"aed ({config})" in benchmark.format_table(row)
 
 
 @pytest.mark.slow
@@ -102,7 +103,7 @@ def test_peak_table(kind, peak, monkeypatch):
     class Device:
         device_kind = kind
     monkeypatch.setattr(jax, "devices", lambda: [Device()])
-    assert bench.peak_flops() == peak
+    assert benchmark.peak_flops() == peak
 
 
 def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):

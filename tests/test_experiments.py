@@ -19,7 +19,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
-from experiments import reproduce  # noqa: E402
+from experiments import runner  # noqa: E402
 from experiments import suites  # noqa: E402
 
 
@@ -191,14 +191,14 @@ def test_task_suite_smoke(tmp_path):
 
 
 def test_seeds_flag():
-    assert reproduce.parse_seeds(None) is None
-    assert reproduce.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
-    assert reproduce.parse_seeds("7, 8,9") == [7, 8, 9] and reproduce.parse_seeds("7,") == [7]
+    assert runner.parse_seeds(None) is None
+    assert runner.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
+    assert runner.parse_seeds("7, 8,9") == [7, 8, 9] and runner.parse_seeds("7,") == [7]
     for text, message in (("0", "a count of seeds is 1 to 100"), ("1337", "write --seeds 1337,"),
                           ("-1", "non-negative integers"), ("two", "a count (3)"), ("1.5", "a count"), (",", "a count"),
                           ("7,7", "repeated"), (f"{2**32},1", "below 2**32")):
-        with pytest.raises(reproduce.ReproduceError, match=re.escape(message)):
-            reproduce.parse_seeds(text)
+        with pytest.raises(runner.ReproduceError, match=re.escape(message)):
+            runner.parse_seeds(text)
     assert suites.workdirs("out", "mse", None) == [os.path.join("out", "mse")]  # no --seeds: the layout of before
     assert suites.workdirs("out", "mse", [7, 8]) == [os.path.join("out", "mse", "seed7"),
                                                      os.path.join("out", "mse", "seed8")]
@@ -206,12 +206,12 @@ def test_seeds_flag():
 
 def test_tiny_suite_is_the_seeds_comparison_at_tiny_size():
     configs = {run.name: run.make_config() for run in suites.get("tiny").runs}
-    tiny = reproduce.config_lib.load(os.path.join(ROOT, "configs", "tiny.py"))
+    tiny = runner.config_lib.load(os.path.join(ROOT, "configs", "tiny.py"))
     assert configs["mse_pos_sub"].to_dict() == tiny.to_dict()
     m = configs["no_loss_no_pos"].model_config
     assert (m.embedding_loss_type, m.sub_pos_embed_to_decoder, m.embedding_loss_coeff) == ("NONE", "NO", None)
     assert (m.n_embed, m.n_layer) == (64, 2)
-    assert reproduce.shape(configs["baseline"]) == "4 x 64"
+    assert runner.shape(configs["baseline"]) == "4 x 64"
     for c in configs.values():  # tiny's recipe for all four
         assert (c.train_steps, c.batch_size, c.lr, c.lr_decay_iters, c.model_config.context_size) == (
             1200, 8, 3e-3, 1200, 64)
@@ -248,7 +248,7 @@ def test_task_suite_runs_the_papers_two_aeds_and_a_matched_baseline():
 
 
 def test_no_two_experiment_modules_import_each_other():
-    """The suites live in experiments/suites.py, which reproduce and plot both read: no import loop."""
+    """The suites live in experiments/suites.py, which the commands and their libraries read: no import loop."""
     graph = {}
     for name in os.listdir(os.path.join(ROOT, "experiments")):
         if name.endswith(".py"):
@@ -261,7 +261,8 @@ def test_no_two_experiment_modules_import_each_other():
     def reaches(start, target, seen=()):
         return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
 
-    assert graph["reproduce"] >= {"plot", "suites"} and "suites" in graph["plot"]
+    assert graph["reproduce"] >= {"runner", "suites"} and graph["runner"] >= {"figures", "suites"}
+    assert graph["plot"] >= {"figures", "suites"}
     assert not [name for name in graph if reaches(name, name)]
 
 
@@ -270,17 +271,17 @@ def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch
     (tmp_path / "data" / "wikipedia").mkdir(parents=True)
     for split in ("train", "val"):
         np.zeros(1000, np.uint16).tofile(tmp_path / "data" / "wikipedia" / f"wikipedia_{split}.bin")
-    assert reproduce.data_override(None, "wikipedia") == {"dataset": "wikipedia"}  # data/wikipedia
-    assert reproduce.data_override("data/wikipedia") == {"data_dir": "data/wikipedia", "dataset": "wikipedia"}
-    assert reproduce.data_override(None) == {}  # the built-in corpus, prepared on first use
-    with pytest.raises(reproduce.data.DataError, match="data/other/other_train.bin: no such file"):
-        reproduce.data_override(None, "other")  # before any training
+    assert runner.data_override(None, "wikipedia") == {"dataset": "wikipedia"}  # data/wikipedia
+    assert runner.data_override("data/wikipedia") == {"data_dir": "data/wikipedia", "dataset": "wikipedia"}
+    assert runner.data_override(None) == {}  # the built-in corpus, prepared on first use
+    with pytest.raises(runner.data.DataError, match="data/other/other_train.bin: no such file"):
+        runner.data_override(None, "other")  # before any training
     assert suites.default_out("seed", "full", "wikipedia") == os.path.join("runs", "seed_full-wikipedia")
     (tmp_path / "data" / "wikipedia" / "meta.json").write_text('{"source": "Hugging Face dataset wikimedia/'
                                                                'wikipedia", "train": {"tokens": 900}}')
-    c = reproduce.config_lib.base_config()
-    c.update(reproduce.data_override(None, "wikipedia"))
-    assert reproduce._data_text(c) == ("`data/wikipedia` (dataset `wikipedia`): Hugging Face dataset "
+    c = runner.config_lib.base_config()
+    c.update(runner.data_override(None, "wikipedia"))
+    assert runner._data_text(c) == ("`data/wikipedia` (dataset `wikipedia`): Hugging Face dataset "
                                        "wikimedia/wikipedia; 900 train tokens")  # results.md names the corpus
     assert suites.default_out("seed", "mini") == os.path.join("runs", "seed_mini")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from aed_jax import config as config_lib
-from aed_jax import interop
+from aed_jax import decoding
 from aed_jax import losses
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
-from aed_jax import sample
+from aed_jax import reference
 from aed_jax import train
 
 SMALL = dict(alphabet_size=97, context_size=12, n_embed=16, n_head=2, n_layer=3, sub_pos_embed_to_decoder="YES_NO_LN",
@@ -94,12 +94,12 @@ def test_scanned_model_decodes_with_the_cache_and_exports_per_layer():
     model = model_lib.make_model(cfg)
     params = jax.tree_util.tree_map(lambda p: 8 * p, model_lib.init_params(model, jax.random.key(0)))
     prompt = np.asarray(tokens(cfg, batch=1))[:, :4]
-    cached = sample.generate(model, params, prompt, 14, greedy=True)
-    uncached = sample.generate(model, params, prompt, 14, greedy=True, use_cache=False)
+    cached = decoding.generate(model, params, prompt, 14, greedy=True)
+    uncached = decoding.generate(model, params, prompt, 14, greedy=True, use_cache=False)
     np.testing.assert_array_equal(cached, uncached)
-    arrays = interop.to_reference(params)
+    arrays = reference.to_reference(params)
     assert "encoder_transformer_blocks.2.ln1.weight" in arrays
-    back = interop.from_reference(arrays, cfg)
+    back = reference.from_reference(arrays, cfg)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
 
 

@@ -13,6 +13,7 @@ from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import interop
 from aed_jax import model as model_lib
+from aed_jax import reference
 
 T, V, D = 8, 97, 16
 CONFIGS = {
@@ -51,7 +52,7 @@ def run(request, tmp_path_factory):
     params = jax.jit(lambda key: model_lib.init_params(model, key))(jax.random.key(0))
     params = jax.tree_util.tree_map(lambda p: p + 0.1 * np.random.default_rng(p.size).normal(size=p.shape), params)
     api.save_params(str(root / "run"), params, config)
-    npz, json_path = interop.export(str(root / "run"), str(root / "out" / "model.npz"))
+    npz, json_path = reference.export(str(root / "run"), str(root / "out" / "model.npz"))
     return dict(root=root, config=str(config_path), model=model, params=params, npz=npz, json=json_path,
                 arrays=dict(np.load(npz)))
 
@@ -200,8 +201,8 @@ def test_json_is_the_reference_model_config_with_integer_codes(run):
                 ref["embedding_ln_type"]) == (2, 3, 3, 3, 3)
         assert ref["cross_attn_config"] == {"n_head": 4, "use_bias": True}
         named = dict(ref, order_type="ALT", embedding_loss_type="COSINE_SIM", embedding_ln_type="AVG_CUM_SUM")
-        assert interop.model_config_from_reference(named, "aed") == cfg
-    assert interop.model_config_from_reference(dict(ref, use_flash=True), cfg.model_type) == cfg
+        assert reference.model_config_from_reference(named, "aed") == cfg
+    assert reference.model_config_from_reference(dict(ref, use_flash=True), cfg.model_type) == cfg
 
 
 def _import_error(run, capsys, npz, workdir=None):

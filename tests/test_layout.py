@@ -1,6 +1,6 @@
 """The package's shape: no two files import each other, directly or in a loop, docs/package.md
-(the map a new contributor reads first) names every module of the package, and the commands that
-drive a library parse their flags before loading jax."""
+(the map a new contributor reads first) names every module of the package, and the commands parse
+their flags before loading jax."""
 import ast
 import os
 import re
@@ -78,6 +78,18 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("aed_jax.evaluate", ["--workdir=x", "--full", "--batches=2"], "error: --full and --batches exclude"),
     ("aed_jax.summary", ["--help"], "--config: Path to a config file"),
     ("aed_jax.prepare", ["--help"], "--val_fraction"),
+    ("aed_jax.sample", ["--help"], "--[no]cache: Use the KV cache"),
+    ("aed_jax.sample", ["--workdir=x", "--num_samples=0"], "error: --num_samples must be at least 1"),
+    ("aed_jax.analyze", ["--help"], "--windows: How many windows"),
+    ("aed_jax.analyze", ["--workdir=x", "--out=y", "--windows=1"], "error: --windows must be at least 2"),
+    ("aed_jax.interop", ["--help"], "--npz: import"),
+    ("aed_jax.interop", ["export", "--workdir=x"], "error: export needs --out"),
+    ("aed_jax.bench", ["--help"], "--[no]memory_only: Compile"),
+    ("aed_jax.bench", ["--config=configs/nope.py"], "error: "),
+    ("experiments.reproduce", ["--help"], "--seeds: Train every run"),
+    ("experiments.reproduce", ["--suite=tiny", "--runs=nope"], "error: --runs: unknown run 'nope'"),
+    ("experiments.plot", ["--help"], "--suite: <"),
+    ("experiments.plot", ["--out=/nonexistent"], "error: --out: no such folder"),
 ])
 def test_help_and_bad_flags_answer_before_jax_loads(command, argv, expected):
     """--help and a bad flag or config key take a fraction of a second: jax (a second or more of

@@ -8,12 +8,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from aed_jax import analyze
+from aed_jax import analysis
 from aed_jax import api
-from aed_jax import rundir
 from aed_jax import config as config_lib
+from aed_jax import decoding
 from aed_jax import model as model_lib
-from aed_jax import sample
+from aed_jax import rundir
 from aed_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,10 +138,10 @@ def test_rope_configs_train_resume_and_sample(name, tmp_path):
     assert ("next_positional_embedding" in params) == (name == "rope") and "positional_embedding" not in params
     model, params, _, _ = api.load(workdir)
     prompt = np.arange(5, dtype=np.int32)[None]
-    cached = sample.generate(model, params, prompt, T + 4, greedy=True)
-    np.testing.assert_array_equal(cached, sample.generate(model, params, prompt, T + 4, greedy=True, use_cache=False))
-    run = analyze.analyze_run(workdir, windows=4)  # a report of it too; no table without pos sub
+    cached = decoding.generate(model, params, prompt, T + 4, greedy=True)
+    np.testing.assert_array_equal(cached, decoding.generate(model, params, prompt, T + 4, greedy=True, use_cache=False))
+    run = analysis.analyze_run(workdir, windows=4)  # a report of it too; no table without pos sub
     assert run["positional_table"] == ("next_positional_embedding" if name == "rope" else None)
     assert len(run["ce_by_position"]) == T and np.isfinite(run["ce_loss"])
-    figures = analyze.write_report({name: run}, str(tmp_path / "report"), "test")
+    figures = analysis.write_report({name: run}, str(tmp_path / "report"), "test")
     assert ("positional_cosine.png" in figures) == (name == "rope")

@@ -10,6 +10,7 @@ from absl import flags
 from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
+from aed_jax import decoding
 from aed_jax import memory
 from aed_jax import model as model_lib
 from aed_jax import sample
@@ -70,8 +71,8 @@ def test_greedy_with_cache_gives_the_tokens_of_greedy_without(name, prompt_len, 
     model, params, forward = build(name)
     prompt = np.asarray(jax.random.randint(jax.random.key(2), (2, prompt_len), 0, SMALL["alphabet_size"]))
     stats = {}
-    cached = sample.generate(model, params, prompt, new, greedy=True, stats=stats)
-    uncached = sample.generate(model, params, prompt, new, greedy=True, use_cache=False)
+    cached = decoding.generate(model, params, prompt, new, greedy=True, stats=stats)
+    uncached = decoding.generate(model, params, prompt, new, greedy=True, use_cache=False)
     expected = naive_greedy(forward, params, prompt, new)
     np.testing.assert_array_equal(cached, expected)
     np.testing.assert_array_equal(uncached, expected)
@@ -92,8 +93,8 @@ def test_one_compiled_program_gives_the_tokens_of_the_per_token_loop(name, promp
     model, params, _ = build(name)
     prompt = np.asarray(jax.random.randint(jax.random.key(3), (3, prompt_len), 0, SMALL["alphabet_size"]))
     one, per_token = {}, {}
-    compiled = sample.generate(model, params, prompt, new, stats=one, **options)
-    np.testing.assert_array_equal(compiled, sample.generate(model, params, prompt, new, stats=per_token,
+    compiled = decoding.generate(model, params, prompt, new, stats=one, **options)
+    np.testing.assert_array_equal(compiled, decoding.generate(model, params, prompt, new, stats=per_token,
                                                             compiled=False, **options))
     assert one == per_token
     assert compiled.shape == (3, prompt_len + new) and len(set(compiled[:, prompt_len:].ravel().tolist())) >= 3
@@ -102,7 +103,7 @@ def test_one_compiled_program_gives_the_tokens_of_the_per_token_loop(name, promp
 def test_sampling_is_seeded_and_the_same_with_or_without_the_cache():
     model, params, _ = build("aed")
     prompt = np.zeros((3, 4), np.int32)
-    run = lambda **kw: sample.generate(model, params, prompt, 8, **{"temperature": 1.0, "top_k": 20, **kw})
+    run = lambda **kw: decoding.generate(model, params, prompt, 8, **{"temperature": 1.0, "top_k": 20, **kw})
     first = run(seed=3)
     np.testing.assert_array_equal(first, run(seed=3))
     np.testing.assert_array_equal(first, run(seed=3, use_cache=False))
@@ -116,7 +117,7 @@ def test_greedy_argmax_is_jnps_argmax_with_ties_nans_and_infinities():
     logits[2, [11, 20]] = np.nan  # NaNs: the first NaN, as jnp.argmax
     logits[3] = -np.inf
     logits[4, -1] = np.inf
-    got = np.asarray(sample._argmax(jnp.asarray(logits)))
+    got = np.asarray(decoding._argmax(jnp.asarray(logits)))
     np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
     assert got.dtype == np.int32 and list(got[1:5]) == [7, 11, 0, 50256]
 
@@ -126,16 +127,16 @@ def test_top_k_draws_only_among_the_k_largest():
     top3 = np.argsort(np.asarray(logits), axis=-1)[:, -3:]
     for seed in range(5):
         key = jax.random.key(seed)
-        np.testing.assert_array_equal(sample._pick(logits, key, 1.0, 1, False), np.argmax(logits, axis=-1))
-        drawn = np.asarray(sample._pick(logits, key, 2.0, 3, False))
+        np.testing.assert_array_equal(decoding._pick(logits, key, 1.0, 1, False), np.argmax(logits, axis=-1))
+        drawn = np.asarray(decoding._pick(logits, key, 2.0, 3, False))
         assert all(d in row for d, row in zip(drawn, top3))
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 10), (-1.0, 10), (1.0, -1), (1.0, 98)])
 def test_generate_rejects_bad_sampling_options(temperature, top_k):
     model, params, _ = build("baseline")
-    with pytest.raises(sample.SampleError):
-        sample.generate(model, params, np.zeros((1, 2), np.int32), 2, temperature=temperature, top_k=top_k)
+    with pytest.raises(decoding.SampleError):
+        decoding.generate(model, params, np.zeros((1, 2), np.int32), 2, temperature=temperature, top_k=top_k)
 
 
 # The command line, on a tiny GPT-2-vocabulary run saved as the trainer saves it.
@@ -198,16 +199,16 @@ def test_a_request_beyond_memory_is_refused_with_the_largest_that_fits(workdir, 
     runs) is refused with a smaller one that fits."""
     monkeypatch.setattr(memory, "host_available", lambda: 2**30)
     model, params, _, _ = api.load(workdir)
-    sample.check_memory(model, params, 2, 3, 2**20)
-    with pytest.raises(sample.SampleError, match=rf"need 1\.0 GiB, .* 1\.0 GiB of available host memory; "
+    decoding.check_memory(model, params, 2, 3, 2**20)
+    with pytest.raises(decoding.SampleError, match=rf"need 1\.0 GiB, .* 1\.0 GiB of available host memory; "
                                                  rf"pass --max_new_tokens {2**27 - 3} or less$"):
-        sample.check_memory(model, params, 2, 3, 2**27 - 2)
-    with pytest.raises(sample.SampleError, match=r"^--num_samples 3000: a decoding call needs .* pass --num_samples"
+        decoding.check_memory(model, params, 2, 3, 2**27 - 2)
+    with pytest.raises(decoding.SampleError, match=r"^--num_samples 3000: a decoding call needs .* pass --num_samples"
                                                  r" (\d+) or less$") as error:
-        sample.check_memory(model, params, 3000, 3, 1)  # the prompt's logits alone: 3000 x 3 x 50257 x 4 bytes = 1.7 GiB
+        decoding.check_memory(model, params, 3000, 3, 1)  # the prompt's logits alone: 3000 x 3 x 50257 x 4 bytes = 1.7 GiB
     fits = int(error.value.args[0].split()[-3])
     assert 1 <= fits < 3000
-    sample.check_memory(model, params, fits, 3, 1)  # the suggestion fits by the same measure
+    decoding.check_memory(model, params, fits, 3, 1)  # the suggestion fits by the same measure
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -215,10 +216,10 @@ def test_the_memory_check_compiles_the_program_that_generates(workdir, caplog, u
     """sample measures the program it runs: the check and the generation after it compile one
     program of sample's, once (the check's compile is the one the generation reuses)."""
     model, params, _, _ = api.load(workdir)
-    sample._program.cache_clear()
+    decoding._program.cache_clear()
     with caplog.at_level("WARNING"), jax.log_compiles(True):
-        sample.check_memory(model, params, 2, 3, 5, use_cache=use_cache, greedy=True)
-        sample.generate(model, params, np.ones((2, 3), np.int32), 5, use_cache=use_cache, greedy=True)
+        decoding.check_memory(model, params, 2, 3, 5, use_cache=use_cache, greedy=True)
+        decoding.generate(model, params, np.ones((2, 3), np.int32), 5, use_cache=use_cache, greedy=True)
     ours = ("jit(decode)", "jit(prefill)", "jit(full)", "jit(step)")
     compiled = [r.getMessage().split()[4] for r in caplog.records
                 if r.getMessage().startswith("Finished XLA compilation of") and r.getMessage().split()[4] in ours]

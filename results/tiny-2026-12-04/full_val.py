@@ -1,5 +1,5 @@
 """The tiny suite's runs on the whole val split: `evaluate --full` of every run and seed, then each run's
-mean and sd and the paired differences with their 95% t-intervals (experiments/stats.py).
+mean and sd and the paired differences with their 95% t-intervals (aed_jax/stats.py).
 
 The suite's own table (results.md) reports the last in-training estimate, 10 random batches of 8 x 64
 tokens (5,120); this evaluates every non-overlapping window of the val split (106k tokens), so the
@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.getcwd())
-from experiments import stats  # noqa: E402
+from aed_jax import stats  # noqa: E402
 
 RUNS = ("mse_pos_sub", "no_loss_no_pos", "baseline", "matched_baseline")
 PAIRS = (("mse_pos_sub", "baseline"), ("mse_pos_sub", "matched_baseline"), ("no_loss_no_pos", "baseline"),

@@ -1,0 +1,198 @@
+"""Training throughput, memory and generation speed of a config: what `python -m aed_jax.bench` runs.
+
+Compiles, warms up and times steady-state train steps on random tokens at the config's effective
+batch (batch_size x gradient_accumulation_steps sequences, split by micro_batch_size), then the
+eval forward and cached generation. Prints compile time, median step time, tokens/s, model FLOPs
+per token, MFU, and device memory: the allocator's peak where the backend reports one (GPU, TPU)
+and, on every backend, what XLA's buffer assignment says the compiled step needs. With
+--input_pipeline it also times steps fed by the real data pipeline, with and without prefetch.
+The step runs on the config's mesh (mesh_data x mesh_fsdp), so per-device memory shows what FSDP
+saves; --memory_only compiles the step and reports its memory without running it (a model too big
+to time on this machine still gets its figures).
+
+FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
+    6 * N_matmul + 12 * n_attention * T * D
+N_matmul counts every matmul weight: every Dense kernel plus the tied output layer (V x D);
+embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
+per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
+"""
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import numpy as np
+
+from aed_jax import data
+from aed_jax import decoding
+from aed_jax import memory
+from aed_jax import mesh as mesh_lib
+from aed_jax import metrics
+from aed_jax import model as model_lib
+from aed_jax import optim
+from aed_jax import prepare
+from aed_jax import train
+
+
+# Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
+    """Training FLOPs per token by the formula in this module's docstring."""
+    flat = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]]
+    matmul = sum(x.size for name, x in flat if name.endswith("['kernel']")) + cfg.alphabet_size * cfg.n_embed
+    # One attention per q/k/v projection; a scanned stack holds its layers' kernels as [L, in, out].
+    n_attention = sum(x.shape[0] if x.ndim == 3 else 1 for name, x in flat
+                      if name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")))
+    return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
+
+
+def peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
+
+
+def timed(fn, *args, repeats: int) -> float:
+    """Median seconds of `repeats` calls after two warm-up calls, each waited for."""
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def step_memory(c) -> dict:
+    """Per-device memory of `c`'s train step on its mesh, by XLA's buffer assignment, compiled and
+    not run: the parameters + AdamW state one device holds, and what the whole step needs."""
+    mesh = mesh_lib.make_mesh(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
+    abstract = train.abstract_state(model, optimizer, mesh)
+    lower = functools.partial(train.lower_train_step, c, model, optimizer, mesh, abstract)
+    micro = memory.pick_micro_batch_size(c, mesh, lower)
+    start = time.perf_counter()
+    step = lower(micro)
+    return {"model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "micro_batch_size": micro,
+            "params": sum(a.size for a in jax.tree_util.tree_leaves(abstract["params"])),
+            "state_gib_per_device": mesh_lib.bytes_per_device((abstract["params"], abstract["opt_state"])) / 2**30,
+            "step_memory_gib": memory.program_bytes(step) / 2**30, "compile_s": time.perf_counter() - start}
+
+
+def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False) -> dict:
+    """The measurements as a dict (see the module docstring); `input_pipeline` adds
+    `time_input_pipeline`'s."""
+    mesh = mesh_lib.make_mesh(c)
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
+    cfg, T = model.cfg, c.model_config.context_size
+    rows = c.batch_size * c.gradient_accumulation_steps
+    abstract = train.abstract_state(model, optimizer, mesh)
+    state = train.init_on_mesh(jax.random.key(0), abstract, model=model, optimizer=optimizer)
+    params, opt_state = state["params"], state["opt_state"]
+    tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
+    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
+    micro = memory.pick_micro_batch_size(c, mesh, functools.partial(train.lower_train_step, c, model, optimizer, mesh,
+                                                                     abstract))
+    start = time.perf_counter()
+    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
+        params, opt_state, batch, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - start
+    step_memory_gib = memory.program_bytes(step) / 2**30
+
+    state = {"params": params, "opt_state": opt_state}
+
+    def one_step():
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
+        return metrics
+
+    step_s = timed(one_step, repeats=steps)
+    tokens_per_s = rows * T / step_s
+    fpt = flops_per_token(params, cfg)
+    peak = peak_flops()
+    eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
+    eval_fn = jax.jit(lambda p, b: metrics.eval_step(p, b, model=model))
+    eval_s = timed(eval_fn, state["params"], eval_batch, repeats=steps)
+    out = {
+        "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
+        "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
+        "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
+        "eval_tokens_per_s": c.batch_size * T / eval_s,
+        "peak_memory_gib": _peak_memory_gib(), "step_memory_gib": step_memory_gib,
+        "state_gib_per_device": mesh_lib.bytes_per_device(state) / 2**30,
+    }
+    if input_pipeline:
+        out.update(time_input_pipeline(c, step, state, mesh, steps))
+    if generate_tokens:  # the whole generation, one compiled program, at batch 1 and 8
+        params_host = jax.device_get(state["params"])
+        for b, key in ((1, "generate_tokens_per_s"), (8, "generate_tokens_per_s_batch8")):
+            prompt = np.tile(tokens[:1, : min(8, T)], (b, 1))
+            decoding.generate(model, params_host, prompt, generate_tokens, greedy=True)  # compiles
+            start = time.perf_counter()
+            decoding.generate(model, params_host, prompt, generate_tokens, greedy=True)
+            out[key] = b * generate_tokens / (time.perf_counter() - start)
+    return out
+
+
+def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
+    """Train steps fed by the real pipeline (the config's dataset through grain), as the trainer's
+    loop runs them (dispatch step i, then read step i-1's metrics): once through `DevicePrefetch`,
+    once copying each batch to the device when the step asks for it. Reports each loop's step time
+    and the time it spent waiting for its batch, per step."""
+    rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
+    train_path, _ = prepare.ensure_data(c)
+    to_global = functools.partial(mesh_lib.to_global, mesh)
+    out = {}
+    for name in ("prefetch", "sync"):
+        host = data.train_iterator(train_path, T, rows, c.random_seed, mesh_lib.process_slice(rows))
+        batches = data.DevicePrefetch(host, to_global) if name == "prefetch" else map(to_global, host)
+        pending, wait_s = None, 0.0
+        for i in range(steps + 2):  # two warm-up steps
+            if i == 2:
+                jax.block_until_ready(pending)
+                start, wait_s = time.perf_counter(), 0.0
+            t = time.perf_counter()
+            batch = next(batches)
+            wait_s += time.perf_counter() - t
+            state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
+                                                                jax.random.key(i))
+            if pending is not None:
+                jax.device_get(pending)
+            pending = metrics
+        jax.device_get(pending)
+        out[f"fed_step_ms_{name}"] = 1e3 * (time.perf_counter() - start) / steps
+        out[f"data_wait_ms_{name}"] = 1e3 * wait_s / steps
+    return out
+
+
+def _peak_memory_gib() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
+
+
+def format_table(r: dict) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    model = r["model_type"] + (f" ({r['config']})" if "config" in r else "")
+    rows = [("model", model),
+            ("device", f"{r['devices']} x {r['device']} ({r['dtype']}), mesh data x fsdp = {r['mesh']}"),
+            ("batch", f"{r['batch_tokens']:,} tokens, micro-batch {r['micro_batch_size']} sequences"),
+            ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
+            ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
+            ("MFU", fmt(r["mfu"] and 100 * r["mfu"], ".1f") + (" %" if r["mfu"] else " (no peak known for this device)")),
+            ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")
+             + f" (allocator); step needs {r['step_memory_gib']:.2f} GiB (XLA's buffer assignment), params + "
+             f"optimizer {r['state_gib_per_device']:.2f} GiB of it"),
+            ("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}")]
+    for name in ("prefetch", "sync"):
+        if f"fed_step_ms_{name}" in r:
+            rows.append((f"data-fed ({name})", f"{r[f'fed_step_ms_{name}']:.1f} ms a step, "
+                                               f"{r[f'data_wait_ms_{name}']:.2f} ms of it waiting for the batch"))
+    if "generate_tokens_per_s" in r:
+        rows.append(("generate (cached)", f"{r['generate_tokens_per_s']:,.1f} tokens/s at batch 1, "
+                                          f"{r['generate_tokens_per_s_batch8']:,.1f} at batch 8 (one compiled program)"))
+    return "\n".join(f"{name:<20} {value}" for name, value in rows)

@@ -3,34 +3,39 @@ and ending every process with one line and the right exit code.
 
 jax's distributed service ends a job whose process died with a multi-line C++ abort, after its
 heartbeat timeout (100 s), or for a process that never joined after its initialisation timeout
-(300 s), in silence until then. A scheduler sees a crash either way. So:
+(300 s), in silence until then; and a client that loses the service (hosted by process 0) aborts
+its process at once, its error callback out of Python's reach. A scheduler sees a crash. So:
 
 - `join` runs jax.distributed.initialize under a watchdog: a line when the others are late, and one
   line and exit 1 when they have not all joined within `join_timeout` seconds;
+- process 0 runs the service in a process of its own (`ServiceProcess`, `serve`), which outlives a
+  process 0 that died by LINGER_S: the others then find the loss by the counters below;
 - `Liveness`, once joined, keeps a counter per process in the service's key-value store, raised
   every second by a thread; each process watches the others' counters, and one that stops for
   STALE_S seconds ends this process with one line and exit 1, within seconds, wherever it waits (a
   barrier, a collective, a compile, process 0's closing samples). A process stopped by SIGTERM
-  before training ended says so first (`stop`), so the others name why.
+  before training ended says so first (`stop`), so the others name why;
 - `Liveness.finish` is the job's last barrier, still watched: every process reaches jax's own
-  shutdown barrier within a second of the others, so no process is lost while waiting there
-  (jax would notice after its 100 s heartbeat timeout, then abort).
-- `lost_peer` tells a collective's failure from a bug: inside training a dead peer usually shows
-  first as such an error (gloo's connection reset), which `exit_lost` turns into the same line.
+  shutdown barrier within a second of the others, so no process is lost while waiting there;
+- `lost_peer` tells a collective's failure from a bug: a dead peer often shows first as such an
+  error (gloo's connection reset), which `Liveness.exit_lost` turns into the same kind of line.
 
 Every exit here is `os._exit`: a normal exit would wait in jax.distributed's shutdown barrier for
 the process that is gone.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 from absl import logging
 import jax
+from jax._src import distributed  # jax.distributed's client (its key-value store) and its service factory
 from jax.experimental import multihost_utils
 
 from aed_jax import errors
@@ -39,6 +44,8 @@ JAX_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID
 STALE_S = 15.0  # a process whose counter has not moved for this long is gone
 _BEAT_S = 1.0
 _LATE_S = 30.0  # the first "still waiting" line
+LINGER_S = 2 * STALE_S  # how long the service outlives a process 0 that died: the others find it first
+_LEAVING_S = 5 * _BEAT_S  # and one that exits with its own line: the others read why, or find it, first
 
 
 class ClusterError(errors.UserError):
@@ -46,6 +53,8 @@ class ClusterError(errors.UserError):
 
 
 def _out(line: str, code: int) -> None:
+    if ServiceProcess.running is not None:
+        ServiceProcess.running.leaving()
     sys.stdout.flush()
     sys.stderr.write(line + "\n" if line else "")
     sys.stderr.flush()
@@ -77,16 +86,79 @@ def join(join_timeout: int, training_ended: threading.Event) -> "Liveness":
     threading.Thread(target=watchdog, daemon=True, name="aed_jax join watchdog").start()
     args = (os.environ[JAX_VARIABLES[0]], int(os.environ[JAX_VARIABLES[1]]), int(os.environ[JAX_VARIABLES[2]])) \
         if given else ()
+    in_process = distributed._jax.get_distributed_runtime_service  # what jax calls in process 0 alone
+    distributed._jax.get_distributed_runtime_service = ServiceProcess
     try:  # jax's own timeout after ours: ours speaks first, in one line
         jax.distributed.initialize(*args, initialization_timeout=join_timeout + 60)
     except (ValueError, RuntimeError) as e:
         raise ClusterError(f"--distributed: {errors.one_line(e)}; set {', '.join(JAX_VARIABLES)} on every "
                            "process, or run under SLURM") from None
+    finally:
+        distributed._jax.get_distributed_runtime_service = in_process
     joined.set()
     if jax.process_index() != 0:  # process 0 speaks for the job; the others only for their own errors
         logging.set_verbosity(logging.ERROR)
     _connect_collectives()
     return Liveness(training_ended)
+
+
+class ServiceProcess:
+    """jax's coordination service, started by jax.distributed.initialize in process 0 with the same
+    arguments, but in a child process (`serve`) that ignores SIGINT and SIGTERM (the trainer handles
+    them and still needs the service to stop at a voted step). `shutdown`, which jax calls last at
+    exit, ends it; if process 0 exits with a line of its own (`_out`), it lives _LEAVING_S longer, and if
+    process 0 dies, LINGER_S."""
+    running: "ServiceProcess | None" = None  # process 0's
+
+    def __init__(self, *args, **kwargs):
+        # A session of its own: a Ctrl-C in the terminal reaches process 0, which stops at a voted step.
+        self.child = subprocess.Popen([sys.executable, "-c", "from aed_jax import cluster; cluster.serve()",
+                                       json.dumps([args, kwargs])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)  # its failure: one line here
+        said = self.child.stdout.readline().decode().strip()
+        if said != "ready":
+            why = said or f"it exited with code {self.child.wait()}"
+            raise ClusterError(f"--distributed: the coordination service cannot listen at {args[0]} ({why}); the "
+                               "port may be taken, for example by the service of a job whose process 0 died less "
+                               f"than {LINGER_S:.0f} s ago: wait, or choose another port (JAX_COORDINATOR_ADDRESS, "
+                               "or the SLURM job's)")
+        ServiceProcess.running = self
+
+    def _say(self, word: str) -> None:
+        try:
+            self.child.stdin.write(word.encode() + b"\n")
+            self.child.stdin.flush()
+        except OSError:  # it is gone already
+            pass
+
+    def leaving(self) -> None:
+        self._say("leaving")
+
+    def shutdown(self) -> None:
+        self._say("done")
+        self.child.wait()
+
+
+def serve() -> None:
+    """The service process's body: `ready` on stdout once the service listens (else why not, in one
+    line); then it serves until process 0 writes `done` (a normal exit) or its pipe closes without it
+    (process 0 died: LINGER_S more), or `leaving` (process 0 exits with its own line: _LEAVING_S more).
+    SIGINT and SIGTERM are process 0's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    args, kwargs = json.loads(sys.argv[1])
+    try:
+        service = distributed._jax.get_distributed_runtime_service(*args, **kwargs)
+    except Exception as e:  # the address is taken, or not this host's
+        print(errors.one_line(e)[:200], flush=True)
+        return
+    print("ready", flush=True)
+    word = sys.stdin.readline().strip()
+    if word == "done":
+        service.shutdown()
+    else:
+        time.sleep(_LEAVING_S if word == "leaving" else LINGER_S)
+    os._exit(0)
 
 
 def _connect_collectives() -> None:
@@ -108,7 +180,6 @@ class Liveness:
     """Each process's counter in the key-value store, raised every second; a watch on the others'."""
 
     def __init__(self, training_ended: threading.Event):
-        from jax._src import distributed  # the client of jax.distributed, for its key-value store
         self.client, self.me, self.n = distributed.global_state.client, jax.process_index(), jax.process_count()
         self._stopped = threading.Event()
         self.training_ended = training_ended
@@ -128,10 +199,8 @@ class Liveness:
         while not self._stopped.is_set():
             try:
                 self.client.key_value_increment(self._key("alive", self.me), 1)
+                self._exit_if_one_stopped()
                 for p, (count, since) in seen.items():
-                    if (why := self._get("stopped", p)) is not None:
-                        _out(f"error: process {self.me} of {self.n}: process {p} {why}; start every process again "
-                             "with the same command", 1)
                     now = self._get("alive", p)
                     if now != count:
                         seen[p] = (now, time.time())
@@ -143,6 +212,20 @@ class Liveness:
                     return
                 self._lost_coordinator(e)
             self._stopped.wait(_BEAT_S)
+
+    def _exit_if_one_stopped(self) -> None:
+        """One line naming the process that said why it stopped (`stop`), if one did."""
+        for p in range(self.n):
+            if p != self.me and (why := self._get("stopped", p)) is not None:
+                _out(f"error: process {self.me} of {self.n}: process {p} {why}; start every process again with the "
+                     "same command", 1)
+
+    def exit_lost(self, e: BaseException) -> None:
+        """One line for a collective that failed because another process is gone (`lost_peer`), exit 1:
+        why it went, if it said (a signal before training), else that it has probably died."""
+        self._exit_if_one_stopped()
+        _out(f"error: process {self.me} of {self.n} lost contact with the others ({errors.one_line(e)[:160]}); one "
+             "of them has probably died. " + self._then(), 1)
 
     def _lost_coordinator(self, e: Exception) -> None:
         _out(f"error: process {self.me} of {self.n} lost the coordinator (process 0): {errors.one_line(e)[:160]}. "
@@ -203,10 +286,3 @@ def lost_peer(e: BaseException) -> bool:
     with an absl status code first): what a dead peer looks like from the survivors."""
     codes = ("UNKNOWN", "INTERNAL", "UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED", "FAILED_PRECONDITION")
     return jax.process_count() > 1 and str(e).startswith(tuple(f"{code}:" for code in codes))
-
-
-def exit_lost(e: BaseException) -> None:
-    """One line for a collective that failed because another process is gone (`lost_peer`), exit 1."""
-    _out(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with the others "
-         f"({errors.one_line(e)[:160]}); one of them has probably died. The workdir keeps its latest "
-         "checkpoint: start every process again with the same command", 1)

@@ -107,7 +107,7 @@ def main(argv):
     except Exception as e:
         if not cluster.lost_peer(e):
             raise
-        cluster.exit_lost(e)
+        liveness.exit_lost(e)
     finished.set()
     if jax.process_index() == 0:
         is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead

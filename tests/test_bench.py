@@ -128,10 +128,10 @@ def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
 def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type, layers, attention_calls):
     """experiments/profile_cpu: each attention call the model makes is recorded (AED: encoder self,
     decoder self and cross per layer), and every piece gets a positive time."""
-    from experiments import profile_cpu
+    from experiments import profiling
     c = config_lib.base_config(model_type)
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=layers, context_size=16, alphabet_size=128))
-    r = profile_cpu.profile(c, micro=2, repeats=1)
+    r = profiling.profile(c, micro=2, repeats=1)
     assert r["attention calls"] == attention_calls
     for piece in ("step", "loss grad", "forward", "head + CE", "attention", "AdamW"):
         assert r[piece] > 0, piece
@@ -141,10 +141,10 @@ def test_cpu_profile_times_every_piece_and_counts_the_attention_calls(model_type
 def test_cpu_profile_thunks_name_the_model_operations_of_a_step():
     """experiments/profile_cpu --thunks: the trace's thunks map back to the model's operations (the
     feed-forward's matmuls among them), each with a positive time, and page faults are counted."""
-    from experiments import profile_cpu
+    from experiments import profiling
     c = config_lib.base_config("baseline")
     c.model_config.update(dict(n_embed=32, n_head=2, n_layer=2, context_size=16, alphabet_size=128))
-    top, faults = profile_cpu.thunks(c, micro=2, repeats=2)
+    top, faults = profiling.thunks(c, micro=2, repeats=2)
     assert top and all(ms > 0 and n >= 1 for _, ms, n in top)
     assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
     assert any("transformer_blocks/feed_forward/linear/dot_general" in op for op, _, _ in top), top[:10]

@@ -90,6 +90,8 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("experiments.reproduce", ["--suite=tiny", "--runs=nope"], "error: --runs: unknown run 'nope'"),
     ("experiments.plot", ["--help"], "--suite: <"),
     ("experiments.plot", ["--out=/nonexistent"], "error: --out: no such folder"),
+    ("experiments.profile_cpu", ["--help"], "--thunks: Also list"),
+    ("experiments.bench_prepare", ["--help"], "--"),
 ])
 def test_help_and_bad_flags_answer_before_jax_loads(command, argv, expected):
     """--help and a bad flag or config key take a fraction of a second: jax (a second or more of

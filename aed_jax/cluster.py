@@ -263,22 +263,31 @@ class Liveness:
 def on_sigterm_outside_training(liveness: "Liveness | None", finished: threading.Event) -> None:
     """SIGTERM outside training (the trainer's own handler saves and stops inside it, `preemption`):
     before training ended there is nothing to save: one line, exit 1, and the others are told. After
-    it ended (the closing samples, the last barrier) the run is complete: one line, and this process
-    ends as a finished one does, through the last barrier and jax's shutdown, exit 0 everywhere."""
+    it ended, `end_after_training`."""
     def handle(signum, frame):
-        who = f"process {jax.process_index()}" if jax.process_count() > 1 else "the run"
-        if not finished.is_set():
-            why = "was stopped by SIGTERM before training began; there was nothing to save"
-            if liveness is not None:
-                liveness.stop(why)
-            _out(f"error: {who} {why}", 1)
-        sys.stderr.write(f"{who} was stopped by SIGTERM after training ended; its checkpoints are saved\n")
+        if finished.is_set():
+            end_after_training(liveness, "SIGTERM")
+        why = "was stopped by SIGTERM before training began; there was nothing to save"
         if liveness is not None:
-            liveness.finish()
-            jax.distributed.shutdown()
-        _out("", 0)
+            liveness.stop(why)
+        _out(f"error: {_who()} {why}", 1)
 
     signal.signal(signal.SIGTERM, handle)
+
+
+def end_after_training(liveness: "Liveness | None", signal_name: str) -> None:
+    """A signal once training ended (during the closing samples, the last barrier, or while the last
+    saves finished): the run is complete. One line, then this process ends as a finished one does,
+    through the last barrier and jax's shutdown: exit 0 everywhere."""
+    sys.stderr.write(f"{_who()} was stopped by {signal_name} after training ended; its checkpoints are saved\n")
+    if liveness is not None:
+        liveness.finish()
+        jax.distributed.shutdown()
+    _out("", 0)
+
+
+def _who() -> str:
+    return f"process {jax.process_index()}" if jax.process_count() > 1 else "the run"
 
 
 def lost_peer(e: BaseException) -> bool:

@@ -109,6 +109,8 @@ def main(argv):
             raise
         liveness.exit_lost(e)
     finished.set()
+    if outcome.signalled_after:  # while the last saves finished
+        cluster.end_after_training(liveness, outcome.signalled_after)
     if jax.process_index() == 0:
         is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead
         report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)

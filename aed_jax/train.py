@@ -124,6 +124,7 @@ class Outcome:
     step: int  # the step the workdir's latest checkpoint now holds
     estimate: dict  # the last estimate (train_loss, val_loss, accuracy losses, "step"); {} before any
     stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run
+    signalled_after: str | None = None  # a signal that came once the last step was done: the run is complete
     already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
 
 
@@ -261,9 +262,13 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                 break
             shown.restart_clock()
     finally:
-        shown.close()
-        writer.close()
-        stopper.restore()
-        saves.close()
-        best_saves.close()
+        try:
+            shown.close()
+            writer.close()
+            saves.close()
+            best_saves.close()
+        finally:  # last: a signal while the saves finish sets the flag, never ends them midway
+            stopper.restore()
+    if stopper.signal and not outcome.stopped_by:
+        outcome.signalled_after = stopper.signal
     return outcome

@@ -201,6 +201,33 @@ def test_sigterm_before_training_is_one_line_and_exit_1(config_file, tmp_path, m
                                             "was nothing to save")
 
 
+def test_a_signal_while_the_last_saves_finish_never_cuts_them(data_dir, tmp_path, monkeypatch):
+    """SIGTERM once the last step is done, while the checkpoint managers close (their saves finish): the
+    trainer's handler still holds it, the saves complete, and the outcome says a signal came after
+    training, which main ends as a finished run (exit 0), not as one stopped before training began."""
+    real, sent = rundir.checkpoints, []
+
+    class ClosingSignalled:
+        def __init__(self, manager):
+            self.manager = manager
+
+        def __getattr__(self, name):
+            return getattr(self.manager, name)
+
+        def close(self):
+            sent.append(signal.getsignal(signal.SIGTERM))
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.manager.close()
+
+    monkeypatch.setattr(rundir, "checkpoints", lambda *a, **k: ClosingSignalled(real(*a, **k)))
+    before = signal.getsignal(signal.SIGTERM)
+    outcome = train.train_and_evaluate(small_config(data_dir, train_steps=4), str(tmp_path))
+    assert sent and sent[0] is not before  # the trainer's handler, not the one main installs
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (outcome.step, outcome.stopped_by, outcome.signalled_after) == (4, None, "SIGTERM")
+    assert rundir.resolve_step(str(tmp_path))[1] == 4
+
+
 def test_sigkill_resumes_from_the_latest_complete_checkpoint(config_file, tmp_path):
     workdir = str(tmp_path / "run")
     proc = _launch(config_file, workdir)

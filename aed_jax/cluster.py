@@ -86,15 +86,20 @@ def join(join_timeout: int, training_ended: threading.Event) -> "Liveness":
     threading.Thread(target=watchdog, daemon=True, name="aed_jax join watchdog").start()
     args = (os.environ[JAX_VARIABLES[0]], int(os.environ[JAX_VARIABLES[1]]), int(os.environ[JAX_VARIABLES[2]])) \
         if given else ()
-    in_process = distributed._jax.get_distributed_runtime_service  # what jax calls in process 0 alone
-    distributed._jax.get_distributed_runtime_service = ServiceProcess
+    # What jax calls in process 0 alone to start the service (a private name: a jax without it keeps
+    # the service in process 0, and its death is then jax's abort in the others).
+    jaxlib = getattr(distributed, "_jax", None)
+    in_process = getattr(jaxlib, "get_distributed_runtime_service", None)
+    if in_process is not None:
+        jaxlib.get_distributed_runtime_service = ServiceProcess
     try:  # jax's own timeout after ours: ours speaks first, in one line
         jax.distributed.initialize(*args, initialization_timeout=join_timeout + 60)
     except (ValueError, RuntimeError) as e:
         raise ClusterError(f"--distributed: {errors.one_line(e)}; set {', '.join(JAX_VARIABLES)} on every "
                            "process, or run under SLURM") from None
     finally:
-        distributed._jax.get_distributed_runtime_service = in_process
+        if in_process is not None:
+            jaxlib.get_distributed_runtime_service = in_process
     joined.set()
     if jax.process_index() != 0:  # process 0 speaks for the job; the others only for their own errors
         logging.set_verbosity(logging.ERROR)

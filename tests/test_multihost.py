@@ -178,15 +178,25 @@ def test_fsdp_over_two_processes_saves_shards_any_mesh_restores(runs, config_fil
     assert "damaged" not in check.err(0)
 
 
-def _start_long_run(config_file, workdir):
-    run = Run(config_file, workdir, 2, "--config.train_steps=100000", "--config.est_interval=50000")
-    deadline = time.time() + 180
-    while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-               and os.path.getsize(os.path.join(workdir, "metrics.jsonl"))):  # training has begun
+def _until(run, ready, timeout=180) -> None:
+    """Waits until `ready()`, every process still running meanwhile (else the end of each one's log)."""
+    deadline = time.time() + timeout
+    while not ready():
         assert time.time() < deadline and all(p.poll() is None for p in run.procs), \
-            [(p, run.procs[p].poll(), run.err(p)[:1500]) for p in (0, 1)]  # how each began to fail
-        time.sleep(0.2)
+            [(p, run.procs[p].poll(), run.err(p)[-1500:]) for p in range(len(run.procs))]
+        time.sleep(0.05)
+
+
+def _training(run, workdir, timeout=180):
+    """`run` once training has begun (its first metrics are written)."""
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    _until(run, lambda: os.path.exists(metrics) and os.path.getsize(metrics), timeout)
     return run
+
+
+def _start_long_run(config_file, workdir):
+    return _training(Run(config_file, workdir, 2, "--config.train_steps=100000", "--config.est_interval=50000"),
+                     workdir)
 
 
 @pytest.mark.parametrize("signalled", [(1,), (0, 1)])
@@ -219,13 +229,9 @@ def test_of_three_processes_one_dead_ends_both_others_in_one_line(config_file, t
     their own line (process 1 must not be ended by jax's abort when process 0, which hosts the
     coordination service, exits)."""
     workdir = str(tmp_path / "run")
-    run = Run(config_file, workdir, 3, "--config.train_steps=100000",
-              "--config.batch_size=6", "--config.gradient_accumulation_steps=1", "--config.est_interval=1", "--config.est_steps=1")
-    deadline = time.time() + 240
-    while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-               and os.path.getsize(os.path.join(workdir, "metrics.jsonl"))):
-        assert time.time() < deadline and all(p.poll() is None for p in run.procs), [run.err(p)[-1500:] for p in (0, 1, 2)]
-        time.sleep(0.2)
+    run = _training(Run(config_file, workdir, 3, "--config.train_steps=100000", "--config.batch_size=6",
+                        "--config.gradient_accumulation_steps=1", "--config.est_interval=1", "--config.est_steps=1"),
+                    workdir, timeout=240)
     run.procs[2].kill()
     start = time.time()
     assert run.wait(timeout=120)[:2] == [1, 1], [run.err(p)[-1500:] for p in (0, 1)]
@@ -235,10 +241,7 @@ def test_of_three_processes_one_dead_ends_both_others_in_one_line(config_file, t
 
 
 def _wait_for(run, p, text, timeout=180):
-    deadline = time.time() + timeout
-    while text not in run.err(p):
-        assert time.time() < deadline and all(q.poll() is None for q in run.procs), [run.err(q)[-1500:] for q in (0, 1)]
-        time.sleep(0.1)
+    _until(run, lambda: text in run.err(p), timeout)
 
 
 def _last_line(run, p) -> str:
@@ -305,10 +308,7 @@ def _at_the_end(config_file, tmp_path) -> "Run":
     """A two-process run once process 0 has printed its last losses: training has ended, process 0 reads
     the checkpoint for its closing samples, process 1 waits in the last barrier."""
     run = Run(config_file, str(tmp_path / "run"), 2, sample_tokens=40)
-    deadline = time.time() + 180
-    while "final: train loss" not in run.out(0):
-        assert time.time() < deadline and all(p.poll() is None for p in run.procs), [run.err(p)[-1500:] for p in (0, 1)]
-        time.sleep(0.05)
+    _until(run, lambda: "final: train loss" in run.out(0))
     return run
 
 

@@ -142,6 +142,7 @@ class ServiceProcess:
     def shutdown(self) -> None:
         self._say("done")
         self.child.wait()
+        ServiceProcess.running = None  # an exit after this one (`end_after_training`) has nothing to tell
 
 
 def serve() -> None:
@@ -212,7 +213,7 @@ class Liveness:
                     elif time.time() - since > STALE_S:
                         _out(f"error: process {self.me} of {self.n} lost process {p} (no sign of life for "
                              f"{STALE_S:.0f} s); it has probably died (see its log). " + self._then(), 1)
-            except Exception as e:  # the service itself is gone: process 0, which hosts it, has died
+            except Exception as e:  # the service itself is gone (its process killed, or process 0 dead too long)
                 if self._stopped.is_set():
                     return
                 self._lost_coordinator(e)

@@ -93,7 +93,7 @@ def run(main):
     on stderr and exit 1, not a traceback. (The trainer catches Ctrl-C itself in its loop, to save first.)"""
     def interruptible(argv):
         try:
-            return reporting(main)(_quiet_libraries(argv))
+            return reporting(main)(quiet_libraries(argv))
         except KeyboardInterrupt:
             fail("interrupted")
     keep_freed_host_memory()
@@ -124,7 +124,7 @@ def keep_freed_host_memory() -> bool:
                for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))
 
 
-def _quiet_libraries(argv):
+def quiet_libraries(argv=None):
     """Keeps orbax's, grain's and jax's INFO lines (one per save, backend probing) out of the log; their
     warnings still show, but for the compilation cache's."""
     quiet = lambda record: record.levelno >= std_logging.WARNING or not any(

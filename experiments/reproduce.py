@@ -1,5 +1,5 @@
 """`python -m experiments.reproduce --suite seed|rope|smoke|tiny|tasks [--scale SCALE] [--seeds N|a,b,...]
-[--dataset NAME] [--runs a,b,...] [--out DIR]`.
+[--dataset NAME] [--runs a,b,...] [--out DIR] [--jobs N]`.
 
 Trains the seed's eight runs (or the named subset; `--suite rope`: RoPE in AED and the baseline,
 with and without position subtraction, beside the seed's learned-table pair; `--suite tiny`: the
@@ -17,11 +17,15 @@ values of every seed, differences.csv (and results.md, in words) each comparison
 differences (run a minus run b, seed by seed) with their 95% t-intervals (aed_jax/stats.py).
 Without --seeds a run trains once, with its config's seed, in `<out>/<run>`.
 
-Re-running the same command resumes unfinished runs from their latest checkpoint and skips
-finished ones (latest checkpoint step = train_steps), so it can be stopped and restarted at will
-(and more seeds added later: those trained are skipped);
-SIGTERM or Ctrl-C saves the current run and writes the results so far. `--notrain` only rewrites
-the results and figures from the workdirs as they are.
+Each run trains in a process of its own, `--jobs` at a time (default: one per usable core on CPU,
+each pinned to its own cores with its output in <workdir>/train.log; one on a GPU or TPU):
+experiments/scheduler.py. Re-running the same command resumes unfinished runs from their latest
+checkpoint and skips finished ones (latest checkpoint step = train_steps), so it can be stopped and
+restarted at will (and more seeds added later: those trained are skipped). SIGTERM or Ctrl-C: no run
+starts after it, the runs training save and stop, the results so far are written, one line says so,
+exit 0; before any run starts, one `error:` line, exit 1. Every flag, the data and the output folder
+are checked before jax loads (experiments/plan.py). `--notrain` only rewrites the results and
+figures from the workdirs as they are.
 
 Scales: `full` is the seed's recipe (9,000 steps of 50 x 16 sequences of 200 tokens). `mini` keeps
 the models and batches and divides train_steps, warmup_iters, lr_decay_iters and est_interval by
@@ -38,15 +42,21 @@ Data: the built-in corpus wiki_vital by default, which is for quick checks, not 
 """
 from __future__ import annotations
 
-# Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
-# --help and a bad flag answer in a fraction of a second.
+if __name__ == "__main__":  # a signal before any run starts: one line; the suite's own handler takes over
+    from aed_jax import stopping
+    stopping.exit_on_signals("no run had started: nothing was trained or written")
+
 import os
 
+# Only what the flags need: jax and the libraries on it load in the children that train and, for the
+# results, once the runs have ended, so --help and a bad flag answer in a fraction of a second.
 from absl import flags
 
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import errors
+from experiments import plan
+from experiments import scheduler
 from experiments import suites
 from experiments.suites import MINI_FACTOR
 
@@ -78,6 +88,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "checks: too small for the seed's recipe). Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
                         "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
+    flags.DEFINE_integer("jobs", None, "Runs trained side by side, each in a process of its own (pinned to its own "
+                         "cores on CPU, its output in <workdir>/train.log when more than one). Default: one per "
+                         "usable core on CPU (a run's second core adds little: BENCHMARKS.md), one on a GPU or TPU.",
+                         lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("train", True, "Train (resume) the runs first; --notrain only rewrites results.md, the CSV "
                       "files and the figures from the workdirs as they are.", flag_values=fv)
     flags.DEFINE_string("compilation_cache_dir", "~/.cache/aed_jax/jax",
@@ -98,37 +112,48 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         cli.fail(f"--runs: unknown run {', '.join(map(repr, unknown))} for --suite {fv.suite}; "
                  f"choose from {', '.join(names)}")
     selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
-    import jax
-    from experiments import runner
-    if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
-    seeds = runner.parse_seeds(fv.seeds)
-    overrides = runner.data_override(fv.data_dir, fv.dataset)
+    seeds = plan.parse_seeds(fv.seeds)
+    overrides = plan.data_override(fv.data_dir, fv.dataset)
     out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET))
     configs = {}
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)
         c.update(overrides)
         configs[run.name] = c
-    runner.check_layout(out, suite.runs, seeds)
-    os.makedirs(out, exist_ok=True)
-    jobs = [(run, seed) for seed in seeds or [None] for run in selected]  # seed by seed: pairs come early
-    for i, (run, seed) in enumerate(jobs if fv.train else []):
-        name, workdir = run.name + ("" if seed is None else f" seed {seed}"), suites.workdir(out, run.name, seed)
-        c = runner._seed_config(configs[run.name], seed)
-        print(f"[{i + 1}/{len(jobs)}] {name}: {c.train_steps:,} steps in {workdir}", flush=True)
-        status = runner.train_run(run, c, workdir, scale)
-        print(f"[{i + 1}/{len(jobs)}] {name}: {status}", flush=True)
-        if status == "interrupted":
-            print("interrupted: writing the results so far; run the same command again to resume", flush=True)
-            break
+    plan.check_layout(out, suite.runs, seeds)
+    plan.check_out(out)
+    total, todo = len(selected) * len(seeds or [None]), []
+    for i, (seed, run) in enumerate(((seed, run) for seed in seeds or [None] for run in selected), 1):
+        # seed by seed: pairs come early
+        c, workdir = suites.seed_config(configs[run.name], seed), suites.workdir(out, run.name, seed)
+        plan.check_scale(workdir, scale)
+        job = scheduler.Job(run.name + ("" if seed is None else f" seed {seed}"), run.name, c, workdir, scale)
+        if fv.train and plan.finished(workdir, c.train_steps):
+            print(f"[{i}/{total}] {job.name}: skipped", flush=True)
+        elif fv.train:
+            todo.append((i, job))
+    scheduler.default_cache(fv.compilation_cache_dir)
+    stopper, statuses = scheduler.Stopper(), {}
     try:
-        paths = runner.write_report(out, fv.suite, suite, scale, configs, seeds)
-    except OSError as e:  # each file is written whole or not at all; the trained runs stay
-        cli.fail(errors.write_failed(e, e.filename or out, "run the same command again: it trains nothing twice"))
+        if todo:
+            statuses = scheduler.run_all(todo, min(fv.jobs or plan.default_jobs(), len(todo)), total, stopper)
+        from experiments import runner  # jax: only now, once no run trains
+        try:
+            paths = runner.write_report(out, fv.suite, suite, scale, configs, seeds)
+        except OSError as e:  # each file is written whole or not at all; the trained runs stay
+            cli.fail(errors.write_failed(e, e.filename or out, "run the same command again: it trains nothing twice"))
+    finally:
+        stopper.restore()
     for path in paths:
         print(path)
-
+    failed = [name for name, status in statuses.items() if status.startswith("failed")]
+    if stopper.signal:
+        print(f"stopped by {stopper.signal}: {sum(s == 'finished' for s in statuses.values())} of the {len(todo)} runs "
+              "to train finished, the others saved their checkpoints, the results so far are written; run the same "
+              "command to resume", flush=True)
+    if failed:
+        cli.fail(f"{len(failed)} of {total} runs failed ({', '.join(failed)}); their errors are in the lines above and "
+                 "their run.json, the others' results are written")
 
 if __name__ == "__main__":
     define_flags()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import glob
 import json
 import os
 import statistics
@@ -26,53 +25,14 @@ from aed_jax import rundir
 from aed_jax import stats
 from aed_jax import train
 from experiments import figures
+from experiments import plan
 from experiments import suites
 from experiments.suites import MINI_EST_FACTOR, MINI_FACTOR, Run, Suite
 
 EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss column
-MAX_SEED_COUNT = 100  # --seeds N above this is taken for a seed, not a count
 # The values a results row averages over seeds (its sd beside each), in the order of results.csv.
 METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss", "embedding_loss",
            "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
-
-
-class ReproduceError(errors.UserError):
-    """A user error (a workdir of another scale, an ambiguous data folder, a bad --seeds): one line."""
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    """--seeds: one integer N is a count (the config's seed and the N - 1 after it); a comma-separated list,
-    the seeds themselves (a trailing comma makes one seed a list: "7,"). None: no --seeds."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    is_list = len(parts) > 1
-    parts = [p for p in parts if p] if is_list else parts
-    if not parts or not all(p.isdigit() for p in parts):
-        raise ReproduceError(f"--seeds {text}: give a count (3) or a comma-separated list of seeds (1337,1338), "
-                             "non-negative integers")
-    numbers = [int(p) for p in parts]
-    if is_list:
-        if len(set(numbers)) < len(numbers):
-            raise ReproduceError(f"--seeds {text}: a seed is repeated")
-        if max(numbers) >= 2**32:
-            raise ReproduceError(f"--seeds {text}: a seed must be below 2**32")
-        return numbers
-    if not 1 <= numbers[0] <= MAX_SEED_COUNT:
-        raise ReproduceError(f"--seeds {text}: a count of seeds is 1 to {MAX_SEED_COUNT}; for that one seed write "
-                             f"--seeds {text},")
-    return [suites.DEFAULT_SEED + k for k in range(numbers[0])]
-
-
-def check_layout(out: str, runs: tuple[Run, ...], seeds: list[int] | None) -> None:
-    """A run folder holds either one run (no --seeds) or one folder per seed, never both: a ReproduceError
-    when the command's --seeds does not match what `out` already holds."""
-    for run in runs:
-        folder = os.path.join(out, run.name)
-        if seeds is not None and os.path.isfile(os.path.join(folder, "run.json")):
-            raise ReproduceError(f"{folder} holds a run trained without --seeds; drop --seeds or pass another --out")
-        if seeds is None and glob.glob(os.path.join(glob.escape(folder), "seed*", "run.json")):
-            raise ReproduceError(f"{folder} holds runs trained with --seeds; pass --seeds or another --out")
 
 
 def recipe(c: ml_collections.ConfigDict) -> str:
@@ -80,35 +40,6 @@ def recipe(c: ml_collections.ConfigDict) -> str:
             f"{c.model_config.context_size} tokens, lr {c.lr:g} with {c.warmup_iters:,} warmup steps and cosine decay "
             f"to step {c.lr_decay_iters:,}, an estimate every {c.est_interval:,} steps over {c.est_steps} batches "
             "of each split")
-
-
-def data_override(folder: str | None, dataset: str | None = None) -> dict:
-    """Config keys for --data_dir and --dataset; without --dataset, a folder's dataset is the name of its
-    <name>_train.bin. Any corpus but the built-in one must be prepared already: checked here, before training."""
-    if folder is None:
-        override = {"dataset": dataset} if dataset else {}
-    elif dataset:
-        override = {"data_dir": folder, "dataset": dataset}
-    else:
-        override = _folder_override(folder)
-    c = config_lib.base_config()
-    c.update(override)
-    if c.dataset != config_lib.DEFAULT_DATASET:
-        data.split_paths(c)  # a DataError naming the missing file and how to make it
-    return override
-
-
-def _folder_override(folder: str) -> dict:
-    if not os.path.isdir(folder):
-        raise ReproduceError(f"--data_dir: no such folder {folder!r}")
-    if all(os.path.isfile(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")):
-        return {"data_dir": folder}
-    trains = glob.glob(os.path.join(glob.escape(folder), "*_train.bin"))
-    names = sorted(os.path.basename(p)[:-len("_train.bin")] for p in trains
-                   if os.path.isfile(p[:-len("_train.bin")] + "_val.bin"))
-    if len(names) > 1:
-        raise ReproduceError(f"--data_dir: {folder} holds several datasets ({', '.join(names)}); keep one")
-    return {"data_dir": folder, **({"dataset": names[0]} if names else {})}  # none: wiki_vital, prepared there
 
 
 def latest_step(workdir: str) -> int | None:
@@ -121,24 +52,14 @@ def latest_step(workdir: str) -> int | None:
     return step
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
-    """Trains or resumes `run` in `workdir`: "finished", "skipped", "interrupted" or "failed: <why>".
+def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
+    """Trains or resumes run `name` in `workdir`: "finished", "skipped", "interrupted" or "failed: <why>".
+    What `experiments.jobs` runs in each child process; the suite checked the workdir's scale before.
 
     `<workdir>/run.json` records the scale, the latest step and the wall time of every call so far.
     """
     info_path = os.path.join(workdir, "run.json")
-    info = _read_json(info_path)
-    if info.get("scale", scale) != scale:
-        trained = info["scale"] or "none (a suite of one size)"
-        raise ReproduceError(f"{workdir} was trained at scale {trained}; pass that scale or another --out")
+    info = plan.read_json(info_path)
     step = latest_step(workdir)
     if step is not None and step >= c.train_steps:
         return "skipped"
@@ -151,7 +72,7 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str |
     finally:
         step = latest_step(workdir)
         rundir.write_atomic(info_path, json.dumps({
-            "run": run.name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
+            "run": name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
             "finished": step is not None and step >= c.train_steps, "error": error,
             "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -164,7 +85,7 @@ def train_run(run: Run, c: ml_collections.ConfigDict, workdir: str, scale: str |
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
     """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
     train_rows, estimates = rundir.read_metrics(workdir)
-    info, last = _read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
+    info, last = plan.read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
     step = latest_step(workdir)
     has_embedding_loss = c.model_type == "aed" and c.model_config.embedding_loss_type != "NONE"
     tail = [r["embedding_loss"] for r in train_rows[-EMBEDDING_TAIL:] if "embedding_loss" in r]
@@ -385,7 +306,7 @@ def _data_text(c: ml_collections.ConfigDict) -> str:
         text += f" (dataset `{c.dataset}`)"
     elif not c.data_dir:
         text += " (the built-in corpus)"
-    meta = _read_json(os.path.join(folder, "meta.json"))
+    meta = plan.read_json(os.path.join(folder, "meta.json"))
     if meta.get("source") and meta.get("train", {}).get("tokens"):
         text += f": {meta['source']}; {meta['train']['tokens']:,} train tokens"
     return text
@@ -398,15 +319,6 @@ def _commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
-
-
-def _seed_config(c: ml_collections.ConfigDict, seed: int | None) -> ml_collections.ConfigDict:
-    """`c` with random_seed `seed` (None: as it is)."""
-    if seed is None:
-        return c
-    c = c.copy_and_resolve_references()
-    c.random_seed = seed
-    return c
 
 
 def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -423,7 +335,7 @@ def write_report(out: str, suite_name: str, suite: Suite, scale: str | None, con
     seed_rows = {}
     for run in suite.runs:
         params = suites.count_params(configs[run.name])
-        seed_rows[run.name] = [collect(run, _seed_config(configs[run.name], seed), workdir, params)
+        seed_rows[run.name] = [collect(run, suites.seed_config(configs[run.name], seed), workdir, params)
                                for seed, workdir in zip(seeds or [None], suites.workdirs(out, run.name, seeds))]
     rows = [aggregate(run, seed_rows[run.name]) for run in suite.runs]
     diffs = differences(suite, seed_rows)

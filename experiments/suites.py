@@ -366,6 +366,15 @@ def workdirs(out: str, run: str, seeds: list[int] | None) -> list[str]:
     return [workdir(out, run, seed) for seed in seeds or [None]]
 
 
+def seed_config(c: ml_collections.ConfigDict, seed: int | None) -> ml_collections.ConfigDict:
+    """`c` with random_seed `seed` (None: as it is)."""
+    if seed is None:
+        return c
+    c = c.copy_and_resolve_references()
+    c.random_seed = seed
+    return c
+
+
 def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collections.ConfigDict:
     """`c` at `scale`: unchanged but for mini, whose steps and schedule are divided by MINI_FACTOR."""
     if scale == "mini":

@@ -2,9 +2,11 @@
 import ast
 import csv
 import importlib.metadata
+import json
 import math
 import os
 import re
+import signal
 import statistics
 import struct
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
+from experiments import plan  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import suites  # noqa: E402
 
@@ -56,7 +59,7 @@ def smoke(tmp_path_factory, tokens):
     """The smoke suite run once through its CLI, on the synthetic token folder."""
     out = tmp_path_factory.mktemp("smoke")
     command = [sys.executable, "-m", "experiments.reproduce", "--suite", "smoke", "--out", str(out),
-               "--data_dir", str(tokens)]
+               "--data_dir", str(tokens), "--jobs", "1"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, command, result
@@ -190,15 +193,86 @@ def test_task_suite_smoke(tmp_path):
     assert all(d["n"] == "1" and "no interval from one seed" in d["sentence"] for d in diffs)
 
 
+@pytest.mark.slow
+def test_jobs_train_side_by_side_to_the_numbers_of_one_at_a_time(tmp_path, tokens, smoke):
+    """--jobs 2: both runs at once, each pinned to its own core with its output in its train.log, and the
+    metrics of --jobs 1 (the `smoke` fixture): to float tolerance, since a run on one core sums some
+    reductions (the gradient norm) in another order than on two."""
+    one, _, _ = smoke
+    result = run_reproduce("--suite", "smoke", "--out", str(tmp_path), "--data_dir", str(tokens), "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    started = [line for line in lines if "steps in" in line]
+    assert len(started) == 2 and all("(log: " in line for line in started), lines
+    if len(plan.usable_cores()) >= 2:  # each its own core
+        assert len({line.split(", cores ")[1].split(" ")[0] for line in started}) == 2, started
+    assert lines.index(started[1]) < min(i for i, line in enumerate(lines) if ": finished" in line)  # side by side
+    for name in ("tiny", "tiny_baseline"):
+        assert "saved checkpoint at step 6" in (tmp_path / name / "train.log").read_text()
+        rows = [[json.loads(line) for line in open(out / name / "metrics.jsonl")] for out in (one, tmp_path)]
+        assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
+        for a, b in zip(*rows):
+            for key in a.keys() - {"step_time_s", "tokens_per_s"}:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (name, a["step"], key)
+    assert read_csv(tmp_path / "results.csv")[0]["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "[1/2] tiny: finished"), (signal.SIGINT, "step 3: train loss")],
+                         ids=["SIGTERM-between-runs", "SIGINT-during-a-run"])
+def test_a_signal_stops_the_suite_saves_and_writes_the_results(tmp_path, tokens, smoke, sig, when):
+    """SIGTERM once the first run has ended, or Ctrl-C while it trains: no run starts after it, the one
+    training saves, the results so far are written, one line says so (exit 0, as the trainer's own stop);
+    the same command then resumes and finishes the suite."""
+    args = ["--suite", "smoke", "--out", str(tmp_path), "--data_dir", str(tokens), "--jobs", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(when):
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    lines = ("".join(seen) + out).splitlines()
+    assert proc.returncode == 0, (err[-3000:], lines)
+    assert lines[-1].startswith(f"stopped by {sig.name}: ") and lines[-1].endswith("run the same command to resume")
+    assert "Traceback" not in err and os.path.isfile(tmp_path / "results.md")
+    rows = {r["run"]: r for r in read_csv(tmp_path / "results.csv")}
+    assert rows["tiny_baseline"]["status"] in ("not run", "partial"), rows  # never trained to the end
+    again = run_reproduce(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["status"] for r in read_csv(tmp_path / "results.csv")] == ["finished", "finished"]
+
+
+def test_reproduce_refuses_an_out_it_cannot_write_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file" / "out", "/proc/aed_jax_out"):
+        with pytest.raises(plan.ReproduceError, match=re.escape(str(out))):
+            plan.check_out(str(out))
+    plan.check_out(str(tmp_path / "new" / "out"))  # made, written, and left empty
+    assert os.listdir(tmp_path / "new" / "out") == []
+
+
+def test_jobs_deal_the_cores_out(monkeypatch):
+    monkeypatch.setattr(plan, "usable_cores", lambda: [0, 1, 2, 3, 4])
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert plan.default_jobs() == 5 and plan.core_slots(1) == [None]
+    assert plan.core_slots(2) == [[0, 2, 4], [1, 3]]
+    assert plan.core_slots(7) == [[0], [1], [2], [3], [4], [0], [1]]  # more runs than cores: they share
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert plan.default_jobs() == 1 and plan.core_slots(2) == [None, None]  # an accelerator: no pinning
+
+
 def test_seeds_flag():
-    assert runner.parse_seeds(None) is None
-    assert runner.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
-    assert runner.parse_seeds("7, 8,9") == [7, 8, 9] and runner.parse_seeds("7,") == [7]
+    assert plan.parse_seeds(None) is None
+    assert plan.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
+    assert plan.parse_seeds("7, 8,9") == [7, 8, 9] and plan.parse_seeds("7,") == [7]
     for text, message in (("0", "a count of seeds is 1 to 100"), ("1337", "write --seeds 1337,"),
-                          ("-1", "non-negative integers"), ("two", "a count (3)"), ("1.5", "a count"), (",", "a count"),
+                          ("-1", "non-negative integers"), ("two", "a count (3)"), ("²", "a count (3)"), ("7,²", "a count"), ("1.5", "a count"), (",", "a count"),
                           ("7,7", "repeated"), (f"{2**32},1", "below 2**32")):
-        with pytest.raises(runner.ReproduceError, match=re.escape(message)):
-            runner.parse_seeds(text)
+        with pytest.raises(plan.ReproduceError, match=re.escape(message)):
+            plan.parse_seeds(text)
     assert suites.workdirs("out", "mse", None) == [os.path.join("out", "mse")]  # no --seeds: the layout of before
     assert suites.workdirs("out", "mse", [7, 8]) == [os.path.join("out", "mse", "seed7"),
                                                      os.path.join("out", "mse", "seed8")]
@@ -271,16 +345,16 @@ def test_dataset_flag_names_the_corpus_and_the_default_out(tmp_path, monkeypatch
     (tmp_path / "data" / "wikipedia").mkdir(parents=True)
     for split in ("train", "val"):
         np.zeros(1000, np.uint16).tofile(tmp_path / "data" / "wikipedia" / f"wikipedia_{split}.bin")
-    assert runner.data_override(None, "wikipedia") == {"dataset": "wikipedia"}  # data/wikipedia
-    assert runner.data_override("data/wikipedia") == {"data_dir": "data/wikipedia", "dataset": "wikipedia"}
-    assert runner.data_override(None) == {}  # the built-in corpus, prepared on first use
-    with pytest.raises(runner.data.DataError, match="data/other/other_train.bin: no such file"):
-        runner.data_override(None, "other")  # before any training
+    assert plan.data_override(None, "wikipedia") == {"dataset": "wikipedia"}  # data/wikipedia
+    assert plan.data_override("data/wikipedia") == {"data_dir": "data/wikipedia", "dataset": "wikipedia"}
+    assert plan.data_override(None) == {}  # the built-in corpus, prepared on first use
+    with pytest.raises(plan.data.DataError, match="data/other/other_train.bin: no such file"):
+        plan.data_override(None, "other")  # before any training
     assert suites.default_out("seed", "full", "wikipedia") == os.path.join("runs", "seed_full-wikipedia")
     (tmp_path / "data" / "wikipedia" / "meta.json").write_text('{"source": "Hugging Face dataset wikimedia/'
                                                                'wikipedia", "train": {"tokens": 900}}')
     c = runner.config_lib.base_config()
-    c.update(runner.data_override(None, "wikipedia"))
+    c.update(plan.data_override(None, "wikipedia"))
     assert runner._data_text(c) == ("`data/wikipedia` (dataset `wikipedia`): Hugging Face dataset "
                                        "wikimedia/wikipedia; 900 train tokens")  # results.md names the corpus
     assert suites.default_out("seed", "mini") == os.path.join("runs", "seed_mini")

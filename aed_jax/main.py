@@ -13,8 +13,9 @@ import threading
 import typing
 
 
-def _interrupted(*_):
-    """Ctrl-C outside the training loop (which saves and stops by itself): one line, exit 1.
+def _stopped(signum, _):
+    """SIGTERM or Ctrl-C while the libraries load (from then on, cluster.on_signals_outside_training):
+    one line, exit 1, nothing to save.
 
     os._exit, not sys.exit: a SystemExit raised while the interpreter runs a gc callback or a
     __del__ is swallowed ("Exception ignored in ...") and the run would go on. Nothing is lost:
@@ -24,19 +25,14 @@ def _interrupted(*_):
         sys.stdout.flush()
     except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
         pass
-    os.write(2, b"error: interrupted; the workdir keeps its latest checkpoint\n")
-    os._exit(1)
-
-
-def _terminated(*_):
-    """SIGTERM while the libraries load (from then on, cluster.on_sigterm_outside_training): one line, exit 1."""
-    os.write(2, b"error: the run was stopped by SIGTERM before training began; there was nothing to save\n")
+    os.write(2, f"error: the run was stopped by {signal.Signals(signum).name} before training began; there was "
+                "nothing to save\n".encode())
     os._exit(1)
 
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the libraries load or the run is set up
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
 
 
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
@@ -94,7 +90,7 @@ def main(argv):
     fv = flags.FLAGS
     finished = threading.Event()  # training has ended: a signal or a lost process costs no training now
     liveness = cluster.join(fv.join_timeout, finished) if fv.distributed else None
-    cluster.on_sigterm_outside_training(liveness, finished)
+    cluster.on_signals_outside_training(liveness, finished)
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     workdir = fv.workdir or c.workdir or rundir.default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))

@@ -333,7 +333,8 @@ def test_ctrl_c_while_starting_is_one_line(config_file, tmp_path, when):
         assert "stopped by SIGINT" in out
     else:
         assert proc.returncode == 1
-        assert err.strip().splitlines()[-1] == "error: interrupted; the workdir keeps its latest checkpoint"
+        assert err.strip().splitlines()[-1] == ("error: the run was stopped by SIGINT before training began; there "
+                                                "was nothing to save")
 
 
 def test_tensorboard_shows_each_step_once_after_a_resume_as_metrics_jsonl_does(data_dir, tmp_path):

@@ -201,6 +201,27 @@ def test_sigterm_before_training_is_one_line_and_exit_1(config_file, tmp_path, m
                                             "was nothing to save")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_closing_samples_ends_a_finished_run_with_exit_0(data_dir, tmp_path, signum):
+    """Ctrl-C while the closing samples compile: the run is complete, as SIGTERM there says; it used to be
+    `error: interrupted` and exit 1."""
+    path = tmp_path / "short.py"
+    path.write_text(f"import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
+                    f"{small_config(data_dir, train_steps=2, est_interval=2, est_steps=1).to_dict()!r})\n")
+    proc = _launch(str(path), str(tmp_path / "run"), "--sample_prompt=A", "--sample_tokens=40",
+                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if line.startswith("final: "):
+            break
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == (f"the run was stopped by {signal.Signals(signum).name} after training "
+                                            "ended; its checkpoints are saved")
+    assert rundir.resolve_step(str(tmp_path / "run"))[1] == 2
+
+
 def test_a_signal_while_the_last_saves_finish_never_cuts_them(data_dir, tmp_path, monkeypatch):
     """SIGTERM once the last step is done, while the checkpoint managers close (their saves finish): the
     trainer's handler still holds it, the saves complete, and the outcome says a signal came after

@@ -77,7 +77,8 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
     from aed_jax import api, decoding
     model, params, _, encoding = api.load(workdir)
     prompt_1xL = decoding.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
-    for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=200, seed=0))):
+    top_k = min(200, model.cfg.alphabet_size)  # a vocabulary smaller than 200 ids is cut nowhere, not refused
+    for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=top_k, seed=0))):
         tokens = decoding.generate(model, params, prompt_1xL, max_new_tokens, **options)[0]
         print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 

@@ -222,6 +222,18 @@ def test_a_signal_during_the_closing_samples_ends_a_finished_run_with_exit_0(dat
     assert rundir.resolve_step(str(tmp_path / "run"))[1] == 2
 
 
+def test_the_closing_samples_of_a_small_vocabulary_are_both_printed(data_dir, tmp_path, capsys):
+    """The sampled continuation's top_k (200) is cut to a vocabulary smaller than that; it used to be
+    refused, and the run ended with the greedy continuation alone."""
+    from aed_jax import main
+    train.train_and_evaluate(small_config(data_dir, train_steps=2, est_interval=2, est_steps=1), str(tmp_path))
+    capsys.readouterr()
+    main.print_continuations(str(tmp_path), "A", 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["greedy", "sampled"]
+    assert all(line.split(": ", 1)[1].startswith("'A") for line in lines)
+
+
 def test_a_signal_while_the_last_saves_finish_never_cuts_them(data_dir, tmp_path, monkeypatch):
     """SIGTERM once the last step is done, while the checkpoint managers close (their saves finish): the
     trainer's handler still holds it, the saves complete, and the outcome says a signal came after

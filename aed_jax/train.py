@@ -135,7 +135,6 @@ def _all_finite(tree) -> jax.Array:
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
     """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
-    tasks.check(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
     with rundir.locked(workdir):

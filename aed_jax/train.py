@@ -137,6 +137,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     config_lib.validate(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
+    if tasks.task_name(c.dataset) is None and c.dataset != config_lib.DEFAULT_DATASET:
+        data.split_paths(c)  # a corpus that is not there (a typo): said before the workdir is made and left empty
     with rundir.locked(workdir):
         rundir.check_layout(workdir)
         if jax.process_index() == 0:

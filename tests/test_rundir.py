@@ -260,6 +260,28 @@ def test_fresh_with_a_linked_checkpoints_folder_trains_from_step_0(data_dir, tmp
     assert [row["step"] for row in rundir.read_metrics(workdir)[0]] == [1, 2]
 
 
+def test_a_mistyped_dataset_is_one_line_before_the_workdir_is_made(data_dir, tmp_path):
+    """It used to leave a workdir holding only .lock."""
+    from aed_jax import data
+    workdir = tmp_path / "run"
+    with pytest.raises(data.DataError, match=r"^\S+/synht_train\.bin: no such file; make it with python -m "
+                                              r"aed_jax\.prepare --input YOUR_CORPUS --out \S+ --name synht "):
+        train.train_and_evaluate(small_config(data_dir, dataset="synht"), str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_mistyped_built_in_dataset_suggests_its_name_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "aed_jax.main", "--config=configs/tiny.py",
+                             "--config.dataset=wiki_vitl", f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/wiki_vitl/wiki_vitl_train.bin: no such file; did you mean --config.dataset=wiki_vital? Else make "
+        "it with python -m aed_jax.prepare --input YOUR_CORPUS --out data/wiki_vitl --name wiki_vitl (or --hf DATASET "
+        "in place of --input)")
+    assert not (tmp_path / "run").exists()
+
+
 # Where the full disk shows: an OSError out of the save, or tensorstore's ValueError (RESOURCE_EXHAUSTED)
 # out of orbax's manager, which checkpoint.save turns into the same OSError.
 FULL_DISK = {

@@ -102,6 +102,9 @@ def main(argv):
     except OSError as e:  # writing the run folder (metrics.jsonl, TensorBoard, config.json): its last checkpoint stays
         cli.fail(errors.write_failed(e, e.filename or workdir, "run the same command to resume"))
     except Exception as e:
+        # Out of memory where the trainer names no program (restoring, compiling, saving): still one line.
+        if (message := errors.out_of_memory(e, "the trainer", train.STEP_REMEDY)) is not None:
+            cli.fail(message)
         if not cluster.lost_peer(e):
             raise
         liveness.exit_lost(e)
@@ -137,6 +140,11 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
             print_continuations(workdir, prompt, sample_tokens)
         except decoding.SampleError as e:  # e.g. a model whose vocabulary is not GPT-2's
             logging.info("no continuations printed: %s", e)
+        except Exception as e:  # the run is complete and saved: a sample that does not fit costs only its line
+            message = errors.out_of_memory(e, "the closing samples", "pass a smaller --sample_tokens, or 0")
+            if message is None:
+                raise
+            logging.warning("no continuations printed: %s", message)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,6 +233,32 @@ def test_the_closing_samples_of_a_small_vocabulary_are_both_printed(data_dir, tm
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["greedy", "sampled"]
     assert all(line.split(": ", 1)[1].startswith("'A") for line in lines)
+
+
+def test_a_train_step_beyond_host_memory_is_one_line_naming_it_and_the_remedy(tmp_path):
+    """Under an address-space limit (ulimit -v) that lets jax load but not a batch of 65,536 rows run: the
+    step's RESOURCE_EXHAUSTED used to be a 54-line traceback."""
+    import resource
+    from test_task_runs import task_config
+    path = tmp_path / "huge_batch.py"
+    path.write_text(f"import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
+                    f"{task_config(batch_size=65536, gradient_accumulation_steps=1).to_dict()!r})\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+    result = subprocess.run([sys.executable, "-m", "aed_jax.main", f"--config={path}", f"--workdir={tmp_path / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.fullmatch(r"error: the train step ran out of memory allocating \d+(\.\d+)? GiB: use a smaller batch_size "
+                        r"or micro_batch_size \(a larger gradient_accumulation_steps keeps the effective batch\), or a "
+                        r"smaller model", result.stderr.strip().splitlines()[-1])
+
+
+def test_an_out_of_memory_error_is_one_train_error_line_and_any_other_error_passes():
+    with pytest.raises(train.TrainError, match=r"^the estimate ran out of memory allocating 74\.5 GiB: smaller$"):
+        with train.out_of_memory_line("the estimate", "smaller"):
+            raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (10000000000,) and data type float64")
+    with pytest.raises(ValueError):
+        with train.out_of_memory_line("the estimate", "smaller"):
+            raise ValueError("RESOURCE_EXHAUSTED")  # not jax's error: not an out-of-memory one
 
 
 def test_a_signal_while_the_last_saves_finish_never_cuts_them(data_dir, tmp_path, monkeypatch):

@@ -56,8 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
                         "default: config.workdir, else runs/<config file name>, plus -<dataset> when the "
                         f"dataset is not {config_lib.DEFAULT_DATASET}.")
-    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints, metrics and TensorBoard events and "
-                      "start over.")
+    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints (a linked checkpoints/ or best/ keeps "
+                      "its link and loses the steps inside), metrics and TensorBoard events and start over.")
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
     flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
                          "training ends; 0 prints none.", lower_bound=0)

@@ -266,25 +266,29 @@ class Liveness:
             pass
 
 
-def on_sigterm_outside_training(liveness: "Liveness | None", finished: threading.Event) -> None:
-    """SIGTERM outside training (the trainer's own handler saves and stops inside it, `preemption`):
-    before training ended there is nothing to save: one line, exit 1, and the others are told. After
-    it ended, `end_after_training`."""
+def on_signals_outside_training(liveness: "Liveness | None", finished: threading.Event) -> None:
+    """SIGTERM or SIGINT (Ctrl-C) outside training (the trainer's own handler saves and stops inside
+    it, `preemption`): before training ended there is nothing to save: one line, exit 1, and the others
+    are told. After it ended, `end_after_training`: the run is complete whichever signal came, so Ctrl-C
+    during the closing samples is a finished run as SIGTERM there is."""
     def handle(signum, frame):
+        name = signal.Signals(signum).name
         if finished.is_set():
-            end_after_training(liveness, "SIGTERM")
-        why = "was stopped by SIGTERM before training began; there was nothing to save"
+            end_after_training(liveness, name)
+        why = f"was stopped by {name} before training began; there was nothing to save"
         if liveness is not None:
             liveness.stop(why)
         _out(f"error: {_who()} {why}", 1)
 
-    signal.signal(signal.SIGTERM, handle)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, handle)
 
 
 def end_after_training(liveness: "Liveness | None", signal_name: str) -> None:
     """A signal once training ended (during the closing samples, the last barrier, or while the last
     saves finished): the run is complete. One line, then this process ends as a finished one does,
-    through the last barrier and jax's shutdown: exit 0 everywhere."""
+    through the last barrier and jax's shutdown: exit 0 everywhere. What it did not print (the rest
+    of the closing samples) is only a view of the saved checkpoints."""
     sys.stderr.write(f"{_who()} was stopped by {signal_name} after training ended; its checkpoints are saved\n")
     if liveness is not None:
         liveness.finish()

@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from aed_jax import errors
+from aed_jax import tasks
 
 MODEL_TYPES = ("aed", "baseline")
 ORDER_TYPES = ("ORIGINAL", "ALT")
@@ -197,8 +198,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.micro_batch_size is not None and (c.micro_batch_size <= 0 or rows % c.micro_batch_size):
         raise ConfigError(f"micro_batch_size: {c.micro_batch_size} does not divide batch_size * "
                           f"gradient_accumulation_steps = {rows}")
-    if c.warmup_iters < 0 or c.lr_decay_iters <= c.warmup_iters:
-        raise ConfigError(f"lr_decay_iters: must exceed warmup_iters >= 0, got {c.lr_decay_iters} <= {c.warmup_iters}")
+    for key in ("warmup_iters", "lr_decay_iters"):  # each by its own name, so the message names the key set
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
+            raise ConfigError(f"{key}: must be an integer >= 0, got {c[key]!r}")
+    if c.lr_decay_iters <= c.warmup_iters:
+        raise ConfigError(f"lr_decay_iters: must exceed warmup_iters={c.warmup_iters} (the decay starts where the "
+                          f"warmup ends), got {c.lr_decay_iters}")
     check_number("lr", c.lr, lambda v: v > 0, "> 0")
     check_number("min_lr", c.min_lr, lambda v: 0 <= v <= c.lr, f"in [0, lr={c.lr}]")
     check_number("weight_decay", c.weight_decay, lambda v: v >= 0, ">= 0")
@@ -206,10 +211,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check_number(key, c[key], lambda v: 0 <= v < 1, "in [0, 1)")
     if not 0 <= c.random_seed < 2**32:
         raise ConfigError(f"random_seed: must be in [0, 2**32), got {c.random_seed}")
-    for key in ("num_kv_pairs", "copy_length", "sort_length"):  # how they fit the sequence: tasks.check
+    if not c.dataset or os.sep in c.dataset or (os.altsep and os.altsep in c.dataset):
+        raise ConfigError(_dataset_is_not_a_name(c.dataset))
+    for key in ("num_kv_pairs", "copy_length", "sort_length"):  # how they fit the sequence: tasks.settings_problem
         if isinstance(c.task[key], bool) or not isinstance(c.task[key], int) or c.task[key] <= 0:
             raise ConfigError(f"task.{key}: must be a positive integer, got {c.task[key]!r}")
     check_number("task.power_a", c.task.power_a, lambda v: 0 < v <= 1, "in (0, 1]")
+    problem = tasks.settings_problem(c)  # here, not in the trainer: a bad setting is told before jax loads
+    if problem:
+        raise ConfigError(problem)
+
+
+def _dataset_is_not_a_name(dataset: str) -> str:
+    """Why an empty or path-like `dataset` is refused, and the keys that say what was meant: a name's files
+    are <data_dir>/<name>_train.bin and _val.bin, data_dir by default data/<name>."""
+    if not dataset:
+        return (f"dataset: must be a corpus name ({DEFAULT_DATASET} is built in; yours: the --name you gave "
+                "prepare) or task:<name>, got ''")
+    folder = dataset.rstrip("/" + (os.altsep or ""))
+    name = os.path.basename(folder) or "NAME"
+    return (f"dataset: {dataset!r} is a path, and dataset is a name: for the token files in {folder or dataset}, "
+            f"pass --config.dataset={name} --config.data_dir={folder or dataset}")
 
 
 def _validate_aed(m: ml_collections.ConfigDict) -> None:

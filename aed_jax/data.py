@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import glob
 import os
 import sys
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aed_jax import config as config_lib
 from aed_jax import errors
 from aed_jax import tasks
 
@@ -67,8 +69,12 @@ def split_paths(config) -> tuple[str, str]:
             missing = os.path.join(folder, f"{config.dataset}_val.bin")
         source = "--dataset wiki_vital" if config.dataset == "wiki_vital" else "--input YOUR_CORPUS"
         hf = "" if config.dataset == "wiki_vital" else " (or --hf DATASET in place of --input)"
-        raise DataError(f"{missing}: no such file; make it with "
-                        f"python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}{hf}")
+        # A typo of a name that needs no files of the user's (the built-in corpus, a task) says which it meant.
+        known = [config_lib.DEFAULT_DATASET] + [tasks.PREFIX + task for task in tasks.TASKS] + list(tasks.TASKS)
+        close = difflib.get_close_matches(config.dataset, [k for k in known if k != config.dataset], n=1)
+        meant = tasks.PREFIX + close[0] if close and close[0] in tasks.TASKS else close[0] if close else None
+        raise DataError(f"{missing}: no such file; " + (f"did you mean --config.dataset={meant}? Else " if meant else "")
+                        + f"make it with python -m aed_jax.prepare {source} --out {folder} --name {config.dataset}{hf}")
     return paths
 
 

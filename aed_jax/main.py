@@ -13,8 +13,9 @@ import threading
 import typing
 
 
-def _interrupted(*_):
-    """Ctrl-C outside the training loop (which saves and stops by itself): one line, exit 1.
+def _stopped(signum, _):
+    """SIGTERM or Ctrl-C while the libraries load (from then on, cluster.on_signals_outside_training):
+    one line, exit 1, nothing to save.
 
     os._exit, not sys.exit: a SystemExit raised while the interpreter runs a gc callback or a
     __del__ is swallowed ("Exception ignored in ...") and the run would go on. Nothing is lost:
@@ -24,19 +25,14 @@ def _interrupted(*_):
         sys.stdout.flush()
     except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
         pass
-    os.write(2, b"error: interrupted; the workdir keeps its latest checkpoint\n")
-    os._exit(1)
-
-
-def _terminated(*_):
-    """SIGTERM while the libraries load (from then on, cluster.on_sigterm_outside_training): one line, exit 1."""
-    os.write(2, b"error: the run was stopped by SIGTERM before training began; there was nothing to save\n")
+    os.write(2, f"error: the run was stopped by {signal.Signals(signum).name} before training began; there was "
+                "nothing to save\n".encode())
     os._exit(1)
 
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the libraries load or the run is set up
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
 
 
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
@@ -60,8 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics.jsonl, TensorBoard events); "
                         "default: config.workdir, else runs/<config file name>, plus -<dataset> when the "
                         f"dataset is not {config_lib.DEFAULT_DATASET}.")
-    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints, metrics and TensorBoard events and "
-                      "start over.")
+    flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints (a linked checkpoints/ or best/ keeps "
+                      "its link and loses the steps inside), metrics and TensorBoard events and start over.")
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
     flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
                          "training ends; 0 prints none.", lower_bound=0)
@@ -81,7 +77,8 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
     from aed_jax import api, decoding
     model, params, _, encoding = api.load(workdir)
     prompt_1xL = decoding.encode_prompt(prompt, model.cfg.alphabet_size, encoding)[None]
-    for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=200, seed=0))):
+    top_k = min(200, model.cfg.alphabet_size)  # a vocabulary smaller than 200 ids is cut nowhere, not refused
+    for name, options in (("greedy", dict(greedy=True)), ("sampled", dict(temperature=0.8, top_k=top_k, seed=0))):
         tokens = decoding.generate(model, params, prompt_1xL, max_new_tokens, **options)[0]
         print(f"{name}: {encoding.decode(tokens.tolist())!r}")
 
@@ -94,7 +91,7 @@ def main(argv):
     fv = flags.FLAGS
     finished = threading.Event()  # training has ended: a signal or a lost process costs no training now
     liveness = cluster.join(fv.join_timeout, finished) if fv.distributed else None
-    cluster.on_sigterm_outside_training(liveness, finished)
+    cluster.on_signals_outside_training(liveness, finished)
     if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
     workdir = fv.workdir or c.workdir or rundir.default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"]))
@@ -105,6 +102,9 @@ def main(argv):
     except OSError as e:  # writing the run folder (metrics.jsonl, TensorBoard, config.json): its last checkpoint stays
         cli.fail(errors.write_failed(e, e.filename or workdir, "run the same command to resume"))
     except Exception as e:
+        # Out of memory where the trainer names no program (restoring, compiling, saving): still one line.
+        if (message := errors.out_of_memory(e, "the trainer", train.STEP_REMEDY)) is not None:
+            cli.fail(message)
         if not cluster.lost_peer(e):
             raise
         liveness.exit_lost(e)
@@ -140,6 +140,11 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
             print_continuations(workdir, prompt, sample_tokens)
         except decoding.SampleError as e:  # e.g. a model whose vocabulary is not GPT-2's
             logging.info("no continuations printed: %s", e)
+        except Exception as e:  # the run is complete and saved: a sample that does not fit costs only its line
+            message = errors.out_of_memory(e, "the closing samples", "pass a smaller --sample_tokens, or 0")
+            if message is None:
+                raise
+            logging.warning("no continuations printed: %s", message)
 
 
 if __name__ == "__main__":

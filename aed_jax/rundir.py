@@ -208,13 +208,38 @@ def locked(workdir: str):
 
 def start_over(workdir: str) -> None:
     """What --fresh removes: the checkpoints, the metrics, the TensorBoard events and the run's
-    record, so no old curve or step mixes with the new run. Damaged checkpoints set aside stay."""
+    record, so no old curve or step mixes with the new run. Damaged checkpoints set aside stay.
+
+    The checkpoints go first, and a step that cannot be deleted is RunError with the record and
+    metrics kept: deleting those and leaving a step behind would make the "fresh" run resume from it
+    under a new curve. A checkpoints/ or best/ that is a link to a folder elsewhere (a bigger disk)
+    keeps its link and loses what is inside its target, where the run's steps are.
+    """
     for name in (CHECKPOINTS, BEST):
-        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+        path = os.path.join(workdir, name)
+        try:
+            _delete_steps(path)
+        except OSError as e:
+            raise RunError(f"--fresh cannot delete {e.filename or path} ({e.strerror or e}), so the new run would "
+                           f"resume from the steps left there; nothing else was deleted: remove {path} by hand (or "
+                           "make it deletable), then run the same command") from None
     for path in [os.path.join(workdir, name) for name in (METRICS, CONFIG, DATA)] + glob.glob(
             os.path.join(glob.escape(workdir), "events.out.tfevents.*")):
         if os.path.exists(path):
             os.remove(path)
+
+
+def _delete_steps(path: str) -> None:
+    """Deletes the folder `path` with everything in it; for a link to a folder, what is inside the
+    target (the link stays, so the next steps go where the user put them). Raises the first OSError."""
+    if os.path.islink(path):
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+    elif os.path.lexists(path):
+        shutil.rmtree(path)
 
 
 def data_record(train_path: str, val_path: str) -> dict:

@@ -37,8 +37,11 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         if fv[name].value < 1:
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     import numpy as np
-    from aed_jax import api, decoding
-    model, params, _, encoding = api.load(fv.workdir, fv.checkpoint)
+    from aed_jax import api, decoding, tasks
+    model, params, config, encoding = api.load(fv.workdir, fv.checkpoint)
+    if tasks.task_name(config.get("dataset", "")) is not None:  # its defaults and any text prompt fail on its ids
+        cli.fail(f"{fv.workdir} is a {config.dataset} run: its ids are no text, so sample has no prompt to continue; "
+                 f"score its answers with python -m aed_jax.evaluate --workdir {fv.workdir}")
     decoding.check_sampling(model.cfg.alphabet_size, fv.temperature, fv.top_k, fv.greedy)
     prompt_L = decoding.encode_prompt(fv.prompt, model.cfg.alphabet_size, encoding)
     decoding.check_memory(model, params, fv.num_samples, len(prompt_L), fv.max_new_tokens, use_cache=fv.cache,

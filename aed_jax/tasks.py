@@ -14,7 +14,7 @@ in s[0:2N]; then each key is queried once, at s[2N + 2g] for N distinct gaps g i
 drawn one after another without replacement with p(g) proportional to (g + 1) ** (power_a - 1)
 (np.random.choice(replace=False, p=p)), the i-th pair at the i-th gap drawn (so earlier pairs tend to
 be queried sooner); every other token is uniform in [0, V) (random_non_queries=True); the answer
-scored is the query's value. Zoology's asserts are `check`'s errors: T even, V > T, 4N <= T.
+scored is the query's value. Zoology's asserts are `settings_problem`'s: T even, V > T, 4N <= T.
 Deviations: (1) Zoology's inputs and labels are separate arrays, so the input after a query is random
 filler while its label is the value; here y is x shifted, so the value follows its query in s (the
 model sees it only after it is scored, and it is a value the model has already seen in the pairs).
@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from aed_jax.config import ConfigError, check_choice
-
 TASKS = ("mqar", "copy", "sort")
 PREFIX = "task:"
 SORT_SEP, SORT_PAD = 0, 1  # sort's separator and pad tokens; its numbers are the ids above
@@ -49,46 +47,53 @@ def task_name(dataset: str) -> str | None:
     return dataset[len(PREFIX):] if dataset.startswith(PREFIX) else None
 
 
-def check(c) -> None:
-    """ConfigError, one line naming the key, when `c.dataset` is a task whose settings cannot work
-    together (config.validate has checked each key's own range); nothing for a corpus dataset."""
+def settings_problem(c) -> str | None:
+    """What makes `c.dataset`'s task settings unusable together, as one line naming the key (config.validate
+    raises it, before jax loads, having checked each key's own range); None for good settings or a corpus.
+
+    Unusable includes degenerate: settings under which the answers need no skill the task is about
+    (copy's repeat fixed by its first token, sort's lists all equal or of one number)."""
     name = task_name(c.dataset)
     if name is None:
-        return
-    check_choice("dataset", c.dataset, [PREFIX + task for task in TASKS])
+        return None
+    if name not in TASKS:
+        return f"dataset: {c.dataset!r} is not one of {', '.join(PREFIX + task for task in TASKS)}"
     T, V, t = c.model_config.context_size, c.model_config.alphabet_size, c.task
-    if name == "mqar":
+    if name == "mqar":  # V > T >= 4N also leaves N distinct keys in [1, V // 2) and N values in [V // 2, V)
         N = t.num_kv_pairs
         if T % 2:
-            raise ConfigError(f"model_config.context_size: mqar needs it even (Zoology's input_seq_len), got {T}")
+            return f"model_config.context_size: mqar needs it even (Zoology's input_seq_len), got {T}"
         if 4 * N > T:
-            raise ConfigError(f"task.num_kv_pairs: {N} pairs need 4 * {N} = {4 * N} tokens, "
-                              f"more than context_size={T}")
+            return f"task.num_kv_pairs: {N} pairs need 4 * {N} = {4 * N} tokens, more than context_size={T}"
         if V <= T:
-            raise ConfigError(f"model_config.alphabet_size: mqar needs more ids than context_size={T} "
-                              f"(Zoology's vocab_size > input_seq_len), got {V}")
+            return (f"model_config.alphabet_size: mqar needs more ids than context_size={T} "
+                    f"(Zoology's vocab_size > input_seq_len), got {V}")
     elif name == "copy":
         L = t.copy_length
         if L < 2:
-            raise ConfigError(f"task.copy_length: must be at least 2 (the repeat's first token is unpredictable, "
-                              f"the rest is scored), got {L}")
+            return (f"task.copy_length: must be at least 2 (the repeat's first token is unpredictable, "
+                    f"the rest is scored), got {L}")
         if 2 * L > T:
-            raise ConfigError(f"task.copy_length: two copies of {L} tokens need {2 * L}, more than context_size={T}")
-        if V < 2:
-            raise ConfigError(f"model_config.alphabet_size: copy needs at least 2 ids, got {V}")
+            return f"task.copy_length: two copies of {L} tokens need {2 * L}, more than context_size={T}"
+        if V < 3:
+            return (f"model_config.alphabet_size: copy needs at least 3 ids (with {V}, every token but the repeat's "
+                    f"first is the one other id, so the answers are known without copying), got {V}")
     else:
         S = t.sort_length
+        if S < 2:
+            return f"task.sort_length: must be at least 2 (one number is its own sorted list), got {S}"
         if 2 * S > T:
-            raise ConfigError(f"task.sort_length: the list and its sorted copy need 2 * {S} = {2 * S} tokens, "
-                              f"more than context_size={T}")
-        if V < 3:
-            raise ConfigError(f"model_config.alphabet_size: sort needs at least 3 ids "
-                              f"(separator, pad, one number), got {V}")
+            return (f"task.sort_length: the list and its sorted copy need 2 * {S} = {2 * S} tokens, "
+                    f"more than context_size={T}")
+        if V < 4:
+            return (f"model_config.alphabet_size: sort needs at least 4 ids (separator, pad and two numbers: with "
+                    f"one number every list is already sorted), got {V}")
+    return None
 
 
 def make_batch(c, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-    """{"x": int32 [B, T], "y": int32 [B, T], "weight": float32 [B, T]} of task `c.dataset` (which
-    passes `check`): y[:, t] is the token after x[:, t], weight is 1.0 on the answers and 0.0
+    """{"x": int32 [B, T], "y": int32 [B, T], "weight": float32 [B, T]} of task `c.dataset` (whose
+    settings have no `settings_problem`): y[:, t] is the token after x[:, t], weight is 1.0 on the answers and 0.0
     elsewhere. Fully determined by rng's state."""
     seq_BxT1, weight_BxT = _GENERATORS[task_name(c.dataset)](c, rng, batch_size)
     return {"x": seq_BxT1[:, :-1], "y": seq_BxT1[:, 1:], "weight": weight_BxT}

@@ -9,6 +9,7 @@ estimate is `metrics.Evaluator`'s; what the run shows is `progress`'s; a signal 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -128,6 +129,28 @@ class Outcome:
     already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
 
 
+# What to make smaller when a program of the run does not fit (host or device memory), for its line.
+STEP_REMEDY = ("use a smaller batch_size or micro_batch_size (a larger gradient_accumulation_steps keeps the "
+               "effective batch), or a smaller model")
+ESTIMATE_REMEDY = ("use a smaller batch_size, which the estimate runs at once (a larger gradient_accumulation_steps "
+                   "keeps the effective batch)")
+INIT_REMEDY = "use a smaller model (n_embed, n_layer, alphabet_size), or shard it over more devices (mesh_fsdp)"
+
+
+@contextlib.contextmanager
+def out_of_memory_line(program: str, remedy: str):
+    """An out-of-memory error of `program` in the block (host or device: jax's RESOURCE_EXHAUSTED, numpy's
+    MemoryError) as one TrainError line naming it, the size that failed and `remedy`, not jax's 50-line
+    traceback; any other error passes unchanged."""
+    try:
+        yield
+    except (MemoryError, jax.errors.JaxRuntimeError) as e:
+        message = errors.out_of_memory(e, program, remedy)
+        if message is None:
+            raise
+        raise TrainError(message) from None
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
@@ -135,9 +158,10 @@ def _all_finite(tree) -> jax.Array:
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
     """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
     config_lib.validate(c)
-    tasks.check(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
+    if tasks.task_name(c.dataset) is None and c.dataset != config_lib.DEFAULT_DATASET:
+        data.split_paths(c)  # a corpus that is not there (a typo): said before the workdir is made and left empty
     with rundir.locked(workdir):
         rundir.check_layout(workdir)
         if jax.process_index() == 0:
@@ -211,7 +235,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     abstract = abstract_state(model, optimizer, mesh)
     restored = checkpoint.restore_latest(saves, abstract, train_iter, os.path.join(workdir, rundir.DAMAGED))
     if restored is None:
-        state, start = init_on_mesh(jax.random.key(c.random_seed), abstract, model=model, optimizer=optimizer), 0
+        with out_of_memory_line("the model's initialisation", INIT_REMEDY):
+            state, start = init_on_mesh(jax.random.key(c.random_seed), abstract, model=model, optimizer=optimizer), 0
     else:
         state, start = restored
         logging.info("resuming from step %d in %s", start, workdir)
@@ -232,35 +257,37 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     shown = progress.Progress(start, c.train_steps, writer, optim.learning_rate(c), c.log_interval, rows * T)
     outcome, pending = Outcome(start, rundir.last_estimate(workdir)), None
     try:
-        for i in range(start, c.train_steps):
-            params, opt_state, step_metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
-                                                      jax.random.fold_in(dropout_key, i))
-            state = {"step": state["step"], "params": params, "opt_state": opt_state}
-            stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
-            pending = (i, step_metrics, stopper.vote())
-            boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
-            if not (boundary or stop):
-                continue
-            stop = _record(pending, shown, stopper, saves) or stop
-            pending, est = None, None
-            if not bool(finite_fn(state)):
-                raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
-                                 f"{_last_good(saves)}")
-            if boundary:
-                est = evaluator(state["params"], i + 1)
-                if not np.isfinite(est["val_loss"]):
-                    raise TrainError(f"val loss is {est['val_loss']} at step {i + 1}; stopped without saving it; "
+        with out_of_memory_line("the train step", STEP_REMEDY):  # its error shows where a step's result is read
+            for i in range(start, c.train_steps):
+                params, opt_state, step_metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
+                                                          jax.random.fold_in(dropout_key, i))
+                state = {"step": state["step"], "params": params, "opt_state": opt_state}
+                stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
+                pending = (i, step_metrics, stopper.vote())
+                boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
+                if not (boundary or stop):
+                    continue
+                stop = _record(pending, shown, stopper, saves) or stop
+                pending, est = None, None
+                if not bool(finite_fn(state)):
+                    raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
                                      f"{_last_good(saves)}")
-                writer.write(i + 1, est)
-                outcome.estimate = {**est, "step": i + 1}
-                shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
-            _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
-            outcome.step = i + 1
-            if stop:
-                logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
-                outcome.stopped_by = stopper.reason
-                break
-            shown.restart_clock()
+                if boundary:
+                    with out_of_memory_line("the estimate", ESTIMATE_REMEDY):
+                        est = evaluator(state["params"], i + 1)
+                    if not np.isfinite(est["val_loss"]):
+                        raise TrainError(f"val loss is {est['val_loss']} at step {i + 1}; stopped without saving it; "
+                                         f"{_last_good(saves)}")
+                    writer.write(i + 1, est)
+                    outcome.estimate = {**est, "step": i + 1}
+                    shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
+                _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
+                outcome.step = i + 1
+                if stop:
+                    logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
+                    outcome.stopped_by = stopper.reason
+                    break
+                shown.restart_clock()
     finally:
         try:
             shown.close()

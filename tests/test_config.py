@@ -121,6 +121,15 @@ def test_every_float_key_must_be_finite():
     ("beta1", 1.0, r"^beta1: must be a finite number in \[0, 1\)"),
     ("beta2", -0.5, r"^beta2: "),
     ("random_seed", -1, r"^random_seed: must be in \[0, 2\*\*32\)"),
+    ("warmup_iters", -5, r"^warmup_iters: must be an integer >= 0, got -5$"),
+    ("lr_decay_iters", -1, r"^lr_decay_iters: must be an integer >= 0, got -1$"),
+    ("lr_decay_iters", 300, r"^lr_decay_iters: must exceed warmup_iters=300 \(the decay starts where the warmup "
+                            r"ends\), got 300$"),
+    ("dataset", "", r"^dataset: must be a corpus name \(wiki_vital is built in; yours: the --name you gave prepare\) "
+                    r"or task:<name>, got ''$"),
+    ("dataset", "data/foo/", r"^dataset: 'data/foo/' is a path, and dataset is a name: for the token files in "
+                             r"data/foo, pass --config\.dataset=foo --config\.data_dir=data/foo$"),
+    ("dataset", "task:nope", r"^dataset: 'task:nope' is not one of task:mqar, task:copy, task:sort$"),
 ])
 def test_numbers_out_of_range_name_their_key(key, value, match):
     c = mse_config()
@@ -225,3 +234,30 @@ def test_summary_ends_with_the_count_line():
     text = summary.summarize(mse_config())
     assert text.splitlines()[-1] == "params: 15,763,500"
     assert "positional_embedding" in text and "(excluded)" in text
+
+
+_LOADED_JAX = "import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_module('aed_jax.main', run_name='__main__', " \
+              "alter_sys=True)\nexcept SystemExit as e:\n    print(e.code, 'jax' in sys.modules)"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.warmup_iters=-5", "error: configs/tiny.py: warmup_iters: must be an integer >= 0, got -5"),
+    ("--config.dataset=task:copy", "error: configs/tiny.py: task.copy_length: two copies of 16 tokens need 32, "
+                                   "more than context_size=16"),
+    ("--config.dataset=task:sort", "error: configs/tiny.py: model_config.alphabet_size: sort needs at least 4 ids "
+                                   "(separator, pad and two numbers: with one number every list is already sorted), "
+                                   "got 3"),
+    ("--config.dataset=data/wiki_vital", "error: configs/tiny.py: dataset: 'data/wiki_vital' is a path, and dataset "
+                                         "is a name: for the token files in data/wiki_vital, pass "
+                                         "--config.dataset=wiki_vital --config.data_dir=data/wiki_vital"),
+])
+def test_schedule_task_and_dataset_settings_are_one_line_before_jax_loads(override, message):
+    """The trainer's command line: one line naming the key, jax never imported (the task settings used to be
+    checked in the trainer, after jax loaded and an INFO line)."""
+    extra = ["--config.model_config.context_size=16"] * ("task:copy" in override) + \
+        ["--config.model_config.alphabet_size=3"] * ("task:sort" in override)
+    result = subprocess.run([sys.executable, "-c", _LOADED_JAX, "aed_jax.main", "--config=configs/tiny.py", override,
+                             *extra, "--workdir=/nonexistent/never"], cwd=ROOT, capture_output=True, text=True)
+    assert result.stderr == message + "\n"
+    assert result.stdout.split() == ["1", "False"]
+

@@ -200,6 +200,88 @@ def test_fresh_removes_old_tensorboard_events_and_metrics(data_dir, tmp_path):
     assert json.load(open(os.path.join(workdir, "config.json")))["lr"] == 1e-3
 
 
+def _old_run(workdir, disk=None):
+    """A workdir as a finished run leaves it (steps 10 and 20 in checkpoints/, 20 in best/, its record and
+    metrics); with `disk`, checkpoints/ and best/ are links to folders there, as for a run kept on a bigger disk."""
+    os.makedirs(workdir, exist_ok=True)
+    for kind, steps in ((rundir.CHECKPOINTS, (10, 20)), (rundir.BEST, (20,))):
+        folder = os.path.join(disk, kind) if disk else os.path.join(workdir, kind)
+        for step in steps:
+            os.makedirs(os.path.join(folder, str(step), "state"))
+            open(os.path.join(folder, str(step), "state", "array"), "w").close()
+        if disk:
+            os.symlink(folder, os.path.join(workdir, kind))
+    for name in (rundir.METRICS, rundir.CONFIG, rundir.DATA):
+        open(os.path.join(workdir, name), "w").write("{}\n")
+
+
+def test_fresh_through_linked_checkpoint_folders_deletes_the_steps_and_keeps_the_links(tmp_path):
+    """checkpoints/ and best/ linked to another disk: --fresh used to skip them (rmtree refuses a link,
+    and its error was ignored) and delete the record, so the "fresh" run resumed at step 20 under a new curve."""
+    workdir, disk = str(tmp_path / "run"), str(tmp_path / "disk")
+    _old_run(workdir, disk)
+    rundir.start_over(workdir)
+    for kind in (rundir.CHECKPOINTS, rundir.BEST):
+        assert os.path.islink(os.path.join(workdir, kind))  # the next steps still go to the bigger disk
+        assert os.listdir(os.path.join(disk, kind)) == [] and _steps(workdir, kind) == []
+    assert sorted(os.listdir(workdir)) == [rundir.BEST, rundir.CHECKPOINTS]
+
+
+def test_fresh_that_cannot_delete_a_step_refuses_and_keeps_the_record(tmp_path, monkeypatch):
+    """(Tests run as root, which no permission bit stops, so the refusal is simulated.)"""
+    workdir = str(tmp_path / "run")
+    _old_run(workdir)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(path, "20"))
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(rundir.RunError) as e:
+        rundir.start_over(workdir)
+    folder = os.path.join(workdir, rundir.CHECKPOINTS)
+    assert str(e.value) == (f"--fresh cannot delete {folder}/20 (Permission denied), so the new run would resume from "
+                            f"the steps left there; nothing else was deleted: remove {folder} by hand (or make it "
+                            "deletable), then run the same command")
+    for name in (rundir.METRICS, rundir.CONFIG, rundir.DATA):
+        assert os.path.isfile(os.path.join(workdir, name))
+    assert _steps(workdir) == [10, 20]
+
+
+@pytest.mark.slow
+def test_fresh_with_a_linked_checkpoints_folder_trains_from_step_0(data_dir, tmp_path):
+    workdir, disk = str(tmp_path / "run"), tmp_path / "disk"
+    train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
+    disk.mkdir()
+    shutil.move(os.path.join(workdir, rundir.CHECKPOINTS), disk / "checkpoints")
+    os.symlink(disk / "checkpoints", os.path.join(workdir, rundir.CHECKPOINTS))
+    outcome = train.train_and_evaluate(small_config(data_dir, train_steps=2, est_interval=2, lr=1e-3), workdir,
+                                       fresh=True)
+    assert outcome.step == 2 and not outcome.already_finished
+    assert sorted(os.listdir(disk / "checkpoints")) == ["2"]
+    assert [row["step"] for row in rundir.read_metrics(workdir)[0]] == [1, 2]
+
+
+def test_a_mistyped_dataset_is_one_line_before_the_workdir_is_made(data_dir, tmp_path):
+    """It used to leave a workdir holding only .lock."""
+    from aed_jax import data
+    workdir = tmp_path / "run"
+    with pytest.raises(data.DataError, match=r"^\S+/synht_train\.bin: no such file; make it with python -m "
+                                              r"aed_jax\.prepare --input YOUR_CORPUS --out \S+ --name synht "):
+        train.train_and_evaluate(small_config(data_dir, dataset="synht"), str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_mistyped_built_in_dataset_suggests_its_name_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "aed_jax.main", "--config=configs/tiny.py",
+                             "--config.dataset=wiki_vitl", f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/wiki_vitl/wiki_vitl_train.bin: no such file; did you mean --config.dataset=wiki_vital? Else make "
+        "it with python -m aed_jax.prepare --input YOUR_CORPUS --out data/wiki_vitl --name wiki_vitl (or --hf DATASET "
+        "in place of --input)")
+    assert not (tmp_path / "run").exists()
+
+
 # Where the full disk shows: an OSError out of the save, or tensorstore's ValueError (RESOURCE_EXHAUSTED)
 # out of orbax's manager, which checkpoint.save turns into the same OSError.
 FULL_DISK = {
@@ -273,7 +355,8 @@ def test_ctrl_c_while_starting_is_one_line(config_file, tmp_path, when):
         assert "stopped by SIGINT" in out
     else:
         assert proc.returncode == 1
-        assert err.strip().splitlines()[-1] == "error: interrupted; the workdir keeps its latest checkpoint"
+        assert err.strip().splitlines()[-1] == ("error: the run was stopped by SIGINT before training began; there "
+                                                "was nothing to save")
 
 
 def test_tensorboard_shows_each_step_once_after_a_resume_as_metrics_jsonl_does(data_dir, tmp_path):

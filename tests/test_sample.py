@@ -193,6 +193,23 @@ def test_cli_bad_input_is_one_line_and_exit_1(workdir, tmp_path, capsys, argv, m
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_a_task_run_is_refused_in_one_line_saying_what_scores_it(tmp_path, capsys):
+    """A task model's ids are no text: sample used to fail on its own defaults (top_k 200 over a 128-id
+    vocabulary), and no text prompt fits its ids."""
+    config = config_lib.base_config("aed")
+    config.model_config.update(dict(n_embed=16, n_head=2, n_layer=1, context_size=16, alphabet_size=128))
+    config.dataset = "task:copy"
+    config.task.copy_length = 4
+    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
+    api.save_params(str(tmp_path), jax.jit(lambda key: model_lib.init_params(model, key))(jax.random.key(0)), config)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--workdir", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path} is a task:copy run: its ids are no text, so sample has no "
+                                       "prompt to continue; score its answers with python -m aed_jax.evaluate "
+                                       f"--workdir {tmp_path}\n")
+
+
 def test_a_request_beyond_memory_is_refused_with_the_largest_that_fits(workdir, monkeypatch):
     """With 1 GiB free, 2 samples of 3 + N int32 tokens fit on the host up to N = 2**30 / 8 - 3; a
     batch whose generation needs more device memory (XLA's buffer assignment of the program that

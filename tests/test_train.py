@@ -3,6 +3,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,6 +200,65 @@ def test_sigterm_before_training_is_one_line_and_exit_1(config_file, tmp_path, m
     assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
     assert out.strip().splitlines()[-1] == ("error: the run was stopped by SIGTERM before training began; there "
                                             "was nothing to save")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_closing_samples_ends_a_finished_run_with_exit_0(data_dir, tmp_path, signum):
+    """Ctrl-C while the closing samples compile: the run is complete, as SIGTERM there says; it used to be
+    `error: interrupted` and exit 1."""
+    path = tmp_path / "short.py"
+    path.write_text(f"import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
+                    f"{small_config(data_dir, train_steps=2, est_interval=2, est_steps=1).to_dict()!r})\n")
+    proc = _launch(str(path), str(tmp_path / "run"), "--sample_prompt=A", "--sample_tokens=40",
+                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if line.startswith("final: "):
+            break
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == (f"the run was stopped by {signal.Signals(signum).name} after training "
+                                            "ended; its checkpoints are saved")
+    assert rundir.resolve_step(str(tmp_path / "run"))[1] == 2
+
+
+def test_the_closing_samples_of_a_small_vocabulary_are_both_printed(data_dir, tmp_path, capsys):
+    """The sampled continuation's top_k (200) is cut to a vocabulary smaller than that; it used to be
+    refused, and the run ended with the greedy continuation alone."""
+    from aed_jax import main
+    train.train_and_evaluate(small_config(data_dir, train_steps=2, est_interval=2, est_steps=1), str(tmp_path))
+    capsys.readouterr()
+    main.print_continuations(str(tmp_path), "A", 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["greedy", "sampled"]
+    assert all(line.split(": ", 1)[1].startswith("'A") for line in lines)
+
+
+def test_a_train_step_beyond_host_memory_is_one_line_naming_it_and_the_remedy(tmp_path):
+    """Under an address-space limit (ulimit -v) that lets jax load but not a batch of 65,536 rows run: the
+    step's RESOURCE_EXHAUSTED used to be a 54-line traceback."""
+    import resource
+    from test_task_runs import task_config
+    path = tmp_path / "huge_batch.py"
+    path.write_text(f"import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
+                    f"{task_config(batch_size=65536, gradient_accumulation_steps=1).to_dict()!r})\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+    result = subprocess.run([sys.executable, "-m", "aed_jax.main", f"--config={path}", f"--workdir={tmp_path / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.fullmatch(r"error: the train step ran out of memory allocating \d+(\.\d+)? GiB: use a smaller batch_size "
+                        r"or micro_batch_size \(a larger gradient_accumulation_steps keeps the effective batch\), or a "
+                        r"smaller model", result.stderr.strip().splitlines()[-1])
+
+
+def test_an_out_of_memory_error_is_one_train_error_line_and_any_other_error_passes():
+    with pytest.raises(train.TrainError, match=r"^the estimate ran out of memory allocating 74\.5 GiB: smaller$"):
+        with train.out_of_memory_line("the estimate", "smaller"):
+            raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (10000000000,) and data type float64")
+    with pytest.raises(ValueError):
+        with train.out_of_memory_line("the estimate", "smaller"):
+            raise ValueError("RESOURCE_EXHAUSTED")  # not jax's error: not an out-of-memory one
 
 
 def test_a_signal_while_the_last_saves_finish_never_cuts_them(data_dir, tmp_path, monkeypatch):

@@ -46,13 +46,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def format_table(results: dict) -> str:
     """One line a number, the names in a column as wide as the longest; a curve by position (a list)
-    summarised as its length, first value, mean and last value (--json gives every value)."""
+    summarised as its length, first counted value, mean and last counted value, each labelled with
+    its own position (--json gives every value). A position no window counts is None: a task's
+    curve holds answers only at some positions (sort: from its separator at t = sort_length on), so
+    its first and last numbers are not t=0 and t=T-1, and the line says how many positions count."""
     width, lines = max(map(len, results), default=0) + 2, []
     for key, value in results.items():
         if isinstance(value, list):
-            values = [v for v in value if v is not None]
-            text = (f"{len(value)} positions: t=0 {values[0]:.4f}, mean {sum(values) / len(values):.4f}, "
-                    f"t={len(value) - 1} {values[-1]:.4f}") if values else f"{len(value)} positions, none counted"
+            counted = [(t, v) for t, v in enumerate(value) if v is not None]
+            if counted:
+                (first, v_first), (last, v_last) = counted[0], counted[-1]
+                mean, of = sum(v for _, v in counted) / len(counted), f"{len(value)} positions"
+                of += "" if len(counted) == len(value) else f" ({len(counted)} counted)"
+                text = f"{of}: t={first} {v_first:.4f}, mean {mean:.4f}, t={last} {v_last:.4f}"
+            else:
+                text = f"{len(value)} positions, none counted"
         else:
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<{width}}{text}")

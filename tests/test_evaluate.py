@@ -190,6 +190,25 @@ def test_the_table_has_a_column_of_names_and_summarises_curves():
                                    "tokens": 640, "ce_by_position": [None, None]})
     assert table.splitlines() == [
         "ce_loss                     6.5000",
-        "embedding_loss_by_position  4 positions: t=0 0.5000, mean 1.0000, t=3 1.0000",
+        "embedding_loss_by_position  4 positions (3 counted): t=0 0.5000, mean 1.0000, t=3 1.0000",
         "tokens                      640",
         "ce_by_position              2 positions, none counted"]
+
+
+def test_the_table_labels_a_task_curve_by_the_positions_it_counts(tmp_path, capsys):
+    """A sort run scores only the sorted half of each problem: the table's first and last numbers are
+    the first and last answered positions, named as such (it used to print them as t=0 and t=T-1)."""
+    config = tiny_config()
+    config.model_config.context_size, config.dataset, config.task.sort_length = 24, "task:sort", 5  # one problem of 11 tokens, then another
+    workdir = str(tmp_path / "sort")
+    save_run(workdir, config)
+    argv = ["--workdir", workdir, "--batches", "2", "--seed", "3"]
+    curve = run_json(capsys, argv)["ce_by_position"]
+    answered = [t for t, v in enumerate(curve) if v is not None]
+    assert answered[0] == 5 and answered[-1] < len(curve) - 1  # the separator of the first problem; not t=T-1
+    run_cli(argv)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ce_by_position"))
+    mean = sum(curve[t] for t in answered) / len(answered)
+    assert line.split(None, 1)[1] == (f"24 positions ({len(answered)} counted): t={answered[0]} "
+                                      f"{curve[answered[0]]:.4f}, mean {mean:.4f}, t={answered[-1]} "
+                                      f"{curve[answered[-1]]:.4f}")

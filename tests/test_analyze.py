@@ -320,6 +320,39 @@ def test_differences_are_window_by_window_with_a_bootstrap_band():
     assert got["b"]["mean"]["mean"] == pytest.approx(d.mean(1).mean()) and got["b"]["against"] == "a"
 
 
+def test_runs_of_different_context_sizes_are_reported_as_measured(saved_models, data, tmp_path):
+    """A run of context 16 beside runs of context 8: the report gives each run's window length (it used
+    to say every run was measured on windows of the first run's length), and says why the longer run
+    has no difference from the first, where a run of the same context has one."""
+    config = tiny_config("baseline")
+    config.model_config.context_size = 2 * T
+    long_run = str(tmp_path / "long")
+    api.save_params(long_run, model_lib.init_params(model_lib.make_model(model_lib.ModelConfig.from_config(config)),
+                                                    jax.random.key(1)), config)
+    runs = {label: analysis.analyze_run(workdir, data=data, windows=WINDOWS, seed=3, with_ablations=False)
+            for label, workdir in (("learned", saved_models["aed"][0]), ("long", long_run),
+                                   ("baseline", saved_models["baseline"][0]))}
+    assert (runs["learned"]["context_size"], runs["long"]["context_size"]) == (T, 2 * T)
+    analysis.write_report(runs, str(tmp_path / "out"), "analyze ...", seed=3)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"Every run measured on {WINDOWS} windows of its own context size (learned: {T} tokens, long: {2 * T} " \
+           f"tokens, baseline: {T} tokens), drawn at random" in report
+    assert "measured on the same" not in report
+    assert f"`, windows of {2 * T} tokens;" in report and f"`, windows of {T} tokens" in report
+    assert "- baseline - learned: " in report and "nats" in report.split("- baseline - learned: ")[1].split("\n")[0]
+    assert (f"- long - learned: no difference: its windows are {2 * T} tokens long, the first run's {T}, so no "
+            "window was measured by both.") in report
+    assert "The difference figure (`ce_difference.png`) has no line for these runs." in report
+    metrics_json = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics_json["differences"]) == {"baseline"}
+    # Without a run of the first one's context, nothing to draw, and the report says so.
+    two = {label: runs[label] for label in ("learned", "long")}
+    analysis.write_report(two, str(tmp_path / "two"), "analyze ...", seed=3)
+    report = (tmp_path / "two" / "report.md").read_text()
+    assert "has no line for these runs, so it is not drawn." in report and "![ce_difference.png]" not in report
+    assert not (tmp_path / "two" / "ce_difference.png").exists()
+
+
 # Panels each comparison figure has: one per quantity, every run that has it on the same axes.
 PANELS = {"ce_by_position.png": 1, "ce_difference.png": 1, "ablations.png": 2, "layer_norms.png": 2,
           "alignment.png": 4, "embedding_loss_by_position.png": 1, "attention.png": 2, "norms.png": 1, "overlap.png": 2}

@@ -44,6 +44,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     if fv.windows < 2:
         cli.fail(f"--windows must be at least 2 (an interval needs two windows), got {fv.windows}")
+    cli.check_writable_folder(fv.out)  # before any work: the report is written only once it is all computed
     from aed_jax import analysis
     runs = {label: analysis.analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size,
                                         fv.ablations, label)

@@ -512,7 +512,7 @@ def saved(tmp_path_factory):
     (["--workdir", "{run}", "--data", "{tmp}/odd.bin", "--out", "{tmp}/o"], "not a flat uint16 token file"),
     (["--workdir", "{run}", "--windows", "0", "--out", "{tmp}/o"], "--windows must be at least 1"),
     (["--workdir", "{run}", "--windows", "1", "--out", "{tmp}/o"], "--windows must be at least 2"),
-    (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "cannot write the report"),
+    (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "odd.bin is not a folder: choose another"),
 ])
 def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, message):
     (tmp_path / "odd.bin").write_bytes(b"abc")
@@ -522,6 +522,27 @@ def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, m
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("out", ["{tmp}/odd.bin/report", "/sys/aed_jax_report"], ids=["under a file", "read-only"])
+def test_an_unwritable_out_is_refused_before_any_work(saved, tmp_path, capsys, monkeypatch, out):
+    """--out under a file, or in a folder no one may write (/sys, even for root): one line with the
+    remedy before a single window is measured (it used to come after all the computing), and nothing
+    created on the way."""
+    (tmp_path / "odd.bin").write_bytes(b"abc")
+    out = out.format(tmp=tmp_path)
+    if out.startswith("/sys") and not os.path.isdir("/sys"):  # sysfs refuses to create a file, even for root
+        pytest.skip("no /sys here")
+    measured = []
+    monkeypatch.setattr(analysis, "analyze_run", lambda *args, **kwargs: measured.append(args))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--workdir", saved, "--out", out])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and measured == []
+    assert err.startswith(f"error: --out {out}: ")
+    assert err.endswith(": choose another folder, then run the same command again\n" if "odd.bin" in out else
+                        ": make it writable (or choose another folder), then run the same command again\n")
+    assert sorted(os.listdir(tmp_path)) == ["odd.bin"] and not os.path.exists(out)
 
 
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():

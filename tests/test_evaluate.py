@@ -199,7 +199,8 @@ def test_the_table_labels_a_task_curve_by_the_positions_it_counts(tmp_path, caps
     """A sort run scores only the sorted half of each problem: the table's first and last numbers are
     the first and last answered positions, named as such (it used to print them as t=0 and t=T-1)."""
     config = tiny_config()
-    config.model_config.context_size, config.dataset, config.task.sort_length = 24, "task:sort", 5  # one problem of 11 tokens, then another
+    config.model_config.context_size = 24
+    config.dataset, config.task.sort_length = "task:sort", 5  # one problem of 11 tokens, then another
     workdir = str(tmp_path / "sort")
     save_run(workdir, config)
     argv = ["--workdir", workdir, "--batches", "2", "--seed", "3"]

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
+import functools
 import os
 
 from absl import flags
 
 from aed_jax import cli
 from aed_jax import errors
+
+# An interval over N windows narrows as 1/sqrt(N): a million make it 30 times narrower than the default
+# 1,000, and each run keeps a float64 CE per window and position (8 GB at a million windows of 1,024).
+MAX_WINDOWS = 1_000_000
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -24,7 +29,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("data", None, "A token folder or one .bin file to draw windows from; default: each run's "
                         "val split.", flag_values=fv)
     flags.DEFINE_integer("windows", 1000, "How many windows to draw at random (a sample size: intervals narrow "
-                         "as it grows).", flag_values=fv)
+                         f"as it grows), at most {MAX_WINDOWS:,}.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the window draw and of the bootstrap.", flag_values=fv)
     flags.DEFINE_bool("ablations", True, "Measure the eval-time ablations (one more forward pass each).",
                       flag_values=fv)
@@ -44,14 +49,21 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     if fv.windows < 2:
         cli.fail(f"--windows must be at least 2 (an interval needs two windows), got {fv.windows}")
+    if fv.windows > MAX_WINDOWS:
+        cli.fail(f"--windows must be at most {MAX_WINDOWS:,} (its intervals are already 30 times narrower than "
+                 f"1,000 windows give), got {fv.windows:,}")
     cli.check_writable_folder(fv.out)  # before any work: the report is written only once it is all computed
     from aed_jax import analysis
-    runs = {label: analysis.analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size,
-                                        fv.ablations, label)
-            for workdir, label in zip(fv.workdir, analysis.labels(fv.workdir))}
+    out_of_memory = functools.partial(cli.out_of_memory_is_one_line, "analyze",
+                                      f"pass a smaller --batch_size or fewer --windows (now {fv.windows:,})")
+    with out_of_memory():
+        runs = {label: analysis.analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size,
+                                            fv.ablations, label)
+                for workdir, label in zip(fv.workdir, analysis.labels(fv.workdir))}
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
     try:
-        figures = analysis.write_report(runs, fv.out, command, fv.seed)
+        with out_of_memory():  # the differences' bootstrap
+            figures = analysis.write_report(runs, fv.out, command, fv.seed)
     except OSError as e:  # each file is written whole or not at all
         cli.fail(errors.write_failed(e, f"--out {fv.out}: cannot write the report", "run the same command again"))
     print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json, windows.npz and {len(figures)} figures: "

@@ -1,6 +1,7 @@
 """What every command line shares: the `--config` flag, one-line user errors, malloc's setting."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging as std_logging
@@ -159,6 +160,19 @@ def check_writable_folder(path: str, flag: str = "--out") -> None:
             os.unlink(probe)
     except OSError as e:
         fail(errors.write_failed(e, f"{flag} {path}"))
+
+
+@contextlib.contextmanager
+def out_of_memory_is_one_line(program: str, remedy: str):
+    """Out of host or device memory inside the block: one line naming the size that failed and
+    `remedy` (errors.out_of_memory), exit 1; any other error goes on as it was."""
+    try:
+        yield
+    except Exception as e:
+        message = errors.out_of_memory(e, program, remedy)
+        if message is None:
+            raise
+        fail(message)
 
 
 def no_extra_args(argv):

@@ -7,6 +7,7 @@ prints `error: <message>`. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import re
 
 
 class UserError(Exception):
@@ -39,3 +40,37 @@ def write_failed(e: OSError, path: str, then: str = "run the same command again"
     if e.errno in _NOT_A_FOLDER:
         return f"{path}: {what}: choose another folder, then {then}"
     return f"{path}: {what}"
+
+
+# The size an out-of-memory error names: numpy's "Unable to allocate 74.5 GiB for an array ...", XLA's
+# "Out of memory allocating 6406400000 bytes" (CPU) or "... while trying to allocate 6406400000 bytes"
+# and "Failed to allocate request for 1.50GiB (1610612736B)" (GPU).
+_NUMPY_SIZE = re.compile(r"allocate (\d+(?:\.\d+)? [KMGTPE]?i?B) ")
+_XLA_BYTES = re.compile(r"allocat\w* (\d+) bytes|\((\d+)B\)")
+
+
+def out_of_memory(e: BaseException, program: str, remedy: str) -> str | None:
+    """`program` ran out of memory, as one line: the size of the allocation that failed when the error
+    names it, and `remedy` (what to make smaller); None when `e` is not an out-of-memory error. Host
+    memory runs out as a MemoryError (numpy's names its size); device memory, and XLA:CPU's buffers
+    in host memory, as jax's runtime error with RESOURCE_EXHAUSTED, recognised by its class's name so
+    that this module, which every command imports before its flags are parsed, does not load jax."""
+    text = str(e)
+    if isinstance(e, MemoryError):
+        match = _NUMPY_SIZE.search(text)
+        size = match.group(1) if match else None
+    elif any(c.__name__ in ("JaxRuntimeError", "XlaRuntimeError") for c in type(e).__mro__) \
+            and "RESOURCE_EXHAUSTED" in text:
+        match = _XLA_BYTES.search(text)
+        size = _bytes_text(int(match.group(1) or match.group(2))) if match else None
+    else:
+        return None
+    return f"{program} ran out of memory" + (f" allocating {size}" if size else "") + f": {remedy}"
+
+
+def _bytes_text(n: int) -> str:
+    """n bytes in the units numpy's message uses for its size: 5.97 GiB, 512 MiB, 900 KiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"

@@ -80,35 +80,36 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         cli.fail(f"--seed must be >= 0, got {fv.seed}")
     import jax  # here, once the flags are parsed: --help and a bad flag answer without loading it
     from aed_jax import memory, mesh as mesh_lib, metrics, model as model_lib, rundir
-    params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
-    cfg = model_lib.ModelConfig.from_config(config)
-    task = tasks.task_name(config.get("dataset", ""))
-    if task is not None and (fv.full or fv.data):
-        cli.fail(f"--{'full' if fv.full else 'data'}: {config.dataset} draws its sequences afresh, it has no "
-                 "split to read; evaluate it with --batches N [--seed S]")
-    context = cfg.context_size
-    if task is None:
-        path = data_lib.split_file(config, fv.data, fv.split)
-        tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
-    else:
-        path = config.dataset
-    batch_size = fv.batch_size or config.batch_size
-    mesh = mesh_lib.reading_mesh(config)
-    params, padded = mesh_lib.place(params, mesh), mesh_lib.padded_size(batch_size, mesh)
-    need = memory.eval_batch_bytes(cfg, params, padded, mesh, task is not None)
-    free, what = memory.device_free(jax.local_devices()[0])
-    if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
-        cli.fail(f"a batch of {batch_size} sequences needs {memory.gib(need)} in the eval step (XLA's buffer "
-                 f"assignment), more than the {memory.gib(free)} of {what}; pass --batch_size "
-                 f"{max(1, batch_size * free // need)} or less")
-    seed, n_batches = config.random_seed if fv.seed is None else fv.seed, fv.batches or config.est_steps
-    if fv.full:
-        batches = data_lib.eval_windows(tokens, context, batch_size)
-    elif task is None:
-        batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
-    else:
-        batches = data_lib.task_batches(config, batch_size, n_batches, seed)
-    results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
+    with cli.out_of_memory_is_one_line("evaluate", "pass a smaller --batch_size"):  # host or device
+        params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
+        cfg = model_lib.ModelConfig.from_config(config)
+        task = tasks.task_name(config.get("dataset", ""))
+        if task is not None and (fv.full or fv.data):
+            cli.fail(f"--{'full' if fv.full else 'data'}: {config.dataset} draws its sequences afresh, it has no "
+                     "split to read; evaluate it with --batches N [--seed S]")
+        context = cfg.context_size
+        if task is None:
+            path = data_lib.split_file(config, fv.data, fv.split)
+            tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
+        else:
+            path = config.dataset
+        batch_size = fv.batch_size or config.batch_size
+        mesh = mesh_lib.reading_mesh(config)
+        params, padded = mesh_lib.place(params, mesh), mesh_lib.padded_size(batch_size, mesh)
+        need = memory.eval_batch_bytes(cfg, params, padded, mesh, task is not None)
+        free, what = memory.device_free(jax.local_devices()[0])
+        if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
+            cli.fail(f"a batch of {batch_size} sequences needs {memory.gib(need)} in the eval step (XLA's buffer "
+                     f"assignment), more than the {memory.gib(free)} of {what}; pass --batch_size "
+                     f"{max(1, batch_size * free // need)} or less")
+        seed, n_batches = config.random_seed if fv.seed is None else fv.seed, fv.batches or config.est_steps
+        if fv.full:
+            batches = data_lib.eval_windows(tokens, context, batch_size)
+        elif task is None:
+            batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
+        else:
+            batches = data_lib.task_batches(config, batch_size, n_batches, seed)
+        results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
     where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,
              "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches",
              "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}"}

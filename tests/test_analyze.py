@@ -3,6 +3,9 @@ report for two freshly trained tiny runs, one-line errors."""
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data as data_lib
+from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import stats
 from aed_jax import train
@@ -512,6 +516,7 @@ def saved(tmp_path_factory):
     (["--workdir", "{run}", "--data", "{tmp}/odd.bin", "--out", "{tmp}/o"], "not a flat uint16 token file"),
     (["--workdir", "{run}", "--windows", "0", "--out", "{tmp}/o"], "--windows must be at least 1"),
     (["--workdir", "{run}", "--windows", "1", "--out", "{tmp}/o"], "--windows must be at least 2"),
+    (["--workdir", "{run}", "--windows", "10000000000", "--out", "{tmp}/o"], "--windows must be at most 1,000,000"),
     (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "odd.bin is not a folder: choose another"),
 ])
 def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, message):
@@ -543,6 +548,42 @@ def test_an_unwritable_out_is_refused_before_any_work(saved, tmp_path, capsys, m
     assert err.endswith(": choose another folder, then run the same command again\n" if "odd.bin" in out else
                         ": make it writable (or choose another folder), then run the same command again\n")
     assert sorted(os.listdir(tmp_path)) == ["odd.bin"] and not os.path.exists(out)
+
+
+@pytest.mark.parametrize("batch_size,allocating", [(200_000_000, "5.96 GiB"), (2_000_000, r"\d+(\.\d+)? GiB")],
+                         ids=["numpy, host", "XLA, device"])
+def test_out_of_memory_is_one_line_with_the_size_and_the_remedy(saved, data, tmp_path, batch_size, allocating):
+    """Under a 4 GiB address-space limit (ulimit -v), a batch whose padding numpy cannot allocate, and one
+    whose activations XLA cannot: one line naming the size and what to make smaller, exit 1 (they
+    used to be 36 lines of traceback)."""
+    limited = ["bash", "-c", f'ulimit -v {4 * 2**20} && exec "$0" "$@"', sys.executable]  # in KiB
+    result = subprocess.run([*limited, "-m", "aed_jax.analyze", "--workdir", saved, "--data", data, "--windows", "10",
+                             "--noablations", "--batch_size", str(batch_size), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+    assert re.fullmatch(f"error: analyze ran out of memory allocating {allocating}: pass a smaller --batch_size or "
+                        r"fewer --windows \(now 10\)\n", result.stderr), result.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_is_told_from_other_errors():
+    """errors.out_of_memory: numpy's MemoryError and jax's RESOURCE_EXHAUSTED give the line with the size
+    they name (none when they name none); any other error, jax's included, gives None."""
+    with pytest.raises(MemoryError) as numpy_error:
+        np.empty(2**60, np.uint8)
+    assert errors.out_of_memory(numpy_error.value, "analyze", "pass less") == (
+        "analyze ran out of memory allocating 1.00 EiB: pass less")
+    runtime_error = jax.errors.JaxRuntimeError
+    assert errors.out_of_memory(runtime_error("RESOURCE_EXHAUSTED: Out of memory allocating 6406400000 bytes."),
+                                "train", "a smaller batch") == (
+        "train ran out of memory allocating 5.97 GiB: a smaller batch")
+    assert errors.out_of_memory(runtime_error("RESOURCE_EXHAUSTED: Failed to allocate request for 1.50GiB "
+                                              "(1610612736B) on device ordinal 0"), "p", "r") == (
+        "p ran out of memory allocating 1.5 GiB: r")
+    assert errors.out_of_memory(MemoryError(), "p", "r") == "p ran out of memory: r"
+    assert errors.out_of_memory(runtime_error("INTERNAL: something else"), "p", "r") is None
+    assert errors.out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "p", "r") is None
+    assert errors.out_of_memory(OSError(12, "Cannot allocate memory"), "p", "r") is None
 
 
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():

@@ -15,16 +15,39 @@ Only the parameters are restored (host arrays), then placed on a mesh of this ma
 so a checkpoint written on any number of devices evaluates here: the run config's mesh where it fits
 these devices (an FSDP config keeps its parameters sharded), else every device on `data`; each
 batch's rows are split over every device, the batch padded to a multiple of the device count.
+SIGTERM or Ctrl-C at any point ends it with one line: it writes no file, and prints its numbers at
+the end.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 
-from absl import flags
 
-from aed_jax import cli
-from aed_jax import data as data_lib
-from aed_jax import tasks
+def _stopped(signum, _frame):
+    """SIGTERM or Ctrl-C, whatever evaluate was doing: one line, exit 1. os._exit, as main's handlers: a
+    SystemExit raised while the interpreter runs a gc callback or a __del__ is swallowed."""
+    try:
+        sys.stdout.flush()
+    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
+        pass
+    os.write(2, f"error: evaluate was stopped by {signal.Signals(signum).name} before it printed its numbers; "
+                "it writes no file, run it again\n".encode())
+    os._exit(1)
+
+
+if __name__ == "__main__":  # from the start: while the libraries load, as while it evaluates
+    signal.signal(signal.SIGINT, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
+
+
+from absl import flags  # noqa: E402  (after the handlers)
+
+from aed_jax import cli  # noqa: E402
+from aed_jax import data as data_lib  # noqa: E402
+from aed_jax import tasks  # noqa: E402
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -584,6 +585,27 @@ def test_out_of_memory_is_told_from_other_errors():
     assert errors.out_of_memory(runtime_error("INTERNAL: something else"), "p", "r") is None
     assert errors.out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "p", "r") is None
     assert errors.out_of_memory(OSError(12, "Cannot allocate memory"), "p", "r") is None
+
+
+@pytest.mark.parametrize("moment,sig,line,code", [
+    ("loading", signal.SIGTERM, "error: analyze was stopped by SIGTERM; it wrote nothing", 1),
+    ("measuring", signal.SIGINT, "error: analyze was stopped by SIGINT; it wrote nothing", 1),
+    ("writing", signal.SIGTERM, "error: analyze was stopped by SIGTERM while writing; {out} may hold some of this "
+                                "run's figures and data files, but not its report.md (written last)", 1),
+    ("written", signal.SIGTERM, "analyze was stopped by SIGTERM once its report was written: {out}/report.md", 0),
+])
+def test_a_signal_at_any_moment_is_one_line(saved, data, tmp_path, stop_command, moment, sig, line, code):
+    """SIGTERM or Ctrl-C while the libraries load, between two batches, while the report is written, or
+    once it is: one line that says what was written, exit 1 unless the report is whole (SIGTERM used to
+    end it silently, rc -15)."""
+    out = tmp_path / "out"
+    pause = {"loading": None, "measuring": ("aed_jax.data", "windows_at", "after_first"),
+             "writing": ("aed_jax.analysis", "write_report", "before"),
+             "written": ("builtins", "print", "before")}[moment]  # analyze's one print: the files it wrote
+    rc, stdout, stderr = stop_command(["aed_jax.analyze", "--workdir", saved, "--data", data, "--windows", "10",
+                                       "--batch_size", "4", "--noablations", "--out", str(out)], sig, pause)
+    assert (rc, stdout, stderr) == (code, "", line.format(out=out) + "\n")
+    assert (out / "report.md").exists() == (moment == "written")
 
 
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():

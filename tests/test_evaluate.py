@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -170,6 +171,16 @@ def test_out_of_memory_is_one_line_with_the_size_and_the_remedy(run):
     assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
     assert re.fullmatch(r"error: evaluate ran out of memory allocating \d+(\.\d+)? GiB: pass a smaller --batch_size\n",
                         result.stderr), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("moment,sig", [("loading", signal.SIGINT), ("evaluating", signal.SIGTERM)])
+def test_a_signal_at_any_moment_is_one_line(run, stop_command, moment, sig):
+    """SIGTERM or Ctrl-C while the libraries load or between two batches: one line, exit 1."""
+    pause = None if moment == "loading" else ("aed_jax.data", "random_batches", "after_first")
+    rc, stdout, stderr = stop_command(["aed_jax.evaluate", "--workdir", run["workdir"], "--data", run["data"],
+                                       "--batches", "3"], sig, pause)
+    assert (rc, stdout, stderr) == (1, "", f"error: evaluate was stopped by {sig.name} before it printed its "
+                                           "numbers; it writes no file, run it again\n")
 
 
 @pytest.mark.parametrize("fsdp", [False, True])

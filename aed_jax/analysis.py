@@ -44,21 +44,20 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
-import matplotlib.ticker
 import numpy as np
 import optax
 import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from aed_jax import ablations as ablations_lib
+from aed_jax import data as data_lib
+from aed_jax import metrics
+from aed_jax import model as model_lib
+from aed_jax import plotting
+from aed_jax import rundir
+from aed_jax import stats
 
-from aed_jax import ablations as ablations_lib  # noqa: E402
-from aed_jax import data as data_lib  # noqa: E402
-from aed_jax import metrics  # noqa: E402
-from aed_jax import model as model_lib  # noqa: E402
-from aed_jax import rundir  # noqa: E402
-from aed_jax import stats  # noqa: E402
+plt = plotting.pyplot()
+import matplotlib.ticker  # noqa: E402  (once plotting has set matplotlib up)
 
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")

@@ -608,6 +608,24 @@ def test_a_signal_at_any_moment_is_one_line(saved, data, tmp_path, stop_command,
     assert (out / "report.md").exists() == (moment == "written")
 
 
+def test_figures_load_without_a_word_where_home_cannot_be_written(tmp_path):
+    """A HOME matplotlib cannot write its folders in (here a file): plain matplotlib prints two warning
+    lines, the analysis and the reproduction's figures none; their folder, in the temporary directory,
+    is this user's and keeps the font cache for the next run."""
+    (tmp_path / "home").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
+    plain = subprocess.run([sys.executable, "-c", "import matplotlib.pyplot"], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert "Matplotlib created a temporary cache directory" in plain.stderr  # the fault, as a user would see it
+    ours = tmp_path / f"aed_jax-matplotlib-{os.getuid()}"
+    result = subprocess.run([sys.executable, "-c", "import aed_jax.analysis, experiments.figures, matplotlib; "
+                             "print(matplotlib.get_configdir(), matplotlib.get_cachedir())"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", f"{ours} {ours}\n")
+    assert (ours.stat().st_mode & 0o777) == 0o700 and any(ours.glob("fontlist-*.json"))  # the font cache, kept
+
+
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():
     assert analysis.labels(["runs/a", "other/b/"]) == ["a", "b"]
     assert analysis.labels(["runs/tiny/mse/seed1", "runs/tiny/base/seed1", "runs/tiny/mse/seed2"]) == [

@@ -5,7 +5,8 @@ model wins), several runs side by side: what `python -m aed_jax.analyze` reports
 
 Every run is measured on the same sample of windows: `--windows N` starts drawn at random from the
 val split (or `--data`) with `--seed` (data.sample_offsets), so N is a sample size and two runs on
-the same file are compared window by window. Then `DIR/report.md`, one PNG per figure (runs on
+the same file with the same context size are compared window by window (others share no window:
+the report says so, `unpaired`). Then `DIR/report.md`, one PNG per figure (runs on
 shared axes, one panel per quantity), `DIR/metrics.json` with every number and `DIR/windows.npz`
 with each run's cross-entropy by window and position:
 

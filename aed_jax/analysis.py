@@ -5,7 +5,8 @@ model wins), several runs side by side: what `python -m aed_jax.analyze` reports
 
 Every run is measured on the same sample of windows: `--windows N` starts drawn at random from the
 val split (or `--data`) with `--seed` (data.sample_offsets), so N is a sample size and two runs on
-the same file are compared window by window. Then `DIR/report.md`, one PNG per figure (runs on
+the same file with the same context size are compared window by window (others share no window:
+the report says so, `unpaired`). Then `DIR/report.md`, one PNG per figure (runs on
 shared axes, one panel per quantity), `DIR/metrics.json` with every number and `DIR/windows.npz`
 with each run's cross-entropy by window and position:
 
@@ -44,21 +45,20 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
-import matplotlib.ticker
 import numpy as np
 import optax
 import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from aed_jax import ablations as ablations_lib
+from aed_jax import data as data_lib
+from aed_jax import metrics
+from aed_jax import model as model_lib
+from aed_jax import plotting
+from aed_jax import rundir
+from aed_jax import stats
 
-from aed_jax import ablations as ablations_lib  # noqa: E402
-from aed_jax import data as data_lib  # noqa: E402
-from aed_jax import metrics  # noqa: E402
-from aed_jax import model as model_lib  # noqa: E402
-from aed_jax import rundir  # noqa: E402
-from aed_jax import stats  # noqa: E402
+plt = plotting.pyplot()
+import matplotlib.ticker  # noqa: E402  (once plotting has set matplotlib up)
 
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
@@ -377,14 +377,25 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
     return run
 
 
+def unpaired(reference: dict, m: dict) -> str | None:
+    """Why run `m` was not measured on `reference`'s windows, as a clause (None when it was): a
+    difference is taken window by window, so runs of other context sizes or data files have none."""
+    if m["context_size"] != reference["context_size"]:
+        return f"its windows are {m['context_size']} tokens long, the first run's {reference['context_size']}"
+    if m["data"] != reference["data"]:
+        return f"its windows come from `{m['data']}`, the first run's from `{reference['data']}`"
+    if not np.array_equal(m["_offsets"], reference["_offsets"]):
+        return "its windows start elsewhere in the file"
+    return None
+
+
 def differences(runs: dict, seed: int = 0) -> dict:
     """{label: {"against", "by_position", "low", "high", "mean"}} for every run after the first that
-    was measured on the first run's windows (same file, context and offsets): its CE minus the
-    first run's, by position with a bootstrap band over the windows, and overall with a t-interval."""
+    was measured on the first run's windows (`unpaired` is None): its CE minus the first run's, by
+    position with a bootstrap band over the windows, and overall with a t-interval."""
     (first, reference), out = next(iter(runs.items())), {}
     for label, m in list(runs.items())[1:]:
-        if m["data"] != reference["data"] or not np.array_equal(m["_offsets"], reference["_offsets"]) \
-                or m["context_size"] != reference["context_size"]:
+        if unpaired(reference, m):
             continue
         difference_WxT = m["_ce_WxT"] - reference["_ce_WxT"]
         low_T, high_T = stats.bootstrap_band(difference_WxT, seed, RESAMPLES)
@@ -692,13 +703,18 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
     with rundir.atomic_file(os.path.join(out, "windows.npz"), "wb") as f:
         np.savez(f, labels=np.asarray(list(runs)), **{f"run{i}_{k}": m[f"_{k}"] for i, m in enumerate(runs.values())
                                                        for k in ("ce_WxT", "offsets")})
-    first = next(iter(runs.values()))
+    first_label, first = next(iter(runs.items()))
+    gaps = {label: gap for label, m in list(runs.items())[1:] if (gap := unpaired(first, m))}
+    lengths = (f"of {first['context_size']} tokens" if len({m["context_size"] for m in runs.values()}) == 1 else
+               "of its own context size (" + ", ".join(f"{label}: {m['context_size']} tokens"
+                                                       for label, m in runs.items()) + ")")
+    windows = f"{'' if gaps else 'the same '}{first['windows']:,} windows {lengths}"
     lines = ["# Analysis", "", f"`{command}`", "",
-             f"Every run measured on the same {first['windows']:,} windows of {first['context_size']} tokens, drawn at "
-             f"random (seed {first['seed']}) from its data file; intervals are 95%, over those windows. They "
-             f"measure how much the numbers move with the windows drawn, not with the random seed a run was trained "
-             f"with: a difference between two runs that the windows cannot explain may still be one seed's luck "
-             f"(`experiments.reproduce --seeds N` measures that).", "",
+             f"Every run measured on {windows}, drawn at random (seed {first['seed']}) from its data file; "
+             f"intervals are 95%, over those windows. They measure how much the numbers move with the windows "
+             f"drawn, not with the random seed a run was trained with: a difference between two runs that the "
+             f"windows cannot explain may still be one seed's luck (`experiments.reproduce --seeds N` measures "
+             f"that).", "",
              "| run | model | step | tokens | val CE | perplexity | accuracy loss | embedding loss | "
              "token norm (weighted) | mean positional norm |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in runs.items():
@@ -708,14 +724,22 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
                      f"{m['perplexity']:.2f} | {m['accuracy_loss']:.4f} | {emb} | "
                      f"{m['token_norm_weighted']:.3f} | {pos} |")
     lines += ["", "Runs: " + "; ".join(f"{label} = `{m['workdir']}` ({m['checkpoint']}, step {m['step']}), data "
-                                       f"`{m['data']}`" for label, m in runs.items()), ""]
+                                       f"`{m['data']}`, windows of {m['context_size']} tokens"
+                                       for label, m in runs.items()), ""]
+    if diffs or gaps:
+        lines += ["## Differences", ""]
     if diffs:
-        lines += ["## Differences", "", "Cross-entropy minus the first run's on the same windows, the mean over "
+        lines += ["Cross-entropy minus the first run's on the same windows, the mean over "
                   "positions with its t-interval over windows (by position: `ce_difference.png`).", ""]
         lines += [f"- {label} - {d['against']}: {_interval_text(d['mean'])} nats"
                   + (": the interval excludes zero" if d["mean"]["low"] > 0 or d["mean"]["high"] < 0 else
                      ": the interval includes zero") for label, d in diffs.items()]
         lines.append("")
+    if gaps:  # a difference pairs the two runs' CE window by window: these have no window in common
+        lines += [f"- {label} - {first_label}: no difference: {gap}, so no window was measured by both."
+                  for label, gap in gaps.items()]
+        lines += ["", "The difference figure (`ce_difference.png`) has no line for these runs"
+                  + ("." if diffs else ", so it is not drawn."), ""]
     names = [n for n in ablations_lib.ABLATIONS if any(n in m["ablations"] for m in runs.values())]
     if names:
         lines += ["## What each part is worth: eval-time ablations", "",

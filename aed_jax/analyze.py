@@ -2,18 +2,50 @@
 what its embeddings and attention look like, several runs side by side on the same sampled windows.
 
 Writes DIR/report.md, one PNG per figure, DIR/metrics.json and DIR/windows.npz. What each number
-is and how it is computed: `analysis.py`.
+is and how it is computed: `analysis.py`. SIGTERM or Ctrl-C at any point ends it with one line that
+says what it wrote: each file is written whole or not at all, report.md last.
 """
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import sys
+
+# A signal's line, given its name, and the exit code: what analyze has written by now (`main` moves it on).
+_stopped_line = lambda name: (f"error: analyze was stopped by {name}; it wrote nothing", 1)  # noqa: E731
+
+
+def _stopped(signum, _frame):
+    """SIGTERM or Ctrl-C, whatever analyze was doing: one line, `_stopped_line`'s exit code.
+
+    os._exit, as main's handlers: a SystemExit raised while the interpreter runs a gc callback or a
+    __del__ is swallowed ("Exception ignored in ...") and the command would go on.
+    """
+    try:
+        sys.stdout.flush()
+    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
+        pass
+    text, code = _stopped_line(signal.Signals(signum).name)
+    os.write(2, (text + "\n").encode())
+    os._exit(code)
+
+
+if __name__ == "__main__":  # from the start: while the libraries load, as while it measures
+    signal.signal(signal.SIGINT, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
+
+
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
-import os
+from absl import flags  # noqa: E402  (after the handlers)
 
-from absl import flags
+from aed_jax import cli  # noqa: E402
+from aed_jax import errors  # noqa: E402
 
-from aed_jax import cli
-from aed_jax import errors
+# An interval over N windows narrows as 1/sqrt(N): a million make it 30 times narrower than the default
+# 1,000, and each run keeps a float64 CE per window and position (8 GB at a million windows of 1,024).
+MAX_WINDOWS = 1_000_000
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -24,7 +56,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("data", None, "A token folder or one .bin file to draw windows from; default: each run's "
                         "val split.", flag_values=fv)
     flags.DEFINE_integer("windows", 1000, "How many windows to draw at random (a sample size: intervals narrow "
-                         "as it grows).", flag_values=fv)
+                         f"as it grows), at most {MAX_WINDOWS:,}.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the window draw and of the bootstrap.", flag_values=fv)
     flags.DEFINE_bool("ablations", True, "Measure the eval-time ablations (one more forward pass each).",
                       flag_values=fv)
@@ -44,15 +76,28 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             cli.fail(f"--{name} must be at least 1, got {fv[name].value}")
     if fv.windows < 2:
         cli.fail(f"--windows must be at least 2 (an interval needs two windows), got {fv.windows}")
+    if fv.windows > MAX_WINDOWS:
+        cli.fail(f"--windows must be at most {MAX_WINDOWS:,} (its intervals are already 30 times narrower than "
+                 f"1,000 windows give), got {fv.windows:,}")
+    cli.check_writable_folder(fv.out)  # before any work: the report is written only once it is all computed
     from aed_jax import analysis
-    runs = {label: analysis.analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size,
-                                        fv.ablations, label)
-            for workdir, label in zip(fv.workdir, analysis.labels(fv.workdir))}
+    out_of_memory = functools.partial(cli.out_of_memory_is_one_line, "analyze",
+                                      f"pass a smaller --batch_size or fewer --windows (now {fv.windows:,})")
+    with out_of_memory():
+        runs = {label: analysis.analyze_run(workdir, fv.checkpoint, fv.data, fv.windows, fv.seed, fv.batch_size,
+                                            fv.ablations, label)
+                for workdir, label in zip(fv.workdir, analysis.labels(fv.workdir))}
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
+    global _stopped_line
+    _stopped_line = lambda name: (f"error: analyze was stopped by {name} while writing; {fv.out} may hold some of "
+                                  "this run's figures and data files, but not its report.md (written last)", 1)
     try:
-        figures = analysis.write_report(runs, fv.out, command, fv.seed)
+        with out_of_memory():  # the differences' bootstrap
+            figures = analysis.write_report(runs, fv.out, command, fv.seed)
     except OSError as e:  # each file is written whole or not at all
         cli.fail(errors.write_failed(e, f"--out {fv.out}: cannot write the report", "run the same command again"))
+    _stopped_line = lambda name: (f"analyze was stopped by {name} once its report was written: "
+                                  f"{os.path.join(fv.out, 'report.md')}", 0)
     print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json, windows.npz and {len(figures)} figures: "
           f"{', '.join(figures)}")
 

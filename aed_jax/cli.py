@@ -1,9 +1,12 @@
 """What every command line shares: the `--config` flag, one-line user errors, malloc's setting."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import logging as std_logging
 import os
+import tempfile
 import warnings
 import sys
 
@@ -134,6 +137,42 @@ def quiet_libraries(argv=None):
     # disk cut short (jax compiles the program again and rewrites it), is not the user's news.
     warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache entry")
     return argv
+
+
+def check_writable_folder(path: str, flag: str = "--out") -> None:
+    """Exit with one line (errors.write_failed: what, and the remedy) unless a file can be written in
+    folder `path`, once it and its missing parents are created. A command calls it before any work, so
+    an unwritable output is refused at once, not after the minutes of computing whose results it
+    would hold. It creates nothing: the nearest part of `path` that exists must be a folder, where a
+    probe file of one byte is written and removed (which a full disk, a read-only file system or a
+    forbidden folder refuses, whatever access(2) would say for root)."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".aed_jax-write-check-", dir=existing)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        fail(errors.write_failed(e, f"{flag} {path}"))
+
+
+@contextlib.contextmanager
+def out_of_memory_is_one_line(program: str, remedy: str):
+    """Out of host or device memory inside the block: one line naming the size that failed and
+    `remedy` (errors.out_of_memory), exit 1; any other error goes on as it was."""
+    try:
+        yield
+    except Exception as e:
+        message = errors.out_of_memory(e, program, remedy)
+        if message is None:
+            raise
+        fail(message)
 
 
 def no_extra_args(argv):

@@ -25,16 +25,20 @@ def one_line(e: BaseException) -> str:
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room: a full disk, a quota, a file-size limit
 _FORBIDDEN = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)  # a file where the path needs a folder
 
 
 def write_failed(e: OSError, path: str, then: str = "run the same command again") -> str:
-    """What failed writing `path` and what to do, as one line: free space on a full disk, or make a
-    read-only or forbidden folder writable (else choose another path); then `then`."""
+    """What failed writing `path` and what to do, as one line: free space on a full disk, make a
+    read-only or forbidden folder writable (else choose another path), or choose another path where
+    a file stands in the way of a folder; then `then`."""
     what = e.strerror or str(e)
     if e.errno in _FULL:
         return f"{path}: {what}: free space on its disk (or choose another folder), then {then}"
     if e.errno in _FORBIDDEN:
         return f"{path}: {what}: make it writable (or choose another folder), then {then}"
+    if e.errno in _NOT_A_FOLDER:
+        return f"{path}: {what}: choose another folder, then {then}"
     return f"{path}: {what}"
 
 

@@ -15,16 +15,39 @@ Only the parameters are restored (host arrays), then placed on a mesh of this ma
 so a checkpoint written on any number of devices evaluates here: the run config's mesh where it fits
 these devices (an FSDP config keeps its parameters sharded), else every device on `data`; each
 batch's rows are split over every device, the batch padded to a multiple of the device count.
+SIGTERM or Ctrl-C at any point ends it with one line: it writes no file, and prints its numbers at
+the end.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 
-from absl import flags
 
-from aed_jax import cli
-from aed_jax import data as data_lib
-from aed_jax import tasks
+def _stopped(signum, _frame):
+    """SIGTERM or Ctrl-C, whatever evaluate was doing: one line, exit 1. os._exit, as main's handlers: a
+    SystemExit raised while the interpreter runs a gc callback or a __del__ is swallowed."""
+    try:
+        sys.stdout.flush()
+    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
+        pass
+    os.write(2, f"error: evaluate was stopped by {signal.Signals(signum).name} before it printed its numbers; "
+                "it writes no file, run it again\n".encode())
+    os._exit(1)
+
+
+if __name__ == "__main__":  # from the start: while the libraries load, as while it evaluates
+    signal.signal(signal.SIGINT, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
+
+
+from absl import flags  # noqa: E402  (after the handlers)
+
+from aed_jax import cli  # noqa: E402
+from aed_jax import data as data_lib  # noqa: E402
+from aed_jax import tasks  # noqa: E402
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -46,13 +69,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def format_table(results: dict) -> str:
     """One line a number, the names in a column as wide as the longest; a curve by position (a list)
-    summarised as its length, first value, mean and last value (--json gives every value)."""
+    summarised as its length, first counted value, mean and last counted value, each labelled with
+    its own position (--json gives every value). A position no window counts is None: a task's
+    curve holds answers only at some positions (sort: from its separator at t = sort_length on), so
+    its first and last numbers are not t=0 and t=T-1, and the line says how many positions count."""
     width, lines = max(map(len, results), default=0) + 2, []
     for key, value in results.items():
         if isinstance(value, list):
-            values = [v for v in value if v is not None]
-            text = (f"{len(value)} positions: t=0 {values[0]:.4f}, mean {sum(values) / len(values):.4f}, "
-                    f"t={len(value) - 1} {values[-1]:.4f}") if values else f"{len(value)} positions, none counted"
+            counted = [(t, v) for t, v in enumerate(value) if v is not None]
+            if counted:
+                (first, v_first), (last, v_last) = counted[0], counted[-1]
+                mean, of = sum(v for _, v in counted) / len(counted), f"{len(value)} positions"
+                of += "" if len(counted) == len(value) else f" ({len(counted)} counted)"
+                text = f"{of}: t={first} {v_first:.4f}, mean {mean:.4f}, t={last} {v_last:.4f}"
+            else:
+                text = f"{len(value)} positions, none counted"
         else:
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<{width}}{text}")
@@ -72,35 +103,36 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         cli.fail(f"--seed must be >= 0, got {fv.seed}")
     import jax  # here, once the flags are parsed: --help and a bad flag answer without loading it
     from aed_jax import memory, mesh as mesh_lib, metrics, model as model_lib, rundir
-    params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
-    cfg = model_lib.ModelConfig.from_config(config)
-    task = tasks.task_name(config.get("dataset", ""))
-    if task is not None and (fv.full or fv.data):
-        cli.fail(f"--{'full' if fv.full else 'data'}: {config.dataset} draws its sequences afresh, it has no "
-                 "split to read; evaluate it with --batches N [--seed S]")
-    context = cfg.context_size
-    if task is None:
-        path = data_lib.split_file(config, fv.data, fv.split)
-        tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
-    else:
-        path = config.dataset
-    batch_size = fv.batch_size or config.batch_size
-    mesh = mesh_lib.reading_mesh(config)
-    params, padded = mesh_lib.place(params, mesh), mesh_lib.padded_size(batch_size, mesh)
-    need = memory.eval_batch_bytes(cfg, params, padded, mesh, task is not None)
-    free, what = memory.device_free(jax.local_devices()[0])
-    if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
-        cli.fail(f"a batch of {batch_size} sequences needs {memory.gib(need)} in the eval step (XLA's buffer "
-                 f"assignment), more than the {memory.gib(free)} of {what}; pass --batch_size "
-                 f"{max(1, batch_size * free // need)} or less")
-    seed, n_batches = config.random_seed if fv.seed is None else fv.seed, fv.batches or config.est_steps
-    if fv.full:
-        batches = data_lib.eval_windows(tokens, context, batch_size)
-    elif task is None:
-        batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
-    else:
-        batches = data_lib.task_batches(config, batch_size, n_batches, seed)
-    results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
+    with cli.out_of_memory_is_one_line("evaluate", "pass a smaller --batch_size"):  # host or device
+        params, config, step = rundir.restore_params(fv.workdir, fv.checkpoint)
+        cfg = model_lib.ModelConfig.from_config(config)
+        task = tasks.task_name(config.get("dataset", ""))
+        if task is not None and (fv.full or fv.data):
+            cli.fail(f"--{'full' if fv.full else 'data'}: {config.dataset} draws its sequences afresh, it has no "
+                     "split to read; evaluate it with --batches N [--seed S]")
+        context = cfg.context_size
+        if task is None:
+            path = data_lib.split_file(config, fv.data, fv.split)
+            tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + (1 if fv.full else 2))
+        else:
+            path = config.dataset
+        batch_size = fv.batch_size or config.batch_size
+        mesh = mesh_lib.reading_mesh(config)
+        params, padded = mesh_lib.place(params, mesh), mesh_lib.padded_size(batch_size, mesh)
+        need = memory.eval_batch_bytes(cfg, params, padded, mesh, task is not None)
+        free, what = memory.device_free(jax.local_devices()[0])
+        if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
+            cli.fail(f"a batch of {batch_size} sequences needs {memory.gib(need)} in the eval step (XLA's buffer "
+                     f"assignment), more than the {memory.gib(free)} of {what}; pass --batch_size "
+                     f"{max(1, batch_size * free // need)} or less")
+        seed, n_batches = config.random_seed if fv.seed is None else fv.seed, fv.batches or config.est_steps
+        if fv.full:
+            batches = data_lib.eval_windows(tokens, context, batch_size)
+        elif task is None:
+            batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
+        else:
+            batches = data_lib.task_batches(config, batch_size, n_batches, seed)
+        results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
     where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,
              "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches",
              "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}"}

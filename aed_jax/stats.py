@@ -86,7 +86,11 @@ def bootstrap_band(samples_NxK: np.ndarray, seed: int, resamples: int = 1000,
     (a curve measured on N sampled windows): `resamples` draws of N rows with replacement, the same rows
     for every column, and the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means."""
     samples_NxK = np.asarray(samples_NxK, np.float64)
-    rows_RxN = np.random.default_rng(seed).integers(0, len(samples_NxK), (resamples, len(samples_NxK)))
-    means_RxK = samples_NxK[rows_RxN].mean(axis=1)
+    rng, n = np.random.default_rng(seed), len(samples_NxK)
+    # The resampled rows a chunk of draws at a time, about 2^25 numbers (256 MB), not R x N x K at once
+    # (8 GB for 1,000 windows of 1,024 positions); drawn chunk after chunk, they are the rows of one draw.
+    chunk = max(1, 2**25 // max(1, samples_NxK.size))
+    means_RxK = np.concatenate([samples_NxK[rng.integers(0, n, (min(chunk, resamples - i), n))].mean(axis=1)
+                                for i in range(0, resamples, chunk)])
     tail = (1 - confidence) / 2
     return np.quantile(means_RxK, tail, axis=0), np.quantile(means_RxK, 1 - tail, axis=0)

@@ -16,15 +16,13 @@ from __future__ import annotations
 import glob
 import os
 
-import matplotlib
+from aed_jax import plotting
+from aed_jax import rundir
+from experiments import suites
 
-matplotlib.use("Agg")
-import matplotlib.patches  # noqa: E402  (after choosing the backend)
-import matplotlib.pyplot as plt  # noqa: E402
+plt = plotting.pyplot()
+import matplotlib.patches  # noqa: E402  (once plotting has set matplotlib up)
 import matplotlib.ticker  # noqa: E402
-
-from aed_jax import rundir  # noqa: E402
-from experiments import suites  # noqa: E402
 
 BAND = "band: lowest to highest seed"  # the legend's words for the band around a mean over seeds
 

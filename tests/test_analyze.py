@@ -3,6 +3,10 @@ report for two freshly trained tiny runs, one-line errors."""
 import json
 import math
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,7 @@ from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data as data_lib
+from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import stats
 from aed_jax import train
@@ -320,6 +325,39 @@ def test_differences_are_window_by_window_with_a_bootstrap_band():
     assert got["b"]["mean"]["mean"] == pytest.approx(d.mean(1).mean()) and got["b"]["against"] == "a"
 
 
+def test_runs_of_different_context_sizes_are_reported_as_measured(saved_models, data, tmp_path):
+    """A run of context 16 beside runs of context 8: the report gives each run's window length (it used
+    to say every run was measured on windows of the first run's length), and says why the longer run
+    has no difference from the first, where a run of the same context has one."""
+    config = tiny_config("baseline")
+    config.model_config.context_size = 2 * T
+    long_run = str(tmp_path / "long")
+    api.save_params(long_run, model_lib.init_params(model_lib.make_model(model_lib.ModelConfig.from_config(config)),
+                                                    jax.random.key(1)), config)
+    runs = {label: analysis.analyze_run(workdir, data=data, windows=WINDOWS, seed=3, with_ablations=False)
+            for label, workdir in (("learned", saved_models["aed"][0]), ("long", long_run),
+                                   ("baseline", saved_models["baseline"][0]))}
+    assert (runs["learned"]["context_size"], runs["long"]["context_size"]) == (T, 2 * T)
+    analysis.write_report(runs, str(tmp_path / "out"), "analyze ...", seed=3)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"Every run measured on {WINDOWS} windows of its own context size (learned: {T} tokens, long: {2 * T} " \
+           f"tokens, baseline: {T} tokens), drawn at random" in report
+    assert "measured on the same" not in report
+    assert f"`, windows of {2 * T} tokens;" in report and f"`, windows of {T} tokens" in report
+    assert "- baseline - learned: " in report and "nats" in report.split("- baseline - learned: ")[1].split("\n")[0]
+    assert (f"- long - learned: no difference: its windows are {2 * T} tokens long, the first run's {T}, so no "
+            "window was measured by both.") in report
+    assert "The difference figure (`ce_difference.png`) has no line for these runs." in report
+    metrics_json = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics_json["differences"]) == {"baseline"}
+    # Without a run of the first one's context, nothing to draw, and the report says so.
+    two = {label: runs[label] for label in ("learned", "long")}
+    analysis.write_report(two, str(tmp_path / "two"), "analyze ...", seed=3)
+    report = (tmp_path / "two" / "report.md").read_text()
+    assert "has no line for these runs, so it is not drawn." in report and "![ce_difference.png]" not in report
+    assert not (tmp_path / "two" / "ce_difference.png").exists()
+
+
 # Panels each comparison figure has: one per quantity, every run that has it on the same axes.
 PANELS = {"ce_by_position.png": 1, "ce_difference.png": 1, "ablations.png": 2, "layer_norms.png": 2,
           "alignment.png": 4, "embedding_loss_by_position.png": 1, "attention.png": 2, "norms.png": 1, "overlap.png": 2}
@@ -479,7 +517,8 @@ def saved(tmp_path_factory):
     (["--workdir", "{run}", "--data", "{tmp}/odd.bin", "--out", "{tmp}/o"], "not a flat uint16 token file"),
     (["--workdir", "{run}", "--windows", "0", "--out", "{tmp}/o"], "--windows must be at least 1"),
     (["--workdir", "{run}", "--windows", "1", "--out", "{tmp}/o"], "--windows must be at least 2"),
-    (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "cannot write the report"),
+    (["--workdir", "{run}", "--windows", "10000000000", "--out", "{tmp}/o"], "--windows must be at most 1,000,000"),
+    (["--workdir", "{run}", "--data", "{data}", "--out", "{tmp}/odd.bin/o"], "odd.bin is not a folder: choose another"),
 ])
 def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, message):
     (tmp_path / "odd.bin").write_bytes(b"abc")
@@ -489,6 +528,102 @@ def test_bad_input_is_one_line_and_exit_1(saved, data, tmp_path, capsys, argv, m
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("out", ["{tmp}/odd.bin/report", "/sys/aed_jax_report"], ids=["under a file", "read-only"])
+def test_an_unwritable_out_is_refused_before_any_work(saved, tmp_path, capsys, monkeypatch, out):
+    """--out under a file, or in a folder no one may write (/sys, even for root): one line with the
+    remedy before a single window is measured (it used to come after all the computing), and nothing
+    created on the way."""
+    (tmp_path / "odd.bin").write_bytes(b"abc")
+    out = out.format(tmp=tmp_path)
+    if out.startswith("/sys") and not os.path.isdir("/sys"):  # sysfs refuses to create a file, even for root
+        pytest.skip("no /sys here")
+    measured = []
+    monkeypatch.setattr(analysis, "analyze_run", lambda *args, **kwargs: measured.append(args))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--workdir", saved, "--out", out])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and measured == []
+    assert err.startswith(f"error: --out {out}: ")
+    assert err.endswith(": choose another folder, then run the same command again\n" if "odd.bin" in out else
+                        ": make it writable (or choose another folder), then run the same command again\n")
+    assert sorted(os.listdir(tmp_path)) == ["odd.bin"] and not os.path.exists(out)
+
+
+@pytest.mark.parametrize("batch_size,allocating", [(200_000_000, "5.96 GiB"), (2_000_000, r"\d+(\.\d+)? GiB")],
+                         ids=["numpy, host", "XLA, device"])
+def test_out_of_memory_is_one_line_with_the_size_and_the_remedy(saved, data, tmp_path, batch_size, allocating):
+    """Under a 4 GiB address-space limit (ulimit -v), a batch whose padding numpy cannot allocate, and one
+    whose activations XLA cannot: one line naming the size and what to make smaller, exit 1 (they
+    used to be 36 lines of traceback)."""
+    limited = ["bash", "-c", f'ulimit -v {4 * 2**20} && exec "$0" "$@"', sys.executable]  # in KiB
+    result = subprocess.run([*limited, "-m", "aed_jax.analyze", "--workdir", saved, "--data", data, "--windows", "10",
+                             "--noablations", "--batch_size", str(batch_size), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+    assert re.fullmatch(f"error: analyze ran out of memory allocating {allocating}: pass a smaller --batch_size or "
+                        r"fewer --windows \(now 10\)\n", result.stderr), result.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_is_told_from_other_errors():
+    """errors.out_of_memory: numpy's MemoryError and jax's RESOURCE_EXHAUSTED give the line with the size
+    they name (none when they name none); any other error, jax's included, gives None."""
+    with pytest.raises(MemoryError) as numpy_error:
+        np.empty(2**60, np.uint8)
+    assert errors.out_of_memory(numpy_error.value, "analyze", "pass less") == (
+        "analyze ran out of memory allocating 1.00 EiB: pass less")
+    runtime_error = jax.errors.JaxRuntimeError
+    assert errors.out_of_memory(runtime_error("RESOURCE_EXHAUSTED: Out of memory allocating 6406400000 bytes."),
+                                "train", "a smaller batch") == (
+        "train ran out of memory allocating 5.97 GiB: a smaller batch")
+    assert errors.out_of_memory(runtime_error("RESOURCE_EXHAUSTED: Failed to allocate request for 1.50GiB "
+                                              "(1610612736B) on device ordinal 0"), "p", "r") == (
+        "p ran out of memory allocating 1.5 GiB: r")
+    assert errors.out_of_memory(MemoryError(), "p", "r") == "p ran out of memory: r"
+    assert errors.out_of_memory(runtime_error("INTERNAL: something else"), "p", "r") is None
+    assert errors.out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "p", "r") is None
+    assert errors.out_of_memory(OSError(12, "Cannot allocate memory"), "p", "r") is None
+
+
+@pytest.mark.parametrize("moment,sig,line,code", [
+    ("loading", signal.SIGTERM, "error: analyze was stopped by SIGTERM; it wrote nothing", 1),
+    ("measuring", signal.SIGINT, "error: analyze was stopped by SIGINT; it wrote nothing", 1),
+    ("writing", signal.SIGTERM, "error: analyze was stopped by SIGTERM while writing; {out} may hold some of this "
+                                "run's figures and data files, but not its report.md (written last)", 1),
+    ("written", signal.SIGTERM, "analyze was stopped by SIGTERM once its report was written: {out}/report.md", 0),
+])
+def test_a_signal_at_any_moment_is_one_line(saved, data, tmp_path, stop_command, moment, sig, line, code):
+    """SIGTERM or Ctrl-C while the libraries load, between two batches, while the report is written, or
+    once it is: one line that says what was written, exit 1 unless the report is whole (SIGTERM used to
+    end it silently, rc -15)."""
+    out = tmp_path / "out"
+    pause = {"loading": None, "measuring": ("aed_jax.data", "windows_at", "after_first"),
+             "writing": ("aed_jax.analysis", "write_report", "before"),
+             "written": ("builtins", "print", "before")}[moment]  # analyze's one print: the files it wrote
+    rc, stdout, stderr = stop_command(["aed_jax.analyze", "--workdir", saved, "--data", data, "--windows", "10",
+                                       "--batch_size", "4", "--noablations", "--out", str(out)], sig, pause)
+    assert (rc, stdout, stderr) == (code, "", line.format(out=out) + "\n")
+    assert (out / "report.md").exists() == (moment == "written")
+
+
+def test_figures_load_without_a_word_where_home_cannot_be_written(tmp_path):
+    """A HOME matplotlib cannot write its folders in (here a file): plain matplotlib prints two warning
+    lines, the analysis and the reproduction's figures none; their folder, in the temporary directory,
+    is this user's and keeps the font cache for the next run."""
+    (tmp_path / "home").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
+    plain = subprocess.run([sys.executable, "-c", "import matplotlib.pyplot"], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert "Matplotlib created a temporary cache directory" in plain.stderr  # the fault, as a user would see it
+    ours = tmp_path / f"aed_jax-matplotlib-{os.getuid()}"
+    result = subprocess.run([sys.executable, "-c", "import aed_jax.analysis, experiments.figures, matplotlib; "
+                             "print(matplotlib.get_configdir(), matplotlib.get_cachedir())"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", f"{ours} {ours}\n")
+    assert (ours.stat().st_mode & 0o777) == 0o700 and any(ours.glob("fontlist-*.json"))  # the font cache, kept
 
 
 def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -157,6 +159,30 @@ def test_a_batch_beyond_memory_is_refused_with_one_that_fits(run, capsys, monkey
                                                               mesh_lib.reading_mesh(tiny_config())) <= 2**30
 
 
+def test_out_of_memory_is_one_line_with_the_size_and_the_remedy(run):
+    """Under a 4 GiB address-space limit (ulimit -v) that the host's memory, which the check before the
+    first batch reads, does not show: the step XLA cannot allocate is one line with its size and the
+    remedy, exit 1, not a traceback."""
+    if memory.host_available() < 8 * 2**30:  # the batch needs about 5.5 GiB
+        pytest.skip("the host has too little memory for the batch to pass the check before the first batch")
+    limited = ["bash", "-c", f'ulimit -v {4 * 2**20} && exec "$0" "$@"', sys.executable]  # in KiB
+    result = subprocess.run([*limited, "-m", "aed_jax.evaluate", "--workdir", run["workdir"], "--data", run["data"],
+                             "--full", "--batch_size", "600000"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+    assert re.fullmatch(r"error: evaluate ran out of memory allocating \d+(\.\d+)? GiB: pass a smaller --batch_size\n",
+                        result.stderr), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("moment,sig", [("loading", signal.SIGINT), ("evaluating", signal.SIGTERM)])
+def test_a_signal_at_any_moment_is_one_line(run, stop_command, moment, sig):
+    """SIGTERM or Ctrl-C while the libraries load or between two batches: one line, exit 1."""
+    pause = None if moment == "loading" else ("aed_jax.data", "random_batches", "after_first")
+    rc, stdout, stderr = stop_command(["aed_jax.evaluate", "--workdir", run["workdir"], "--data", run["data"],
+                                       "--batches", "3"], sig, pause)
+    assert (rc, stdout, stderr) == (1, "", f"error: evaluate was stopped by {sig.name} before it printed its "
+                                           "numbers; it writes no file, run it again\n")
+
+
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_sharded_over_four_devices_is_the_same_evaluation(run, capsys, fsdp):
     """On 4 devices (a batch of 3 padded to 4, rows split over them; with an FSDP config the
@@ -190,6 +216,26 @@ def test_the_table_has_a_column_of_names_and_summarises_curves():
                                    "tokens": 640, "ce_by_position": [None, None]})
     assert table.splitlines() == [
         "ce_loss                     6.5000",
-        "embedding_loss_by_position  4 positions: t=0 0.5000, mean 1.0000, t=3 1.0000",
+        "embedding_loss_by_position  4 positions (3 counted): t=0 0.5000, mean 1.0000, t=3 1.0000",
         "tokens                      640",
         "ce_by_position              2 positions, none counted"]
+
+
+def test_the_table_labels_a_task_curve_by_the_positions_it_counts(tmp_path, capsys):
+    """A sort run scores only the sorted half of each problem: the table's first and last numbers are
+    the first and last answered positions, named as such (it used to print them as t=0 and t=T-1)."""
+    config = tiny_config()
+    config.model_config.context_size = 24
+    config.dataset, config.task.sort_length = "task:sort", 5  # one problem of 11 tokens, then another
+    workdir = str(tmp_path / "sort")
+    save_run(workdir, config)
+    argv = ["--workdir", workdir, "--batches", "2", "--seed", "3"]
+    curve = run_json(capsys, argv)["ce_by_position"]
+    answered = [t for t, v in enumerate(curve) if v is not None]
+    assert answered[0] == 5 and answered[-1] < len(curve) - 1  # the separator of the first problem; not t=T-1
+    run_cli(argv)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ce_by_position"))
+    mean = sum(curve[t] for t in answered) / len(answered)
+    assert line.split(None, 1)[1] == (f"24 positions ({len(answered)} counted): t={answered[0]} "
+                                      f"{curve[answered[0]]:.4f}, mean {mean:.4f}, t={answered[-1]} "
+                                      f"{curve[answered[-1]]:.4f}")

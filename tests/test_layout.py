@@ -82,6 +82,8 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("aed_jax.sample", ["--workdir=x", "--num_samples=0"], "error: --num_samples must be at least 1"),
     ("aed_jax.analyze", ["--help"], "--windows: How many windows"),
     ("aed_jax.analyze", ["--workdir=x", "--out=y", "--windows=1"], "error: --windows must be at least 2"),
+    ("aed_jax.analyze", ["--workdir=x", "--out=README.md/report"], "error: --out README.md/report: "),
+    ("aed_jax.analyze", ["--workdir=x", "--out=y", "--windows=10000000000"], "error: --windows must be at most"),
     ("aed_jax.interop", ["--help"], "--npz: import"),
     ("aed_jax.interop", ["export", "--workdir=x"], "error: export needs --out"),
     ("aed_jax.bench", ["--help"], "--[no]memory_only: Compile"),

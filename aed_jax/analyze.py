@@ -7,34 +7,12 @@ says what it wrote: each file is written whole or not at all, report.md last.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # from the start: while the libraries load, as while it measures (`main` moves it on)
+    from aed_jax import stopping
+    stopping.exit_on_signals("error: analyze was stopped by {signal}; it wrote nothing")
+
 import functools
 import os
-import signal
-import sys
-
-# A signal's line, given its name, and the exit code: what analyze has written by now (`main` moves it on).
-_stopped_line = lambda name: (f"error: analyze was stopped by {name}; it wrote nothing", 1)  # noqa: E731
-
-
-def _stopped(signum, _frame):
-    """SIGTERM or Ctrl-C, whatever analyze was doing: one line, `_stopped_line`'s exit code.
-
-    os._exit, as main's handlers: a SystemExit raised while the interpreter runs a gc callback or a
-    __del__ is swallowed ("Exception ignored in ...") and the command would go on.
-    """
-    try:
-        sys.stdout.flush()
-    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
-        pass
-    text, code = _stopped_line(signal.Signals(signum).name)
-    os.write(2, (text + "\n").encode())
-    os._exit(code)
-
-
-if __name__ == "__main__":  # from the start: while the libraries load, as while it measures
-    signal.signal(signal.SIGINT, _stopped)
-    signal.signal(signal.SIGTERM, _stopped)
-
 
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
@@ -42,6 +20,7 @@ from absl import flags  # noqa: E402  (after the handlers)
 
 from aed_jax import cli  # noqa: E402
 from aed_jax import errors  # noqa: E402
+from aed_jax import stopping  # noqa: E402
 
 # An interval over N windows narrows as 1/sqrt(N): a million make it 30 times narrower than the default
 # 1,000, and each run keeps a float64 CE per window and position (8 GB at a million windows of 1,024).
@@ -88,16 +67,15 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
                                             fv.ablations, label)
                 for workdir, label in zip(fv.workdir, analysis.labels(fv.workdir))}
     command = "python -m aed_jax.analyze " + " ".join(argv_ for argv_ in _flag_args(fv))
-    global _stopped_line
-    _stopped_line = lambda name: (f"error: analyze was stopped by {name} while writing; {fv.out} may hold some of "
-                                  "this run's figures and data files, but not its report.md (written last)", 1)
+    stopping.now_say(f"error: analyze was stopped by {{signal}} while writing; {fv.out} may hold some of "
+                     "this run's figures and data files, but not its report.md (written last)")
     try:
         with out_of_memory():  # the differences' bootstrap
             figures = analysis.write_report(runs, fv.out, command, fv.seed)
     except OSError as e:  # each file is written whole or not at all
         cli.fail(errors.write_failed(e, f"--out {fv.out}: cannot write the report", "run the same command again"))
-    _stopped_line = lambda name: (f"analyze was stopped by {name} once its report was written: "
-                                  f"{os.path.join(fv.out, 'report.md')}", 0)
+    stopping.now_say(f"analyze was stopped by {{signal}} once its report was written: "
+                     f"{os.path.join(fv.out, 'report.md')}", code=0)
     print(f"wrote {os.path.join(fv.out, 'report.md')}, metrics.json, windows.npz and {len(figures)} figures: "
           f"{', '.join(figures)}")
 

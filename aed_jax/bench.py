@@ -2,6 +2,10 @@
 
 What it measures and how (FLOPs per token, MFU, memory): `benchmark.py`.
 """
+if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
+    from aed_jax import stopping
+    stopping.exit_on_signals("error: bench was stopped by {signal}; nothing was written")
+
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
 import json

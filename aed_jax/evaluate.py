@@ -20,28 +20,13 @@ the end.
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sys
-
-
-def _stopped(signum, _frame):
-    """SIGTERM or Ctrl-C, whatever evaluate was doing: one line, exit 1. os._exit, as main's handlers: a
-    SystemExit raised while the interpreter runs a gc callback or a __del__ is swallowed."""
-    try:
-        sys.stdout.flush()
-    except (OSError, RuntimeError):  # RuntimeError: the signal came in the middle of a print
-        pass
-    os.write(2, f"error: evaluate was stopped by {signal.Signals(signum).name} before it printed its numbers; "
-                "it writes no file, run it again\n".encode())
-    os._exit(1)
-
-
 if __name__ == "__main__":  # from the start: while the libraries load, as while it evaluates
-    signal.signal(signal.SIGINT, _stopped)
-    signal.signal(signal.SIGTERM, _stopped)
+    from aed_jax import stopping
+    stopping.exit_on_signals("error: evaluate was stopped by {signal} before it printed its numbers; it writes no "
+                             "file, run it again")
 
+import json  # noqa: E402  (after the handlers)
+import os  # noqa: E402
 
 from absl import flags  # noqa: E402  (after the handlers)
 

@@ -7,6 +7,10 @@ The files, their names and layouts, and how to load them in PyTorch: `reference.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
+    from aed_jax import stopping
+    stopping.exit_on_signals("error: interop was stopped by {signal}; what it writes appears whole or not at all: run it again")
+
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
 from absl import flags

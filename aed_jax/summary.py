@@ -3,6 +3,10 @@
 The last line is `params: N` (thousands commas), counted as the seed counts: the positional
 table excluded, the tied embedding/output matrix once.
 """
+if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
+    from aed_jax import stopping
+    stopping.exit_on_signals("error: summary was stopped by {signal}; nothing was written")
+
 import re
 
 from aed_jax import cli

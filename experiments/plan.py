@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import pkgutil
-import tempfile
 
 from aed_jax import config as config_lib
 from aed_jax import data
@@ -78,17 +77,6 @@ def _folder_override(folder: str) -> dict:
     if len(names) > 1:
         raise ReproduceError(f"--data_dir: {folder} holds several datasets ({', '.join(names)}); keep one")
     return {"data_dir": folder, **({"dataset": names[0]} if names else {})}  # none: wiki_vital, prepared there
-
-
-def check_out(out: str) -> None:
-    """Creates `out` and proves it writable with a file written and removed there: a folder that cannot be
-    made (a file in its path, a read-only disk) or written is one line now, before any run trains."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ReproduceError(errors.write_failed(e, e.filename or out, "run the same command again")) from None
 
 
 def check_layout(out: str, runs: tuple[suites.Run, ...], seeds: list[int] | None) -> None:

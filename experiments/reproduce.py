@@ -44,7 +44,7 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # a signal before any run starts: one line; the suite's own handler takes over
     from aed_jax import stopping
-    stopping.exit_on_signals("no run had started: nothing was trained or written")
+    stopping.exit_on_signals("error: reproduce was stopped by {signal}; no run had started: nothing was trained or written")
 
 import os
 
@@ -121,7 +121,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         c.update(overrides)
         configs[run.name] = c
     plan.check_layout(out, suite.runs, seeds)
-    plan.check_out(out)
+    cli.check_writable_folder(out)  # before any work: created by the first run, written by the results
     total, todo = len(selected) * len(seeds or [None]), []
     for i, (seed, run) in enumerate(((seed, run) for seed in seeds or [None] for run in selected), 1):
         # seed by seed: pairs come early

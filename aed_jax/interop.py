@@ -9,10 +9,13 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
     from aed_jax import stopping
-    stopping.exit_on_signals("error: interop was stopped by {signal}; what it writes appears whole or not at all: run it again")
+    stopping.exit_on_signals("error: interop was stopped by {signal}; "
+                             "what it writes appears whole or not at all: run it again")
 
 # Only what the flags need: jax and the libraries on it load in `main`, once the flags are parsed, so
 # --help and a bad flag answer in a fraction of a second.
+import os
+
 from absl import flags
 
 from aed_jax import cli
@@ -38,6 +41,11 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     needed = ("workdir", "out") if command == "export" else ("npz", "config", "workdir")
     if missing := [f"--{name}" for name in needed if not fv[name].value]:
         cli.fail(f"{command} needs {', '.join(missing)}")
+    # Before any work: the checkpoint is read (and the model built) only for a place that can hold the result.
+    if command == "export":
+        cli.check_writable_folder(os.path.dirname(os.path.abspath(fv.out)), "--out")
+    else:
+        cli.check_writable_folder(fv.workdir, "--workdir")
     from aed_jax import reference
     if command == "export":
         try:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
     from aed_jax import stopping
-    stopping.exit_on_signals("error: plot was stopped by {signal}; each figure is written whole or not at all: run it again for the rest")
+    stopping.exit_on_signals("error: plot was stopped by {signal}; "
+                             "each figure is written whole or not at all: run it again for the rest")
 
 # Only what the flags need: matplotlib, jax and the libraries on it load in `main`, once the flags are
 # parsed, so --help and a bad flag answer in a fraction of a second.

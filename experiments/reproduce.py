@@ -44,7 +44,8 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # a signal before any run starts: one line; the suite's own handler takes over
     from aed_jax import stopping
-    stopping.exit_on_signals("error: reproduce was stopped by {signal}; no run had started: nothing was trained or written")
+    stopping.exit_on_signals("error: reproduce was stopped by {signal}; "
+                             "no run had started: nothing was trained or written")
 
 import os
 

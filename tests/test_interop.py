@@ -267,7 +267,8 @@ def test_export_onto_a_folder_or_into_a_read_only_one_is_one_line_and_leaves_not
             with pytest.raises(SystemExit):
                 run_cli(["export", "--workdir", str(run["root"] / "run"), "--out", str(out)])
             err = capsys.readouterr().err
-            assert err.startswith(f"error: --out {out}: cannot write ") and err.count("\n") == 1, err
+            start = f"error: --out {out}: cannot write " if out == folder else f"error: --out {locked}: "  # before work
+            assert err.startswith(start) and err.count("\n") == 1, err
             assert not [n for n in os.listdir(out.parent) if n.endswith(".tmp")]
     finally:
         locked.chmod(0o700)

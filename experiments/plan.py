@@ -136,9 +136,9 @@ def usable_cores() -> list[int]:
 
 
 def default_jobs() -> int:
-    """--jobs' default: one run per usable core on CPU, where a run's second core buys little (BENCHMARKS.md:
-    two one-core runs train about twice the tokens of one two-core run); one on an accelerator, which a
-    run has to itself."""
+    """--jobs' default: one run per usable core on CPU, where a run's set-up, compilation, estimates and
+    saves leave cores idle that another run can use (BENCHMARKS.md); one on an accelerator, which a run
+    has to itself."""
     return 1 if has_accelerator() else len(usable_cores())
 
 

@@ -91,7 +91,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_integer("jobs", None, "Runs trained side by side, each in a process of its own (pinned to its own "
                          "cores on CPU, its output in <workdir>/train.log when more than one). Default: one per "
-                         "usable core on CPU (a run's second core adds little: BENCHMARKS.md), one on a GPU or TPU.",
+                         "usable core on CPU (each run's idle moments are another's work: BENCHMARKS.md), one on a GPU or TPU.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("train", True, "Train (resume) the runs first; --notrain only rewrites results.md, the CSV "
                       "files and the figures from the workdirs as they are.", flag_values=fv)

@@ -1,8 +1,8 @@
 """A suite's runs side by side: each run trains in a child process of its own, `--jobs` at a time, each
 pinned to its own cores on CPU, and the suite shows one progress line for all of them.
 
-Why children, even one at a time: a run's threads can be pinned only before jax starts them, and a
-signal reaches every phase of a run the same way (the trainer saves and stops inside its loop; outside
+Why children, even one at a time: a run's threads are pinned process-wide (`_pin`), and a signal
+reaches every phase of a run the same way (the trainer saves and stops inside its loop; outside
 it the child just ends, since every write of a run folder survives a kill). A run's numbers do not
 depend on what trains beside it (tests/test_experiments.py compares --jobs 2 with --jobs 1).
 
@@ -56,12 +56,10 @@ class Stopper:
 
 def _child(job: Job, cores: list[int] | None, log: str | None, mem_fraction: float | None,
            conn: multiprocessing.connection.Connection) -> None:
-    """A run in its own process: pinned first (XLA sizes its thread pool by the cores it may use), its
-    output to `log` when runs share the terminal, then trained; its status goes back through `conn`."""
+    """A run in its own process: its output to `log` when runs share the terminal, pinned to `cores` (see
+    `_pin`), then trained; its status goes back through `conn`."""
     for s in (signal.SIGTERM, signal.SIGINT):  # outside the trainer's loop: nothing to save, end now
         signal.signal(s, lambda *_: os._exit(_CHILD_STOPPED))
-    if cores:
-        os.sched_setaffinity(0, cores)
     if mem_fraction:  # several runs on one accelerator: each its share, not jax's default 75% each
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{mem_fraction:.2f}")
     if log:
@@ -76,12 +74,29 @@ def _child(job: Job, cores: list[int] | None, log: str | None, mem_fraction: flo
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     cli.quiet_libraries()
+    if cores:
+        _pin(cores)
     from experiments import runner
     try:
         status = runner.train_run(job.run, job.config, job.workdir, job.scale)
     except errors.UserError as e:
         status = f"failed: {e}"
     conn.send(status)
+
+
+def _pin(cores: list[int]) -> None:
+    """Keeps every thread of this process on `cores`, once jax's CPU backend has sized its thread pools by
+    all the cores the process could use: XLA splits a reduction by its pool's size, so a run pinned before
+    that would sum in another order than the same run alone (its losses drift apart over a few hundred
+    steps), where pinned after it computes exactly the same numbers, its threads taking turns on its cores.
+    Threads started later (the data pipeline's, orbax's) inherit the pinning from the thread that starts them."""
+    import jax
+    jax.devices()  # the backend, and its thread pools, now
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):  # a thread that just ended
+            pass
 
 
 def _step(workdir: str) -> int:

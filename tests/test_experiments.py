@@ -195,9 +195,9 @@ def test_task_suite_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_jobs_train_side_by_side_to_the_numbers_of_one_at_a_time(tmp_path, tokens, smoke):
-    """--jobs 2: both runs at once, each pinned to its own core with its output in its train.log, and the
-    metrics of --jobs 1 (the `smoke` fixture): to float tolerance, since a run on one core sums some
-    reductions (the gradient norm) in another order than on two."""
+    """--jobs 2: both runs at once, each pinned to its own core with its output in its train.log, and
+    exactly the metrics of --jobs 1 (the `smoke` fixture): a pinned run keeps the thread pools of an
+    unpinned one, so it sums in the same order."""
     one, _, _ = smoke
     result = run_reproduce("--suite", "smoke", "--out", str(tmp_path), "--data_dir", str(tokens), "--jobs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -211,9 +211,9 @@ def test_jobs_train_side_by_side_to_the_numbers_of_one_at_a_time(tmp_path, token
         assert "saved checkpoint at step 6" in (tmp_path / name / "train.log").read_text()
         rows = [[json.loads(line) for line in open(out / name / "metrics.jsonl")] for out in (one, tmp_path)]
         assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
-        for a, b in zip(*rows):
-            for key in a.keys() - {"step_time_s", "tokens_per_s"}:
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (name, a["step"], key)
+        timing = {"step_time_s", "tokens_per_s"}
+        assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
+            {k: v for k, v in r.items() if k not in timing} for r in rows[1]], name
     assert read_csv(tmp_path / "results.csv")[0]["status"] == "finished"
 
 

@@ -238,14 +238,14 @@ def test_the_closing_samples_of_a_small_vocabulary_are_both_printed(data_dir, tm
 def test_a_train_step_beyond_host_memory_is_one_line_naming_it_and_the_remedy(tmp_path):
     """Under an address-space limit (ulimit -v) that lets jax load but not a batch of 65,536 rows run: the
     step's RESOURCE_EXHAUSTED used to be a 54-line traceback."""
-    import resource
     from test_task_runs import task_config
     path = tmp_path / "huge_batch.py"
     path.write_text(f"import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict("
                     f"{task_config(batch_size=65536, gradient_accumulation_steps=1).to_dict()!r})\n")
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
-    result = subprocess.run([sys.executable, "-m", "aed_jax.main", f"--config={path}", f"--workdir={tmp_path / 'run'}"],
-                            cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    limited = ["bash", "-c", f'ulimit -v {4 * 2**20} && exec "$0" "$@"', sys.executable]  # in KiB; no preexec_fn:
+    # forking this multithreaded (jax) process to run Python in the child may deadlock
+    result = subprocess.run([*limited, "-m", "aed_jax.main", f"--config={path}", f"--workdir={tmp_path / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert re.fullmatch(r"error: the train step ran out of memory allocating \d+(\.\d+)? GiB: use a smaller batch_size "
                         r"or micro_batch_size \(a larger gradient_accumulation_steps keeps the effective batch\), or a "

@@ -48,8 +48,37 @@ LINGER_S = 2 * STALE_S  # how long the service outlives a process 0 that died: t
 _LEAVING_S = 5 * _BEAT_S  # and one that exits with its own line: the others read why, or find it, first
 
 
+# The jax releases the multi-process path is declared for, from the first up to and excluding the
+# second: it relies on two private names (`jax._src.distributed.global_state.client`, the key-value
+# store; `jax._src.distributed._jax.get_distributed_runtime_service`, the service factory), present in
+# 0.8.1's source and in 0.10.2, on which the multi-process tests ran (2026-12-07). setup.cfg names the
+# range too. A jax outside it is refused at the start of a --distributed run, in one line, instead of
+# failing mid-job; AED_JAX_UNTESTED_JAX=1 tries it anyway (the names are still checked), and
+# tests/test_multihost.py fails on an installed jax outside it, so an upgrade is seen in CI first.
+TESTED_JAX = ((0, 8, 1), (0, 11))
+
+
 class ClusterError(errors.UserError):
-    """The processes cannot be joined as asked (variables missing, unreachable coordinator)."""
+    """The processes cannot be joined as asked (variables missing, unreachable coordinator, an untested jax)."""
+
+
+def check_jax(version: str = jax.__version__) -> None:
+    """A ClusterError, one line, when `version` is outside TESTED_JAX (unless AED_JAX_UNTESTED_JAX=1) or
+    this jax lacks a private name the multi-process path relies on."""
+    release = tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+    low, high = TESTED_JAX
+    tested = f"{'.'.join(map(str, low))} to {'.'.join(map(str, high))} (excluded)"
+    if not low <= release < high and os.environ.get("AED_JAX_UNTESTED_JAX") != "1":
+        raise ClusterError(f"--distributed is tested on jax {tested}, not {version}: install a tested one "
+                           f"(pip install 'jax>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}'), or set "
+                           "AED_JAX_UNTESTED_JAX=1 to try this one")
+    missing = [name for name, there in (
+        ("jax._src.distributed.global_state.client", hasattr(getattr(distributed, "global_state", None), "client")),
+        ("jax._src.distributed._jax.get_distributed_runtime_service",
+         hasattr(getattr(distributed, "_jax", None), "get_distributed_runtime_service"))) if not there]
+    if missing:
+        raise ClusterError(f"--distributed needs {', '.join(missing)}, which jax {version} lacks: install jax "
+                           f"{tested}")
 
 
 def _out(line: str, code: int) -> None:
@@ -66,6 +95,7 @@ def join(join_timeout: int, training_ended: threading.Event) -> "Liveness":
     else from the cluster (SLURM, Open MPI); CPU processes talk through gloo. Returns the running
     `Liveness` (`training_ended`: set once no process lost can cost any training). Processes that have
     not all joined within `join_timeout` s: one line, exit 1."""
+    check_jax()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     given = [n for n in JAX_VARIABLES if os.environ.get(n)]
     if given and len(given) < len(JAX_VARIABLES):
@@ -86,20 +116,17 @@ def join(join_timeout: int, training_ended: threading.Event) -> "Liveness":
     threading.Thread(target=watchdog, daemon=True, name="aed_jax join watchdog").start()
     args = (os.environ[JAX_VARIABLES[0]], int(os.environ[JAX_VARIABLES[1]]), int(os.environ[JAX_VARIABLES[2]])) \
         if given else ()
-    # What jax calls in process 0 alone to start the service (a private name: a jax without it keeps
-    # the service in process 0, and its death is then jax's abort in the others).
-    jaxlib = getattr(distributed, "_jax", None)
-    in_process = getattr(jaxlib, "get_distributed_runtime_service", None)
-    if in_process is not None:
-        jaxlib.get_distributed_runtime_service = ServiceProcess
+    # What jax calls in process 0 alone to start the service (a private name, check_jax's).
+    jaxlib = distributed._jax
+    in_process = jaxlib.get_distributed_runtime_service
+    jaxlib.get_distributed_runtime_service = ServiceProcess
     try:  # jax's own timeout after ours: ours speaks first, in one line
         jax.distributed.initialize(*args, initialization_timeout=join_timeout + 60)
     except (ValueError, RuntimeError) as e:
         raise ClusterError(f"--distributed: {errors.one_line(e)}; set {', '.join(JAX_VARIABLES)} on every "
                            "process, or run under SLURM") from None
     finally:
-        if in_process is not None:
-            jaxlib.get_distributed_runtime_service = in_process
+        jaxlib.get_distributed_runtime_service = in_process
     joined.set()
     if jax.process_index() != 0:  # process 0 speaks for the job; the others only for their own errors
         logging.set_verbosity(logging.ERROR)

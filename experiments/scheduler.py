@@ -24,6 +24,7 @@ import ml_collections
 
 from experiments import plan
 
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _CHILD_STOPPED = 3  # a child's exit code when a signal ended it outside the trainer's loop
 PROGRESS_EVERY_S = 30.0  # the suite's progress line, while several runs train side by side
 
@@ -44,7 +45,7 @@ class Stopper:
 
     def __init__(self):
         self.signal = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
 
     def _handle(self, signum, frame):
         self.signal = self.signal or signal.Signals(signum).name
@@ -58,8 +59,9 @@ def _child(job: Job, cores: list[int] | None, log: str | None, mem_fraction: flo
            conn: multiprocessing.connection.Connection) -> None:
     """A run in its own process: its output to `log` when runs share the terminal, pinned to `cores` (see
     `_pin`), then trained; its status goes back through `conn`."""
-    for s in (signal.SIGTERM, signal.SIGINT):  # outside the trainer's loop: nothing to save, end now
+    for s in _SIGNALS:  # outside the trainer's loop: nothing to save, end now
         signal.signal(s, lambda *_: os._exit(_CHILD_STOPPED))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # one sent while it started is delivered now
     if mem_fraction:  # several runs on one accelerator: each its share, not jax's default 75% each
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{mem_fraction:.2f}")
     if log:
@@ -138,7 +140,14 @@ def run_all(jobs: list[tuple[int, Job]], n_jobs: int, total: int, stopper: Stopp
             log = os.path.join(job.workdir, "train.log") if n_jobs > 1 else None
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_child, args=(job, slots[slot], log, mem_fraction, send), name=job.name)
-            child.start()
+            # Started with the signals blocked (the child inherits the mask, the parent's own are held and
+            # delivered after): one that comes while the child's interpreter starts waits for its handlers,
+            # never killing it half-started or printing a KeyboardInterrupt.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            try:
+                child.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             send.close()
             running[child.sentinel] = (index, job, child, receive, slot, time.monotonic())
             cores = f", cores {','.join(map(str, slots[slot]))}" if slots[slot] else ""

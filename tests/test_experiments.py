@@ -218,8 +218,9 @@ def test_jobs_train_side_by_side_to_the_numbers_of_one_at_a_time(tmp_path, token
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "[1/2] tiny: finished"), (signal.SIGINT, "step 3: train loss")],
-                         ids=["SIGTERM-between-runs", "SIGINT-during-a-run"])
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "[1/2] tiny: finished"), (signal.SIGINT, "[1/2] tiny: finished"),
+                                      (signal.SIGINT, "step 3: train loss")],
+                         ids=["SIGTERM-between-runs", "SIGINT-between-runs", "SIGINT-during-a-run"])
 def test_a_signal_stops_the_suite_saves_and_writes_the_results(tmp_path, tokens, smoke, sig, when):
     """SIGTERM once the first run has ended, or Ctrl-C while it trains: no run starts after it, the one
     training saves, the results so far are written, one line says so (exit 0, as the trainer's own stop);

@@ -361,3 +361,22 @@ def test_a_process_that_never_joins_is_one_line_after_the_join_timeout(config_fi
     assert _last_line(run, 0) == ("error: --distributed: not every process joined within 5 s (--join_timeout); one "
                                   "may have failed to start or died while starting (see its log). Start every "
                                   "process again with the same command")
+
+
+def test_the_installed_jax_is_one_the_multi_process_path_is_declared_for(monkeypatch):
+    """An untested jax is one line at the start of a --distributed run, not a failure mid-job; the jax this
+    suite runs on must be a declared one, so an upgrade past the range fails here first."""
+    from aed_jax import cluster
+    cluster.check_jax()  # the installed jax: declared, with both private names
+    monkeypatch.delenv("AED_JAX_UNTESTED_JAX", raising=False)
+    with pytest.raises(cluster.ClusterError, match=r"^--distributed is tested on jax 0\.8\.1 to 0\.11 \(excluded\), "
+                                                   r"not 0\.11\.0: install a tested one .*AED_JAX_UNTESTED_JAX=1"):
+        cluster.check_jax("0.11.0")
+    with pytest.raises(cluster.ClusterError, match="not 0.8.0"):
+        cluster.check_jax("0.8.0")
+    monkeypatch.setenv("AED_JAX_UNTESTED_JAX", "1")
+    cluster.check_jax("0.11.0")  # tried anyway: the names are there
+    monkeypatch.delattr(cluster.distributed._jax, "get_distributed_runtime_service")
+    with pytest.raises(cluster.ClusterError, match=r"needs jax\._src\.distributed\._jax\.get_distributed_runtime_"
+                                                   r"service, which jax 0\.11\.0 lacks"):
+        cluster.check_jax("0.11.0")

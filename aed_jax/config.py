@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import math
 import os
 import re
@@ -266,10 +267,13 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
 
 
 def read(path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of a config file, locked, not yet validated (command-line overrides come
-    first); anything wrong with the file itself is one ConfigError line naming it."""
+    """`get_config()` of a config file, or a run's saved config.json, locked, not yet validated
+    (command-line overrides come first); anything wrong with the file itself is one ConfigError line
+    naming it."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path or repr(path)}: no such file")
+    if path.endswith(".json"):
+        return _read_json(path)
     spec = importlib.util.spec_from_file_location("_aed_jax_config", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -291,6 +295,44 @@ def read(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: get_config() returned a {type(c).__name__}, not a ConfigDict")
     c.lock()
     return c
+
+
+def _read_json(path: str) -> ml_collections.ConfigDict:
+    """A run's config.json (rundir writes it) on its model type's defaults: a key added since the run
+    was recorded keeps its default; a key no config has is one line, as on the command line. Data, not
+    code: nothing in it runs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable JSON file ({errors.one_line(e)})") from None
+    if not isinstance(saved, dict) or saved.get("model_type") not in MODEL_TYPES:
+        raise ConfigError(f"{path}: not a run's config.json (a JSON object with model_type "
+                          f"{' or '.join(map(repr, MODEL_TYPES))})")
+    c = base_config(saved["model_type"])
+    defaults = dict(leaves(c))
+    for key, value in _flat(saved):
+        if key not in defaults:
+            raise ConfigError(f"{path}: unknown config key {key}")
+        try:
+            *parents, name = key.split(".")
+            node = c
+            for parent in parents:
+                node = node[parent]
+            node[name] = tuple(value) if isinstance(defaults[key], tuple) and isinstance(value, list) else value
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{path}: {key}: {errors.one_line(e)}") from None
+    c.lock()
+    return c
+
+
+def _flat(d: dict, prefix: str = ""):
+    """(dotted key, value) of every non-dict entry of a plain nested dict."""
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def load(path: str) -> ml_collections.ConfigDict:

@@ -49,7 +49,10 @@ CONFIG, DATA, METRICS, LOCK = "config.json", "data.json", "metrics.jsonl", ".loc
 
 def default_workdir(c: ml_collections.ConfigDict, config_path: str) -> str:
     """runs/<config name>, plus -<dataset> for a dataset other than the built-in one, so training a
-    config on your own data never lands in (and is never refused by) the built-in corpus's run."""
+    config on your own data never lands in (and is never refused by) the built-in corpus's run. A run's
+    own config.json: that run's folder (the same command resumes it; --workdir trains a copy)."""
+    if os.path.basename(config_path) == CONFIG:
+        return os.path.dirname(config_path) or "."
     name = os.path.splitext(os.path.basename(config_path))[0]
     dataset = c.dataset.replace(tasks.PREFIX, "task_")  # task:mqar -> runs/<config>-task_mqar
     return os.path.join("runs", name if c.dataset == config_lib.DEFAULT_DATASET else f"{name}-{dataset}")

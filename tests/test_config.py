@@ -261,3 +261,33 @@ def test_schedule_task_and_dataset_settings_are_one_line_before_jax_loads(overri
     assert result.stderr == message + "\n"
     assert result.stdout.split() == ["1", "False"]
 
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py")))
+def test_a_runs_config_json_is_its_config_again(name, tmp_path):
+    """`--config=<workdir>/config.json` re-runs a run: the JSON rundir writes reads back as the same config,
+    every key and type (tuples included), and its default workdir is the run's own folder."""
+    import json
+    from aed_jax import rundir
+    c = config_lib.load(os.path.join(ROOT, "configs", name))
+    path = tmp_path / "run" / rundir.CONFIG
+    path.parent.mkdir()
+    path.write_text(json.dumps(c.to_dict(), indent=2, sort_keys=True))  # as rundir.accept writes it
+    again = config_lib.load(str(path))
+    assert again.to_dict() == c.to_dict() and dict(config_lib.leaves(again)) == dict(config_lib.leaves(c))
+    assert rundir.default_workdir(again, str(path)) == str(tmp_path / "run")
+
+
+def test_a_config_json_that_is_not_a_runs_is_one_line(tmp_path):
+    import json
+    c = config_lib.load(os.path.join(ROOT, "configs", "tiny.py")).to_dict()
+    for content, message in (("{", "not a readable JSON file"), ("[1]", "not a run's config.json"),
+                             (json.dumps({**c, "lr_typo": 1.0}), "unknown config key lr_typo"),
+                             (json.dumps({**c, "train_steps": "many"}), "train_steps: ")):
+        path = tmp_path / "config.json"
+        path.write_text(content)
+        with pytest.raises(config_lib.ConfigError, match=re.escape(f"{path}: {message}")):
+            config_lib.read(str(path))
+    old = {k: v for k, v in c.items() if k != "est_steps"}  # a key added since the run was recorded
+    path.write_text(json.dumps(old))
+    assert config_lib.read(str(path)).est_steps == config_lib.base_config().est_steps

@@ -42,7 +42,8 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS):
     `--help` lists them beside the command's other flags (absl lists only the main module's).
     """
     holder = config_flags.DEFINE_config_file(
-        "config", None, "Path to a config file (configs/*.py); override keys with --config.<key>=<value>.",
+        "config", None, "Path to a config file (configs/*.py, or a run's config.json); override keys with "
+        "--config.<key>=<value>.",
         lock_config=True, flag_values=flag_values)
     flag_values["config"].parser = _ConfigFileParser()
     flags.DEFINE_bool("show_config", False, "Print every config key with its value (overrides applied) and its "

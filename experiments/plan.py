@@ -7,8 +7,11 @@ written is refused before the first step, not after the last.
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import glob
 import importlib.util
+import itertools
 import json
 import os
 import pkgutil
@@ -149,3 +152,95 @@ def core_slots(jobs: int) -> list[list[int] | None]:
     if jobs == 1 or has_accelerator():
         return [None] * jobs
     return [cores[i::jobs] or [cores[i % len(cores)]] for i in range(jobs)]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """--grid KEY=V1,V2,... (and --config.KEY=V, a grid of one value): [(dotted key, [value texts])] in the
+    order given, "config." dropped from the key. A key given twice, or no value, is one line."""
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().removeprefix("config.")
+        texts = [v.strip() for v in values.split(",")] if sep else []
+        if not key or not texts or not all(texts):
+            raise ReproduceError(f"--grid {item}: give KEY=VALUE[,VALUE...], e.g. --grid config.lr=1e-3,3e-3")
+        if key in (k for k, _ in grid):
+            raise ReproduceError(f"--grid {item}: {key} is given twice; list its values once, comma-separated")
+        grid.append((key, texts))
+    return grid
+
+
+def _value(c, key: str, text: str):
+    """`text` as a value of `c`'s key `key`, by the key's type (ml_collections checks the assignment)."""
+    *parents, name = key.split(".")
+    node = c
+    for parent in parents:
+        node = node[parent]
+    current = node[name]
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not a bool (true or false)")
+        return node, name, text.lower() in ("true", "1")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a string value: NONE, task:sort, ...
+    return node, name, value
+
+
+def grid_points(grid: list[tuple[str, list[str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(the overrides every run takes: keys of one value; the points of the grid: the product of the keys of
+    several values, each {key: text}, [{}] when there are none)."""
+    overrides = {key: texts[0] for key, texts in grid if len(texts) == 1}
+    swept = [(key, texts) for key, texts in grid if len(texts) > 1]
+    points = [dict(zip([key for key, _ in swept], combo)) for combo in itertools.product(*(t for _, t in swept))]
+    return overrides, points
+
+
+def point_name(point: dict[str, str]) -> str:
+    """A point's folder and label: "lr=0.001,n_embed=32" (each key by its last part, unless two share it)."""
+    leaves = [key.rsplit(".", 1)[-1] for key in point]
+    names = [leaf if leaves.count(leaf) == 1 else key for leaf, key in zip(leaves, point)]
+    return ",".join(f"{name}={text.replace(os.sep, '_')}" for name, text in zip(names, point.values()))
+
+
+def apply(c, settings: dict[str, str], where: str):
+    """`c` (a copy) with each key of `settings` set from its text, validated: one ConfigError line naming
+    the key and `where` (the run and point) for a key no config has, a value of the wrong type, or a
+    setting the config refuses."""
+    c = c.copy_and_resolve_references()
+    for key, text in settings.items():
+        try:
+            node, name, value = _value(c, key, text)
+            node[name] = value
+        except (KeyError, AttributeError):
+            raise config_lib.ConfigError(f"{where}: unknown config key {key}; --show_config of a config file "
+                                         "lists the keys") from None
+        except (TypeError, ValueError) as e:
+            raise config_lib.ConfigError(f"{where}: {key}={text}: {errors.one_line(e)}") from None
+    try:
+        config_lib.validate(c)
+    except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"{where}: {e}") from None
+    return c
+
+
+def expand(suite: suites.Suite, configs: dict, points: list[dict[str, str]]) -> tuple[suites.Suite, dict]:
+    """The suite with each run and comparison once per grid point: run `<run>/<point>` (its workdir a
+    folder per point under the run's), comparison `<name>_<point>`, each point's configs `apply`'d.
+    One point without keys is the suite itself."""
+    if points == [{}]:
+        return suite, configs
+    runs, comparisons, expanded = [], [], {}
+    for point in points:
+        tag = point_name(point)
+        for run in suite.runs:
+            name = f"{run.name}/{tag}"
+            runs.append(dataclasses.replace(run, name=name, label=f"{run.label}, {tag}"))
+            expanded[name] = apply(configs[run.name], point, f"--grid {tag}, run {run.name}")
+        for comparison in suite.comparisons:
+            comparisons.append(dataclasses.replace(
+                comparison, name=f"{comparison.name}_{tag}", title=f"{comparison.title} ({tag})",
+                runs=tuple(f"{r}/{tag}" for r in comparison.runs),
+                pairs=tuple((f"{a}/{tag}", f"{b}/{tag}") for a, b in comparison.pairs)))
+    return dataclasses.replace(suite, runs=tuple(runs), comparisons=tuple(comparisons)), expanded

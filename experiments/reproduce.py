@@ -1,5 +1,5 @@
 """`python -m experiments.reproduce --suite seed|rope|smoke|tiny|tasks [--scale SCALE] [--seeds N|a,b,...]
-[--dataset NAME] [--runs a,b,...] [--out DIR] [--jobs N]`.
+[--dataset NAME] [--runs a,b,...] [--out DIR] [--grid KEY=V1,V2,...] [--config.KEY=VALUE] [--jobs N]`.
 
 Trains the seed's eight runs (or the named subset; `--suite rope`: RoPE in AED and the baseline,
 with and without position subtraction, beside the seed's learned-table pair; `--suite tiny`: the
@@ -27,6 +27,10 @@ exit 0; before any run starts, one `error:` line, exit 1. Every flag, the data a
 are checked before jax loads (experiments/plan.py). `--notrain` only rewrites the results and
 figures from the workdirs as they are.
 
+Sweeps: `--config.KEY=VALUE` sets a key for every run (the default --out gains `+KEY=VALUE`);
+`--grid KEY=V1,V2,...` trains every run at each value (several: every combination), each point a run
+of its own named `<run>/<point>` in that folder (experiments/plan.py), checked before any run starts.
+
 Scales: `full` is the seed's recipe (9,000 steps of 50 x 16 sequences of 200 tokens). `mini` keeps
 the models and batches and divides train_steps, warmup_iters, lr_decay_iters and est_interval by
 10 (900 steps, warmup 30, so the schedule has the same shape) and est_steps by 4 (50 batches per
@@ -47,7 +51,9 @@ if __name__ == "__main__":  # a signal before any run starts: one line; the suit
     stopping.exit_on_signals("error: reproduce was stopped by {signal}; "
                              "no run had started: nothing was trained or written")
 
+import dataclasses
 import os
+import sys
 
 # Only what the flags need: jax and the libraries on it load in the children that train and, for the
 # results, once the runs have ended, so --help and a bad flag answer in a fraction of a second.
@@ -89,6 +95,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "checks: too small for the seed's recipe). Not for --suite tasks.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "Folder of token files (<name>_train.bin/_val.bin or train.bin/val.bin); "
                         "default: data/<dataset>. Not for --suite tasks.", flag_values=fv)
+    flags.DEFINE_multi_string("grid", None, "KEY=V1,V2,...: train every run at each value of a config key (several "
+                              "--grid: every combination), each point in <out>/<run>/<key=value,...>/ and tabled as a "
+                              "run of its own; a key of one value sets it for every run, as --config.KEY=VALUE does "
+                              "(the default --out then ends in +KEY=VALUE). E.g. --grid config.lr=1e-3,3e-3,1e-2.",
+                              flag_values=fv)
     flags.DEFINE_integer("jobs", None, "Runs trained side by side, each in a process of its own (pinned to its own "
                          "cores on CPU, its output in <workdir>/train.log when more than one). Default: one per "
                          "usable core on CPU (each run's idle moments are another's work: BENCHMARKS.md), one on a GPU or TPU.",
@@ -112,15 +123,23 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     if unknown:
         cli.fail(f"--runs: unknown run {', '.join(map(repr, unknown))} for --suite {fv.suite}; "
                  f"choose from {', '.join(names)}")
-    selected = [run for run in suite.runs if not fv.runs or run.name in fv.runs]
     seeds = plan.parse_seeds(fv.seeds)
+    settings, points = plan.grid_points(plan.parse_grid(fv.grid or []))
     overrides = plan.data_override(fv.data_dir, fv.dataset)
-    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET))
+    out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET)) + (
+        f"+{plan.point_name(settings)}" if settings else "")
     configs = {}
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)
         c.update(overrides)
-        configs[run.name] = c
+        configs[run.name] = plan.apply(c, settings, f"run {run.name}") if settings else c
+    suite, configs = plan.expand(suite, configs, points)
+    if settings or points != [{}]:  # results.md says what the command changed
+        suite = dataclasses.replace(suite, note=" ".join(filter(None, (
+            suite.note, settings and f"Set for every run: {plan.point_name(settings)}.",
+            points != [{}] and f"Grid: {len(points)} points ({'; '.join(map(plan.point_name, points))}), each run "
+                               "trained at each, in <run>/<point>/."))))
+    selected = [run for run in suite.runs if not fv.runs or run.name.split("/")[0] in fv.runs]
     plan.check_layout(out, suite.runs, seeds)
     cli.check_writable_folder(out)  # before any work: created by the first run, written by the results
     total, todo = len(selected) * len(seeds or [None]), []
@@ -158,4 +177,5 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
+    sys.argv = [f"--grid={arg[2:]}" if arg.startswith("--config.") else arg for arg in sys.argv]  # a one-value grid
     cli.run(main)

@@ -256,6 +256,62 @@ def test_jobs_deal_the_cores_out(monkeypatch):
     assert plan.default_jobs() == 1 and plan.core_slots(2) == [None, None]  # an accelerator: no pinning
 
 
+def test_grid_flag_sets_and_sweeps_config_keys():
+    assert plan.parse_grid(["config.lr=1e-3, 3e-3", "model_config.n_embed=32"]) == [
+        ("lr", ["1e-3", "3e-3"]), ("model_config.n_embed", ["32"])]
+    for items, message in ((["lr"], "give KEY=VALUE"), (["lr="], "give KEY=VALUE"), (["lr=1,"], "give KEY=VALUE"),
+                           (["lr=1", "config.lr=2"], "lr is given twice")):
+        with pytest.raises(plan.ReproduceError, match=re.escape(message)):
+            plan.parse_grid(items)
+    settings, points = plan.grid_points([("lr", ["1e-3", "3e-3"]), ("train_steps", ["4"]),
+                                         ("model_config.n_embed", ["32", "64"])])
+    assert settings == {"train_steps": "4"}
+    assert [plan.point_name(p) for p in points] == ["lr=1e-3,n_embed=32", "lr=1e-3,n_embed=64", "lr=3e-3,n_embed=32",
+                                                    "lr=3e-3,n_embed=64"]
+    assert plan.grid_points([("lr", ["1"])])[1] == [{}]  # no swept key: one point, the suite itself
+    assert plan.point_name({"model_config.n_head": "2", "model_config.cross_attn_config.n_head": "4"}) == (
+        "model_config.n_head=2,model_config.cross_attn_config.n_head=4")  # leaves that clash: whole keys
+
+    suite = suites.get("smoke")
+    configs = {run.name: run.make_config() for run in suite.runs}
+    grown, grown_configs = plan.expand(suite, configs, points)
+    assert [run.name for run in grown.runs][:2] == ["tiny/lr=1e-3,n_embed=32", "tiny_baseline/lr=1e-3,n_embed=32"]
+    c = grown_configs["tiny_baseline/lr=3e-3,n_embed=64"]
+    assert (c.lr, c.model_config.n_embed, c.train_steps) == (3e-3, 64, configs["tiny_baseline"].train_steps)
+    assert configs["tiny_baseline"].lr == suites.get("smoke").runs[1].make_config().lr  # the suite's own untouched
+    comparison = grown.comparisons[1]
+    assert comparison.name == "baselines_lr=1e-3,n_embed=32" and all(r.endswith("/lr=1e-3,n_embed=32")
+                                                                     for r in comparison.runs)
+    for settings, message in (({"lr_typo": "1"}, "run tiny: unknown config key lr_typo"),
+                              ({"train_steps": "many"}, "run tiny: train_steps=many: "),
+                              ({"lr": "-1"}, "run tiny: lr")):
+        with pytest.raises(plan.config_lib.ConfigError, match=re.escape(message)):
+            plan.apply(configs["tiny"], settings, "run tiny")
+    assert plan.apply(configs["tiny"], {"model_config.use_bias": "true"}, "x").model_config.use_bias is True
+
+
+@pytest.mark.slow
+def test_a_grid_trains_each_point_in_its_folder_and_tables_it(tmp_path, tokens, smoke):
+    """`--grid config.lr=...` with a `--config.` override: every run at each rate in <run>/<point>/, the
+    override in every config, a row and a figure per point, and the same command again trains nothing."""
+    args = ["--suite", "smoke", "--out", str(tmp_path), "--data_dir", str(tokens), "--grid", "config.lr=1e-3,3e-3",
+            "--config.train_steps=4"]
+    result = run_reproduce(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["run"]: r for r in read_csv(tmp_path / "results.csv")}
+    assert list(rows) == ["tiny/lr=1e-3", "tiny_baseline/lr=1e-3", "tiny/lr=3e-3", "tiny_baseline/lr=3e-3"]
+    assert all(r["status"] == "finished" and r["step"] == "4" for r in rows.values())
+    for name in rows:
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        assert (saved["lr"], saved["train_steps"]) == (float(name.split("lr=")[1]), 4)
+    assert rows["tiny/lr=1e-3"]["val_loss"] != rows["tiny/lr=3e-3"]["val_loss"]
+    md = (tmp_path / "results.md").read_text()
+    assert "Set for every run: train_steps=4." in md and "Grid: 2 points (lr=1e-3; lr=3e-3)" in md
+    assert os.path.isfile(tmp_path / "baselines_lr=3e-3.png")
+    again = run_reproduce(*args)
+    assert again.returncode == 0 and again.stdout.count(": skipped") == 4, again.stdout
+
+
 def test_seeds_flag():
     assert plan.parse_seeds(None) is None
     assert plan.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it

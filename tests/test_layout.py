@@ -94,6 +94,8 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("experiments.reproduce", ["--suite=smoke", "--out=README.md/x"], "error: --out README.md/x: "),
     ("experiments.reproduce", ["--suite=smoke", "--out=/proc/x"], "error: --out /proc/x: "),
     ("experiments.reproduce", ["--jobs=0"], "error: flag --jobs=0"),
+    ("experiments.reproduce", ["--suite=smoke", "--grid=config.lr"], "error: --grid config.lr: give KEY=VALUE"),
+    ("experiments.reproduce", ["--suite=smoke", "--config.lr_typo=1"], "unknown config key lr_typo"),
     ("experiments.plot", ["--help"], "--suite: <"),
     ("experiments.plot", ["--out=/nonexistent"], "error: --out: no such folder"),
     ("experiments.profile_cpu", ["--help"], "--thunks: Also list"),

@@ -181,3 +181,18 @@ def _sort(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _GENERATORS = {"mqar": _mqar, "copy": _copy, "sort": _sort}
+
+
+def chance_token_accuracy(c) -> float | None:
+    """The token accuracy of a guess that knows the task's format but not its content, drawn as the chance
+    line of a task's accuracy figure: mqar, one of the N values seen in the context (1/N, not 1/V: the
+    values are few and there to be copied); copy, one of the V - 1 ids a copied token may be; sort, one of
+    the V - 2 numbers. None for a corpus."""
+    name = task_name(c.dataset)
+    if name == "mqar":
+        return 1 / c.task.num_kv_pairs
+    if name == "copy":
+        return 1 / (c.model_config.alphabet_size - 1)
+    if name == "sort":
+        return 1 / (c.model_config.alphabet_size - 2)
+    return None

@@ -98,6 +98,64 @@ def plot_runs(runs: dict[str, str | list[str]], path: str, title: str = "", seed
     return path
 
 
+def plot_compare(groups: dict[str, list[str]], path: str, chance: float | None = None, smooth: int = 10,
+                 title: str = "") -> str | None:
+    """Writes the figure of any runs to `path`: {legend label: its workdirs, one per seed}. Panels: the
+    training cross-entropy logged every log_interval steps (without the AED's embedding loss, so models
+    compare; a moving mean over `smooth` logged points, so the
+    noise of single batches does not hide the trend), the val loss at each estimate, and for task runs
+    the val token accuracy with `chance` drawn as a dashed line. Several seeds: their mean in a band
+    from the lowest to the highest. None if no run has logged anything."""
+    curves = {label: [m for m in (rundir.read_metrics(w) for w in workdirs) if m[0] or m[1]]
+              for label, workdirs in groups.items()}
+    curves = {label: metrics for label, metrics in curves.items() if metrics}
+    if not curves:
+        return None
+    accuracy = any("val_token_accuracy" in r for metrics in curves.values() for _, est in metrics for r in est)
+    panels = [("ce", "training cross-entropy", "train"), ("val_loss", "val loss", "est")] + (
+        [("val_token_accuracy", "val token accuracy", "est")] if accuracy else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), layout="constrained", squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    banded = False
+    for (key, name, source), ax in zip(panels, axes[0]):
+        for i, (label, metrics) in enumerate(curves.items()):
+            per_seed = [[r for r in (train if source == "train" else est) if key in r] for train, est in metrics]
+            per_seed = [_smoothed(rows, key, smooth) if source == "train" else rows for rows in per_seed if rows]
+            steps, mean, low, high = _mean_over_seeds(per_seed, key)
+            if not steps:
+                continue
+            style = dict(color=colors[i % len(colors)], linewidth=1.5,
+                         label=label + (f" (mean of {len(per_seed)} seeds)" if len(per_seed) > 1 else ""))
+            if len(steps) < 30:
+                style.update(marker="o", markersize=3)
+            ax.plot(steps, mean, **style)
+            if len(per_seed) > 1:
+                ax.fill_between(steps, low, high, color=style["color"], alpha=0.2, linewidth=0)
+                banded = True
+        if key == "val_token_accuracy" and chance is not None:
+            ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
+            ax.set_ylim(0, 1.02)
+        ax.set_title(name + (f" (moving mean of {smooth} logged steps)" if source == "train" and smooth > 1 else ""),
+                     fontsize=10)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel("fraction of answer tokens right" if key == "val_token_accuracy" else "cross-entropy")
+        ax.grid(alpha=0.3)
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    _legend_and_save(fig, list(legend.values()), list(legend), banded, title, path)
+    return path
+
+
+def _smoothed(rows: list[dict], key: str, window: int) -> list[dict]:
+    """`rows` with `key` replaced by the mean of it over the last `window` rows (fewer at the start)."""
+    values = [r[key] for r in rows]
+    return [{"step": r["step"], key: sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))}
+            for i, r in enumerate(rows)]
+
+
 def _mean_over_seeds(per_seed: list[list[dict]], key: str) -> tuple[list, list, list, list]:
     """(steps, mean, lowest, highest) of `key` over the seeds' rows, at the steps every seed has."""
     by_seed = [{r["step"]: r[key] for r in rows} for rows in per_seed]

@@ -36,8 +36,11 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     if not os.path.isdir(out):
         cli.fail(f"--out: no such folder {out!r}")
     from experiments import figures
-    for path in figures.plot_comparisons(out, suite, {run.name: figures.seed_workdirs(out, run.name)
-                                                      for run in suite.runs}):
+    paths = figures.plot_comparisons(out, suite, {run.name: figures.seed_workdirs(out, run.name) for run in suite.runs})
+    if not paths:
+        cli.fail(f"--out {out}: no run of --suite {fv.suite} has logged anything there; any runs compare with "
+                 "python -m experiments.compare --workdir A --workdir B ...")
+    for path in paths:
         print(path)
 
 

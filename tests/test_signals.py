@@ -54,6 +54,7 @@ COMMANDS = {
                 "what it writes appears whole or not at all", ("aed_jax.reference", "export")),
     "bench": (["aed_jax.bench", "--config=configs/tiny.py", "--steps=2"], "nothing was written",
               ("aed_jax.benchmark", "run")),
+    "compare": (["experiments.compare", "--workdir={run}/run"], "each file is written whole or not at all", None),
     "plot": (["experiments.plot", "--suite=smoke", "--out={run}"], "each figure is written whole or not at all", None),
     "reproduce": (["experiments.reproduce", "--suite=smoke", "--out={run}/suite"], "no run had started", None),
 }

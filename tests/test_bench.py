@@ -1,5 +1,5 @@
 """The benchmark command: its FLOPs formula against a hand count, its peaks (known and measured), one
-compilation of a row's step, and a CPU smoke run."""
+compilation of a row's step, a CPU smoke run, and the GPU lease script's rows (parsed, and dry-run on CPU)."""
 import dataclasses
 import json
 import logging
@@ -19,6 +19,7 @@ from aed_jax import benchmark
 from aed_jax import config as config_lib
 from aed_jax import memory
 from aed_jax import model as model_lib
+from experiments import lease
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -151,11 +152,15 @@ def test_peak_table(kind, peak, monkeypatch):
 
 
 def test_gpu_script_rows_parse_as_bench_command_lines(monkeypatch):
-    """Every row of experiments/bench_gpu.sh (run only where a GPU is lent) names a real config,
-    real keys and bench's own flags, and yields a valid config: a typo must not cost a GPU lease."""
+    """Every row of experiments/bench_gpu.sh and every bench row of experiments/lease.py (run only
+    where a GPU is lent) names a real config, real keys and bench's own flags, and yields a valid
+    config: a typo must not cost a GPU lease."""
     script = ROOT / "experiments" / "bench_gpu.sh"
     rows = re.findall(r'^\s*"(\w+)\|([^"]+)"', script.read_text(), re.M)
     assert len(rows) >= 8 and {"baseline", "aed_mse_pos_sub"} <= {name for name, _ in rows}
+    for dry_run in (False, True):  # and the bench rows of the lease script, on a GPU and dry-run
+        rows += [(name, " ".join(lease.plan(name, "OUT", dry_run, None)[0][2:]))
+                 for name, (kind, *_) in lease.ROWS.items() if kind == "bench"]
     for name, args in rows:
         argv = ["bench", *args.split(), "--json"]
         monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads --config.<key> overrides from sys.argv
@@ -195,3 +200,45 @@ def test_cpu_profile_thunks_name_the_model_operations_of_a_step():
     assert not any(op.endswith(("[while]", "[call]")) for op, _, _ in top)  # not counted twice
     assert faults >= 0
 
+
+def test_lease_mini_rows_are_the_mini_schedule_cut_short():
+    """The lease's trainer rows: --scale mini's warmup and decay for the seed's config, cut to a few steps
+    with one estimate at the end, every --config key real and the config valid."""
+    argv, _ = lease.plan("seed_mini_baseline", "OUT", False, None)
+    c = config_lib.load(str(ROOT / "configs" / "baseline.py"))
+    for arg in argv:
+        if arg.startswith("--config."):
+            key, value = arg[len("--config."):].split("=")
+            c[key] = type(c[key])(value)
+    config_lib.validate(c)
+    assert (c.train_steps, c.est_interval, c.warmup_iters) == (lease.MINI_STEPS, lease.MINI_STEPS, 30)
+    assert argv[argv.index("--fresh") - 1] == "--workdir=" + os.path.join("OUT", "seed_mini", "seed_mini_baseline")
+
+
+@pytest.mark.slow  # four tiny rows on CPU, each a process that loads jax and compiles: a minute or more
+def test_lease_dry_run_writes_one_row_per_step(tmp_path):
+    """experiments/lease.py --dry_run, end to end on CPU: every row of the lease in order, each one JSON
+    object in rows.jsonl with its figures (bench's, or the trainer's from its workdir)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16).tofile(data / f"{split}.bin")
+    out = tmp_path / "lease"
+    result = subprocess.run([sys.executable, "-m", "experiments.lease", f"--out={out}", "--dry_run",
+                             f"--data_dir={data}"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stderr[-2000:], (out / "lease.log").read_text()[-3000:])
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rows] == list(lease.ROWS)
+    by_name = {r["row"]: r for r in rows}
+    assert by_name["ensemble_k16"]["status"] == "skipped" and "issue 30" in by_name["ensemble_k16"]["note"]
+    for name in ("baseline", "aed_mse_pos_sub"):
+        r = by_name[name]
+        assert r["status"] == "ok", r
+        assert r["command"].startswith("python -m aed_jax.bench") and r["wall_s"] > 0
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] <= 1 and r["peak_source"] == "measured"
+    assert by_name["baseline"]["model_type"] == "baseline" and by_name["aed_mse_pos_sub"]["model_type"] == "aed"
+    for name in ("seed_mini_mse_pos_sub", "seed_mini_baseline"):
+        r = by_name[name]
+        assert r["status"] == "ok", r
+        assert r["train_steps"] == 2 and r["steps_tokens_per_s"] > 0 and np.isfinite(r["val_loss"])
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == list(lease.ROWS)

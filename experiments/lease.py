@@ -47,7 +47,7 @@ from experiments import suites
 
 MINI_STEPS = 50  # train steps of a mini seed row: 8M tokens, ~7 s at the issue's 1.2M tokens/s target on an H200
 MINI_EST_STEPS = 10  # batches of each split in its one estimate
-ROW_TIMEOUT_S = 110  # a row's limit on a GPU: 5 rows fit one 600 s device command
+ROW_TIMEOUT_S = 110  # a row's limit on a GPU: the four rows that run fit one 600 s device command
 DRY_RUN_TIMEOUT_S = 300  # on a shared 2-core CPU, start-up and compilation alone can take a minute
 SKIPPED_ENSEMBLE = ("skipped: bench --ensemble K (16 task models in one compiled program) needs the ensembles of "
                     "issue 30, item 2, which do not exist yet")

@@ -1,6 +1,7 @@
-"""`python -m aed_jax.bench --config=configs/<run>.py [--steps N] [--json] [--memory_only]`: training throughput.
+"""`python -m aed_jax.bench --config=configs/<run>.py [--steps N] [--json] [--memory_only] [--noeval]`: training
+throughput.
 
-What it measures and how (FLOPs per token, MFU, memory): `benchmark.py`.
+What it measures and how (FLOPs per token, MFU against a known or a measured peak, memory): `benchmark.py`.
 """
 if __name__ == "__main__":  # a signal, from the first line on: one line, exit 1
     from aed_jax import stopping
@@ -27,6 +28,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=flag_values)
     flags.DEFINE_bool("memory_only", False, "Compile the train step on the config's mesh and report its per-device "
                       "memory without running it.", flag_values=flag_values)
+    flags.DEFINE_bool("eval", True, "Also time the eval forward (one more compilation; --noeval keeps a row to the "
+                      "train step, as experiments/lease.py's GPU rows do).", flag_values=flag_values)
     flags.DEFINE_integer("generate_tokens", 32, "New tokens for the cached-generation timing (0: skip).", lower_bound=0,
                          flag_values=flag_values)
 
@@ -44,7 +47,7 @@ def main(argv):
         result = {"config": name, **benchmark.step_memory(config)}
         print(json.dumps(result) if fv.json else "\n".join(f"{k:<22} {v}" for k, v in result.items()))
         return
-    result = {"config": name, **benchmark.run(config, fv.steps, fv.generate_tokens, fv.input_pipeline)}
+    result = {"config": name, **benchmark.run(config, fv.steps, fv.generate_tokens, fv.input_pipeline, fv.eval)}
     print(json.dumps(result) if fv.json else benchmark.format_table(result))
 
 

@@ -22,7 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from aed_jax import data
@@ -33,6 +33,7 @@ from aed_jax import metrics
 from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
+from aed_jax import tasks
 from aed_jax import train
 
 
@@ -51,8 +52,44 @@ def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
 
 
 def peak_flops() -> float | None:
+    """The data sheet's dense bf16 peak of one device of this kind, None for a kind not in PEAK_BF16."""
     kind = jax.devices()[0].device_kind
     return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
+
+
+# Matmul sizes that keep a device's matmul units busy: 2048 fills two CPU cores (~0.2 s a product in
+# float32), 8192 a GPU (~1 ms in bf16 on an H100); larger gives no more on either.
+MATMUL_N = {"cpu": 2048}
+MATMUL_N_ACCELERATOR = 8192
+
+
+def matmul_peak(dtype, n: int | None = None, repeats: int = 3, clock=time.perf_counter) -> float:
+    """FLOP/s of the local devices together, measured: one jitted program in which every local device
+    multiplies two n x n `dtype` matrices (2 n^3 FLOPs each), timed after a warm-up call; the best of
+    `repeats` calls, since interference only ever slows a call. Times the whole host's devices at
+    once so that virtual CPU devices, which share cores, are not each credited with all of them."""
+    devices = jax.local_devices()
+    n = n or MATMUL_N.get(jax.default_backend(), MATMUL_N_ACCELERATOR)
+    sharding = NamedSharding(Mesh(np.array(devices), ("d",)), P("d"))
+    a, b = (jax.device_put(np.random.default_rng(i).standard_normal((len(devices), n, n), np.float32).astype(dtype),
+                           sharding) for i in (0, 1))
+    product = jax.jit(lambda a, b: jnp.einsum("dij,djk->dik", a, b), out_shardings=sharding)
+    jax.block_until_ready(product(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        jax.block_until_ready(product(a, b))
+        best = min(best, clock() - start)
+    return 2.0 * n**3 * len(devices) / best
+
+
+def device_peak(dtype) -> tuple[float, str]:
+    """(peak FLOP/s of all the devices, "spec" or "measured"): the data sheet's where PEAK_BF16 knows
+    the device, else `matmul_peak` in the compute `dtype` (times the processes, each timing its own)."""
+    spec = peak_flops()
+    if spec is not None:
+        return spec * jax.device_count(), "spec"
+    return matmul_peak(dtype) * jax.process_count(), "measured"
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -74,9 +111,10 @@ def step_memory(c) -> dict:
     model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     abstract = train.abstract_state(model, optimizer, mesh)
     lower = functools.partial(train.lower_train_step, c, model, optimizer, mesh, abstract)
-    micro = memory.pick_micro_batch_size(c, mesh, lower)
     start = time.perf_counter()
-    step = lower(micro)
+    micro, step = memory.size_micro_batch(c, mesh, lower)
+    if step is None:
+        step = lower(micro)
     return {"model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "micro_batch_size": micro,
             "params": sum(a.size for a in jax.tree_util.tree_leaves(abstract["params"])),
@@ -84,27 +122,29 @@ def step_memory(c) -> dict:
             "step_memory_gib": memory.program_bytes(step) / 2**30, "compile_s": time.perf_counter() - start}
 
 
-def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False) -> dict:
+def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = False, time_eval: bool = True) -> dict:
     """The measurements as a dict (see the module docstring); `input_pipeline` adds
-    `time_input_pipeline`'s."""
+    `time_input_pipeline`'s; `time_eval` False skips the eval forward's timing (and its compilation:
+    a GPU lease's rows keep to the train step)."""
     mesh = mesh_lib.make_mesh(c)
     model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
     cfg, T = model.cfg, c.model_config.context_size
     rows = c.batch_size * c.gradient_accumulation_steps
     abstract = train.abstract_state(model, optimizer, mesh)
     state = train.init_on_mesh(jax.random.key(0), abstract, model=model, optimizer=optimizer)
-    params, opt_state = state["params"], state["opt_state"]
-    tokens = np.random.default_rng(0).integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
-    batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
-    micro = memory.pick_micro_batch_size(c, mesh, functools.partial(train.lower_train_step, c, model, optimizer, mesh,
-                                                                     abstract))
+    rng = np.random.default_rng(0)
+    if tasks.task_name(c.dataset) is None:
+        tokens = rng.integers(0, cfg.alphabet_size, (rows, T + 1)).astype(np.int32)
+        host_batch = {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+    else:  # the task's batch, loss mask included: the program the trainer runs
+        host_batch = tasks.make_batch(c, rng, rows)
+    batch = mesh_lib.to_global(mesh, host_batch)
+    lower = functools.partial(train.lower_train_step, c, model, optimizer, mesh, abstract)
     start = time.perf_counter()
-    step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
-        params, opt_state, batch, jax.random.key(1)).compile()
+    micro, step = memory.size_micro_batch(c, mesh, lower)
+    if step is None:  # sizing compiled nothing (a CPU, or micro_batch_size set)
+        step = lower(micro)
     compile_s = time.perf_counter() - start
-    step_memory_gib = memory.program_bytes(step) / 2**30
-
-    state = {"params": params, "opt_state": opt_state}
 
     def one_step():
         state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
@@ -112,26 +152,28 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
 
     step_s = timed(one_step, repeats=steps)
     tokens_per_s = rows * T / step_s
-    fpt = flops_per_token(params, cfg)
-    peak = peak_flops()
-    eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
-    eval_fn = jax.jit(lambda p, b: metrics.eval_step(p, b, model=model))
-    eval_s = timed(eval_fn, state["params"], eval_batch, repeats=steps)
+    fpt = flops_per_token(state["params"], cfg)
+    peak, peak_source = device_peak(jnp.dtype(cfg.dtype))
+    state = {"params": state["params"], "opt_state": state["opt_state"]}
     out = {
         "model_type": c.model_type, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}", "dtype": jnp.dtype(cfg.dtype).name, "batch_tokens": rows * T, "micro_batch_size": micro,
         "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens_per_s,
-        "flops_per_token": fpt, "mfu": fpt * tokens_per_s / (peak * jax.device_count()) if peak else None,
-        "eval_tokens_per_s": c.batch_size * T / eval_s,
-        "peak_memory_gib": _peak_memory_gib(), "step_memory_gib": step_memory_gib,
+        "flops_per_token": fpt, "achieved_flops": fpt * tokens_per_s, "peak_flops": peak, "peak_source": peak_source,
+        "mfu": fpt * tokens_per_s / peak,
+        "peak_memory_gib": _peak_memory_gib(), "step_memory_gib": memory.program_bytes(step) / 2**30,
         "state_gib_per_device": mesh_lib.bytes_per_device(state) / 2**30,
     }
+    if time_eval:
+        eval_batch = {k: batch[k][: c.batch_size] for k in "xy"}
+        eval_fn = jax.jit(lambda p, b: metrics.eval_step(p, b, model=model))
+        out["eval_tokens_per_s"] = c.batch_size * T / timed(eval_fn, state["params"], eval_batch, repeats=steps)
     if input_pipeline:
         out.update(time_input_pipeline(c, step, state, mesh, steps))
     if generate_tokens:  # the whole generation, one compiled program, at batch 1 and 8
         params_host = jax.device_get(state["params"])
         for b, key in ((1, "generate_tokens_per_s"), (8, "generate_tokens_per_s_batch8")):
-            prompt = np.tile(tokens[:1, : min(8, T)], (b, 1))
+            prompt = np.tile(host_batch["x"][:1, : min(8, T)], (b, 1))
             decoding.generate(model, params_host, prompt, generate_tokens, greedy=True)  # compiles
             start = time.perf_counter()
             decoding.generate(model, params_host, prompt, generate_tokens, greedy=True)
@@ -178,16 +220,19 @@ def _peak_memory_gib() -> float | None:
 def format_table(r: dict) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     model = r["model_type"] + (f" ({r['config']})" if "config" in r else "")
+    peak = "the data sheet's dense bf16" if r["peak_source"] == "spec" else f"measured, {r['dtype']} matmul"
     rows = [("model", model),
             ("device", f"{r['devices']} x {r['device']} ({r['dtype']}), mesh data x fsdp = {r['mesh']}"),
             ("batch", f"{r['batch_tokens']:,} tokens, micro-batch {r['micro_batch_size']} sequences"),
             ("compile", f"{r['compile_s']:.1f} s"), ("step", f"{r['step_ms']:.1f} ms (median)"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("FLOPs/token", f"{r['flops_per_token'] / 1e6:.1f} M"),
-            ("MFU", fmt(r["mfu"] and 100 * r["mfu"], ".1f") + (" %" if r["mfu"] else " (no peak known for this device)")),
+            ("MFU", f"{100 * r['mfu']:.2f} % ({r['achieved_flops'] / 1e9:,.1f} GFLOP/s of a {r['peak_flops'] / 1e9:,.1f} "
+                    f"GFLOP/s peak: {peak})"),
             ("peak memory", fmt(r["peak_memory_gib"], ".2f") + (" GiB" if r["peak_memory_gib"] is not None else "")
              + f" (allocator); step needs {r['step_memory_gib']:.2f} GiB (XLA's buffer assignment), params + "
-             f"optimizer {r['state_gib_per_device']:.2f} GiB of it"),
-            ("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}")]
+             f"optimizer {r['state_gib_per_device']:.2f} GiB of it")]
+    if "eval_tokens_per_s" in r:
+        rows.append(("eval tokens/s", f"{r['eval_tokens_per_s']:,.0f}"))
     for name in ("prefetch", "sync"):
         if f"fed_step_ms_{name}" in r:
             rows.append((f"data-fed ({name})", f"{r[f'fed_step_ms_{name}']:.1f} ms a step, "

@@ -1,9 +1,9 @@
 """Whether a program fits in memory, by XLA's own buffer assignment of the program that will run.
 
 Every command that could ask for more memory than there is compiles the very program it runs and
-reads what it allocates (`program_bytes`) before running it: the trainer to size its micro-batch on
-a GPU (`pick_micro_batch_size`), `evaluate` its batch (`eval_batch_bytes`), `sample` its generation.
-What there is comes from `device_free` (the allocator's limit less what is in use on GPU and TPU,
+reads what it allocates (`program_bytes`) before running it: the trainer and bench to size the
+micro-batch on a GPU (`size_micro_batch`, whose program bench then times), `evaluate` its batch
+(`eval_batch_bytes`), `sample` its generation. What there is comes from `device_free` (the allocator's limit less what is in use on GPU and TPU,
 the host's available memory on CPU) and `host_available`.
 """
 from __future__ import annotations
@@ -50,20 +50,36 @@ def gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def pick_micro_batch_size(c, mesh: jax.sharding.Mesh, compile_step) -> int:
-    """`c.micro_batch_size` if set; on GPU, the largest split of the effective batch whose compiled
-    train step (`compile_step(micro)`) fits in 90% of device memory; elsewhere batch_size."""
-    if c.micro_batch_size is not None or jax.default_backend() != "gpu":
-        return c.micro_batch_size or c.batch_size
+def sizes_by_memory(c) -> bool:
+    """Whether the micro-batch is sized by compiling candidate steps: on a GPU, when the config leaves
+    micro_batch_size unset. Elsewhere the seed's split is kept (on a CPU a larger micro-batch gains
+    little: BENCHMARKS.md) and nothing is compiled to size it. A test fakes a GPU here."""
+    return c.micro_batch_size is None and jax.default_backend() == "gpu"
+
+
+def size_micro_batch(c, mesh: jax.sharding.Mesh, compile_step) -> tuple[int, object | None]:
+    """(micro-batch size, its compiled train step or None). `c.micro_batch_size` if set; where
+    `sizes_by_memory`, the largest split of the effective batch whose compiled train step
+    (`compile_step(micro)`) fits in 90% of device memory, returned with that very program, so a caller
+    that runs it (bench) compiles its step once; elsewhere batch_size, and None: nothing was compiled."""
+    if not sizes_by_memory(c):
+        return c.micro_batch_size or c.batch_size, None
     rows, n_dev = c.batch_size * c.gradient_accumulation_steps, mesh.size
     limit = 0.9 * (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", float("inf"))
+    compiled = None
     for micro in sorted((m for m in range(n_dev, rows + 1, n_dev) if rows % m == 0), reverse=True):
-        need = program_bytes(compile_step(micro))
+        compiled = compile_step(micro)
+        need = program_bytes(compiled)
         if need < limit:
             logging.info("micro_batch_size %d (%d micro-batches a step): %.1f GiB of %.1f", micro, rows // micro,
                          need / 2**30, limit / 0.9 / 2**30)
-            return micro
-    return n_dev
+            return micro, compiled
+    return n_dev, compiled  # none fits: the smallest split (the last compiled), which will say so when it runs
+
+
+def pick_micro_batch_size(c, mesh: jax.sharding.Mesh, compile_step) -> int:
+    """`size_micro_batch`'s size alone, for the trainer, which jits its step itself."""
+    return size_micro_batch(c, mesh, compile_step)[0]
 
 
 def eval_batch_bytes(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: jax.sharding.Mesh,

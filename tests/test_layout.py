@@ -102,6 +102,8 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("experiments.plot", ["--out=/nonexistent"], "error: --out: no such folder"),
     ("experiments.profile_cpu", ["--help"], "--thunks: Also list"),
     ("experiments.bench_prepare", ["--help"], "--"),
+    ("experiments.lease", ["--help"], "--[no]dry_run: The same rows on CPU"),
+    ("experiments.lease", ["--out=x", "--rows=nope"], "error: --rows: unknown row 'nope'"),
 ])
 def test_help_and_bad_flags_answer_before_jax_loads(command, argv, expected):
     """--help and a bad flag or config key take a fraction of a second: jax (a second or more of

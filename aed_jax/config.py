@@ -136,7 +136,7 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
     c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
-    c.keep_checkpoints = 3  # most recent checkpoints kept (the best-val one is kept besides)
+    c.keep_checkpoints = 3  # most recent checkpoints kept (the best one, best/, is kept besides)
     c.log_interval = 10  # steps between training-metric log lines
 
     # Synthetic tasks (dataset "task:<name>"): sequences drawn on the fly, context_size tokens long over

@@ -192,7 +192,7 @@ def _save(c: ml_collections.ConfigDict, workdir: str, managers: tuple, step: int
     state["step"] = jax.device_put(np.int32(step), mesh_lib.replicated(mesh))  # a global array, as on every host
     try:
         if est is not None:
-            checkpoint.save_best(best_saves, step, state, c, est["val_loss"])
+            checkpoint.save_best(best_saves, step, state, c, est)
         checkpoint.save(saves, step, state, c, train_iter)
     except OSError as e:  # the last good checkpoint stays; the re-run resumes from it
         raise TrainError(errors.write_failed(e, f"saving step {step} in {workdir}",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
@@ -42,6 +43,8 @@ def test_a_resumed_task_run_equals_a_straight_one(tmp_path):
     assert 0.0 <= est["val_token_accuracy"] <= 1.0 and 0.0 <= est["val_sequence_accuracy"] <= est["val_token_accuracy"]
     assert est["val_packed_sequence_accuracy"] == est["val_sequence_accuracy"]  # mqar: one problem a sequence
     assert est == {**rundir.last_estimate(straight), "step": 6}  # the same estimate, logged in metrics.jsonl
+    best = checkpoint.best_metrics(rundir.best(straight, create=False))  # ranked by its accuracy, then val loss
+    assert set(best) == {"val_loss", "val_token_accuracy"}
     assert not (tmp_path / "straight" / "data.json").read_text().strip("{}\n ")  # no files behind a task
 
 

@@ -130,6 +130,9 @@ def test_every_float_key_must_be_finite():
     ("dataset", "data/foo/", r"^dataset: 'data/foo/' is a path, and dataset is a name: for the token files in "
                              r"data/foo, pass --config\.dataset=foo --config\.data_dir=data/foo$"),
     ("dataset", "task:nope", r"^dataset: 'task:nope' is not one of task:mqar, task:copy, task:sort$"),
+    ("save_interval", 700, r"^save_interval: must be a positive multiple of est_interval=500 \(best/ is chosen among "
+                           r"the checkpoints' estimates\), or None, got 700$"),
+    ("save_interval", 0, r"^save_interval: must be a positive multiple of est_interval=500 .*, got 0$"),
 ])
 def test_numbers_out_of_range_name_their_key(key, value, match):
     c = mse_config()

@@ -51,7 +51,7 @@ class Damaged(Exception):
 
 
 def manager(directory: str, keep: int = 3, best: bool = False, create: bool = True) -> ocp.CheckpointManager:
-    """The manager of the steps in `directory`: the newest `keep`, or with `best` the one of lowest `val_loss`.
+    """The manager of the steps in `directory`: the newest `keep`, or with `best` the best by `best_rank`.
 
     With create=False, a reader's: it writes nothing (not even orbax's root metadata) and waits for no
     other process. orbax's managers meet every process at a barrier on creation and on each restore;
@@ -59,7 +59,7 @@ def manager(directory: str, keep: int = 3, best: bool = False, create: bool = Tr
     a manager of this process alone, and the others, never joining, cannot hang it."""
     processes = {} if create else {"multiprocessing_options": _this_process_alone()}
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=1 if best else keep, best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
+        max_to_keep=1 if best else keep, best_fn=best_rank if best else None, best_mode="min",
         enable_async_checkpointing=False, create=create, save_root_metadata=create, **processes)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 CHECKSUMS: ocp.JsonCheckpointHandler(), STREAM: ocp.JsonCheckpointHandler()}
@@ -159,23 +159,38 @@ def _drop_failed_save(mngr: ocp.CheckpointManager) -> None:
             clean_interrupted(str(mngr.directory))
 
 
-def best_val_loss(mngr: ocp.CheckpointManager) -> float:
-    """The val loss of the step `best/` keeps; inf when it keeps none (or one without metrics)."""
+# An estimate's numbers that best/ records with a step, and ranks it by (a corpus run's estimate has no accuracy).
+BEST_METRICS = ("val_loss", "val_token_accuracy")
+
+
+def best_rank(metrics: dict) -> tuple[float, float]:
+    """Where a step of best/ ranks, by its recorded `metrics`; the lowest is the best. A task's run by val
+    token accuracy, highest first (the task is scored by its answers, and val loss can disagree: a step
+    can be surer of the answers it gets right and get fewer right), ties broken by val loss; a corpus
+    run records no accuracy, so its val loss alone decides, as in the seed. A step saved before best/
+    recorded accuracies counts as accuracy 0: a resumed task run's first estimate with one replaces it."""
+    return -float(metrics.get("val_token_accuracy", 0.0)), float(metrics["val_loss"])
+
+
+def best_metrics(mngr: ocp.CheckpointManager) -> dict | None:
+    """The recorded metrics of the step `best/` keeps; None when it keeps none (or one without metrics)."""
     step = mngr.best_step()
-    metrics = mngr.metrics(step) if step is not None else None
-    return float(metrics["val_loss"]) if metrics and "val_loss" in metrics else math.inf
+    return (mngr.metrics(step) or None) if step is not None else None
 
 
 def save_best(mngr: ocp.CheckpointManager, step: int, state, config: ml_collections.ConfigDict,
-              val_loss: float) -> bool:
-    """Saves `step` to `best/` when `val_loss` is finite and lower than the kept best's; whether it saved.
+              estimate: dict) -> bool:
+    """Saves `step` to `best/` when its `estimate`'s BEST_METRICS are finite and rank before the kept
+    best's (`best_rank`); whether it saved.
 
     Orbax deletes the previous best only once the new one is complete, so a kill mid-save keeps
     it; the trainer saves the best before the latest checkpoint, so its re-run reaches this step again.
     """
-    if not math.isfinite(val_loss) or val_loss >= best_val_loss(mngr):
+    metrics = {key: float(estimate[key]) for key in BEST_METRICS if key in estimate}
+    kept = best_metrics(mngr)
+    if not all(map(math.isfinite, metrics.values())) or (kept is not None and best_rank(metrics) >= best_rank(kept)):
         return False
-    save(mngr, step, state, config, metrics={"val_loss": float(val_loss)})
+    save(mngr, step, state, config, metrics=metrics)
     return True
 
 
@@ -220,7 +235,8 @@ def _unreadable_step_metadata(step_dir: str) -> str | None:
 
 def damaged_metrics(directory: str) -> dict[int, str]:
     """{step: what is wrong} for each step in `directory` (a best-keeping one) whose metrics orbax cannot
-    use: not a JSON object with a finite number `val_loss`, or an unreadable `_CHECKPOINT_METADATA`.
+    use: not a JSON object with a finite number `val_loss` (and `val_token_accuracy`, when there is one),
+    or an unreadable `_CHECKPOINT_METADATA`.
     Orbax reads every step's metrics when a manager is built, and best_fn compares them, so one such
     file would stop every start, and every reader."""
     found = {}
@@ -234,11 +250,15 @@ def damaged_metrics(directory: str) -> dict[int, str]:
         if not os.path.isfile(path):
             continue
         value, why = _json_file(path, "metrics")
-        loss = value.get("val_loss") if isinstance(value, dict) else None
         if why:
             found[int(name)] = why
-        elif isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            found[int(name)] = f"metrics: val_loss is {loss!r}, not a finite number"
+            continue
+        value = value if isinstance(value, dict) else {}
+        for key in (k for k in BEST_METRICS if k == "val_loss" or k in value):  # a corpus run records no accuracy
+            number = value.get(key)
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+                found[int(name)] = f"metrics: {key} is {number!r}, not a finite number"
+                break
     return found
 
 

@@ -55,7 +55,8 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS):
 
 def get_config(flag_values: flags.FlagValues = flags.FLAGS):
     """The parsed `--config`, validated; a bad value exits with one line naming the key. With
-    `--show_config`, prints the keys, values and meanings and exits 0."""
+    `--show_config`, prints the keys, values and meanings and exits 0. A train_steps raised past the
+    schedule's decay is said in one line (`past_decay_note`)."""
     flag = flag_values["config"]
     if flag.value is None:
         fail("--config is required, e.g. --config=configs/tiny.py")
@@ -67,7 +68,27 @@ def get_config(flag_values: flags.FlagValues = flags.FLAGS):
     if flag_values.show_config:
         print(f"{filename}, overrides applied:\n{config_lib.describe(flag.value)}")
         sys.exit(0)
+    note = past_decay_note(flag.value, config_flags.get_override_values(flag), filename)
+    if note:
+        print(note, file=sys.stderr)
     return flag.value
+
+
+def past_decay_note(c, overridden: dict, filename: str) -> str | None:
+    """One line when the command line raised `train_steps` past the config's `lr_decay_iters` and left the
+    schedule as written (`overridden`: ml_collections' record of the --config.<key> flags given), so that a
+    run trained longer is not left at min_lr for its last steps unawares; None otherwise.
+
+    Saying it rather than stretching the schedule: the keys are nanoGPT's, where lr_decay_iters is a setting
+    of its own and max_iters moves nothing else, so a config's values are what a run uses; and raising
+    train_steps is also how a finished run trains on (main says so), whose resume must keep its schedule
+    (rundir refuses another lr_decay_iters), so it goes on at min_lr, as a nanoGPT run past lr_decay_iters does."""
+    if not c.decay_lr or "train_steps" not in overridden or "lr_decay_iters" in overridden \
+            or c.train_steps <= c.lr_decay_iters:
+        return None
+    return (f"warning: --config.train_steps={c.train_steps} trains past {filename}'s lr_decay_iters="
+            f"{c.lr_decay_iters}: its last {c.train_steps - c.lr_decay_iters:,} steps at min_lr={c.min_lr:g}; "
+            f"for a new run whose decay spans it, pass --config.lr_decay_iters={c.train_steps} too")
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:

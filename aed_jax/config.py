@@ -33,7 +33,8 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # The kinds of key, declared once: `rundir` (what a resume may change), `model` (what ModelConfig
 # takes) and `reference` (what the reference implementation has) read them from here.
 MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' names and shapes depend on
-SCHEDULE_KEYS = ("train_steps", "est_interval", "est_steps", "log_interval", "keep_checkpoints")  # how long, how often
+SCHEDULE_KEYS = ("train_steps", "est_interval", "save_interval", "est_steps", "log_interval",
+                 "keep_checkpoints")  # how long, how often
 LOCATION_KEYS = ("workdir", "data_dir")  # where (the data's identity is checked by its size and hash instead)
 EXECUTION_KEYS = ("dtype", "attention_impl", "ce_chunk_tokens", "remat", "micro_batch_size", "mesh_data",
                   "mesh_fsdp")  # how the same function is computed
@@ -129,15 +130,17 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.mesh_data = -1  # devices on the data-parallel axis; -1: every device the fsdp axis leaves
     c.mesh_fsdp = 1  # devices each parameter is sharded over (FSDP); -1: every device the data axis leaves
 
-    # Estimation, as the seed does it.
+    # Estimation, as the seed does it; a checkpoint at each estimate, as in the seed, or at every k-th
+    # (save_interval = k * est_interval), so that a curve of many estimates costs few saves.
     c.est_interval = 500  # estimate every est_interval steps and at the last step
+    c.save_interval = config_dict.placeholder(int)  # checkpoint every save_interval steps and at the last; None: est_interval
     c.est_steps = 200  # batches of train and of val per estimate
 
     # Data and outputs.
     c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
     c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
-    c.keep_checkpoints = 3  # most recent checkpoints kept (the best-val one is kept besides)
+    c.keep_checkpoints = 3  # most recent checkpoints kept (the best one, best/, is kept besides)
     c.log_interval = 10  # steps between training-metric log lines
 
     # Synthetic tasks (dataset "task:<name>"): sequences drawn on the fly, context_size tokens long over
@@ -190,6 +193,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "keep_checkpoints", "log_interval"):
         if not isinstance(c[key], int) or c[key] <= 0:
             raise ConfigError(f"{key}: must be a positive integer, got {c[key]!r}")
+    if c.save_interval is not None and (isinstance(c.save_interval, bool) or not isinstance(c.save_interval, int)
+                                        or c.save_interval <= 0 or c.save_interval % c.est_interval):
+        raise ConfigError(f"save_interval: must be a positive multiple of est_interval={c.est_interval} (best/ is "
+                          f"chosen among the checkpoints' estimates), or None, got {c.save_interval!r}")
     for key in ("mesh_data", "mesh_fsdp"):
         if isinstance(c[key], bool) or not isinstance(c[key], int) or not (c[key] == -1 or c[key] > 0):
             raise ConfigError(f"{key}: must be a positive integer or -1 (every remaining device), got {c[key]!r}")

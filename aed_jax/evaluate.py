@@ -9,7 +9,8 @@ as the seed's estimate does. Every mean is over all evaluated positions; `--json
 `ce_by_position`, the mean CE at each window position t = 0..T-1 (and `embedding_loss_by_position`).
 A run on a synthetic task (`dataset` "task:<name>") is evaluated on `--batches` fresh sequences of
 its task, drawn from `--seed`: CE and accuracy loss over the answers alone, and the exact-match
-`token_accuracy` (answers right) and `sequence_accuracy` (sequences with every answer right).
+`token_accuracy` (answers right), `sequence_accuracy` (problems with every answer right; sort packs
+several a sequence) and `packed_sequence_accuracy` (sequences with every answer right).
 
 Only the parameters are restored (host arrays), then placed on a mesh of this machine's devices,
 so a checkpoint written on any number of devices evaluates here: the run config's mesh where it fits
@@ -104,7 +105,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         batch_size = fv.batch_size or config.batch_size
         mesh = mesh_lib.reading_mesh(config)
         params, padded = mesh_lib.place(params, mesh), mesh_lib.padded_size(batch_size, mesh)
-        need = memory.eval_batch_bytes(cfg, params, padded, mesh, task is not None)
+        problems = None if task is None else tasks.problems_per_sequence(config)
+        need = memory.eval_batch_bytes(cfg, params, padded, mesh, problems)
         free, what = memory.device_free(jax.local_devices()[0])
         if need > free:  # refused before any batch runs, with the batch that fits (need grows about linearly)
             cli.fail(f"a batch of {batch_size} sequences needs {memory.gib(need)} in the eval step (XLA's buffer "
@@ -117,7 +119,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             batches = data_lib.random_batches(tokens, context, batch_size, n_batches, seed)
         else:
             batches = data_lib.task_batches(config, batch_size, n_batches, seed)
-        results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh)
+        results = metrics.evaluate(model_lib.make_model(cfg), params, batches, padded, mesh, problems or 1)
     where = {"workdir": fv.workdir, "checkpoint": fv.checkpoint, "step": step, "data": path,
              "mode": "full" if fv.full else f"{fv.batches or config.est_steps} random batches",
              "mesh": f"{mesh.shape['data']}x{mesh.shape['fsdp']}"}

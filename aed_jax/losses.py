@@ -24,23 +24,37 @@ def _count(weights):
     return jnp.where(total > 0, total, 1.0)
 
 
-def exact_match_sums(logits_BxTxV, targets_BxT, weights_BxT) -> dict:
+def exact_match_sums(logits_BxTxV, targets_BxT, weights_BxT, problems: int = 1) -> dict:
     """What a task's exact-match accuracies are made of, summed over a batch: "answers" counted
-    (weight > 0), "answers_right" (argmax = target there), and the rows with an answer ("answer_rows")
-    and with every answer right ("rows_right"). Sums, so that batches and devices add up exactly."""
+    (weight > 0), "answers_right" (argmax = target there), the rows with an answer ("answer_rows") and
+    with every answer right ("rows_right"), and the same for the `problems` a row packs
+    ("answer_problems", "problems_right"). A row's answers are its problems' in order, in equal
+    shares (`tasks.problems_per_sequence`): the k-th of its n answers is problem k * problems // n's.
+    Sums, so that batches and devices add up exactly."""
     scored_BxT = weights_BxT > 0
     right_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT) & scored_BxT
     has_answer_B = jnp.any(scored_BxT, axis=-1)
     all_right_B = jnp.all(right_BxT | ~scored_BxT, axis=-1) & has_answer_B
+    answers_B = jnp.sum(scored_BxT, axis=-1, dtype=jnp.int32)
+    rank_BxT = jnp.cumsum(scored_BxT, axis=-1, dtype=jnp.int32) - 1  # an answer's place among its row's
+    problem_BxT = rank_BxT * problems // jnp.maximum(answers_B, 1)[:, None]
+    in_BxTxP = (problem_BxT[..., None] == jnp.arange(problems)[None, None]) & scored_BxT[..., None]
+    has_answer_BxP = jnp.any(in_BxTxP, axis=1)
+    all_right_BxP = jnp.all(right_BxT[..., None] | ~in_BxTxP, axis=1) & has_answer_BxP
     return {"answers": jnp.sum(scored_BxT, dtype=jnp.float32), "answers_right": jnp.sum(right_BxT, dtype=jnp.float32),
-            "answer_rows": jnp.sum(has_answer_B, dtype=jnp.float32), "rows_right": jnp.sum(all_right_B, dtype=jnp.float32)}
+            "answer_rows": jnp.sum(has_answer_B, dtype=jnp.float32), "rows_right": jnp.sum(all_right_B, dtype=jnp.float32),
+            "answer_problems": jnp.sum(has_answer_BxP, dtype=jnp.float32),
+            "problems_right": jnp.sum(all_right_BxP, dtype=jnp.float32)}
 
 
 def exact_match(sums: dict) -> dict:
-    """`token_accuracy` (answers right / answers) and `sequence_accuracy` (rows with every answer
-    right / rows with an answer) from accumulated `exact_match_sums`."""
+    """From accumulated `exact_match_sums`: `token_accuracy` (answers right / answers),
+    `sequence_accuracy` (problems with every answer right / problems with an answer) and
+    `packed_sequence_accuracy` (the same per row: rows with every answer right / rows with an answer),
+    which differs from it only where a row packs several problems (sort)."""
     return {"token_accuracy": float(sums["answers_right"]) / max(float(sums["answers"]), 1.0),
-            "sequence_accuracy": float(sums["rows_right"]) / max(float(sums["answer_rows"]), 1.0)}
+            "sequence_accuracy": float(sums["problems_right"]) / max(float(sums["answer_problems"]), 1.0),
+            "packed_sequence_accuracy": float(sums["rows_right"]) / max(float(sums["answer_rows"]), 1.0)}
 
 
 def chunked_cross_entropy(out_BxTxD, embedding_VxD, targets_BxT, chunk_tokens: int, dtype=jnp.float32,

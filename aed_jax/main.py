@@ -122,7 +122,7 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
     from aed_jax import decoding, rundir
     est = outcome.estimate
     accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
-                  "sequence" if "val_token_accuracy" in est else "")
+                  "problem" if "val_token_accuracy" in est else "")
     losses = (f"train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}{accuracies} (estimated at step "
               f"{est['step']})" if est else "no estimate yet")
     if outcome.stopped_by:

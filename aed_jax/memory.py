@@ -83,13 +83,14 @@ def pick_micro_batch_size(c, mesh: jax.sharding.Mesh, compile_step) -> int:
 
 
 def eval_batch_bytes(cfg: model_lib.ModelConfig, params, batch_size: int, mesh: jax.sharding.Mesh,
-                     task: bool = False) -> int:
+                     problems: int | None = None) -> int:
     """Bytes one device allocates in `metrics.eval_sums` for a batch of `batch_size` beside the placed
-    `params`; the same lowering `evaluate` then runs (with a `task`'s answer mask, the program that
-    takes one), so jax compiles it once."""
+    `params`; the same lowering `evaluate` then runs (for a task, whose rows pack `problems` each, the
+    program that takes its answer mask; None for a corpus), so jax compiles it once."""
     sharding = mesh_lib.batch_sharding(mesh)
     x_BxT = jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.int32, sharding=sharding)
     weight_B = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=sharding)
-    answers = (jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.float32, sharding=sharding),) if task else ()
-    compiled = metrics.eval_sums(cfg).lower(params, x_BxT, x_BxT, weight_B, *answers).compile()
+    answers = () if problems is None else \
+        (jax.ShapeDtypeStruct((batch_size, cfg.context_size), jnp.float32, sharding=sharding),)
+    compiled = metrics.eval_sums(cfg, problems or 1).lower(params, x_BxT, x_BxT, weight_B, *answers).compile()
     return program_bytes(compiled, arguments_resident=True)

@@ -25,16 +25,18 @@ from aed_jax import data as data_lib
 from aed_jax import losses
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
+from aed_jax import tasks
 
 
-def eval_step(params, batch, *, model):
+def eval_step(params, batch, *, model, problems: int = 1):
     """Eval-mode CE and the seed's "accuracy loss": the fraction of wrong argmax predictions. With a
-    task's "weight", both over the answers alone, and the sums of `losses.exact_match_sums`."""
+    task's "weight", both over the answers alone, and the sums of `losses.exact_match_sums` (`problems`
+    packed in a row: `tasks.problems_per_sequence`)."""
     if "weight" not in batch:
         logits, batch_losses = model.apply({"params": params}, batch["x"], batch["y"])
         return {"loss": batch_losses["ce"], "accuracy_loss": jnp.mean(jnp.argmax(logits, -1) != batch["y"])}
     logits, batch_losses = model.apply({"params": params}, batch["x"], batch["y"], weights_BxT=batch["weight"])
-    sums = losses.exact_match_sums(logits, batch["y"], batch["weight"])
+    sums = losses.exact_match_sums(logits, batch["y"], batch["weight"], problems)
     return {"loss": batch_losses["ce"],
             "accuracy_loss": 1.0 - sums["answers_right"] / jnp.maximum(sums["answers"], 1.0), **sums}
 
@@ -43,12 +45,12 @@ class Evaluator:
     """The trainer's estimate, as the seed makes it: `est_steps` random batches of each split (of a
     task: fresh sequences), drawn from (random_seed, step, split), so a resumed run estimates on the
     same batches as a straight one. Calling it with the params at `step` gives {"train_loss",
-    "val_loss", "train_accuracy_loss", ...}, and a task's `{split}_token_accuracy` and
-    `{split}_sequence_accuracy`."""
+    "val_loss", "train_accuracy_loss", ...}, and a task's `{split}_token_accuracy`,
+    `{split}_sequence_accuracy` (per problem) and `{split}_packed_sequence_accuracy` (per sequence)."""
 
     def __init__(self, c: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh, tokens: dict | None):
         self.c, self.mesh, self.tokens = c, mesh, tokens  # tokens: {"train", "val"}, None for a task
-        self.eval_fn = jax.jit(functools.partial(eval_step, model=model))
+        self.eval_fn = jax.jit(functools.partial(eval_step, model=model, problems=tasks.problems_per_sequence(c)))
 
     def _batches(self, split: str, step: int):
         c, rows = self.c, mesh_lib.process_slice(self.c.batch_size)
@@ -71,9 +73,9 @@ class Evaluator:
         return out
 
 
-def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None, answers_BxT=None) -> dict:
+def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None, answers_BxT=None, problems: int = 1) -> dict:
     """Sums over the positions of rows with weight 1 (with a task's `answers_BxT` mask, over its
-    answers alone, plus `losses.exact_match_sums`): what `means` averages."""
+    answers alone, plus `losses.exact_match_sums` of `problems` a row): what `means` averages."""
     weight_BxT = jnp.broadcast_to(weight_B[:, None], y_BxT.shape)
     if answers_BxT is not None:
         weight_BxT = weight_BxT * answers_BxT
@@ -82,7 +84,7 @@ def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None, answers_B
     out = {"ce": jnp.sum(ce_BxT), "wrong": jnp.sum(wrong_BxT * weight_BxT), "tokens": jnp.sum(weight_BxT),
            "rows": jnp.sum(weight_B), "ce_T": jnp.sum(ce_BxT, axis=0), "tokens_T": jnp.sum(weight_BxT, axis=0)}
     if answers_BxT is not None:
-        out.update(losses.exact_match_sums(logits_BxTxV, y_BxT, weight_BxT))
+        out.update(losses.exact_match_sums(logits_BxTxV, y_BxT, weight_BxT, problems))
     if embedding_terms_BxT is not None:  # per-position terms; their mean over positions is the loss
         out["embedding_T"] = jnp.sum(embedding_terms_BxT * weight_BxT, axis=0)
     return out
@@ -128,9 +130,9 @@ def has_embedding_loss(cfg: model_lib.ModelConfig) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def eval_sums(cfg: model_lib.ModelConfig):
+def eval_sums(cfg: model_lib.ModelConfig, problems: int = 1):
     """A jitted (params, x_BxT, y_BxT, weight_B[, answers_BxT]) -> `loss_sums`, for the model `cfg`
-    describes (in its inference form)."""
+    describes (in its inference form), a task's rows packing `problems` each."""
     model = model_lib.make_model(cfg.for_inference())
     with_embedding_loss = has_embedding_loss(cfg)
 
@@ -139,18 +141,20 @@ def eval_sums(cfg: model_lib.ModelConfig):
         (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
                                                mutable=["intermediates"])
         terms_BxT = state["intermediates"]["embedding_loss_BxT"][0] if with_embedding_loss else None
-        return loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT, answers_BxT)
+        return loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT, answers_BxT, problems)
 
     return sums
 
 
-def evaluate(model, params, batches, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> dict:
+def evaluate(model, params, batches, batch_size: int, mesh: jax.sharding.Mesh | None = None,
+             problems: int = 1) -> dict:
     """{"ce_loss", "perplexity", "accuracy_loss", "tokens"} (+ "embedding_loss" for an AED with one)
     over every position of `batches` ({"x", "y"} int32 [b <= batch_size, T]), and "ce_by_position"
     (T floats: the mean CE at each window position, where in the window a model gains or loses; and
     "embedding_loss_by_position" with an embedding loss); short batches are padded. With a `mesh`
-    (batch_size a multiple of its devices), each batch's rows are split over it."""
-    sums_fn, totals = eval_sums(model.cfg), {}
+    (batch_size a multiple of its devices), each batch's rows are split over it. A task's batches (with
+    their "weight") also give its exact-match accuracies, its rows packing `problems` each."""
+    sums_fn, totals = eval_sums(model.cfg, problems), {}
     for batch in batches:
         arrays = pad_batch(batch, batch_size)
         if mesh is not None:

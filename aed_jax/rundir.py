@@ -2,7 +2,7 @@
 which run it holds and whether a resume is the same run, what it logs, which checkpoint a reader means.
 
     <workdir>/checkpoints/<step>/   the latest few steps (orbax, `checkpoint`)
-    <workdir>/best/<step>/          the step of lowest val loss
+    <workdir>/best/<step>/          the best step: lowest val loss; a task's, highest val token accuracy
     <workdir>/damaged/              steps set aside as damaged, never deleted
     <workdir>/config.json           the run's config, data.json its token files (the run's record)
     <workdir>/metrics.jsonl         one JSON object a line, with "step"; TensorBoard events beside it
@@ -64,7 +64,7 @@ def checkpoints(workdir: str, keep: int = 3, create: bool = True):
 
 
 def best(workdir: str, create: bool = True):
-    """The manager of `<workdir>/best`, which keeps the step of lowest val loss."""
+    """The manager of `<workdir>/best`, which keeps the best step (`checkpoint.best_rank`)."""
     return checkpoint.manager(os.path.join(workdir, BEST), best=True, create=create)
 
 

@@ -30,8 +30,8 @@ after the two copies uniformly over all such splits.
 
 sort -- S = sort_length numbers, uniform in [2, V) with repeats, then SEP = 0, then the same numbers
 in ascending order; scored on the S sorted tokens (the first is the target at SEP). A sequence packs
-(T + 1) // (2S + 1) independent problems one after another, and the tokens left over at its end are
-PAD = 1, never scored.
+(T + 1) // (2S + 1) independent problems one after another (`problems_per_sequence`), and the tokens
+left over at its end are PAD = 1, never scored.
 """
 from __future__ import annotations
 
@@ -89,6 +89,16 @@ def settings_problem(c) -> str | None:
             return (f"model_config.alphabet_size: sort needs at least 4 ids (separator, pad and two numbers: with "
                     f"one number every list is already sorted), got {V}")
     return None
+
+
+def problems_per_sequence(c) -> int:
+    """How many independent problems a sequence of `c.dataset`'s task packs, one after another, each
+    with the same number of answers: sort's (T + 1) // (2S + 1); 1 for mqar and copy, whose answers
+    are all one problem's (and for a corpus). Sequence accuracy counts problems, not sequences
+    (`losses.exact_match_sums`), so sort-8's (3 problems a sequence at T = 64) compares with sort-16's (1)."""
+    if task_name(c.dataset) != "sort":
+        return 1
+    return (c.model_config.context_size + 1) // (2 * c.task.sort_length + 1)
 
 
 def make_batch(c, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
@@ -167,7 +177,7 @@ def _copy(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _sort(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
     T, V, S = c.model_config.context_size, c.model_config.alphabet_size, c.task.sort_length
-    P = (T + 1) // (2 * S + 1)  # problems per sequence
+    P = problems_per_sequence(c)
     numbers_BxPxS = rng.integers(SORT_PAD + 1, V, size=(B, P, S), dtype=np.int32)
     problems_BxPx2S1 = np.concatenate(
         [numbers_BxPxS, np.full((B, P, 1), SORT_SEP, np.int32), np.sort(numbers_BxPxS, axis=2)], axis=2)

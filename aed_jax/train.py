@@ -192,7 +192,7 @@ def _save(c: ml_collections.ConfigDict, workdir: str, managers: tuple, step: int
     state["step"] = jax.device_put(np.int32(step), mesh_lib.replicated(mesh))  # a global array, as on every host
     try:
         if est is not None:
-            checkpoint.save_best(best_saves, step, state, c, est["val_loss"])
+            checkpoint.save_best(best_saves, step, state, c, est)
         checkpoint.save(saves, step, state, c, train_iter)
     except OSError as e:  # the last good checkpoint stays; the re-run resumes from it
         raise TrainError(errors.write_failed(e, f"saving step {step} in {workdir}",
@@ -265,6 +265,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                 stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
                 pending = (i, step_metrics, stopper.vote())
                 boundary = (i + 1) % c.est_interval == 0 or i + 1 == c.train_steps
+                save_now = (i + 1) % (c.save_interval or c.est_interval) == 0 or i + 1 == c.train_steps  # a boundary too
                 if not (boundary or stop):
                     continue
                 stop = _record(pending, shown, stopper, saves) or stop
@@ -281,8 +282,9 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                     writer.write(i + 1, est)
                     outcome.estimate = {**est, "step": i + 1}
                     shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
-                _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
-                outcome.step = i + 1
+                if save_now or stop:  # best/ is chosen among the checkpoints' estimates (config: save_interval)
+                    _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
+                    outcome.step = i + 1
                 if stop:
                     logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
                     outcome.stopped_by = stopper.reason

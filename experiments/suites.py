@@ -328,7 +328,8 @@ def _task_suite(scale: str) -> Suite:
              "(configs/mse_pos_sub.py), the AED with neither (configs/no_loss_no_pos.py), both with "
              f"{s.n_layer} + {s.n_layer} blocks, and a decoder-only baseline whose width and depth bring its "
              "parameter count closest to the first's. Token accuracy: the fraction of answer tokens predicted "
-             "right; sequence accuracy: the fraction of sequences with every answer right.")
+             "right; sequence accuracy: the fraction of problems with every answer right (sort packs several "
+             "problems a sequence).")
 
 
 def pick_scale(name: str, scale: str | None) -> str | None:

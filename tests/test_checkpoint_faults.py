@@ -62,7 +62,7 @@ def pristine(data_dir, tmp_path_factory):  # noqa: F811
         next(it), next(it)
         states[step], positions[step] = _state(c, step, step), it.get_state()
         checkpoint.save(latest, step, states[step], c, it)
-    assert checkpoint.save_best(best, 4, states[4], c, 1.5)
+    assert checkpoint.save_best(best, 4, states[4], c, {"val_loss": 1.5})
     latest.close(), best.close()
     return c, workdir, states, positions
 
@@ -366,7 +366,7 @@ def test_damaged_best_metrics_are_one_line_for_readers_and_set_aside_by_the_trai
     [warning] = _warnings(caplog)
     assert "checkpoint 4 in" in warning and moved in warning and os.path.basename(moved).startswith("best-4-")
     assert not os.path.exists(os.path.join(workdir, rundir.BEST, "4"))
-    assert checkpoint.best_val_loss(rundir.best(workdir)) == math.inf  # a new best can land
+    assert checkpoint.best_metrics(rundir.best(workdir)) is None  # a new best can land
 
 
 @pytest.mark.parametrize("change,cause", [
@@ -406,16 +406,43 @@ def test_save_replaces_a_step_that_exists(run):
 def test_best_only_moves_to_a_finite_lower_val_loss(run):
     c, workdir, states, _ = run
     best = rundir.best(workdir)
-    assert checkpoint.best_val_loss(best) == 1.5
+    assert checkpoint.best_metrics(best) == {"val_loss": 1.5}
     for step, loss in ((6, math.nan), (6, math.inf), (6, 1.5), (6, 2.0)):
-        assert not checkpoint.save_best(best, step, states[6], c, loss)
+        assert not checkpoint.save_best(best, step, states[6], c, {"val_loss": loss})
     assert best.all_steps() == [4]
-    assert checkpoint.save_best(best, 6, states[6], c, 1.0)
-    assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 1.0
+    assert checkpoint.save_best(best, 6, states[6], c, {"val_loss": 1.0, "train_loss": 0.5})
+    assert best.all_steps() == [6] and checkpoint.best_metrics(best) == {"val_loss": 1.0}
     again = dict(states[2], step=jnp.asarray(6, jnp.int32))  # other parameters at the same step
-    assert checkpoint.save_best(best, 6, again, c, 0.9)  # the same step again, better: replaced
-    assert best.all_steps() == [6] and checkpoint.best_val_loss(best) == 0.9
+    assert checkpoint.save_best(best, 6, again, c, {"val_loss": 0.9})  # the same step again, better: replaced
+    assert best.all_steps() == [6] and checkpoint.best_metrics(best) == {"val_loss": 0.9}
     _assert_identical(rundir.restore_params(workdir, "best")[0], jax.device_get(states[2]["params"]))
+
+
+def test_best_rank_puts_a_tasks_accuracy_first_and_a_corpus_runs_val_loss():
+    """Step 20 has the lower val loss, step 10 the higher val token accuracy: a task run's best is 10, a corpus
+    run's (no accuracy recorded) is 20; equal accuracies fall back on val loss."""
+    task = {10: {"val_loss": 1.2, "val_token_accuracy": 0.6}, 20: {"val_loss": 0.8, "val_token_accuracy": 0.5},
+            30: {"val_loss": 1.3, "val_token_accuracy": 0.6}}
+    corpus = {step: {"val_loss": m["val_loss"]} for step, m in task.items()}
+    assert min(task, key=lambda step: checkpoint.best_rank(task[step])) == 10
+    assert min(corpus, key=lambda step: checkpoint.best_rank(corpus[step])) == 20
+
+
+def test_a_task_runs_best_is_its_highest_val_token_accuracy(run):
+    """best/ as the trainer fills it, estimate after estimate: a task run keeps the step of highest val token
+    accuracy over a later one of lower val loss, takes an equal accuracy only at a lower val loss, and
+    replaces a best saved before accuracies were recorded (step 4: val loss alone)."""
+    c, workdir, states, _ = run
+    best = rundir.best(workdir)
+    estimates = [(6, {"val_loss": 1.6, "val_token_accuracy": 0.5, "train_loss": 1.0}, True),  # replaces step 4
+                 (8, {"val_loss": 0.8, "val_token_accuracy": 0.4}, False),  # the best by val loss, not by accuracy
+                 (10, {"val_loss": 1.7, "val_token_accuracy": 0.5}, False),  # a tie, lost on val loss
+                 (12, {"val_loss": 1.1, "val_token_accuracy": 0.5}, True)]  # a tie, won on val loss
+    for step, estimate, saved in estimates:
+        assert checkpoint.save_best(best, step, states[6], c, estimate) is saved, step
+    assert best.all_steps() == [12]
+    assert checkpoint.best_metrics(best) == {"val_loss": 1.1, "val_token_accuracy": 0.5}
+    assert rundir.best(workdir, create=False).best_step() == 12
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the save it kills
@@ -427,7 +454,7 @@ def test_an_interrupted_best_save_is_cleaned_and_the_best_kept(run, monkeypatch)
 
     monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", killed)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_best(rundir.best(workdir), 6, states[6], c, 1.0)
+        checkpoint.save_best(rundir.best(workdir), 6, states[6], c, {"val_loss": 1.0})
     monkeypatch.undo()
     left = [n for n in os.listdir(os.path.join(workdir, rundir.BEST)) if n != "4"]
     assert left and all(".orbax-checkpoint-tmp" in n for n in left)
@@ -438,7 +465,7 @@ def test_an_interrupted_best_save_is_cleaned_and_the_best_kept(run, monkeypatch)
     assert step == 4
     _assert_identical(params, jax.device_get(states[4]["params"]))
     best = rundir.best(workdir)  # the re-run saves that best again
-    assert checkpoint.save_best(best, 6, states[6], c, 1.0) and best.all_steps() == [6]
+    assert checkpoint.save_best(best, 6, states[6], c, {"val_loss": 1.0}) and best.all_steps() == [6]
 
 
 @pytest.mark.parametrize("command", [["aed_jax.evaluate"], ["aed_jax.sample", "--prompt=a"],
@@ -586,7 +613,7 @@ def test_every_byte_of_a_checkpoint_damaged_is_found_or_harmless(pristine, tmp_p
                     seen = "refused"
                 rundir.set_aside_damaged_best(copy)  # what the trainer does at start, then opens best/
                 best = rundir.best(copy)
-                assert checkpoint.best_val_loss(best) in (1.5, math.inf), case
+                assert checkpoint.best_metrics(best) in ({"val_loss": 1.5}, None), case
                 best.close()
                 it = _iterator(c)
                 with caplog.at_level(logging.WARNING):

@@ -130,6 +130,9 @@ def test_every_float_key_must_be_finite():
     ("dataset", "data/foo/", r"^dataset: 'data/foo/' is a path, and dataset is a name: for the token files in "
                              r"data/foo, pass --config\.dataset=foo --config\.data_dir=data/foo$"),
     ("dataset", "task:nope", r"^dataset: 'task:nope' is not one of task:mqar, task:copy, task:sort$"),
+    ("save_interval", 700, r"^save_interval: must be a positive multiple of est_interval=500 \(best/ is chosen among "
+                           r"the checkpoints' estimates\), or None, got 700$"),
+    ("save_interval", 0, r"^save_interval: must be a positive multiple of est_interval=500 .*, got 0$"),
 ])
 def test_numbers_out_of_range_name_their_key(key, value, match):
     c = mse_config()
@@ -214,6 +217,42 @@ def test_show_config_prints_every_key_with_overrides_and_exits_0(monkeypatch, ca
     assert lines[0] == "configs/tiny.py, overrides applied:"
     assert len(lines) == 2 + len(list(config_lib.leaves(config_lib.load(os.path.join(ROOT, "configs", "tiny.py")))))
     assert any(line.split()[:2] == ["lr", "0.125"] for line in lines)
+
+
+def parsed(monkeypatch, capsys, args):
+    """A command line with --config that parses: (the config `cli.get_config` returns, stderr)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["prog", *args])
+    flag_values = flags.FlagValues()
+    cli.define_config_flag(flag_values)
+    cli.parse_flags(["prog", *args], flag_values)
+    c = cli.get_config(flag_values)
+    return c, capsys.readouterr().err
+
+
+def test_a_run_lengthened_past_its_decay_says_so_in_one_line(monkeypatch, capsys):
+    """tiny decays to step 1,200: 2,400 steps say in one line that the last 1,200 train at min_lr, and the
+    schedule stays as written; a given lr_decay_iters, a run within the decay or no decay says nothing."""
+    c, err = parsed(monkeypatch, capsys, ["--config=configs/tiny.py", "--config.train_steps=2400"])
+    assert err == ("warning: --config.train_steps=2400 trains past configs/tiny.py's lr_decay_iters=1200: its last "
+                   "1,200 steps at min_lr=0.0003; for a new run whose decay spans it, pass "
+                   "--config.lr_decay_iters=2400 too\n")
+    assert (c.train_steps, c.warmup_iters, c.lr_decay_iters) == (2400, 30, 1200)
+    for quiet in (["--config.train_steps=2400", "--config.lr_decay_iters=2400"], ["--config.train_steps=1000"],
+                  ["--config.train_steps=2400", "--config.decay_lr=False"], ["--config.lr_decay_iters=600"]):
+        assert parsed(monkeypatch, capsys, ["--config=configs/tiny.py", *quiet])[1] == "", quiet
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+def test_every_config_runs_as_written(monkeypatch, capsys, name):
+    """The schedule's line changes no value: each config run as written is its file's, silently, and with
+    train_steps raised, its file's in every other key."""
+    path = os.path.join("configs", name)
+    written = config_lib.read(os.path.join(ROOT, path)).to_dict()
+    c, err = parsed(monkeypatch, capsys, [f"--config={path}"])
+    assert c.to_dict() == written and err == ""
+    longer = parsed(monkeypatch, capsys, [f"--config={path}", f"--config.train_steps={10 * written['train_steps']}"])[0]
+    assert longer.to_dict() == {**written, "train_steps": 10 * written["train_steps"]}
 
 
 def test_commands_report_config_errors_in_one_line():

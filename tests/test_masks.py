@@ -127,3 +127,32 @@ def test_exact_match_against_numpy():
     rows = [i for i in range(6) if scored[i].any()]
     assert got["sequence_accuracy"] == pytest.approx(np.mean([right[i][scored[i]].all() for i in rows]))
     assert got["sequence_accuracy"] >= 1 / len(rows)  # row 0 is all right
+
+
+def test_sequence_accuracy_counts_each_packed_problem_against_numpy():
+    """Rows packing 3 problems of 2 answers each, as sort packs them, one of row 0's problems with a wrong
+    answer: sequence accuracy is per problem (5 of 6), the per-row figure packed_sequence_accuracy (1 of 2)."""
+    rows, T, P = 2, 12, 3
+    y = np.random.default_rng(7).integers(0, V, (rows, T)).astype(np.int32)
+    w = np.zeros((rows, T), np.float32)
+    for p in range(P):
+        w[:, 4 * p + 1:4 * p + 3] = 1.0  # problem p's answers; unscored tokens between problems
+    logits = 5.0 * np.eye(V, dtype=np.float32)[y]  # every answer right ...
+    logits[0, 5] = 5.0 * np.eye(V, dtype=np.float32)[(y[0, 5] + 1) % V]  # ... but one of row 0's problem 1
+    right, scored = logits.argmax(-1) == y, w > 0
+    problems = [share for r in range(rows) for share in np.array_split(np.flatnonzero(scored[r]), P)]
+    rows_of = [r for r in range(rows) for _ in range(P)]
+    per_problem = np.mean([right[r, share].all() for r, share in zip(rows_of, problems)])
+    per_row = np.mean([right[r, scored[r]].all() for r in range(rows)])
+    assert (per_problem, per_row) == (5 / 6, 1 / 2)
+
+    def accuracies(problems_a_row):
+        sums = losses.exact_match_sums(jnp.asarray(logits), jnp.asarray(y), jnp.asarray(w), problems_a_row)
+        return losses.exact_match(jax.device_get(sums))
+
+    got = accuracies(P)
+    assert got["sequence_accuracy"] == pytest.approx(per_problem)
+    assert got["packed_sequence_accuracy"] == pytest.approx(per_row)
+    assert got["token_accuracy"] == pytest.approx(11 / 12)
+    one = accuracies(1)  # a task of one problem a row: the two figures are one
+    assert one["sequence_accuracy"] == one["packed_sequence_accuracy"] == pytest.approx(per_row)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from aed_jax import checkpoint
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
@@ -40,7 +41,10 @@ def test_a_resumed_task_run_equals_a_straight_one(tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     est = outcome.estimate
     assert 0.0 <= est["val_token_accuracy"] <= 1.0 and 0.0 <= est["val_sequence_accuracy"] <= est["val_token_accuracy"]
+    assert est["val_packed_sequence_accuracy"] == est["val_sequence_accuracy"]  # mqar: one problem a sequence
     assert est == {**rundir.last_estimate(straight), "step": 6}  # the same estimate, logged in metrics.jsonl
+    best = checkpoint.best_metrics(rundir.best(straight, create=False))  # ranked by its accuracy, then val loss
+    assert set(best) == {"val_loss", "val_token_accuracy"}
     assert not (tmp_path / "straight" / "data.json").read_text().strip("{}\n ")  # no files behind a task
 
 
@@ -88,6 +92,7 @@ def test_evaluate_scores_the_answers_alone_as_numpy_does(tmp_path, capsys):
     np.testing.assert_allclose(got["ce_loss"], ce / answers, rtol=1e-5)
     assert got["token_accuracy"] == pytest.approx(right / answers)
     assert got["sequence_accuracy"] == pytest.approx(rows_right / rows)
+    assert got["packed_sequence_accuracy"] == pytest.approx(rows_right / rows)  # mqar: a sequence is a problem
     assert got["accuracy_loss"] == pytest.approx(1 - right / answers)
     assert got["data"] == "task:mqar"
     # Positions that never hold an answer (the key-value pairs) have no CE by position.

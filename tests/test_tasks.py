@@ -170,6 +170,23 @@ def test_sort_structure():
         np.testing.assert_array_equal(scored, (starts[:, None] + S + np.arange(S)).ravel())
 
 
+@pytest.mark.parametrize("T,S,problems", [(64, 8, 3), (64, 16, 1), (10, 2, 2)])
+def test_sorts_answers_split_into_problems_in_equal_consecutive_shares(T, S, problems):
+    """losses.exact_match_sums takes a row's answers, in order, in problems_per_sequence equal shares as its
+    problems: each share of a sort row is one problem's sorted numbers (one block of 2S + 1 tokens)."""
+    c = task_config("sort", T, 50, sort_length=S)
+    assert tasks.problems_per_sequence(c) == problems
+    for w in draw(c, 20)[1]:
+        shares = np.array_split(np.flatnonzero(w), problems)
+        assert [set(share // (2 * S + 1)) for share in shares] == [{p} for p in range(problems)]
+        assert all(len(share) == S for share in shares)
+
+
+def test_mqar_and_copy_are_one_problem_a_sequence():
+    assert tasks.problems_per_sequence(task_config("mqar", 64, 100)) == 1
+    assert tasks.problems_per_sequence(task_config("copy", 64, 100)) == 1
+
+
 @pytest.mark.parametrize("c", [
     task_config("mqar", 64, 100, num_kv_pairs=16), task_config("copy", 64, 100, copy_length=32),
     task_config("sort", 64, 100, sort_length=32),

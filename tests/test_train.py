@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,37 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
     assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
     assert steps == sorted(steps)
+
+
+@pytest.mark.slow  # four short runs: over 10 s on one core
+def test_estimates_every_est_interval_and_checkpoints_every_save_interval_resume_bitwise(data_dir, tmp_path):
+    """est_interval 2, save_interval 4: estimates at 2, 4, 6, 8, 10, checkpoints at 4, 8 and the last step,
+    best/ among them. A run stopped at 6 and continued, and one resumed from checkpoint 4 with the estimates
+    after it already logged (as a kill leaves it), both end with the straight run's parameters and estimates,
+    each logged once."""
+    config = functools.partial(small_config, data_dir, est_interval=2, save_interval=4, train_steps=10)
+    straight, continued = str(tmp_path / "straight"), str(tmp_path / "continued")
+    train.train_and_evaluate(config(), straight)
+    assert sorted(os.listdir(os.path.join(straight, rundir.CHECKPOINTS)), key=int) == ["4", "8", "10"]
+    assert os.listdir(os.path.join(straight, rundir.BEST))[0] in ("4", "8", "10")
+    losses = lambda workdir: [{k: v for k, v in e.items() if k == "step" or k.endswith("_loss")}
+                              for e in rundir.read_metrics(workdir)[1]]
+    estimates = losses(straight)
+    assert [e["step"] for e in estimates] == [2, 4, 6, 8, 10]
+
+    train.train_and_evaluate(config(train_steps=6), continued)
+    killed = str(tmp_path / "killed")
+    shutil.copytree(straight, killed, ignore=shutil.ignore_patterns(".lock"))
+    for kind in (rundir.CHECKPOINTS, rundir.BEST):
+        for step in ("8", "10"):
+            shutil.rmtree(os.path.join(killed, kind, step), ignore_errors=True)
+    for workdir, start in ((continued, 6), (killed, 4)):
+        assert rundir.resolve_step(workdir)[1] == start
+        train.train_and_evaluate(config(), workdir)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, _params(straight), _params(workdir))
+        assert losses(workdir) == estimates
+        steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        assert steps == sorted(steps) and len(steps) == len(set(steps)) + len(estimates)  # a step once, or twice
 
 
 def test_resumed_writer_drops_what_the_interrupted_run_logged_after_the_checkpoint(tmp_path):

@@ -98,16 +98,18 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     batch = mesh_lib.to_global(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:]})
     micro = memory.pick_micro_batch_size(c, mesh, functools.partial(train.lower_train_step, c, model, optimizer, mesh,
                                                                      abstract))
+    lr = np.float32(c.lr)  # any rate: the program is the same for all
     start = time.perf_counter()
     step = train.compile_train_step(c, model, optimizer, mesh, micro).lower(
-        params, opt_state, batch, jax.random.key(1)).compile()
+        params, opt_state, batch, jax.random.key(1), lr).compile()
     compile_s = time.perf_counter() - start
     step_memory_gib = memory.program_bytes(step) / 2**30
 
     state = {"params": params, "opt_state": opt_state}
 
     def one_step():
-        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
+                                                            jax.random.key(1), lr)
         return metrics
 
     step_s = timed(one_step, repeats=steps)
@@ -160,7 +162,7 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
             batch = next(batches)
             wait_s += time.perf_counter() - t
             state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
-                                                                jax.random.key(i))
+                                                                jax.random.key(i), np.float32(c.lr))
             if pending is not None:
                 jax.device_get(pending)
             pending = metrics

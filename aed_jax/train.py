@@ -43,8 +43,9 @@ class TrainError(errors.UserError):
     """The run cannot go on (bad setup, mismatched checkpoint, NaN loss): one line for the user."""
 
 
-def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, data_sharding):
-    """One optimizer step over `accum_steps` micro-batches: (params, opt_state, metrics).
+def train_step(params, opt_state, batch, rng, lr, *, model, optimizer, accum_steps, data_sharding):
+    """One optimizer step over `accum_steps` micro-batches at learning rate `lr` (the step's, from the
+    schedule: an argument, so that one program serves every schedule): (params, opt_state, metrics).
 
     The global batch [accum * micro, T] is viewed as [micro, accum, T], so each micro-batch keeps
     the batch sharding without moving data; gradients and losses are averaged over micro-batches,
@@ -71,7 +72,7 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
         inputs += (micro_batches(batch["weight"]),)
     (grads, losses), _ = jax.lax.scan(accumulate, zeros, inputs, unroll=accum_steps == 1)
     grads, losses = jax.tree_util.tree_map(lambda a: a / accum_steps, (grads, losses))
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=lr)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": losses["total"], **{k: v for k, v in losses.items() if k != "total"},
                "grad_norm": optax.tree_utils.tree_norm(grads)}
@@ -116,7 +117,8 @@ def lower_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh,
     if tasks.task_name(c.dataset) is not None:
         batch["weight"] = jax.ShapeDtypeStruct((rows, T), jnp.float32, sharding=mesh_lib.batch_sharding(mesh))
     return compile_train_step(c, model, optimizer, mesh, micro_batch_size).lower(
-        abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0),
+        jax.ShapeDtypeStruct((), jnp.float32)).compile()
 
 
 @dataclasses.dataclass
@@ -252,15 +254,15 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     mesh_lib.check_rows("micro_batch_size", micro, mesh)
     step_fn = compile_train_step(c, model, optimizer, mesh, micro)
     evaluator, finite_fn = metrics.Evaluator(c, model, mesh, tokens), jax.jit(_all_finite)
-    dropout_key = jax.random.key(c.random_seed + 1)
+    dropout_key, rate = jax.random.key(c.random_seed + 1), optim.step_learning_rate(c)
     writer, stopper = rundir.MetricsWriter(workdir, start), preemption.Preemption(mesh)
-    shown = progress.Progress(start, c.train_steps, writer, optim.learning_rate(c), c.log_interval, rows * T)
+    shown = progress.Progress(start, c.train_steps, writer, rate, c.log_interval, rows * T)
     outcome, pending = Outcome(start, rundir.last_estimate(workdir)), None
     try:
         with out_of_memory_line("the train step", STEP_REMEDY):  # its error shows where a step's result is read
             for i in range(start, c.train_steps):
                 params, opt_state, step_metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
-                                                          jax.random.fold_in(dropout_key, i))
+                                                          jax.random.fold_in(dropout_key, i), rate(i))
                 state = {"step": state["step"], "params": params, "opt_state": opt_state}
                 stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
                 pending = (i, step_metrics, stopper.vote())

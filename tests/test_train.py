@@ -76,6 +76,72 @@ def test_schedule_matches_the_seed():
         assert float(schedule(i)) == pytest.approx(seed_get_lr(c, i), rel=1e-5, abs=1e-10), i
 
 
+def _lowered_step(c) -> str:
+    """The train step of `c` lowered for its abstract state and batch: the program jax compiles (and
+    the persistent compilation cache keys on)."""
+    model, opt, mesh = model_lib.from_config(c), optim.make_optimizer(c), mesh_lib.make_mesh(c)
+    abstract = train.abstract_state(model, opt, mesh)
+    shape = (c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size)
+    batch = {k: jax.ShapeDtypeStruct(shape, np.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
+    return train.compile_train_step(c, model, opt, mesh).lower(
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0),
+        jax.ShapeDtypeStruct((), np.float32)).as_text()
+
+
+def test_runs_differing_only_in_their_schedule_compile_one_train_step():
+    """The learning rate is the step's argument, not a constant of its program: a sweep over lr, min_lr,
+    warmup_iters and lr_decay_iters (or the schedule switched off) lowers to the same program, so it
+    compiles once and hits the compilation cache; an optimizer constant (beta1) still makes another."""
+    base = small_config("unused")
+    program = _lowered_step(base)
+    for overrides in (dict(lr=1e-2, min_lr=1e-3), dict(warmup_iters=7, lr_decay_iters=100), dict(decay_lr=False)):
+        assert _lowered_step(small_config("unused", **overrides)) == program, overrides
+    assert _lowered_step(small_config("unused", beta1=0.8)) != program
+
+
+def test_the_step_applies_the_rate_it_is_given():
+    """Rate 0 leaves every parameter as it was (AdamW's update and its weight decay both scale by it);
+    a positive rate moves them."""
+    c = small_config("unused")
+    model, opt, mesh = model_lib.from_config(c), optim.make_optimizer(c), mesh_lib.make_mesh(c)
+    x = np.random.default_rng(0).integers(0, VOCAB, (16, 17)).astype(np.int32)
+    step = train.compile_train_step(c, model, opt, mesh)
+    moved = {}
+    for lr in (0.0, 3e-3):
+        params = model_lib.init_params(model, jax.random.key(0))
+        before = jax.device_get(params)
+        after, opt_state, _ = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1),
+                                   np.float32(lr))
+        moved[lr] = [bool((np.asarray(a) != b).any()) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(after)),
+                                                                      jax.tree_util.tree_leaves(before))]
+        assert int(opt_state[-1].count) == 1  # the schedule's step count, kept in the state as optax.adamw keeps it
+    assert not any(moved[0.0]) and any(moved[3e-3])
+
+
+def test_each_step_is_given_the_schedule_rate_of_its_step_and_logs_it(data_dir, tmp_path, monkeypatch):
+    """The rate the trainer passes to step i is optim.learning_rate's at i (warmup, then the cosine),
+    and the lr logged at step i + 1 is that same value, straight or resumed."""
+    given, compile_train_step = [], train.compile_train_step
+
+    def recording(*args, **kwargs):
+        step_fn = compile_train_step(*args, **kwargs)
+
+        def step(params, opt_state, batch, rng, lr):
+            given.append(float(lr))
+            return step_fn(params, opt_state, batch, rng, lr)
+        return step
+    monkeypatch.setattr(train, "compile_train_step", recording)
+    c = small_config(data_dir, train_steps=6, est_interval=3, warmup_iters=2, lr_decay_iters=5)
+    train.train_and_evaluate(small_config(data_dir, train_steps=3, est_interval=3, warmup_iters=2, lr_decay_iters=5),
+                             str(tmp_path))
+    train.train_and_evaluate(c, str(tmp_path))
+    schedule = optim.learning_rate(c)
+    assert given == pytest.approx([float(schedule(i)) for i in range(6)], rel=1e-6)
+    assert given[0] < given[1] == pytest.approx(c.lr) and given[-1] == pytest.approx(c.min_lr)
+    logged = {r["step"]: r["lr"] for r in rundir.read_metrics(str(tmp_path))[0]}
+    assert [logged[i + 1] for i in range(6)] == given
+
+
 def test_weight_decay_only_on_matrices():
     params = {"w": np.ones((3, 4)), "b": np.ones(4), "ln": {"scale": np.ones(4)}, "emb": np.ones((5, 4))}
     assert optim.decay_mask(params) == {"w": True, "b": False, "ln": {"scale": False}, "emb": True}
@@ -314,7 +380,8 @@ def test_micro_batch_size_changes_the_split_not_the_update():
     for micro in (4, 8, 16):
         params = model_lib.init_params(model, jax.random.key(0))
         step = train.compile_train_step(c, model, opt, mesh, micro)
-        params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1))
+        params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1),
+                                  optim.step_learning_rate(c)(0))
         results.append((float(metrics["loss"]), params))
     for loss, params in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6)
@@ -341,7 +408,8 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
             model_lib.init_params(model, jax.random.key(0)))))
     batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
     need = {m: memory.program_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
-        abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0), np.float32(c.lr)).compile())
+        for m in (4, 8)}
     assert need[8] > need[4]
 
     class Device:

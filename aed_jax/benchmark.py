@@ -10,11 +10,8 @@ The step runs on the config's mesh (mesh_data x mesh_fsdp), so per-device memory
 saves; --memory_only compiles the step and reports its memory without running it (a model too big
 to time on this machine still gets its figures).
 
-FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
-    6 * N_matmul + 12 * n_attention * T * D
-N_matmul counts every matmul weight: every Dense kernel plus the tied output layer (V x D);
-embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
-per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
+FLOPs per token are `model.flops_per_token`'s (PaLM's convention), MFU against `mesh.peak_flops`,
+as the trainer's progress line reports them.
 """
 import functools
 import statistics
@@ -34,25 +31,6 @@ from aed_jax import model as model_lib
 from aed_jax import optim
 from aed_jax import prepare
 from aed_jax import train
-
-
-# Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
-    """Training FLOPs per token by the formula in this module's docstring."""
-    flat = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]]
-    matmul = sum(x.size for name, x in flat if name.endswith("['kernel']")) + cfg.alphabet_size * cfg.n_embed
-    # One attention per q/k/v projection; a scanned stack holds its layers' kernels as [L, in, out].
-    n_attention = sum(x.shape[0] if x.ndim == 3 else 1 for name, x in flat
-                      if name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")))
-    return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
-
-
-def peak_flops() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -114,8 +92,8 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
 
     step_s = timed(one_step, repeats=steps)
     tokens_per_s = rows * T / step_s
-    fpt = flops_per_token(params, cfg)
-    peak = peak_flops()
+    fpt = model_lib.flops_per_token(params, cfg)
+    peak = mesh_lib.peak_flops()
     eval_batch = {k: v[: c.batch_size] for k, v in batch.items()}
     eval_fn = jax.jit(lambda p, b: metrics.eval_step(p, b, model=model))
     eval_s = timed(eval_fn, state["params"], eval_batch, repeats=steps)

@@ -1,5 +1,6 @@
 """What a training run shows while it runs: a progress bar (or, in a log file, a line now and then)
-and each step's metrics, timed and logged to metrics.jsonl and TensorBoard every `log_interval` steps."""
+with each step's tokens/s and model FLOP/s (MFU where the device's peak is known), each step's
+metrics, timed and logged to metrics.jsonl and TensorBoard every `log_interval` steps."""
 from __future__ import annotations
 
 import sys
@@ -9,21 +10,30 @@ import jax
 import tqdm
 
 
+def flops_line(flops_per_s: float, peak: float | None) -> str:
+    """Achieved model FLOP/s, and MFU where the devices' peak is known: "41.3 TFLOP/s, MFU 4.2%"."""
+    achieved = f"{flops_per_s / 1e12:,.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:,.2f} GFLOP/s"
+    return achieved + (f", MFU {100 * flops_per_s / peak:.1f}%" if peak else "")
+
+
 class Progress:
     """A tqdm bar on a terminal; in a log file (stderr not a tty), a plain line at most every
     `every_s` seconds instead of a bar's hundreds of carriage-return updates. Process 0 only.
 
     `step` takes a step's fetched metrics: it adds the step's wall time and tokens/s (the time since
     the previous step, or since `restart_clock` after an estimate and a save), updates the bar, and
-    every `log_interval` steps writes them, with the learning rate, through `writer`.
+    every `log_interval` steps writes them, with the learning rate, through `writer`. The bar and the
+    line show the model FLOP/s (`flops_per_token` x tokens/s) and, against `peak` (the FLOP/s of all
+    the devices, None where unknown), the MFU.
     """
 
     def __init__(self, start: int, total: int, writer, schedule, log_interval: int, tokens_per_step: int,
-                 every_s: float = 30.0):
+                 flops_per_token: float, peak: float | None, every_s: float = 30.0):
         self.enabled, self.tty = jax.process_index() == 0, sys.stderr.isatty()
         self.total, self.every_s, self.last_line = total, every_s, time.perf_counter()
         self.writer, self.schedule, self.log_interval, self.tokens_per_step = writer, schedule, log_interval, \
             tokens_per_step
+        self.flops_per_token, self.peak = flops_per_token, peak
         self.bar = tqdm.tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
                              disable=not (self.enabled and self.tty))
         self.restart_clock()
@@ -36,11 +46,14 @@ class Progress:
         now = time.perf_counter()
         metrics.update(step_time_s=now - self.t_last, tokens_per_s=self.tokens_per_step / (now - self.t_last))
         self.t_last = now
+        flops = flops_line(self.flops_per_token * metrics["tokens_per_s"], self.peak)
         self.bar.update(1)
-        self.bar.set_postfix(ce=f"{metrics['ce']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+        self.bar.set_postfix_str(f"ce {metrics['ce']:.3f}, {metrics['tokens_per_s']:,.0f} tok/s, {flops}",
+                                 refresh=False)
         if self.enabled and not self.tty and now - self.last_line >= self.every_s:
             self.last_line = now
-            self.write(f"step {step}/{self.total}: ce {metrics['ce']:.4f}, {metrics['tokens_per_s']:,.0f} tokens/s")
+            self.write(f"step {step}/{self.total}: ce {metrics['ce']:.4f}, {metrics['tokens_per_s']:,.0f} tokens/s, "
+                       f"{flops}")
         if step % self.log_interval == 0:
             self.writer.write(step, {**metrics, "lr": self.schedule(step - 1)})
 

@@ -256,7 +256,9 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     evaluator, finite_fn = metrics.Evaluator(c, model, mesh, tokens), jax.jit(_all_finite)
     dropout_key, rate = jax.random.key(c.random_seed + 1), optim.step_learning_rate(c)
     writer, stopper = rundir.MetricsWriter(workdir, start), preemption.Preemption(mesh)
-    shown = progress.Progress(start, c.train_steps, writer, rate, c.log_interval, rows * T)
+    peak = mesh_lib.peak_flops()
+    shown = progress.Progress(start, c.train_steps, writer, rate, c.log_interval, rows * T,
+                              model_lib.flops_per_token(abstract["params"], model.cfg), peak and peak * mesh.size)
     outcome, pending = Outcome(start, rundir.last_estimate(workdir)), None
     try:
         with out_of_memory_line("the train step", STEP_REMEDY):  # its error shows where a step's result is read

@@ -19,6 +19,7 @@ from aed_jax import memory
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import progress
 from aed_jax import rundir
 from aed_jax import train
 
@@ -176,6 +177,32 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
     assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
     assert steps == sorted(steps)
+
+
+class _Writer:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, step, metrics):
+        self.rows.append((step, metrics))
+
+
+@pytest.mark.parametrize("peak,shown", [(None, r", \d+\.\d\d GFLOP/s$"), (1e12, r", \d+\.\d\d GFLOP/s, MFU \d+\.\d%$")])
+def test_the_progress_line_shows_model_flops_and_mfu_where_the_peak_is_known(capsys, peak, shown):
+    """FLOP/s = the model's FLOPs per token x tokens/s: GFLOP/s on CPU, where no peak is known; with a
+    peak, the MFU too."""
+    writer = _Writer()
+    shown_by = progress.Progress(0, 10, writer, lambda i: 0.1, 1, tokens_per_step=1000, flops_per_token=1.0,
+                                 peak=peak, every_s=0.0)
+    shown_by.step(1, {"ce": 2.0})
+    shown_by.close()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("step 1/10: ce 2.0000, ") and re.search(shown, line), line
+    tokens_per_s = writer.rows[0][1]["tokens_per_s"]
+    gflops = float(re.search(r"([\d.,]+) GFLOP/s", line).group(1).replace(",", ""))
+    assert gflops == pytest.approx(tokens_per_s / 1e9, abs=0.01)
+    if peak:
+        assert float(line.split("MFU ")[1][:-1]) == pytest.approx(100 * tokens_per_s / peak, abs=0.1)
 
 
 def test_resumed_writer_drops_what_the_interrupted_run_logged_after_the_checkpoint(tmp_path):

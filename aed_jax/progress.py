@@ -1,13 +1,74 @@
 """What a training run shows while it runs: a progress bar (or, in a log file, a line now and then)
 with each step's tokens/s and model FLOP/s (MFU where the device's peak is known), each step's
-metrics, timed and logged to metrics.jsonl and TensorBoard every `log_interval` steps."""
+metrics, timed and logged to metrics.jsonl and TensorBoard every `log_interval` steps, and where the
+run's time goes (`Phases`)."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import jax
 import tqdm
+
+# jax's monitoring events of a program's tracing, lowering and XLA compilation (or load from the
+# persistent cache): one after another, and the tracing of a jit inside a jit is not an event of its own.
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+PHASES = {"startup": "start-up", "setup": "set-up", "compile": "compiling", "steps": "steps",
+          "estimates": "estimates", "saves": "saves"}  # metrics.jsonl's time_<key>_s: the closing line's words
+_compile_seconds: dict[int, float] = {}  # thread id -> seconds it spent compiling since the listener began
+_listening = False
+
+
+def _on_duration(event: str, seconds: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        thread = threading.get_ident()
+        _compile_seconds[thread] = _compile_seconds.get(thread, 0.0) + seconds
+
+
+def _listen() -> None:
+    """Registers the compilation listener once per process (jax keeps its listeners for good)."""
+    global _listening
+    if not _listening:
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        _listening = True
+
+
+class Phases:
+    """Where a run's wall time goes: start-up (`started`, the process's start, to the trainer's entry;
+    absent when not given), set-up, compiling, steps, estimates and saves.
+
+    Each moment belongs to the phase last `enter`ed, except the time jax spends compiling on this
+    thread (tracing, lowering, XLA), which is "compile" wherever it falls: the train step's first
+    call, the estimate's, the initialisation's. So the phases sum to the run's wall time, and a
+    phase's figure is what it would cost with every program already compiled.
+    """
+
+    def __init__(self, started: float | None = None):
+        _listen()
+        self.thread, entered = threading.get_ident(), time.time()
+        self.seconds = {"startup": entered - started} if started is not None else {}
+        self.seconds.update(dict.fromkeys(list(PHASES)[1:], 0.0))
+        self.phase, self.since, self.compiled = "setup", time.perf_counter(), _compile_seconds.get(self.thread, 0.0)
+
+    def enter(self, phase: str) -> None:
+        """The time since the last `enter` goes to the phase it entered (less its compilation); `phase` begins."""
+        now, compiled = time.perf_counter(), _compile_seconds.get(self.thread, 0.0)
+        self.seconds["compile"] += compiled - self.compiled
+        self.seconds[self.phase] += now - self.since - (compiled - self.compiled)
+        self.phase, self.since, self.compiled = phase, now, compiled
+
+    def record(self) -> dict:
+        """{"time_<phase>_s": seconds} up to now, and "time_total_s", their sum: metrics.jsonl's phase line."""
+        self.enter(self.phase)
+        return {**{f"time_{k}_s": v for k, v in self.seconds.items()}, "time_total_s": sum(self.seconds.values())}
+
+
+def phases_line(record: dict) -> str:
+    """`Phases.record`'s figures in words, for main's closing line: "41 s: 9 s set-up, 8 s compiling, ..."."""
+    parts = [f"{record[f'time_{k}_s']:.0f} s {words}" for k, words in PHASES.items() if f"time_{k}_s" in record]
+    return f"{record['time_total_s']:.0f} s: " + ", ".join(parts)
 
 
 def flops_line(flops_per_s: float, peak: float | None) -> str:

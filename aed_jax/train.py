@@ -129,6 +129,7 @@ class Outcome:
     stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run
     signalled_after: str | None = None  # a signal that came once the last step was done: the run is complete
     already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
+    times: dict = dataclasses.field(default_factory=dict)  # progress.Phases.record: where the time went; {} untrained
 
 
 # What to make smaller when a program of the run does not fit (host or device memory), for its line.
@@ -157,8 +158,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
-    """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False,
+                       started: float | None = None) -> Outcome:
+    """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one.
+    `started` (time.time() when the process began; main's) adds the start-up to the run's phase times."""
+    phases = progress.Phases(started)
     config_lib.validate(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
@@ -176,7 +180,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
                 prepare.ensure_data(c)  # the built-in corpus, prepared on first use
         if jax.process_count() > 1:  # the workdir is clean and the data there before anyone reads them
             multihost_utils.sync_global_devices("workdir and data ready")
-        return _train(c, workdir, mesh)
+        return _train(c, workdir, mesh, phases)
 
 
 def _last_good(saves) -> str:
@@ -215,8 +219,9 @@ def _record(pending: tuple, shown: progress.Progress, stopper: preemption.Preemp
     return stopper.agreed(vote)
 
 
-def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
-    """The run's setup (data, the same-run check, the state restored or made), then its loop."""
+def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progress.Phases) -> Outcome:
+    """The run's setup (data, the same-run check, the state restored or made), then its loop, timed by
+    `phases` and logged at the last step as a metrics.jsonl line of its own (`Phases.record`)."""
     T, rows = c.model_config.context_size, c.batch_size * c.gradient_accumulation_steps
     logging.info("mesh: data %d x fsdp %d", mesh.shape["data"], mesh.shape["fsdp"])
     task = tasks.task_name(c.dataset)
@@ -260,6 +265,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     shown = progress.Progress(start, c.train_steps, writer, rate, c.log_interval, rows * T,
                               model_lib.flops_per_token(abstract["params"], model.cfg), peak and peak * mesh.size)
     outcome, pending = Outcome(start, rundir.last_estimate(workdir)), None
+    phases.enter("steps")
     try:
         with out_of_memory_line("the train step", STEP_REMEDY):  # its error shows where a step's result is read
             for i in range(start, c.train_steps):
@@ -277,6 +283,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                     raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
                                      f"{_last_good(saves)}")
                 if boundary:
+                    phases.enter("estimates")
                     with out_of_memory_line("the estimate", ESTIMATE_REMEDY):
                         est = evaluator(state["params"], i + 1)
                     if not np.isfinite(est["val_loss"]):
@@ -285,13 +292,17 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                     writer.write(i + 1, est)
                     outcome.estimate = {**est, "step": i + 1}
                     shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
+                phases.enter("saves")
                 _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
+                phases.enter("steps")
                 outcome.step = i + 1
                 if stop:
                     logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
                     outcome.stopped_by = stopper.reason
                     break
                 shown.restart_clock()
+        outcome.times = phases.record()
+        writer.write(outcome.step, outcome.times)
     finally:
         try:
             shown.close()

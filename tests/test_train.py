@@ -175,8 +175,48 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     assert all(type(x) is np.ndarray for x in jax.tree_util.tree_leaves(a))  # host arrays: any topology loads them
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
+    assert steps.count(5) == 1 and steps.count(8) == 3  # step 8: one training line, one estimate, the phase times
     assert steps == sorted(steps)
+
+
+def _phase_lines(workdir):
+    return [row for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if "time_total_s" in row]
+
+
+def test_phase_times_are_logged_once_a_run_and_add_up_to_its_wall_time(data_dir, tmp_path):
+    """Each run (each process of a resumed one) logs one line at its last step with where its time went:
+    non-negative phases that sum to its total, which is within the wall time the caller saw; with
+    `started` (main's process start), the time before the trainer's entry is its start-up. The lines
+    are neither training lines nor estimates to metrics.jsonl's readers."""
+    workdir = str(tmp_path)
+    wall = time.perf_counter()
+    outcome = train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
+    wall = time.perf_counter() - wall
+    started = time.time() - 5.0
+    resumed = train.train_and_evaluate(small_config(data_dir, train_steps=6, est_interval=2), workdir, started=started)
+    first, second = _phase_lines(workdir)
+    assert (first["step"], second["step"]) == (4, 6)
+    assert set(first) == {"step", "time_setup_s", "time_compile_s", "time_steps_s", "time_estimates_s",
+                          "time_saves_s", "time_total_s"}
+    assert set(second) == set(first) | {"time_startup_s"} and second["time_startup_s"] >= 5.0
+    for row in (first, second):
+        phases = [v for k, v in row.items() if k not in ("step", "time_total_s")]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(row["time_total_s"])
+    assert first["time_total_s"] <= wall
+    assert first["time_compile_s"] > 0  # the train step's and the estimate's first calls
+    assert outcome.times == {k: v for k, v in first.items() if k != "step"}
+    assert resumed.times == {k: v for k, v in second.items() if k != "step"}
+    train_rows, estimates = rundir.read_metrics(workdir)
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6] and [r["step"] for r in estimates] == [2, 4, 6]
+
+
+def test_the_closing_line_says_where_the_time_went():
+    record = {"time_startup_s": 2.6, "time_setup_s": 9.2, "time_compile_s": 8.0, "time_steps_s": 20.4,
+              "time_estimates_s": 3.0, "time_saves_s": 0.6, "time_total_s": 43.8}
+    assert progress.phases_line(record) == ("44 s: 3 s start-up, 9 s set-up, 8 s compiling, 20 s steps, 3 s estimates, "
+                                            "1 s saves")
+    del record["time_startup_s"]
+    assert progress.phases_line(record).startswith("44 s: 9 s set-up, ")
 
 
 class _Writer:

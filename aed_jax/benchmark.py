@@ -10,11 +10,9 @@ The step runs on the config's mesh (mesh_data x mesh_fsdp), so per-device memory
 saves; --memory_only compiles the step and reports its memory without running it (a model too big
 to time on this machine still gets its figures).
 
-FLOPs per token of a training step (forward + backward = 3 x forward), PaLM's convention:
-    6 * N_matmul + 12 * n_attention * T * D
-N_matmul counts every matmul weight: every Dense kernel plus the tied output layer (V x D);
-embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
-per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
+FLOPs per token are `model.flops_per_token`'s (PaLM's convention), as the trainer's progress line
+reports them; MFU against `mesh.peak_flops` (a data sheet's) where the device is known, else against
+a matmul peak measured here (`device_peak`).
 """
 import functools
 import statistics
@@ -35,26 +33,6 @@ from aed_jax import optim
 from aed_jax import prepare
 from aed_jax import tasks
 from aed_jax import train
-
-
-# Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-def flops_per_token(params, cfg: model_lib.ModelConfig) -> float:
-    """Training FLOPs per token by the formula in this module's docstring."""
-    flat = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]]
-    matmul = sum(x.size for name, x in flat if name.endswith("['kernel']")) + cfg.alphabet_size * cfg.n_embed
-    # One attention per q/k/v projection; a scanned stack holds its layers' kernels as [L, in, out].
-    n_attention = sum(x.shape[0] if x.ndim == 3 else 1 for name, x in flat
-                      if name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")))
-    return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
-
-
-def peak_flops() -> float | None:
-    """The data sheet's dense bf16 peak of one device of this kind, None for a kind not in PEAK_BF16."""
-    kind = jax.devices()[0].device_kind
-    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
 
 
 # Matmul sizes that keep a device's matmul units busy: 2048 fills two CPU cores (~0.2 s a product in
@@ -84,9 +62,9 @@ def matmul_peak(dtype, n: int | None = None, repeats: int = 3, clock=time.perf_c
 
 
 def device_peak(dtype) -> tuple[float, str]:
-    """(peak FLOP/s of all the devices, "spec" or "measured"): the data sheet's where PEAK_BF16 knows
+    """(peak FLOP/s of all the devices, "spec" or "measured"): the data sheet's where mesh.PEAK_BF16 knows
     the device, else `matmul_peak` in the compute `dtype` (times the processes, each timing its own)."""
-    spec = peak_flops()
+    spec = mesh_lib.peak_flops()
     if spec is not None:
         return spec * jax.device_count(), "spec"
     return matmul_peak(dtype) * jax.process_count(), "measured"
@@ -140,6 +118,7 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
         host_batch = tasks.make_batch(c, rng, rows)
     batch = mesh_lib.to_global(mesh, host_batch)
     lower = functools.partial(train.lower_train_step, c, model, optimizer, mesh, abstract)
+    lr = np.float32(c.lr)  # any rate: the program is the same for all
     start = time.perf_counter()
     micro, step = memory.size_micro_batch(c, mesh, lower)
     if step is None:  # sizing compiled nothing (a CPU, or micro_batch_size set)
@@ -147,12 +126,13 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
     compile_s = time.perf_counter() - start
 
     def one_step():
-        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
+                                                            jax.random.key(1), lr)
         return metrics
 
     step_s = timed(one_step, repeats=steps)
     tokens_per_s = rows * T / step_s
-    fpt = flops_per_token(state["params"], cfg)
+    fpt = model_lib.flops_per_token(state["params"], cfg)
     peak, peak_source = device_peak(jnp.dtype(cfg.dtype))
     state = {"params": state["params"], "opt_state": state["opt_state"]}
     out = {
@@ -202,7 +182,7 @@ def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:
             batch = next(batches)
             wait_s += time.perf_counter() - t
             state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch,
-                                                                jax.random.key(i))
+                                                                jax.random.key(i), np.float32(c.lr))
             if pending is not None:
                 jax.device_get(pending)
             pending = metrics

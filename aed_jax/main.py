@@ -10,7 +10,10 @@ import os
 import signal
 import sys
 import threading
+import time
 import typing
+
+STARTED = time.time()  # the process's start, near enough (before jax loads): its start-up phase begins here
 
 
 def _stopped(signum, _):
@@ -98,7 +101,7 @@ def main(argv):
     logging.info("devices: %d x %s (%d processes); workdir %s", jax.device_count(), jax.devices()[0].device_kind,
                  jax.process_count(), workdir)
     try:
-        outcome = train.train_and_evaluate(c, workdir, fresh=fv.fresh)
+        outcome = train.train_and_evaluate(c, workdir, fresh=fv.fresh, started=STARTED)
     except OSError as e:  # writing the run folder (metrics.jsonl, TensorBoard, config.json): its last checkpoint stays
         cli.fail(errors.write_failed(e, e.filename or workdir, "run the same command to resume"))
     except Exception as e:
@@ -119,7 +122,7 @@ def main(argv):
 
 
 def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
-    from aed_jax import decoding, rundir
+    from aed_jax import decoding, progress, rundir
     est = outcome.estimate
     accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
                   "problem" if "val_token_accuracy" in est else "")
@@ -134,7 +137,7 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
               f"Checkpoints in {os.path.join(workdir, rundir.CHECKPOINTS)}, the best in {os.path.join(workdir, rundir.BEST)}. "
               "Raise --config.train_steps to train on, or pass --fresh to start over")
         return
-    print(f"final: {losses} ({workdir})")
+    print(f"final: {losses}, in {progress.phases_line(outcome.times)} ({workdir})")
     if sample_tokens:
         try:
             print_continuations(workdir, prompt, sample_tokens)

@@ -28,8 +28,19 @@ AXES = ("data", "fsdp")
 MIN_SHARDED_SIZE = 2**12  # elements: smaller arrays (LayerNorm scales, biases) are replicated
 
 
+# Dense bf16 peak FLOP/s per device (SXM parts, from the vendors' data sheets).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
 class MeshError(config_lib.ConfigError):
     """A mesh the devices or the batch cannot have: one line naming the key."""
+
+
+def peak_flops() -> float | None:
+    """One device's known bf16 peak FLOP/s, the denominator of MFU (bench, the progress line); None where
+    none is known (CPU, another accelerator)."""
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
 
 
 def axis_sizes(c: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int]:

@@ -576,6 +576,23 @@ def count_params(params, exclude_positional: bool = True) -> int:
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
 
+def flops_per_token(params, cfg: ModelConfig) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward), PaLM's convention, for MFU (the
+    trainer's progress line, `bench`): 6 * N_matmul + 12 * n_attention * T * D.
+
+    N_matmul counts every matmul weight: every Dense kernel plus the tied output layer (V x D);
+    embedding lookups are not matmuls. Each attention (self- or cross-) costs 2 * T * D multiply-adds
+    per token for q.k and again for p.v, counted over the full window (not halved for the causal mask).
+    `params` may be abstract (shapes only).
+    """
+    flat = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]]
+    matmul = sum(x.size for name, x in flat if name.endswith("['kernel']")) + cfg.alphabet_size * cfg.n_embed
+    # One attention per q/k/v projection; a scanned stack holds its layers' kernels as [L, in, out].
+    n_attention = sum(x.shape[0] if x.ndim == 3 else 1 for name, x in flat
+                      if name.endswith(("['batch_attn_weights']['kernel']", "['k_v_weights']['kernel']")))
+    return 6.0 * matmul + 12.0 * n_attention * cfg.context_size * cfg.n_embed
+
+
 def unstack_layers(params):
     """Parameters of a `scan_layers` model in the per-layer layout (`<stack>_<i>`) of the reference
     and of the unscanned model; other parameters pass through unchanged."""

@@ -43,8 +43,9 @@ class TrainError(errors.UserError):
     """The run cannot go on (bad setup, mismatched checkpoint, NaN loss): one line for the user."""
 
 
-def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, data_sharding):
-    """One optimizer step over `accum_steps` micro-batches: (params, opt_state, metrics).
+def train_step(params, opt_state, batch, rng, lr, *, model, optimizer, accum_steps, data_sharding):
+    """One optimizer step over `accum_steps` micro-batches at learning rate `lr` (the step's, from the
+    schedule: an argument, so that one program serves every schedule): (params, opt_state, metrics).
 
     The global batch [accum * micro, T] is viewed as [micro, accum, T], so each micro-batch keeps
     the batch sharding without moving data; gradients and losses are averaged over micro-batches,
@@ -71,7 +72,7 @@ def train_step(params, opt_state, batch, rng, *, model, optimizer, accum_steps, 
         inputs += (micro_batches(batch["weight"]),)
     (grads, losses), _ = jax.lax.scan(accumulate, zeros, inputs, unroll=accum_steps == 1)
     grads, losses = jax.tree_util.tree_map(lambda a: a / accum_steps, (grads, losses))
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=lr)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": losses["total"], **{k: v for k, v in losses.items() if k != "total"},
                "grad_norm": optax.tree_utils.tree_norm(grads)}
@@ -116,7 +117,8 @@ def lower_train_step(c: ml_collections.ConfigDict, model, optimizer, mesh: Mesh,
     if tasks.task_name(c.dataset) is not None:
         batch["weight"] = jax.ShapeDtypeStruct((rows, T), jnp.float32, sharding=mesh_lib.batch_sharding(mesh))
     return compile_train_step(c, model, optimizer, mesh, micro_batch_size).lower(
-        abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0),
+        jax.ShapeDtypeStruct((), jnp.float32)).compile()
 
 
 @dataclasses.dataclass
@@ -127,6 +129,7 @@ class Outcome:
     stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run
     signalled_after: str | None = None  # a signal that came once the last step was done: the run is complete
     already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
+    times: dict = dataclasses.field(default_factory=dict)  # progress.Phases.record: where the time went; {} untrained
 
 
 # What to make smaller when a program of the run does not fit (host or device memory), for its line.
@@ -155,8 +158,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> Outcome:
-    """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one."""
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool = False,
+                       started: float | None = None) -> Outcome:
+    """Trains `c` in `workdir`, holding its lock, from its newest intact checkpoint if it has one.
+    `started` (time.time() when the process began; main's) adds the start-up to the run's phase times."""
+    phases = progress.Phases(started)
     config_lib.validate(c)
     mesh = mesh_lib.make_mesh(c)
     mesh_lib.check_rows("batch_size", c.batch_size, mesh)
@@ -174,7 +180,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
                 prepare.ensure_data(c)  # the built-in corpus, prepared on first use
         if jax.process_count() > 1:  # the workdir is clean and the data there before anyone reads them
             multihost_utils.sync_global_devices("workdir and data ready")
-        return _train(c, workdir, mesh)
+        return _train(c, workdir, mesh, phases)
 
 
 def _last_good(saves) -> str:
@@ -213,8 +219,9 @@ def _record(pending: tuple, shown: progress.Progress, stopper: preemption.Preemp
     return stopper.agreed(vote)
 
 
-def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
-    """The run's setup (data, the same-run check, the state restored or made), then its loop."""
+def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progress.Phases) -> Outcome:
+    """The run's setup (data, the same-run check, the state restored or made), then its loop, timed by
+    `phases` and logged at the last step as a metrics.jsonl line of its own (`Phases.record`)."""
     T, rows = c.model_config.context_size, c.batch_size * c.gradient_accumulation_steps
     logging.info("mesh: data %d x fsdp %d", mesh.shape["data"], mesh.shape["fsdp"])
     task = tasks.task_name(c.dataset)
@@ -252,15 +259,18 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
     mesh_lib.check_rows("micro_batch_size", micro, mesh)
     step_fn = compile_train_step(c, model, optimizer, mesh, micro)
     evaluator, finite_fn = metrics.Evaluator(c, model, mesh, tokens), jax.jit(_all_finite)
-    dropout_key = jax.random.key(c.random_seed + 1)
+    dropout_key, rate = jax.random.key(c.random_seed + 1), optim.step_learning_rate(c)
     writer, stopper = rundir.MetricsWriter(workdir, start), preemption.Preemption(mesh)
-    shown = progress.Progress(start, c.train_steps, writer, optim.learning_rate(c), c.log_interval, rows * T)
+    peak = mesh_lib.peak_flops()
+    shown = progress.Progress(start, c.train_steps, writer, rate, c.log_interval, rows * T,
+                              model_lib.flops_per_token(abstract["params"], model.cfg), peak and peak * mesh.size)
     outcome, pending = Outcome(start, rundir.last_estimate(workdir)), None
+    phases.enter("steps")
     try:
         with out_of_memory_line("the train step", STEP_REMEDY):  # its error shows where a step's result is read
             for i in range(start, c.train_steps):
                 params, opt_state, step_metrics = step_fn(state["params"], state["opt_state"], next(train_iter),
-                                                          jax.random.fold_in(dropout_key, i))
+                                                          jax.random.fold_in(dropout_key, i), rate(i))
                 state = {"step": state["step"], "params": params, "opt_state": opt_state}
                 stop = _record(pending, shown, stopper, saves) if pending is not None else stopper.agreed(None)
                 pending = (i, step_metrics, stopper.vote())
@@ -274,6 +284,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                     raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
                                      f"{_last_good(saves)}")
                 if boundary:
+                    phases.enter("estimates")
                     with out_of_memory_line("the estimate", ESTIMATE_REMEDY):
                         est = evaluator(state["params"], i + 1)
                     if not np.isfinite(est["val_loss"]):
@@ -283,13 +294,17 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> Outcome:
                     outcome.estimate = {**est, "step": i + 1}
                     shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
                 if save_now or stop:  # best/ is chosen among the checkpoints' estimates (config: save_interval)
+                    phases.enter("saves")
                     _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
+                    phases.enter("steps")
                     outcome.step = i + 1
                 if stop:
                     logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
                     outcome.stopped_by = stopper.reason
                     break
                 shown.restart_clock()
+        outcome.times = phases.record()
+        writer.write(outcome.step, outcome.times)
     finally:
         try:
             shown.close()

@@ -70,7 +70,8 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
     carry = {"params": jax.tree_util.tree_map(jnp.copy, params), "opt_state": jax.tree_util.tree_map(jnp.copy, opt_state)}
 
     def one_step():  # the step donates its state: carry it from call to call, as the trainer does
-        carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch, jax.random.key(1))
+        carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch, jax.random.key(1),
+                                                            np.float32(c.lr))
         return metrics
 
     out["step"] = benchmark.timed(one_step, repeats=repeats)
@@ -121,7 +122,7 @@ def profile(c, micro: int, repeats: int) -> dict[str, float]:
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
 
     def adamw(p, s, g):
-        updates, s = optimizer.update(g, s, p)
+        updates, s = optimizer.update(g, s, p, learning_rate=np.float32(c.lr))
         return optax.apply_updates(p, updates), s
 
     out["AdamW"] = benchmark.timed(jax.jit(adamw), params, opt_state, grads, repeats=repeats)
@@ -141,7 +142,7 @@ def thunks(c, micro: int, repeats: int) -> tuple[list[tuple[str, float, int]], f
     """([(operation, ms per step, thunks per step)] by time, minor page faults per step) of one
     `micro`-sequence micro-batch's train step, from a jax.profiler trace (module docstring)."""
     _, _, state, _, batch, step = _micro_batch_step(c, micro)
-    step = step.lower(state["params"], state["opt_state"], batch, jax.random.key(1)).compile()
+    step = step.lower(state["params"], state["opt_state"], batch, jax.random.key(1), np.float32(c.lr)).compile()
     origin = {}  # HLO instruction -> the model operation it came from, layer numbers dropped
     for line in step.as_text().splitlines():
         if (name := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)):
@@ -152,7 +153,7 @@ def thunks(c, micro: int, repeats: int) -> tuple[list[tuple[str, float, int]], f
     def run(n):
         for _ in range(n):
             carry["params"], carry["opt_state"], metrics = step(carry["params"], carry["opt_state"], batch,
-                                                                jax.random.key(1))
+                                                                jax.random.key(1), np.float32(c.lr))
             jax.block_until_ready(metrics)
 
     run(2)

@@ -18,6 +18,7 @@ from aed_jax import bench
 from aed_jax import benchmark
 from aed_jax import config as config_lib
 from aed_jax import memory
+from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from experiments import lease
 
@@ -28,16 +29,16 @@ def test_flops_per_token_matches_the_hand_count():
     D, L, T, V = 32, 3, 16, 100
     cfg = model_lib.ModelConfig(model_type="baseline", alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(cfg), jax.random.key(0)))
-    assert benchmark.flops_per_token(params, cfg) == 6 * (L * 12 * D * D + V * D) + 12 * L * T * D
+    assert model_lib.flops_per_token(params, cfg) == 6 * (L * 12 * D * D + V * D) + 12 * L * T * D
     aed = model_lib.ModelConfig(alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(aed), jax.random.key(0)))
     # Encoder blocks 12 D^2, decoder blocks 16 D^2 (cross-attention q, k, v, out), the bridge D^2;
     # attention in L encoder blocks and 2 L decoder attentions.
     expected = 6 * (L * 12 * D * D + L * 16 * D * D + D * D + V * D) + 12 * 3 * L * T * D
-    assert benchmark.flops_per_token(params, aed) == expected
+    assert model_lib.flops_per_token(params, aed) == expected
     scanned = dataclasses.replace(aed, scan_layers=True)
     params = jax.eval_shape(lambda: model_lib.init_params(model_lib.make_model(scanned), jax.random.key(0)))
-    assert benchmark.flops_per_token(params, scanned) == expected
+    assert model_lib.flops_per_token(params, scanned) == expected
 
 
 @pytest.mark.slow  # over 10 s on one core: the quick step stays within its budget
@@ -146,7 +147,7 @@ def test_peak_table(kind, peak, monkeypatch):
     class Device:
         device_kind = kind
     monkeypatch.setattr(jax, "devices", lambda: [Device()])
-    assert benchmark.peak_flops() == peak
+    assert mesh_lib.peak_flops() == peak
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     assert benchmark.device_peak(np.dtype("float32")) == (8 * peak, "spec")  # the data sheet's, never measured
 

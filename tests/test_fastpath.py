@@ -168,13 +168,13 @@ def _train_losses(dtype: str, steps: int = 50, ce_chunk_tokens: int = 0):
     model, opt = model_lib.from_config(c), train.optim.make_optimizer(c)
     step = train.compile_train_step(c, model, opt, mesh_lib.make_mesh(c))
     params = model_lib.init_params(model, jax.random.key(0))
-    opt_state = opt.init(params)
+    opt_state, rate = opt.init(params), train.optim.step_learning_rate(c)
     rng = np.random.default_rng(0)
     start = rng.integers(0, 97, (steps, 16, 1))
     seqs = (start + 5 * np.arange(13)[None, None]) % 97  # a learnable arithmetic progression
     for i in range(steps):
         batch = {"x": jnp.asarray(seqs[i, :, :-1], jnp.int32), "y": jnp.asarray(seqs[i, :, 1:], jnp.int32)}
-        params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(i))
+        params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(i), rate(i))
     return float(metrics["ce"])
 
 

@@ -46,7 +46,7 @@ def setup(c):
     return model, optimizer, state, step
 
 
-def unmasked_step(params, opt_state, b, rng, *, model, optimizer, accum_steps):
+def unmasked_step(params, opt_state, b, rng, lr, *, model, optimizer, accum_steps):
     """The step as it was before masks existed: the model called without any weights argument."""
     def loss_fn(p, x, y, key):
         _, l = model.apply({"params": p}, x, y, train=True, rngs={"dropout": key})
@@ -63,7 +63,7 @@ def unmasked_step(params, opt_state, b, rng, *, model, optimizer, accum_steps):
     (g, l), _ = jax.lax.scan(acc, zeros, (micro(b["x"]), micro(b["y"]), jax.random.split(rng, accum_steps)),
                              unroll=accum_steps == 1)
     g, l = jax.tree_util.tree_map(lambda a: a / accum_steps, (g, l))
-    updates, opt_state = optimizer.update(g, opt_state, params)
+    updates, opt_state = optimizer.update(g, opt_state, params, learning_rate=lr)
     return optax.apply_updates(params, updates), l["total"]
 
 
@@ -72,10 +72,10 @@ def unmasked_step(params, opt_state, b, rng, *, model, optimizer, accum_steps):
 def test_without_a_mask_the_step_is_bit_identical_to_the_unmasked_program(model_type, chunk):
     c = small_config(model_type, chunk)
     model, optimizer, state, step = setup(c)
-    b, rng = batch(), jax.random.key(3)
+    b, rng, lr = batch(), jax.random.key(3), optim.step_learning_rate(c)(0)
     ref_params, ref_loss = jax.jit(functools.partial(unmasked_step, model=model, optimizer=optimizer, accum_steps=2))(
-        state["params"], state["opt_state"], b, rng)
-    params, _, metrics = step(state["params"], state["opt_state"], b, rng)
+        state["params"], state["opt_state"], b, rng, lr)
+    params, _, metrics = step(state["params"], state["opt_state"], b, rng, lr)
     assert float(metrics["loss"]) == float(ref_loss)
     for a, r in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(r))
@@ -104,8 +104,9 @@ def test_targets_outside_the_mask_change_neither_loss_nor_update():
     other = dict(b, y=np.where(b["weight"] > 0, b["y"], (b["y"] + 7) % V).astype(np.int32))
     assert (other["y"] != b["y"]).any()
     fresh = lambda: jax.tree_util.tree_map(jnp.array, (state["params"], state["opt_state"]))  # the step donates
-    p1, _, m1 = step(*fresh(), b, jax.random.key(0))
-    p2, _, m2 = step(*fresh(), other, jax.random.key(0))
+    lr = optim.step_learning_rate(c)(0)
+    p1, _, m1 = step(*fresh(), b, jax.random.key(0), lr)
+    p2, _, m2 = step(*fresh(), other, jax.random.key(0), lr)
     assert float(m1["ce"]) == float(m2["ce"])
     for a, r in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(r))

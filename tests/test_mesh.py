@@ -47,7 +47,8 @@ EIGHT_DEVICES = textwrap.dedent("""
             state = jax.device_put(state0, shardings)
             batch = mesh_lib.to_global(mesh, {"x": x[:, :-1], "y": x[:, 1:]})
             step = train.compile_train_step(c, model, opt, mesh)
-            params, opt_state, metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1))
+            params, opt_state, metrics = step(state["params"], state["opt_state"], batch, jax.random.key(1),
+                                              optim.step_learning_rate(c)(0))
             sharded = [a for a in jax.tree_util.tree_leaves((params, opt_state))
                        if a.sharding.shard_shape(a.shape) != a.shape]
             results[f"{data}x{fsdp}"] = {

@@ -40,8 +40,8 @@ def _poison_update_at(monkeypatch, start, bad_step):
     def compile_poisoned(*args, **kwargs):
         step_fn, calls = compile_train_step(*args, **kwargs), []
 
-        def step(params, opt_state, batch, rng):
-            params, opt_state, metrics = step_fn(params, opt_state, batch, rng)
+        def step(params, opt_state, batch, rng, lr):
+            params, opt_state, metrics = step_fn(params, opt_state, batch, rng, lr)
             calls.append(1)
             if start + len(calls) == bad_step:
                 params = jax.tree_util.tree_map(lambda p: p * np.nan, params)

@@ -20,6 +20,7 @@ from aed_jax import memory
 from aed_jax import mesh as mesh_lib
 from aed_jax import model as model_lib
 from aed_jax import optim
+from aed_jax import progress
 from aed_jax import rundir
 from aed_jax import train
 
@@ -77,6 +78,72 @@ def test_schedule_matches_the_seed():
         assert float(schedule(i)) == pytest.approx(seed_get_lr(c, i), rel=1e-5, abs=1e-10), i
 
 
+def _lowered_step(c) -> str:
+    """The train step of `c` lowered for its abstract state and batch: the program jax compiles (and
+    the persistent compilation cache keys on)."""
+    model, opt, mesh = model_lib.from_config(c), optim.make_optimizer(c), mesh_lib.make_mesh(c)
+    abstract = train.abstract_state(model, opt, mesh)
+    shape = (c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size)
+    batch = {k: jax.ShapeDtypeStruct(shape, np.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
+    return train.compile_train_step(c, model, opt, mesh).lower(
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0),
+        jax.ShapeDtypeStruct((), np.float32)).as_text()
+
+
+def test_runs_differing_only_in_their_schedule_compile_one_train_step():
+    """The learning rate is the step's argument, not a constant of its program: a sweep over lr, min_lr,
+    warmup_iters and lr_decay_iters (or the schedule switched off) lowers to the same program, so it
+    compiles once and hits the compilation cache; an optimizer constant (beta1) still makes another."""
+    base = small_config("unused")
+    program = _lowered_step(base)
+    for overrides in (dict(lr=1e-2, min_lr=1e-3), dict(warmup_iters=7, lr_decay_iters=100), dict(decay_lr=False)):
+        assert _lowered_step(small_config("unused", **overrides)) == program, overrides
+    assert _lowered_step(small_config("unused", beta1=0.8)) != program
+
+
+def test_the_step_applies_the_rate_it_is_given():
+    """Rate 0 leaves every parameter as it was (AdamW's update and its weight decay both scale by it);
+    a positive rate moves them."""
+    c = small_config("unused")
+    model, opt, mesh = model_lib.from_config(c), optim.make_optimizer(c), mesh_lib.make_mesh(c)
+    x = np.random.default_rng(0).integers(0, VOCAB, (16, 17)).astype(np.int32)
+    step = train.compile_train_step(c, model, opt, mesh)
+    moved = {}
+    for lr in (0.0, 3e-3):
+        params = model_lib.init_params(model, jax.random.key(0))
+        before = jax.device_get(params)
+        after, opt_state, _ = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1),
+                                   np.float32(lr))
+        moved[lr] = [bool((np.asarray(a) != b).any()) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(after)),
+                                                                      jax.tree_util.tree_leaves(before))]
+        assert int(opt_state[-1].count) == 1  # the schedule's step count, kept in the state as optax.adamw keeps it
+    assert not any(moved[0.0]) and any(moved[3e-3])
+
+
+def test_each_step_is_given_the_schedule_rate_of_its_step_and_logs_it(data_dir, tmp_path, monkeypatch):
+    """The rate the trainer passes to step i is optim.learning_rate's at i (warmup, then the cosine),
+    and the lr logged at step i + 1 is that same value, straight or resumed."""
+    given, compile_train_step = [], train.compile_train_step
+
+    def recording(*args, **kwargs):
+        step_fn = compile_train_step(*args, **kwargs)
+
+        def step(params, opt_state, batch, rng, lr):
+            given.append(float(lr))
+            return step_fn(params, opt_state, batch, rng, lr)
+        return step
+    monkeypatch.setattr(train, "compile_train_step", recording)
+    c = small_config(data_dir, train_steps=6, est_interval=3, warmup_iters=2, lr_decay_iters=5)
+    train.train_and_evaluate(small_config(data_dir, train_steps=3, est_interval=3, warmup_iters=2, lr_decay_iters=5),
+                             str(tmp_path))
+    train.train_and_evaluate(c, str(tmp_path))
+    schedule = optim.learning_rate(c)
+    assert given == pytest.approx([float(schedule(i)) for i in range(6)], rel=1e-6)
+    assert given[0] < given[1] == pytest.approx(c.lr) and given[-1] == pytest.approx(c.min_lr)
+    logged = {r["step"]: r["lr"] for r in rundir.read_metrics(str(tmp_path))[0]}
+    assert [logged[i + 1] for i in range(6)] == given
+
+
 def test_weight_decay_only_on_matrices():
     params = {"w": np.ones((3, 4)), "b": np.ones(4), "ln": {"scale": np.ones(4)}, "emb": np.ones((5, 4))}
     assert optim.decay_mask(params) == {"w": True, "b": False, "ln": {"scale": False}, "emb": True}
@@ -109,7 +176,7 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     assert all(type(x) is np.ndarray for x in jax.tree_util.tree_leaves(a))  # host arrays: any topology loads them
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    assert steps.count(5) == 1 and steps.count(8) == 2  # step 8: one training line, one estimate
+    assert steps.count(5) == 1 and steps.count(8) == 3  # step 8: one training line, one estimate, the phase times
     assert steps == sorted(steps)
 
 
@@ -142,6 +209,72 @@ def test_estimates_every_est_interval_and_checkpoints_every_save_interval_resume
         assert losses(workdir) == estimates
         steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
         assert steps == sorted(steps) and len(steps) == len(set(steps)) + len(estimates)  # a step once, or twice
+
+
+def _phase_lines(workdir):
+    return [row for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if "time_total_s" in row]
+
+
+def test_phase_times_are_logged_once_a_run_and_add_up_to_its_wall_time(data_dir, tmp_path):
+    """Each run (each process of a resumed one) logs one line at its last step with where its time went:
+    non-negative phases that sum to its total, which is within the wall time the caller saw; with
+    `started` (main's process start), the time before the trainer's entry is its start-up. The lines
+    are neither training lines nor estimates to metrics.jsonl's readers."""
+    workdir = str(tmp_path)
+    wall = time.perf_counter()
+    outcome = train.train_and_evaluate(small_config(data_dir, train_steps=4, est_interval=2), workdir)
+    wall = time.perf_counter() - wall
+    started = time.time() - 5.0
+    resumed = train.train_and_evaluate(small_config(data_dir, train_steps=6, est_interval=2), workdir, started=started)
+    first, second = _phase_lines(workdir)
+    assert (first["step"], second["step"]) == (4, 6)
+    assert set(first) == {"step", "time_setup_s", "time_compile_s", "time_steps_s", "time_estimates_s",
+                          "time_saves_s", "time_total_s"}
+    assert set(second) == set(first) | {"time_startup_s"} and second["time_startup_s"] >= 5.0
+    for row in (first, second):
+        phases = [v for k, v in row.items() if k not in ("step", "time_total_s")]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(row["time_total_s"])
+    assert first["time_total_s"] <= wall
+    assert first["time_compile_s"] > 0  # the train step's and the estimate's first calls
+    assert outcome.times == {k: v for k, v in first.items() if k != "step"}
+    assert resumed.times == {k: v for k, v in second.items() if k != "step"}
+    train_rows, estimates = rundir.read_metrics(workdir)
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6] and [r["step"] for r in estimates] == [2, 4, 6]
+
+
+def test_the_closing_line_says_where_the_time_went():
+    record = {"time_startup_s": 2.6, "time_setup_s": 9.2, "time_compile_s": 8.0, "time_steps_s": 20.4,
+              "time_estimates_s": 3.0, "time_saves_s": 0.6, "time_total_s": 43.8}
+    assert progress.phases_line(record) == ("44 s: 3 s start-up, 9 s set-up, 8 s compiling, 20 s steps, 3 s estimates, "
+                                            "1 s saves")
+    del record["time_startup_s"]
+    assert progress.phases_line(record).startswith("44 s: 9 s set-up, ")
+
+
+class _Writer:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, step, metrics):
+        self.rows.append((step, metrics))
+
+
+@pytest.mark.parametrize("peak,shown", [(None, r", \d+\.\d\d GFLOP/s$"), (1e12, r", \d+\.\d\d GFLOP/s, MFU \d+\.\d%$")])
+def test_the_progress_line_shows_model_flops_and_mfu_where_the_peak_is_known(capsys, peak, shown):
+    """FLOP/s = the model's FLOPs per token x tokens/s: GFLOP/s on CPU, where no peak is known; with a
+    peak, the MFU too."""
+    writer = _Writer()
+    shown_by = progress.Progress(0, 10, writer, lambda i: 0.1, 1, tokens_per_step=1000, flops_per_token=1.0,
+                                 peak=peak, every_s=0.0)
+    shown_by.step(1, {"ce": 2.0})
+    shown_by.close()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("step 1/10: ce 2.0000, ") and re.search(shown, line), line
+    tokens_per_s = writer.rows[0][1]["tokens_per_s"]
+    gflops = float(re.search(r"([\d.,]+) GFLOP/s", line).group(1).replace(",", ""))
+    assert gflops == pytest.approx(tokens_per_s / 1e9, abs=0.01)
+    if peak:
+        assert float(line.split("MFU ")[1][:-1]) == pytest.approx(100 * tokens_per_s / peak, abs=0.1)
 
 
 def test_resumed_writer_drops_what_the_interrupted_run_logged_after_the_checkpoint(tmp_path):
@@ -346,7 +479,8 @@ def test_micro_batch_size_changes_the_split_not_the_update():
     for micro in (4, 8, 16):
         params = model_lib.init_params(model, jax.random.key(0))
         step = train.compile_train_step(c, model, opt, mesh, micro)
-        params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1))
+        params, _, metrics = step(params, opt.init(params), {"x": x[:, :-1], "y": x[:, 1:]}, jax.random.key(1),
+                                  optim.step_learning_rate(c)(0))
         results.append((float(metrics["loss"]), params))
     for loss, params in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6)
@@ -373,7 +507,8 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
             model_lib.init_params(model, jax.random.key(0)))))
     batch = {k: jax.ShapeDtypeStruct((16, 64), np.int32, sharding=mesh_lib.batch_sharding(mesh)) for k in "xy"}
     need = {m: memory.program_bytes(train.compile_train_step(c, model, opt, mesh, m).lower(
-        abstract["params"], abstract["opt_state"], batch, jax.random.key(0)).compile()) for m in (4, 8)}
+        abstract["params"], abstract["opt_state"], batch, jax.random.key(0), np.float32(c.lr)).compile())
+        for m in (4, 8)}
     assert need[8] > need[4]
 
     class Device:

@@ -52,11 +52,13 @@ def latest_step(workdir: str) -> int | None:
     return step
 
 
-def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str | None) -> str:
+def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str | None,
+              started: float | None = None) -> str:
     """Trains or resumes run `name` in `workdir`: "finished", "skipped", "interrupted" or "failed: <why>".
     What `experiments.jobs` runs in each child process; the suite checked the workdir's scale before.
 
-    `<workdir>/run.json` records the scale, the latest step and the wall time of every call so far.
+    `<workdir>/run.json` records the scale, the latest step and the wall time of every call so far;
+    `started` (time.time() at the process's start) makes the run log its start-up time too.
     """
     info_path = os.path.join(workdir, "run.json")
     info = plan.read_json(info_path)
@@ -66,7 +68,7 @@ def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str 
     os.makedirs(workdir, exist_ok=True)
     start, error = time.perf_counter(), None
     try:
-        train.train_and_evaluate(c, workdir)
+        train.train_and_evaluate(c, workdir, started=started)
     except train.TrainError as e:
         error = str(e)
     finally:

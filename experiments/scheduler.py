@@ -59,6 +59,7 @@ def _child(job: Job, cores: list[int] | None, log: str | None, mem_fraction: flo
            conn: multiprocessing.connection.Connection) -> None:
     """A run in its own process: its output to `log` when runs share the terminal, pinned to `cores` (see
     `_pin`), then trained; its status goes back through `conn`."""
+    started = time.time()  # the run's start-up time counts from here (its phase times)
     for s in _SIGNALS:  # outside the trainer's loop: nothing to save, end now
         signal.signal(s, lambda *_: os._exit(_CHILD_STOPPED))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # one sent while it started is delivered now
@@ -80,7 +81,7 @@ def _child(job: Job, cores: list[int] | None, log: str | None, mem_fraction: flo
         _pin(cores)
     from experiments import runner
     try:
-        status = runner.train_run(job.run, job.config, job.workdir, job.scale)
+        status = runner.train_run(job.run, job.config, job.workdir, job.scale, started)
     except errors.UserError as e:
         status = f"failed: {e}"
     conn.send(status)

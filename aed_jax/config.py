@@ -30,8 +30,8 @@ EMBEDDING_LN_TYPES = ("NONE", "INIT", "AVG_CUM_SUM")
 EMBEDDING_AGGREGATIONS = ("CUM_MEAN", "CAUSAL_CONV")
 DTYPES = ("auto", "float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-# The kinds of key, declared once: `rundir` (what a resume may change), `model` (what ModelConfig
-# takes) and `reference` (what the reference implementation has) read them from here.
+# The kinds of key, declared once: `rundir` (what a resume may change) and `model` (what ModelConfig
+# takes) read them from here. What the reference implementation has is `reference`'s declaration.
 MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' names and shapes depend on
 SCHEDULE_KEYS = ("train_steps", "est_interval", "save_interval", "est_steps", "log_interval",
                  "keep_checkpoints")  # how long, how often
@@ -40,10 +40,6 @@ EXECUTION_KEYS = ("dtype", "attention_impl", "ce_chunk_tokens", "remat", "micro_
                   "mesh_fsdp")  # how the same function is computed
 MAY_CHANGE = SCHEDULE_KEYS + LOCATION_KEYS + EXECUTION_KEYS  # what a resumed run may change
 MODEL_EXECUTION_KEYS = ("attention_impl", "ce_chunk_tokens", "scan_layers", "remat")  # ModelConfig's, with dtype
-# model_config keys the reference implementation does not have (the seed's "next steps", RoPE): a
-# model exports to it only with these at their defaults.
-NOT_IN_REFERENCE = ("n_layer_encoder", "n_layer_decoder", "embedding_aggregation", "embedding_aggregation_kernel_size",
-                    "position_embedding_type")
 # The AED-only keys of model_config: absent from a baseline config.
 AED_KEYS = (
     "order_type", "add_pos_embed_to_decoder", "use_ln_on_encoder_out", "add_ln_before_decoder_ff",

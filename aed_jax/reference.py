@@ -33,7 +33,19 @@ from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import rundir
 
-# The reference's enums, in code order (code = index + 1); ours are the same names but COSINE*.
+# The reference's model_config, declared once: the keys each of its models has, and the names each
+# of its enum keys has, in code order (its YAML files write code = index + 1; our names are its own,
+# but COSINE*). Everything else in our model_config is an option of ours, a key or a value: export
+# and import check a run against this declaration (`check_in_reference`), so an option added to
+# config.py is refused by name, never sent to the reference, without an edit here. Only an option
+# the reference has is added here, in the reference's own order.
+_BASELINE_KEYS = ("context_size", "n_embed", "n_head", "n_layer", "use_bias", "dropout_rate", "alphabet_size")
+REFERENCE_KEYS = {
+    "baseline": _BASELINE_KEYS,
+    "aed": _BASELINE_KEYS + ("sub_pos_embed_to_decoder", "order_type", "add_pos_embed_to_decoder",
+                             "use_ln_on_encoder_out", "add_ln_before_decoder_ff", "embedding_loss_type",
+                             "detach_type", "embedding_loss_coeff", "embedding_ln_type", "cross_attn_config"),
+}
 ENUMS = {
     "order_type": ("ORIGINAL", "ALT"),
     "sub_pos_embed_to_decoder": ("NO", "YES_NO_LN", "YES_LN"),
@@ -97,21 +109,30 @@ def from_reference(arrays: dict[str, np.ndarray], cfg: model_lib.ModelConfig, so
     return model_lib.stack_layers(params, cfg)
 
 
+def check_in_reference(config: ml_collections.ConfigDict, use: str) -> None:
+    """InteropError, one line naming every key and value, when the run's model uses an option the
+    reference lacks by its declaration (REFERENCE_KEYS, ENUMS): a key of ours away from its default
+    (the reference computes the default's model), or a value of an enum key that the reference has
+    no code for. `use` ("export", "import") says what needs it."""
+    theirs = REFERENCE_KEYS[config.model_type]
+    defaults = dict(config_lib.leaves(config_lib.base_config(config.model_type).model_config))
+    lacks = []
+    for key, value in config_lib.leaves(config.model_config):
+        if key.split(".")[0] not in theirs and value != defaults.get(key):
+            lacks.append(f"no model_config.{key} {value!r} (an option of ours: {use} needs its default "
+                         f"{defaults.get(key)!r})")
+        elif key in ENUMS and value is not None and value not in ENUMS[key]:
+            lacks.append(f"no model_config.{key} {value!r} ({use} needs one of {', '.join(ENUMS[key])})")
+    if lacks:
+        raise InteropError(f"the reference implementation has {'; '.join(lacks)}")
+
+
 def reference_config(config: ml_collections.ConfigDict) -> dict:
     """The run's model_config under the reference's key names, enums as integer codes, and the
-    cross-attention defaults made explicit."""
+    cross-attention defaults made explicit; InteropError (`check_in_reference`) for an option it lacks."""
+    check_in_reference(config, "export")
     cfg = model_lib.ModelConfig.from_config(config)
-    check_reference_positions(cfg)
-    out = config.model_config.to_dict()
-    defaults = config_lib.base_config("aed").model_config  # the AED's keys are a superset of the baseline's
-    # A baseline's pos sub is ours too (the reference has it for the AED alone).
-    ours_only = {k: defaults[k] for k in config_lib.NOT_IN_REFERENCE + (("sub_pos_embed_to_decoder",)
-                                                                        if cfg.model_type == "baseline" else ())}
-    if changed := sorted(k for k, default in ours_only.items() if out.get(k, default) != default):
-        raise InteropError(f"model_config {changed}: options the reference implementation does not have")
-    if cfg.embedding_loss_type == "HUBER":
-        raise InteropError("model_config.embedding_loss_type: HUBER is not in the reference implementation")
-    out = {k: v for k, v in out.items() if k not in ours_only}
+    out = {k: v for k, v in config.model_config.to_dict().items() if k in REFERENCE_KEYS[cfg.model_type]}
     for key, names in ENUMS.items():
         if out.get(key) is not None:
             out[key] = names.index(out[key]) + 1
@@ -120,21 +141,13 @@ def reference_config(config: ml_collections.ConfigDict) -> dict:
     return out
 
 
-def check_reference_positions(cfg: model_lib.ModelConfig) -> None:
-    """InteropError for a ROPE model: the reference has only the learned positional table."""
-    if cfg.position_embedding_type != "LEARNED":
-        raise InteropError(f"model_config.position_embedding_type: {cfg.position_embedding_type} has no equivalent in "
-                           "the reference implementation (it has only the learned positional table); only LEARNED "
-                           "models can be exported or imported")
-
-
 def model_config_from_reference(ref: dict, model_type: str) -> model_lib.ModelConfig:
     """The ModelConfig a reference model_config describes; enums as codes or names."""
-    base = config_lib.base_config(model_type).model_config.to_dict()
-    if unknown := sorted(set(ref) - set(base) - {"use_flash"}):  # use_flash changes no parameter
-        raise InteropError(f"model_config keys {unknown} are not keys of a {model_type} model")
+    theirs = REFERENCE_KEYS[model_type]
+    if unknown := sorted(set(ref) - set(theirs) - {"use_flash"}):  # use_flash changes no parameter
+        raise InteropError(f"model_config keys {unknown} are not keys of the reference's {model_type} model")
     m = {}
-    for key, value in ((k, v) for k, v in ref.items() if k in base):
+    for key, value in ((k, v) for k, v in ref.items() if k in theirs):
         if key in ENUMS and value is not None:
             names = ENUMS[key]
             value = _ALIASES.get(value, value)
@@ -183,8 +196,8 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 
 def import_npz(npz: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     """Checks the npz (and the JSON beside it, if any) against `config`, then writes checkpoint 0 of `workdir`."""
+    check_in_reference(config, "import")
     cfg = model_lib.ModelConfig.from_config(config)
-    check_reference_positions(cfg)
     json_path = os.path.splitext(npz)[0] + ".json"
     if os.path.isfile(json_path):
         try:

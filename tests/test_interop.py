@@ -4,6 +4,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -12,6 +13,7 @@ from aed_jax import api
 from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import interop
+from aed_jax import losses
 from aed_jax import model as model_lib
 from aed_jax import reference
 
@@ -195,6 +197,7 @@ def test_json_is_the_reference_model_config_with_integer_codes(run):
     with open(run["json"]) as f:
         ref = json.load(f)
     cfg = run["model"].cfg
+    assert set(ref) == set(reference.REFERENCE_KEYS[cfg.model_type])  # the declaration's keys, none of ours
     assert ref["n_embed"] == D and ref["context_size"] == T and ref["alphabet_size"] == V
     if cfg.model_type == "aed":
         assert (ref["order_type"], ref["sub_pos_embed_to_decoder"], ref["embedding_loss_type"], ref["detach_type"],
@@ -282,23 +285,104 @@ def test_a_broken_model_json_beside_the_npz_is_one_line(run, capsys):
         assert message in _import_error(run, capsys, run["root"] / "broken" / "model.npz")
 
 
-def test_a_rope_model_is_refused_both_ways_in_one_line(run, capsys):
-    """The reference has only the learned table: export writes nothing, import refuses the config."""
-    with open(run["json"]) as f:
-        assert "position_embedding_type" not in json.load(f)  # an option of ours, LEARNED here
-    rope_config = run["root"] / "rope.py"
-    rope_config.write_text(CONFIGS[run["model"].cfg.model_type].replace(
-        "return c", "c.model_config.position_embedding_type = 'ROPE'\n    return c"))
-    config = config_lib.load(str(rope_config))
-    model = model_lib.make_model(model_lib.ModelConfig.from_config(config))
-    api.save_params(str(run["root"] / "rope_run"), model_lib.init_params(model, jax.random.key(0)), config)
-    message = "position_embedding_type: ROPE has no equivalent in the reference implementation"
-    with pytest.raises(SystemExit):
-        run_cli(["export", "--workdir", str(run["root"] / "rope_run"), "--out", str(run["root"] / "rope" / "m.npz")])
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: model_config.{message}") and err.count("\n") == 1
-    assert not os.path.exists(run["root"] / "rope")
-    with pytest.raises(SystemExit):
-        run_cli(["import", "--npz", run["npz"], "--config", str(rope_config), "--workdir", str(run["root"] / "r2")])
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and not os.path.exists(run["root"] / "r2")
+# What config.py allows and the reference lacks, by model type: every key of ours away from its
+# default and every value of an enum key the reference has no code for. test_ours_only_is_every_option_
+# the_declaration_leaves_out keeps it whole, so each one is sent through export and import below.
+OURS_ONLY = {
+    "aed": (("position_embedding_type", "ROPE"), ("n_layer_encoder", 3), ("n_layer_decoder", 1),
+            ("embedding_aggregation", "CAUSAL_CONV"), ("embedding_aggregation_kernel_size", 4),
+            ("embedding_loss_type", "HUBER")),
+    "baseline": (("position_embedding_type", "ROPE"), ("sub_pos_embed_to_decoder", "YES_LN")),
+}
+CHOICES = {"order_type": config_lib.ORDER_TYPES, "sub_pos_embed_to_decoder": config_lib.SUB_POS_EMBED_TYPES,
+           "embedding_loss_type": config_lib.EMBEDDING_LOSS_TYPES, "detach_type": config_lib.DETACH_TYPES,
+           "embedding_ln_type": config_lib.EMBEDDING_LN_TYPES}
+
+
+@pytest.mark.parametrize("model_type", sorted(OURS_ONLY))
+def test_ours_only_is_every_option_the_declaration_leaves_out(model_type):
+    """The declaration names only our keys and values, and OURS_ONLY lists all the rest of ours."""
+    ours = config_lib.base_config(model_type).model_config
+    theirs = reference.REFERENCE_KEYS[model_type]
+    assert set(theirs) <= set(ours.keys())
+    assert all(set(names) <= set(CHOICES[key]) for key, names in reference.ENUMS.items())
+    keys = {key for key, _ in OURS_ONLY[model_type] if key not in theirs}
+    values = {(key, value) for key, value in OURS_ONLY[model_type] if key in theirs}
+    assert keys == set(ours.keys()) - set(theirs)
+    assert values == {(key, value) for key in reference.ENUMS if key in theirs
+                      for value in CHOICES[key] if value not in reference.ENUMS[key]}
+
+
+def _config_file(root, model_type: str, **options) -> str:
+    """A config file of `model_type` with `options` set in model_config."""
+    config_path = root / "config.py"
+    config_path.write_text(CONFIGS[model_type].replace(
+        "    return c", f"    c.model_config.update({options!r})\n    return c"))
+    return str(config_path)
+
+
+def _saved_run(root, model_type: str, **options) -> tuple[str, str]:
+    """`_config_file`, and a run of it saved (zeros)."""
+    config_path = _config_file(root, model_type, **options)
+    config = config_lib.load(config_path)
+    abstract = model_lib.ModelConfig.from_config(config).abstract_params()
+    api.save_params(str(root / "run"), jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), abstract), config)
+    return config_path, str(root / "run")
+
+
+def _refused_both_ways(root, config_path, workdir, capsys, expected):
+    """export of `workdir` and import with `config_path`: one line each, `expected` with the verb, nothing
+    written. The import's npz is never read (there is none): the config is refused first."""
+    npz = str(root / "model.npz")
+    for use, argv in (("export", ["export", "--workdir", workdir, "--out", str(root / "out" / "m.npz")]),
+                      ("import", ["import", "--npz", npz, "--config", config_path, "--workdir", str(root / "new")])):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.count("\n") == 1, err
+        assert err == f"error: the reference implementation has {expected.format(use=use)}\n"
+    assert not os.path.exists(root / "out") and not os.path.exists(root / "new")
+
+
+@pytest.mark.parametrize("model_type,key,value", [(t, k, v) for t in sorted(OURS_ONLY) for k, v in OURS_ONLY[t]])
+def test_each_option_the_reference_lacks_is_refused_both_ways_in_one_line(model_type, key, value, tmp_path, capsys):
+    """A key of ours away from its default, or an enum value the reference has no code for: export
+    writes nothing, import refuses the config, each in one line naming the key and the value."""
+    config_path, workdir = _saved_run(tmp_path, model_type, **{key: value})
+    default = config_lib.base_config(model_type).model_config[key]
+    if key in reference.REFERENCE_KEYS[model_type]:
+        expected = f"no model_config.{key} {value!r} ({{use}} needs one of {', '.join(reference.ENUMS[key])})"
+    else:
+        expected = f"no model_config.{key} {value!r} (an option of ours: {{use}} needs its default {default!r})"
+    _refused_both_ways(tmp_path, config_path, workdir, capsys, expected)
+
+
+def test_an_option_added_to_config_alone_is_refused_by_the_declaration(tmp_path, capsys, monkeypatch):
+    """A contributor adds an L1 embedding loss to config.py and losses.py, and nothing to reference.py:
+    a run with it exports and imports as one line naming the value, never a traceback."""
+    terms = losses.embedding_loss_terms
+    monkeypatch.setattr(config_lib, "EMBEDDING_LOSS_TYPES", config_lib.EMBEDDING_LOSS_TYPES + ("L1",))
+    monkeypatch.setattr(losses, "embedding_loss_terms", lambda avg, enc, loss_type: (
+        jnp.mean(jnp.abs(avg - enc), axis=-1) if loss_type == "L1" else terms(avg, enc, loss_type)))
+    config_path, workdir = _saved_run(tmp_path, "aed", embedding_loss_type="L1")
+    assert model_lib.ModelConfig.from_config(config_lib.load(config_path)).embedding_loss_type == "L1"
+    _refused_both_ways(tmp_path, config_path, workdir, capsys,
+                       "no model_config.embedding_loss_type 'L1' ({use} needs one of NONE, MSE, COSINE, LOG_COSINE)")
+
+
+def test_several_options_the_reference_lacks_are_named_in_one_line(tmp_path):
+    config = config_lib.load(_config_file(tmp_path, "aed", position_embedding_type="ROPE",
+                                          embedding_loss_type="HUBER"))
+    with pytest.raises(reference.InteropError) as error:
+        reference.reference_config(config)
+    assert str(error.value) == (
+        "the reference implementation has no model_config.embedding_loss_type 'HUBER' (export needs one of NONE, "
+        "MSE, COSINE, LOG_COSINE); no model_config.position_embedding_type 'ROPE' (an option of ours: export "
+        "needs its default 'LEARNED')")
+
+
+def test_a_reference_model_config_with_a_key_of_ours_is_refused():
+    """A model.json beside an imported npz is the reference's: a key of ours in it is not its model's."""
+    with pytest.raises(reference.InteropError, match=r"\['position_embedding_type'\] are not keys of the "
+                                                     r"reference's baseline model"):
+        reference.model_config_from_reference({"n_layer": 2, "position_embedding_type": "LEARNED"}, "baseline")

@@ -144,4 +144,8 @@ def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):
     cos_BxT = jnp.sum(avg_BxTxD * enc_BxTxD, axis=-1) / norms_BxT
     if loss_type == "COSINE":
         return 1.0 - (cos_BxT + 1.0) / 2.0
-    return -jnp.log((cos_BxT + 1.0) / 2.0)  # LOG_COSINE
+    if loss_type == "LOG_COSINE":
+        return -jnp.log((cos_BxT + 1.0) / 2.0)
+    # A type config.py allows but this function lacks: a model option half added (docs/package.md, "Add
+    # a model option"), which must not train as another loss.
+    raise ValueError(f"embedding_loss_type {loss_type!r} has no terms in losses.embedding_loss_terms")

@@ -509,6 +509,14 @@ def test_huber_is_half_mse_for_small_differences():
     assert state["intermediates"]["embedding_loss_BxT"][0].shape == (3, T)
 
 
+def test_a_loss_type_config_allows_but_losses_lacks_is_an_error_not_another_loss(monkeypatch):
+    """A new embedding_loss_type added to config.py alone (docs/package.md, "Add a model option") stops
+    the model's first call, naming it, where it once trained as LOG_COSINE."""
+    monkeypatch.setattr(config_lib, "EMBEDDING_LOSS_TYPES", config_lib.EMBEDDING_LOSS_TYPES + ("L1",))
+    with pytest.raises(ValueError, match="embedding_loss_type 'L1' has no terms in losses.embedding_loss_terms"):
+        build(small(**dict(LOSS, embedding_loss_type="L1")))
+
+
 # --- 5. Learned causal-convolution aggregation --------------------------------------------------------
 
 def conv_cfg(k=4, **kw):

@@ -83,3 +83,15 @@ def stop_command():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# The fast tier (`python -m pytest -m fast`, README): every quick test of these unit-level files, plus the
+# tests marked @pytest.mark.fast in the others: each module's core behaviour in about a minute and a half.
+FAST_FILES = {"test_stats.py", "test_docs.py", "test_data.py", "test_tokenizer.py", "test_tasks.py", "test_summary.py",
+              "test_config.py", "test_compare.py", "test_prepare.py", "test_prepare_faults.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in FAST_FILES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)

@@ -25,6 +25,7 @@ from experiments import lease
 ROOT = pathlib.Path(__file__).parent.parent
 
 
+@pytest.mark.fast
 def test_flops_per_token_matches_the_hand_count():
     D, L, T, V = 32, 3, 16, 100
     cfg = model_lib.ModelConfig(model_type="baseline", alphabet_size=V, context_size=T, n_embed=D, n_head=2, n_layer=L)
@@ -88,6 +89,7 @@ def test_a_row_compiles_its_train_step_once(sized, monkeypatch, caplog):
     assert result["micro_batch_size"] == (8 if sized else 4) and result["tokens_per_s"] > 0
 
 
+@pytest.mark.fast
 def test_matmul_peak_is_two_n_cubed_a_device_over_the_best_time():
     """The measured peak: 2 n^3 FLOPs per device's product, over the fastest of the timed calls (the
     clock here is fake: calls of 0.5, 0.25 and 1.0 s)."""
@@ -143,6 +145,7 @@ def test_memory_only_per_device_falls_with_the_fsdp_axis():
 
 @pytest.mark.parametrize("kind,peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12),
                                        ("NVIDIA A100-SXM4-80GB", 312e12)])
+@pytest.mark.fast
 def test_peak_table(kind, peak, monkeypatch):
     class Device:
         device_kind = kind

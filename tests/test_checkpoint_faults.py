@@ -280,6 +280,7 @@ def test_another_models_checkpoint_is_not_taken_for_damage(run):
     assert not os.path.exists(os.path.join(workdir, rundir.DAMAGED))
 
 
+@pytest.mark.fast
 def test_no_checkpoint_restores_nothing(tmp_path, data_dir):  # noqa: F811
     assert _resume(str(tmp_path), _abstract(small_config(data_dir))) is None
 
@@ -333,6 +334,7 @@ def test_an_unreadable_step_metadata_file_is_damage(run, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.fast
 def test_garbage_in_the_checksums_item_names_the_json_error(run):
     """Not `StopIteration: 0`, the json decoder's internal exception that the error was raised beside."""
     _, workdir, _, _ = run
@@ -394,6 +396,7 @@ def test_saved_config_of_a_broken_config_is_one_line(run):
         checkpoint.saved_config(rundir.checkpoints(workdir), 6)
 
 
+@pytest.mark.fast
 def test_save_replaces_a_step_that_exists(run):
     """A re-run after an interrupted one saves a step again (other parameters, the same step number)."""
     c, workdir, states, _ = run
@@ -403,6 +406,7 @@ def test_save_replaces_a_step_that_exists(run):
     _assert_identical(params, jax.device_get(states[2]["params"]))
 
 
+@pytest.mark.fast
 def test_best_only_moves_to_a_finite_lower_val_loss(run):
     c, workdir, states, _ = run
     best = rundir.best(workdir)

@@ -94,6 +94,7 @@ def test_eval_mode_embedding_loss_is_the_training_one_without_dropout(run):
     np.testing.assert_allclose(apply(with_embedding_loss=True)["embedding_loss"], apply(train=True)["embedding_loss"])
 
 
+@pytest.mark.fast
 def test_random_batches_follow_the_seed(run, capsys):
     argv = ["--workdir", run["workdir"], "--data", run["data"], "--split", "train", "--batches", "2"]
     first = run_json(capsys, argv + ["--seed", "1"])
@@ -116,6 +117,7 @@ def test_table_and_data_file_or_named_split(run, tmp_path, capsys):
     assert " positions: t=0 " in lines[-1]  # a curve summarised, not listed
 
 
+@pytest.mark.fast
 def test_baseline_reports_no_embedding_loss(tmp_path, run, capsys):
     save_run(str(tmp_path / "gpt"), tiny_config("baseline"))
     got = run_json(capsys, ["--workdir", str(tmp_path / "gpt"), "--data", run["data"], "--full"])
@@ -135,6 +137,7 @@ def test_baseline_reports_no_embedding_loss(tmp_path, run, capsys):
     (["--workdir", "{run}", "--data", "{data}", "--full", "--batch_size", "1000000000"],
      "error: a batch of 1000000000 sequences needs"),
 ])
+@pytest.mark.fast
 def test_bad_input_is_one_line_and_exit_1(run, tmp_path, capsys, argv, message):
     argv = [a.format(empty=str(tmp_path), run=run["workdir"], data=run["data"]) for a in argv]
     with pytest.raises(SystemExit) as exit_info:

@@ -246,6 +246,7 @@ def test_a_signal_stops_the_suite_saves_and_writes_the_results(tmp_path, tokens,
     assert [r["status"] for r in read_csv(tmp_path / "results.csv")] == ["finished", "finished"]
 
 
+@pytest.mark.fast
 def test_jobs_deal_the_cores_out(monkeypatch):
     monkeypatch.setattr(plan, "usable_cores", lambda: [0, 1, 2, 3, 4])
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -256,6 +257,7 @@ def test_jobs_deal_the_cores_out(monkeypatch):
     assert plan.default_jobs() == 1 and plan.core_slots(2) == [None, None]  # an accelerator: no pinning
 
 
+@pytest.mark.fast
 def test_grid_flag_sets_and_sweeps_config_keys():
     assert plan.parse_grid(["config.lr=1e-3, 3e-3", "model_config.n_embed=32"]) == [
         ("lr", ["1e-3", "3e-3"]), ("model_config.n_embed", ["32"])]
@@ -312,6 +314,7 @@ def test_a_grid_trains_each_point_in_its_folder_and_tables_it(tmp_path, tokens, 
     assert again.returncode == 0 and again.stdout.count(": skipped") == 4, again.stdout
 
 
+@pytest.mark.fast
 def test_seeds_flag():
     assert plan.parse_seeds(None) is None
     assert plan.parse_seeds("3") == [1337, 1338, 1339]  # a count: the config's seed and those after it
@@ -369,6 +372,7 @@ def test_task_suite_runs_the_papers_two_aeds_and_a_matched_baseline():
             run.make_config()
 
 
+@pytest.mark.fast
 def test_no_two_experiment_modules_import_each_other():
     """The suites live in experiments/suites.py, which the commands and their libraries read: no import loop."""
     graph = {}

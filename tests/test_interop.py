@@ -370,6 +370,7 @@ def test_an_option_added_to_config_alone_is_refused_by_the_declaration(tmp_path,
                        "no model_config.embedding_loss_type 'L1' ({use} needs one of NONE, MSE, COSINE, LOG_COSINE)")
 
 
+@pytest.mark.fast
 def test_several_options_the_reference_lacks_are_named_in_one_line(tmp_path):
     config = config_lib.load(_config_file(tmp_path, "aed", position_embedding_type="ROPE",
                                           embedding_loss_type="HUBER"))
@@ -381,6 +382,7 @@ def test_several_options_the_reference_lacks_are_named_in_one_line(tmp_path):
         "needs its default 'LEARNED')")
 
 
+@pytest.mark.fast
 def test_a_reference_model_config_with_a_key_of_ours_is_refused():
     """A model.json beside an imported npz is the reference's: a key of ours in it is not its model's."""
     with pytest.raises(reference.InteropError, match=r"\['position_embedding_type'\] are not keys of the "

@@ -35,6 +35,7 @@ def imports(path: str, known: set[str]) -> set[str]:
     return out
 
 
+@pytest.mark.fast
 def test_no_import_runs_in_a_loop():
     mods = modules()
     graph = {name: imports(path, set(mods)) - {name} for name, path in mods.items()}
@@ -55,6 +56,7 @@ def test_no_import_runs_in_a_loop():
     assert not cycles, [" -> ".join(c) for c in cycles]
 
 
+@pytest.mark.fast
 def test_the_package_map_names_every_module():
     text = open(os.path.join(ROOT, "docs", "package.md"), encoding="utf-8").read()
     named = set(re.findall(r"`(\w+)\.py`", text))

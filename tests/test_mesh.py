@@ -174,6 +174,7 @@ def test_bad_mesh_from_the_command_line(tmp_path, flag, message):
 
 
 @pytest.mark.parametrize("size,width,layers,heads", [("small", 768, 12, 12), ("medium", 1024, 24, 16)])
+@pytest.mark.fast
 def test_gpt2_size_configs(size, width, layers, heads):
     """GPT-2's shapes for the baseline, and an AED of the same width whose encoder + decoder depth is
     the baseline's; each docstring states the parameter count the summary gives."""

@@ -42,6 +42,7 @@ def test_seed_parameter_counts_exact(name, count):
     assert text.splitlines()[-1] == f"params: {count:,}"
 
 
+@pytest.mark.fast
 def test_every_config_loads_and_builds():
     paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
     assert len(paths) >= 9
@@ -60,6 +61,7 @@ AED_VARIANTS = [
 
 
 @pytest.mark.parametrize("kw", AED_VARIANTS)
+@pytest.mark.fast
 def test_aed_is_causal_through_every_path(kw):
     """Changing token t changes no logit, CE term or embedding-loss term at positions < t."""
     cfg = small(**kw)
@@ -80,6 +82,7 @@ def test_aed_is_causal_through_every_path(kw):
     assert not np.allclose(emb1[:, t:], emb2[:, t:])
 
 
+@pytest.mark.fast
 def test_baseline_is_causal():
     cfg = small(model_type="baseline")
     model, params = build(cfg)
@@ -118,6 +121,7 @@ def _np_embedding_loss(cfg, params, x, enc):
 @pytest.mark.parametrize("loss_type", ["MSE", "COSINE", "LOG_COSINE"])
 @pytest.mark.parametrize("ln_type", ["INIT", "AVG_CUM_SUM"])
 @pytest.mark.parametrize("enc_ln", [True, False])
+@pytest.mark.fast
 def test_embedding_loss_matches_numpy(loss_type, ln_type, enc_ln):
     cfg = small(**dict(LOSS, embedding_loss_type=loss_type, embedding_ln_type=ln_type, use_ln_on_encoder_out=enc_ln,
                        embedding_loss_coeff=3.0))
@@ -162,6 +166,7 @@ def test_detach_embedding_sends_embedding_loss_through_the_encoder():
 
 
 @pytest.mark.parametrize("sub", ["YES_NO_LN", "YES_LN"])
+@pytest.mark.fast
 def test_pos_sub_subtracts_next_position_rows(sub):
     cfg = small(sub_pos_embed_to_decoder=sub)
     model, params = build(cfg)
@@ -179,6 +184,7 @@ def test_pos_sub_subtracts_next_position_rows(sub):
 
 
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
+@pytest.mark.fast
 def test_output_layer_is_the_token_embedding(model_type):
     cfg = small(model_type=model_type)
     model, params = build(cfg)
@@ -191,6 +197,7 @@ def test_output_layer_is_the_token_embedding(model_type):
 
 
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
+@pytest.mark.fast
 def test_initial_loss_is_near_uniform(model_type):
     cfg = small(model_type=model_type, alphabet_size=50257, n_embed=32)
     model, params = build(cfg)
@@ -221,6 +228,7 @@ def test_dropout_only_in_training(model_type):
     assert not np.allclose(run(True, 0), run(True, 1))
 
 
+@pytest.mark.fast
 def test_no_embedding_loss_in_eval_mode():
     cfg = small(**LOSS)
     model, params = build(cfg)

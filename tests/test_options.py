@@ -85,6 +85,7 @@ def count(params):
 
 # --- Defaults: every option is off ------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_next_step_options_are_off_by_default():
     aed, baseline = config_lib.base_config("aed").model_config, config_lib.base_config("baseline").model_config
     assert aed.n_layer_encoder is None and aed.n_layer_decoder is None
@@ -102,6 +103,7 @@ def test_next_step_options_are_off_by_default():
             defaults.sub_pos_embed_to_decoder) == (None, None, "CUM_MEAN", "NO")
 
 
+@pytest.mark.fast
 def test_default_models_have_no_option_parameters():
     _, aed = build(small(**LOSS))
     _, baseline = build(small(model_type="baseline"))
@@ -115,6 +117,7 @@ def test_default_models_have_no_option_parameters():
     ("n_layer_encoder", 0), ("n_layer_decoder", -1), ("embedding_aggregation_kernel_size", 0),
     ("embedding_aggregation", "CUM_SUM"),
 ])
+@pytest.mark.fast
 def test_bad_option_values_are_one_line_config_errors(key, value):
     c = load("mse_pos_sub")
     c.model_config[key] = value
@@ -244,6 +247,7 @@ def test_unequal_depth_residual_init_uses_n_layer():
     assert np.std(values) == pytest.approx(0.02 / math.sqrt(2), rel=0.05)
 
 
+@pytest.mark.fast
 def test_unequal_depth_is_causal():
     cfg = small(**LOSS, n_layer_encoder=3, n_layer_decoder=1, sub_pos_embed_to_decoder="YES_NO_LN")
     model, params = build(cfg)
@@ -324,6 +328,7 @@ def test_baseline_pos_sub_trains_the_last_positional_row():
     assert np.all(np.abs(g).sum(-1) > 0)
 
 
+@pytest.mark.fast
 def test_baseline_pos_sub_is_causal():
     cfg = small(model_type="baseline", sub_pos_embed_to_decoder="YES_LN")
     model, params = build(cfg)
@@ -466,6 +471,7 @@ def np_huber(a, b, delta=1.0):
 
 @pytest.mark.parametrize("ln_type", ["INIT", "AVG_CUM_SUM"])
 @pytest.mark.parametrize("enc_ln", [True, False])
+@pytest.mark.fast
 def test_huber_loss_matches_numpy(ln_type, enc_ln):
     cfg = small(**dict(LOSS, embedding_loss_type="HUBER", embedding_ln_type=ln_type, use_ln_on_encoder_out=enc_ln,
                        embedding_loss_coeff=3.0))
@@ -592,6 +598,7 @@ def test_causal_conv_at_init_is_a_window_mean():
         np.testing.assert_allclose(avg[:, t], emb[:, max(0, t - k + 1):t + 1].sum(1) / k, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_causal_conv_is_causal_and_local():
     """Changing token t changes the aggregation only at t..t+K-1 and no loss term before t."""
     k = 4

@@ -21,6 +21,7 @@ T, V, D = 16, 64, 32
 
 
 @pytest.mark.parametrize("head", [8, 15])  # an odd head turns its first 14 features and keeps the last
+@pytest.mark.fast
 def test_shifting_every_position_leaves_the_attention_scores_unchanged(head):
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, T, 3, head))
     positions = jnp.arange(T)
@@ -37,6 +38,7 @@ def test_shifting_every_position_leaves_the_attention_scores_unchanged(head):
                                rtol=1e-5)  # a rotation
 
 
+@pytest.mark.fast
 def test_rope_turns_each_feature_pair_by_position_times_its_frequency():
     x = np.zeros((1, 3, 1, 4), np.float32)
     x[..., 0] = 1.0  # the pair (0, 2) at frequency 1, the pair (1, 3) at 10000^(-1/2) = 0.01

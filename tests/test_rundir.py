@@ -215,6 +215,7 @@ def _old_run(workdir, disk=None):
         open(os.path.join(workdir, name), "w").write("{}\n")
 
 
+@pytest.mark.fast
 def test_fresh_through_linked_checkpoint_folders_deletes_the_steps_and_keeps_the_links(tmp_path):
     """checkpoints/ and best/ linked to another disk: --fresh used to skip them (rmtree refuses a link,
     and its error was ignored) and delete the record, so the "fresh" run resumed at step 20 under a new curve."""
@@ -382,6 +383,7 @@ def test_tensorboard_shows_each_step_once_after_a_resume_as_metrics_jsonl_does(d
 
 
 @pytest.mark.parametrize("name", [rundir.CHECKPOINTS, rundir.BEST, rundir.DAMAGED])
+@pytest.mark.fast
 def test_a_file_where_the_run_keeps_a_folder_is_one_line_before_training(data_dir, tmp_path, name):
     workdir = str(tmp_path)
     (tmp_path / name).write_text("not a folder")

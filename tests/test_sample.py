@@ -111,6 +111,7 @@ def test_sampling_is_seeded_and_the_same_with_or_without_the_cache():
     assert len({tuple(row) for row in first[:, 4:].tolist()}) > 1  # each row draws its own tokens
 
 
+@pytest.mark.fast
 def test_greedy_argmax_is_jnps_argmax_with_ties_nans_and_infinities():
     logits = np.random.default_rng(0).standard_normal((6, 50257)).astype(np.float32)
     logits[1, [7, 9]] = 100.0  # a tie: the first
@@ -122,6 +123,7 @@ def test_greedy_argmax_is_jnps_argmax_with_ties_nans_and_infinities():
     assert got.dtype == np.int32 and list(got[1:5]) == [7, 11, 0, 50256]
 
 
+@pytest.mark.fast
 def test_top_k_draws_only_among_the_k_largest():
     logits = jax.random.normal(jax.random.key(0), (4, 50))
     top3 = np.argsort(np.asarray(logits), axis=-1)[:, -3:]
@@ -158,6 +160,7 @@ def run_cli(argv):
     cli.reporting(sample.main)(argv, fv)
 
 
+@pytest.mark.fast
 def test_cli_prints_the_prompt_and_its_continuations(workdir, capsys):
     run_cli(["--workdir", workdir, "--prompt", "Hello world", "--max_new_tokens", "12", "--num_samples", "2"])
     texts = capsys.readouterr().out.split("---------------\n")

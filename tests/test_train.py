@@ -149,6 +149,7 @@ def test_weight_decay_only_on_matrices():
     assert optim.decay_mask(params) == {"w": True, "b": False, "ln": {"scale": False}, "emb": True}
 
 
+@pytest.mark.fast
 def test_loss_falls(data_dir, tmp_path):
     c = small_config(data_dir, train_steps=60, est_interval=30, est_steps=4)
     c.model_config.dropout_rate = 0.0
@@ -520,6 +521,7 @@ def test_auto_micro_batch_size_is_the_largest_split_that_fits(monkeypatch):
     assert pick() == 16
 
 
+@pytest.mark.fast
 def test_device_prefetch_checkpoints_the_consumed_position(data_dir):
     path = os.path.join(data_dir, "synth_train.bin")
     make = lambda: train.data.DevicePrefetch(train.data.train_iterator(path, 16, 4, seed=3), lambda b: b, size=3)

@@ -6,9 +6,16 @@ model wins), several runs side by side: what `python -m aed_jax.analyze` reports
 Every run is measured on the same sample of windows: `--windows N` starts drawn at random from the
 val split (or `--data`) with `--seed` (data.sample_offsets), so N is a sample size and two runs on
 the same file with the same context size are compared window by window (others share no window:
-the report says so, `unpaired`). Then `DIR/report.md`, one PNG per figure (runs on
-shared axes, one panel per quantity), `DIR/metrics.json` with every number and `DIR/windows.npz`
-with each run's cross-entropy by window and position:
+the report says so, `unpaired`). A task run (dataset "task:<name>") has no file: its windows are
+the first N sequences its task draws from `--seed` (`task_sequences`), the same for every run of that
+task and settings, and it is scored where the task scores, on the answers (the `weight` mask of
+`tasks.make_batch`): its CE, token accuracy and embedding loss, by position too, the ablations'
+changes and the differences are over the answers, a position that never holds one has no value
+(None, NaN), and two task runs are paired only when they measured the very same sequences.
+
+Then `DIR/report.md`, one PNG per figure (runs on shared axes, one panel per quantity),
+`DIR/metrics.json` with every number and `DIR/windows.npz` with each run's cross-entropy by window
+and position:
 
 - validation cross-entropy by position t = 0..T-1 (`metrics.loss_sums`, evaluate's numbers), and
   each run's difference from the first run by position, with a bootstrap band over the windows
@@ -39,6 +46,7 @@ below; tests/test_analyze.py checks each against numpy on a tiny model.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 
@@ -56,6 +64,7 @@ from aed_jax import model as model_lib
 from aed_jax import plotting
 from aed_jax import rundir
 from aed_jax import stats
+from aed_jax import tasks
 
 plt = plotting.pyplot()
 import matplotlib.ticker  # noqa: E402  (once plotting has set matplotlib up)
@@ -65,6 +74,7 @@ _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
 ATTENTION_KINDS = ("self", "encoder self", "decoder self", "decoder cross")  # baseline; AED
 SHRINKING = 10.0  # shrinking_factor at or above this: the report says the scales, not alignment, meet the loss
 RESAMPLES = 1000  # bootstrap resamples of the windows
+TASK_DRAW = 1000  # a task run's sequences are drawn this many at a time: the first N are the same for every N
 
 
 # Embedding tables (host numpy, float64).
@@ -193,10 +203,20 @@ def after_embedding_lns(params, layer_BxTxD):
     return ln.apply({"params": params["encoder_out_ln"]}, layer_BxTxD.astype(jnp.float32))
 
 
+def row_means(values_BxT, answers_BxT=None):
+    """[B]: each row's mean over its positions, or with a task's `answers_BxT` mask over its answers alone."""
+    if answers_BxT is None:
+        return values_BxT.mean(-1)
+    return jnp.sum(values_BxT * answers_BxT, -1) / jnp.maximum(jnp.sum(answers_BxT, -1), 1.0)
+
+
 @functools.lru_cache(maxsize=8)
-def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
-    """A jitted (params, ablated {name: params}, x_BxT, y_BxT, weight_B) -> the evaluator's sums, the
-    activation sums, each row's CE by position, and each ablation's CE (and embedding loss) by row."""
+def _pass(cfg: model_lib.ModelConfig, with_ablations: bool, problems: int = 1):
+    """A jitted (params, ablated {name: params}, x_BxT, y_BxT, weight_B[, answers_BxT]) -> the evaluator's
+    sums, the activation sums, each row's CE by position, and each ablation's CE (and embedding loss) by
+    row. With a task's answer mask (its rows packing `problems` each), the CE, the embedding loss and
+    each row's token accuracy are over the answers alone, and a row's CE elsewhere is NaN; the
+    activations stay over every position (the representation, not the scoring)."""
     model = model_lib.make_model(cfg)
     with_embedding_loss = metrics.has_embedding_loss(cfg)
     stack, depth = (("encoder_transformer_blocks", cfg.encoder_layers) if cfg.model_type == "aed"
@@ -204,21 +224,26 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
     ablated = {name: ablations_lib.ablated_config(name, cfg)
                for name in (ablations_lib.applicable(cfg) if with_ablations else ())}
 
-    def by_row(ce_BxT, state, name="intact"):
-        out = {"ce_B": ce_BxT.mean(-1)}
+    def by_row(logits_BxTxV, y_BxT, answers_BxT, state, name="intact"):
+        out = {"ce_B": row_means(optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT), answers_BxT)}
+        if answers_BxT is not None:
+            right_BxT = (jnp.argmax(logits_BxTxV, -1) == y_BxT).astype(jnp.float32)
+            out["accuracy_B"] = row_means(right_BxT, answers_BxT)
         if with_embedding_loss and name not in ablations_lib.DECODER_SIDE:
-            out["embedding_loss_B"] = state["intermediates"]["embedding_loss_BxT"][0].mean(-1)
+            out["embedding_loss_B"] = row_means(state["intermediates"]["embedding_loss_BxT"][0], answers_BxT)
         return out
 
     @jax.jit
-    def sums(params, ablated_params, x_BxT, y_BxT, weight_B):
+    def sums(params, ablated_params, x_BxT, y_BxT, weight_B, answers_BxT=None):
         (logits_BxTxV, _), state = model.apply({"params": params}, x_BxT, with_embedding_loss=with_embedding_loss,
                                                capture_intermediates=_capture, mutable=["intermediates"])
         captured = state["intermediates"]
         terms_BxT = captured["embedding_loss_BxT"][0] if with_embedding_loss else None
-        out = metrics.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT)
+        out = metrics.loss_sums(logits_BxTxV, y_BxT, weight_B, terms_BxT, answers_BxT, problems)
         out["rows/ce_BxT"] = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
-        out.update({f"rows/intact/{k}": v for k, v in by_row(out["rows/ce_BxT"], state).items()})
+        if answers_BxT is not None:
+            out["rows/ce_BxT"] = jnp.where(answers_BxT > 0, out["rows/ce_BxT"], jnp.nan)
+        out.update({f"rows/intact/{k}": v for k, v in by_row(logits_BxTxV, y_BxT, answers_BxT, state).items()})
         emb_BxTxD = input_embeddings(cfg, params, x_BxT)
         layers = [emb_BxTxD] + [captured[f"{stack}_{i}"]["__call__"][0] for i in range(depth)]
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
@@ -242,8 +267,7 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool):
             (logits, _), state = model_lib.make_model(ablated_cfg).apply(
                 {"params": ablated_params[name], "perturbations": perturbations}, x_BxT,
                 with_embedding_loss=with_embedding_loss, mutable=["intermediates"])
-            ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, y_BxT)
-            out.update({f"rows/{name}/{k}": v for k, v in by_row(ce_BxT, state, name).items()})
+            out.update({f"rows/{name}/{k}": v for k, v in by_row(logits, y_BxT, answers_BxT, state, name).items()})
         return out
 
     return sums
@@ -273,12 +297,12 @@ def _interval(values_N: np.ndarray) -> dict:
 
 
 def ablation_effects(rows: dict) -> dict:
-    """{ablation: {"ce": interval, "embedding_loss": interval}}: the paired per-window change (ablated
-    minus intact) of each quantity, `rows` holding {"intact"|ablation: {"ce_B", "embedding_loss_B"}}
-    over the same windows."""
+    """{ablation: {"ce": interval, "embedding_loss": interval, "accuracy": interval}}: the paired
+    per-window change (ablated minus intact) of each quantity the rows have, `rows` holding
+    {"intact"|ablation: {"ce_B", "embedding_loss_B", "accuracy_B" (a task's)}} over the same windows."""
     intact = rows["intact"]
     return {name: {q: _interval(np.asarray(by_row[f"{q}_B"]) - np.asarray(intact[f"{q}_B"]))
-                   for q in ("ce", "embedding_loss") if f"{q}_B" in by_row}
+                   for q in ("ce", "embedding_loss", "accuracy") if f"{q}_B" in by_row}
             for name, by_row in rows.items() if name != "intact"}
 
 
@@ -332,30 +356,63 @@ def token_counts(config, data: str | None, evaluated_path: str, evaluated: np.nd
     return np.bincount(np.asarray(tokens), minlength=alphabet_size), path
 
 
+def task_sequences(config, count: int, seed: int, batch_size: int):
+    """A task run's `count` sequences {"x", "y", "weight"} in batches of batch_size (the last may be
+    smaller): the first `count` of the stream `tasks.make_batch` draws from np.random.default_rng(seed),
+    TASK_DRAW at a time. So they depend on the task, its settings and `seed` alone (never on a run's
+    batch size), every run of that task is measured on the same sequences, and a larger `count` adds
+    sequences after the same first ones."""
+    draws = data_lib.task_batches(config, TASK_DRAW, -(-count // TASK_DRAW), seed)
+    pending, left = None, count
+    for drawn in draws:
+        drawn = {k: v[:left] for k, v in drawn.items()}
+        left -= len(drawn["x"])
+        pending = drawn if pending is None else {k: np.concatenate([pending[k], v]) for k, v in drawn.items()}
+        while len(pending["x"]) >= batch_size or (left == 0 and len(pending["x"])):
+            yield {k: v[:batch_size] for k, v in pending.items()}
+            pending = {k: v[batch_size:] for k, v in pending.items()}
+
+
 def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = None, windows: int = 1000,
                 seed: int = 0, batch_size: int | None = None, with_ablations: bool = True, label: str = "") -> dict:
-    """Every number of one run's checkpoint on `windows` windows drawn with `seed`; its rows' CE by
-    window and position under "_ce_WxT" (not JSON: windows.npz). CheckpointError / DataError (one
-    line) for bad input."""
+    """Every number of one run's checkpoint on `windows` windows drawn with `seed` (a task run:
+    `task_sequences`, scored on their answers); its rows' CE by window and position under "_ce_WxT"
+    (not JSON: windows.npz; NaN off a task's answers). CheckpointError / DataError (one line) for bad
+    input, --data for a task run among them."""
     params, config, step = rundir.restore_params(workdir, checkpoint)
     # float32 whatever the run trained in: these are measurements, compared with numpy's.
     cfg = model_lib.ModelConfig.from_config(config, dtype=jnp.float32, scan_layers=False).for_inference()
     params = model_lib.unstack_layers(params)
-    path = data_lib.split_file(config, data, "val")
     context = cfg.context_size
-    tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + 2)
-    offsets = data_lib.sample_offsets(tokens, context, windows, seed)
-    counts_V, counted = token_counts(config, data, path, tokens, cfg.alphabet_size)
     batch_size = batch_size or config.batch_size
-    sums_fn, totals, rows = _pass(cfg, with_ablations), {}, {}
+    task = tasks.task_name(config.get("dataset", ""))
+    if task is None:
+        path = data_lib.split_file(config, data, "val")
+        tokens = data_lib.load_tokens(path, cfg.alphabet_size, context + 2)
+        offsets = data_lib.sample_offsets(tokens, context, windows, seed)
+        counts_V, counted = token_counts(config, data, path, tokens, cfg.alphabet_size)
+        batches = data_lib.windows_at(tokens, offsets, context, batch_size)
+    else:
+        if data is not None:
+            raise data_lib.DataError(f"--data {data}: {workdir} is a run of {config.dataset}: a task run draws "
+                                     "its sequences from its task; --data is for corpus runs")
+        # No file to count tokens in: the sequences drawn are counted as they are measured.
+        path, offsets, counts_V = config.dataset, np.arange(windows), np.zeros(cfg.alphabet_size, np.int64)
+        counted = f"the {windows:,} sequences of {config.dataset} drawn with seed {seed}"
+        batches, fingerprint = task_sequences(config, windows, seed, batch_size), hashlib.sha256()
+    sums_fn, totals, rows = _pass(cfg, with_ablations, tasks.problems_per_sequence(config)), {}, {}
     device_params = jax.device_put(params)
     ablated = {name: jax.device_put(ablations_lib.ablated_params(name, cfg, params))
                for name in (ablations_lib.applicable(cfg) if with_ablations else ())}
-    for batch in tqdm.tqdm(data_lib.windows_at(tokens, offsets, context, batch_size), total=-(-windows // batch_size),
-                           unit="batch", desc=f"analyze {label or workdir}", disable=None):
-        x, y, weight = metrics.pad_batch(batch, batch_size)
-        out = jax.device_get(sums_fn(device_params, ablated, x, y, weight))
-        kept = weight > 0
+    for batch in tqdm.tqdm(batches, total=-(-windows // batch_size), unit="batch",
+                           desc=f"analyze {label or workdir}", disable=None):
+        if task is not None:
+            counts_V += np.bincount(batch["x"].ravel(), minlength=cfg.alphabet_size)
+            for name in ("x", "y", "weight"):
+                fingerprint.update(np.ascontiguousarray(batch[name]).tobytes())
+        arrays = metrics.pad_batch(batch, batch_size)  # x, y, weight_B[, a task's answers_BxT]
+        out = jax.device_get(sums_fn(device_params, ablated, *arrays))
+        kept = arrays[2] > 0
         for key in [k for k in out if k.startswith("rows/")]:
             rows.setdefault(key, []).append(np.asarray(out.pop(key), np.float64)[kept])
         metrics.accumulate(totals, out)
@@ -373,31 +430,69 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
            "pos_rows": cfg.pos_rows, **summarise(totals), **table_metrics(params, counts_V),
            "layer_norms": layer_norm_stats(params), "ablations": ablation_effects(by_row),
            "_ce_WxT": rows["rows/ce_BxT"], "_offsets": offsets}
+    if task is not None:  # what pairs two task runs: the very sequences measured (`unpaired`)
+        run["task"] = {"name": task, "settings": {"alphabet_size": cfg.alphabet_size, **config.task.to_dict()},
+                       "chance_token_accuracy": tasks.chance_token_accuracy(config),
+                       "problems_per_sequence": tasks.problems_per_sequence(config)}
+        run["_accuracy_W"], run["_sequences_sha256"] = by_row["intact"]["accuracy_B"], fingerprint.hexdigest()
     run["shrinking_factor"] = shrinking_factor(run)
     return run
 
 
+def _source(m: dict) -> str:
+    return f"the task `{m['data']}`" if "task" in m else f"`{m['data']}`"
+
+
 def unpaired(reference: dict, m: dict) -> str | None:
     """Why run `m` was not measured on `reference`'s windows, as a clause (None when it was): a
-    difference is taken window by window, so runs of other context sizes or data files have none."""
+    difference is taken window by window, so runs of other context sizes, data files, tasks or task
+    settings have none. Two task runs are paired when they measured the very same sequences."""
     if m["context_size"] != reference["context_size"]:
         return f"its windows are {m['context_size']} tokens long, the first run's {reference['context_size']}"
     if m["data"] != reference["data"]:
-        return f"its windows come from `{m['data']}`, the first run's from `{reference['data']}`"
+        return f"its windows come from {_source(m)}, the first run's from {_source(reference)}"
+    if "task" in m:  # the same task: its settings and the seed decide the sequences
+        if m["_sequences_sha256"] == reference["_sequences_sha256"]:
+            return None
+        mine, first = m["task"]["settings"], reference["task"]["settings"]
+        changed = [f"{'' if k == 'alphabet_size' else 'task.'}{k} {mine.get(k)}, the first run's {first.get(k)}"
+                   for k in sorted(mine.keys() | first.keys()) if mine.get(k) != first.get(k)]
+        return f"its task settings differ ({'; '.join(changed)})" if changed else "its sequences differ"
     if not np.array_equal(m["_offsets"], reference["_offsets"]):
         return "its windows start elsewhere in the file"
     return None
 
 
+def _masked_mean(values: np.ndarray, axis: int) -> np.ndarray:
+    """The mean of the values that are not NaN along `axis`; NaN where there are none."""
+    present = ~np.isnan(values)
+    count = present.sum(axis)
+    return np.where(count > 0, np.where(present, values, 0.0).sum(axis) / np.maximum(count, 1), np.nan)
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """Floats for metrics.json, None for NaN (a position no answer is at)."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
 def differences(runs: dict, seed: int = 0) -> dict:
     """{label: {"against", "by_position", "low", "high", "mean"}} for every run after the first that
     was measured on the first run's windows (`unpaired` is None): its CE minus the first run's, by
-    position with a bootstrap band over the windows, and overall with a t-interval."""
+    position with a bootstrap band over the windows, and overall with a t-interval. Task runs: over
+    their answers (None at a position no sequence has one), and "accuracy", the token accuracy's
+    difference with a t-interval over the sequences."""
     (first, reference), out = next(iter(runs.items())), {}
     for label, m in list(runs.items())[1:]:
         if unpaired(reference, m):
             continue
         difference_WxT = m["_ce_WxT"] - reference["_ce_WxT"]
+        if "task" in reference:  # NaN off the answers, at the same places in both runs' sequences
+            low_T, high_T = stats.bootstrap_band(difference_WxT, seed, RESAMPLES)
+            out[label] = {"against": first, "by_position": _json_floats(_masked_mean(difference_WxT, 0)),
+                          "low": _json_floats(low_T), "high": _json_floats(high_T),
+                          "mean": _interval(_masked_mean(difference_WxT, 1)),
+                          "accuracy": _interval(m["_accuracy_W"] - reference["_accuracy_W"])}
+            continue
         low_T, high_T = stats.bootstrap_band(difference_WxT, seed, RESAMPLES)
         out[label] = {"against": first, "by_position": difference_WxT.mean(0).tolist(), "low": low_T.tolist(),
                       "high": high_T.tolist(), "mean": _interval(difference_WxT.mean(1))}
@@ -428,7 +523,9 @@ def _finish(fig, axes, title: str | None = None):
 def plot_ce_by_position(runs: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
     for (label, m), color in zip(runs.items(), _colors(runs).values()):
-        ax.plot(m["ce_by_position"], color=color, label=f"{label} (mean {m['ce_loss']:.3f})")
+        # A task run's positions without an answer are None: gaps, and dots for answers between them.
+        ax.plot(np.asarray(m["ce_by_position"], np.float64), color=color, marker="." if "task" in m else None,
+                label=f"{label} (mean {m['ce_loss']:.3f})")
     ax.set(title="Validation cross-entropy by position in the window", xlabel="position t",
            ylabel="mean cross-entropy (nats)")
     return _finish(fig, [ax])
@@ -440,8 +537,12 @@ def plot_ce_difference(runs: dict, diffs: dict):
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, d in diffs.items():
-        ax.fill_between(range(len(d["low"])), d["low"], d["high"], color=colors[label], alpha=0.25, linewidth=0)
-        ax.plot(d["by_position"], color=colors[label],
+        low, high = np.asarray(d["low"], np.float64), np.asarray(d["high"], np.float64)  # None: no answer there
+        if "accuracy" in d:  # task runs: answers at scattered positions, so the band as a bar at each
+            ax.vlines(range(len(low)), low, high, color=colors[label], alpha=0.35, linewidth=4)
+        else:
+            ax.fill_between(range(len(low)), low, high, color=colors[label], alpha=0.25, linewidth=0)
+        ax.plot(np.asarray(d["by_position"], np.float64), color=colors[label], marker="." if "accuracy" in d else None,
                 label=f"{label} - {d['against']} (mean {d['mean']['mean']:+.3f}, "
                       f"95% CI {d['mean']['low']:+.3f} to {d['mean']['high']:+.3f})")
     ax.axhline(0.0, color="gray", linewidth=1)
@@ -479,6 +580,8 @@ def plot_ablations(runs: dict):
     quantities = [("ce", "change in cross-entropy (nats)")]
     if any("embedding_loss" in e for m in runs.values() for e in m["ablations"].values()):
         quantities.append(("embedding_loss", "change in embedding loss"))
+    if any("accuracy" in e for m in runs.values() for e in m["ablations"].values()):
+        quantities.append(("accuracy", "change in token accuracy (task runs)"))
     fig, axes = plt.subplots(1, len(quantities), figsize=(6.5 * len(quantities), 0.6 * len(names) + 2.2),
                              squeeze=False)
     for ax, (key, xlabel) in zip(axes[0], quantities):
@@ -486,7 +589,7 @@ def plot_ablations(runs: dict):
                          for label, m in runs.items()}, names)
         ax.set(title=xlabel.split(" (")[0].capitalize() + " when a part is taken out", xlabel=xlabel)
         # symlog: changes from a hundredth of a nat (or 1e-4 of a loss) to many nats on one axis
-        ax.set_xscale("symlog", linthresh=1e-2 if key == "ce" else 1e-4)
+        ax.set_xscale("symlog", linthresh=1e-4 if key == "embedding_loss" else 1e-2)
     return _finish(fig, axes[0], "Eval-time ablations against the intact model (95% intervals over windows)")
 
 
@@ -567,7 +670,8 @@ def plot_embedding_loss(runs: dict):
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, m in with_loss.items():
-        ax.plot(m["embedding_loss_by_position"], color=colors[label],
+        ax.plot(np.asarray(m["embedding_loss_by_position"], np.float64), color=colors[label],
+                marker="." if "task" in m else None,
                 label=f"{label} ({m['embedding_loss_type']}, mean {m['embedding_loss']:.3g})")
     ax.set(title="Embedding-loss terms by position (eval mode, before the coefficient)", xlabel="position t",
            ylabel="loss term", ylim=(0, None))
@@ -655,10 +759,54 @@ FIGURES = (  # (file, function of (runs, differences), a comparison on shared ax
 )
 
 
+TASK_NOTES = {  # what a figure's sentence adds when a run is a task run
+    "ce_by_position.png": " A task run's: over the sequences with an answer at t (dots; a gap: no answer there).",
+    "ce_difference.png": " Task runs: over the answers, so over the sequences with an answer at t.",
+    "ablations.png": " A task run's changes are over its answers, token accuracy's among them.",
+    "embedding_loss_by_position.png": " A task run's: at its answers, as its cross-entropy.",
+    "norms.png": " A task run's token frequencies are those of the sequences drawn.",
+}
+
+
 def _interval_text(i: dict, digits: int = 3) -> str:
     if i["low"] is None:
         return f"{i['mean']:+.{digits}f}"
     return f"{i['mean']:+.{digits}f} [{i['low']:+.{digits}f}, {i['high']:+.{digits}f}]"
+
+
+def _zero(i: dict) -> str:
+    return ": the interval excludes zero" if i["low"] > 0 or i["high"] < 0 else ": the interval includes zero"
+
+
+def _measured_on(runs: dict, gaps: dict) -> str:
+    """The report's first paragraph: what every run was measured on (for a task run, the sequences
+    drawn from its task and how they are scored) and what the intervals are over."""
+    first = next(iter(runs.values()))
+    luck = ("They measure how much the numbers move with the windows drawn, not with the random seed a run was "
+            "trained with: a difference between two runs that the windows cannot explain may still be one seed's "
+            "luck (`experiments.reproduce --seeds N` measures that).")
+    if not any("task" in m for m in runs.values()):
+        lengths = (f"of {first['context_size']} tokens" if len({m["context_size"] for m in runs.values()}) == 1 else
+                   "of its own context size (" + ", ".join(f"{label}: {m['context_size']} tokens"
+                                                           for label, m in runs.items()) + ")")
+        windows = f"{'' if gaps else 'the same '}{first['windows']:,} windows {lengths}"
+        return (f"Every run measured on {windows}, drawn at random (seed {first['seed']}) from its data file; "
+                f"intervals are 95%, over those windows. {luck}")
+    if not gaps and all("task" in m for m in runs.values()):
+        sample = (f"Every run measured on the same {first['windows']:,} sequences of `{first['data']}` "
+                  f"({first['context_size']} tokens), drawn from the task with seed {first['seed']} "
+                  f"(`tasks.make_batch`, {TASK_DRAW:,} at a time, so the first N are the same for any N)")
+    else:
+        sample = "What each run was measured on: " + "; ".join(
+            f"{label}, {m['windows']:,} sequences of `{m['data']}` ({m['context_size']} tokens) drawn from the task "
+            f"with seed {m['seed']}" if "task" in m else
+            f"{label}, {m['windows']:,} windows of {m['context_size']} tokens drawn at random (seed {m['seed']}) "
+            f"from `{m['data']}`" for label, m in runs.items())
+    return (f"{sample}. A task run's sequences are scored on their answer positions alone (the task's `weight` "
+            f"mask): its cross-entropy, token accuracy and embedding loss, by position too, each ablation's change "
+            f"and each difference between runs are over the answers, and a position no sequence has an answer at "
+            f"has no value (a gap in the figures); its alignment and attention numbers are over every position. "
+            f"Intervals are 95%, over the windows (a task run's: its sequences). {luck}")
 
 
 def _loss_text(i: dict) -> str:
@@ -689,6 +837,7 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
     the PNG names. Each file is written atomically."""
     os.makedirs(out, exist_ok=True)
     diffs = differences(runs, seed)
+    with_task = any("task" in m for m in runs.values())
     written = []
     for name, plot, _, text in FIGURES:
         fig = plot(runs, diffs)
@@ -697,7 +846,7 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
         with rundir.atomic_file(os.path.join(out, name), "wb") as f:
             fig.savefig(f, dpi=110, format="png")
         plt.close(fig)
-        written.append((name, text))
+        written.append((name, text + (TASK_NOTES.get(name, "") if with_task else "")))
     public = {label: {k: v for k, v in m.items() if not k.startswith("_")} for label, m in runs.items()}
     rundir.write_atomic(os.path.join(out, "metrics.json"), json.dumps({"runs": public, "differences": diffs}))
     with rundir.atomic_file(os.path.join(out, "windows.npz"), "wb") as f:
@@ -705,38 +854,42 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
                                                        for k in ("ce_WxT", "offsets")})
     first_label, first = next(iter(runs.items()))
     gaps = {label: gap for label, m in list(runs.items())[1:] if (gap := unpaired(first, m))}
-    lengths = (f"of {first['context_size']} tokens" if len({m["context_size"] for m in runs.values()}) == 1 else
-               "of its own context size (" + ", ".join(f"{label}: {m['context_size']} tokens"
-                                                       for label, m in runs.items()) + ")")
-    windows = f"{'' if gaps else 'the same '}{first['windows']:,} windows {lengths}"
-    lines = ["# Analysis", "", f"`{command}`", "",
-             f"Every run measured on {windows}, drawn at random (seed {first['seed']}) from its data file; "
-             f"intervals are 95%, over those windows. They measure how much the numbers move with the windows "
-             f"drawn, not with the random seed a run was trained with: a difference between two runs that the "
-             f"windows cannot explain may still be one seed's luck (`experiments.reproduce --seeds N` measures "
-             f"that).", "",
-             "| run | model | step | tokens | val CE | perplexity | accuracy loss | embedding loss | "
-             "token norm (weighted) | mean positional norm |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# Analysis", "", f"`{command}`", "", _measured_on(runs, gaps), ""]
+    accuracy = ("token accuracy (chance) | sequence accuracy | ", "---|---|") if with_task else ("", "")
+    lines += [f"| run | model | step | tokens{' (a task: answers)' if with_task else ''} | val CE | perplexity | "
+              f"accuracy loss | {accuracy[0]}embedding loss | token norm (weighted) | mean positional norm |",
+              f"|---|---|---|---|---|---|---|{accuracy[1]}---|---|---|"]
     for label, m in runs.items():
         emb = f"{m['embedding_loss']:.3g}" if "embedding_loss" in m else "-"
         pos = f"{np.mean(m['positional_norms']):.3f}" if m["positional_table"] else "-"
+        scored = ("" if not with_task else "- | - | " if "task" not in m else
+                  f"{m['token_accuracy']:.4f} ({m['task']['chance_token_accuracy']:.3f}) | "
+                  f"{m['sequence_accuracy']:.4f} | ")
         lines.append(f"| {label} | {m['model_type']} | {m['step']} | {m['tokens']:,} | {m['ce_loss']:.4f} | "
-                     f"{m['perplexity']:.2f} | {m['accuracy_loss']:.4f} | {emb} | "
+                     f"{m['perplexity']:.2f} | {m['accuracy_loss']:.4f} | {scored}{emb} | "
                      f"{m['token_norm_weighted']:.3f} | {pos} |")
-    lines += ["", "Runs: " + "; ".join(f"{label} = `{m['workdir']}` ({m['checkpoint']}, step {m['step']}), data "
-                                       f"`{m['data']}`, windows of {m['context_size']} tokens"
+    lines += ["", "Runs: " + "; ".join(f"{label} = `{m['workdir']}` ({m['checkpoint']}, step {m['step']}), "
+                                       + (f"task `{m['data']}`, sequences" if "task" in m else
+                                          f"data `{m['data']}`, windows") + f" of {m['context_size']} tokens"
                                        for label, m in runs.items()), ""]
     if diffs or gaps:
         lines += ["## Differences", ""]
-    if diffs:
+    if diffs and "task" in first:
+        lines += ["Cross-entropy minus the first run's on the same sequences, over their answers: the mean of each "
+                  "sequence's difference over its answers, with its t-interval over the sequences (by position: "
+                  "`ce_difference.png`); and token accuracy minus the first run's, likewise.", ""]
+        lines += [f"- {label} - {d['against']}: {_interval_text(d['mean'])} nats{_zero(d['mean'])}; token accuracy "
+                  f"{_interval_text(d['accuracy'])}{_zero(d['accuracy'])}" for label, d in diffs.items()]
+        lines.append("")
+    elif diffs:
         lines += ["Cross-entropy minus the first run's on the same windows, the mean over "
                   "positions with its t-interval over windows (by position: `ce_difference.png`).", ""]
-        lines += [f"- {label} - {d['against']}: {_interval_text(d['mean'])} nats"
-                  + (": the interval excludes zero" if d["mean"]["low"] > 0 or d["mean"]["high"] < 0 else
-                     ": the interval includes zero") for label, d in diffs.items()]
+        lines += [f"- {label} - {d['against']}: {_interval_text(d['mean'])} nats{_zero(d['mean'])}"
+                  for label, d in diffs.items()]
         lines.append("")
     if gaps:  # a difference pairs the two runs' CE window by window: these have no window in common
-        lines += [f"- {label} - {first_label}: no difference: {gap}, so no window was measured by both."
+        lines += [f"- {label} - {first_label}: no difference: {gap}, so no "
+                  f"{'sequence' if 'task' in first or 'task' in runs[label] else 'window'} was measured by both."
                   for label, gap in gaps.items()]
         lines += ["", "The difference figure (`ce_difference.png`) has no line for these runs"
                   + ("." if diffs else ", so it is not drawn."), ""]
@@ -745,12 +898,15 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
         lines += ["## What each part is worth: eval-time ablations", "",
                   "Each part taken out of the trained model, nothing retrained; the change against the intact model "
                   "on the same windows, mean [95% t-interval over windows] (windows drawn at random may overlap: "
-                  "read the intervals as approximate). `-`: the run has no such part.", ""]
+                  "read the intervals as approximate). `-`: the run has no such part."
+                  + (" A task run's changes are over its answers alone, each sequence's change the mean over its "
+                     "answers, its token accuracy's among them." if with_task else ""), ""]
         lines += [f"- `{n}`: {ablations_lib.ABLATIONS[n]}" for n in names]
-        for key, what in (("ce", "Change in cross-entropy (nats)"), ("embedding_loss", "Change in embedding loss")):
-            if key == "embedding_loss" and not any(key in e for m in runs.values() for e in m["ablations"].values()):
+        for key, what in (("ce", "Change in cross-entropy (nats)"), ("embedding_loss", "Change in embedding loss"),
+                          ("accuracy", "Change in token accuracy (task runs)")):
+            if key != "ce" and not any(key in e for m in runs.values() for e in m["ablations"].values()):
                 continue
-            fmt = _interval_text if key == "ce" else _loss_text
+            fmt = _loss_text if key == "embedding_loss" else _interval_text
             lines += ["", f"{what}:", "", "| ablation | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
             lines += [f"| `{n}` | " + " | ".join(fmt(m["ablations"][n][key]) if key in m["ablations"].get(n, {})
                                                    else "-" for m in runs.values()) + " |" for n in names]

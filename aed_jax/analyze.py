@@ -2,7 +2,9 @@
 what its embeddings and attention look like, several runs side by side on the same sampled windows.
 
 Writes DIR/report.md, one PNG per figure, DIR/metrics.json and DIR/windows.npz. What each number
-is and how it is computed: `analysis.py`. SIGTERM or Ctrl-C at any point ends it with one line that
+is and how it is computed: `analysis.py`. A task run's windows are sequences drawn from its task
+with --seed, scored on their answers (in windows.npz its CE is NaN elsewhere, and its offsets are
+each sequence's index in the draw). SIGTERM or Ctrl-C at any point ends it with one line that
 says what it wrote: each file is written whole or not at all, report.md last.
 """
 from __future__ import annotations
@@ -33,10 +35,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("checkpoint", "latest", "Which checkpoint of each run: latest, best, or a step number.",
                         flag_values=fv)
     flags.DEFINE_string("data", None, "A token folder or one .bin file to draw windows from; default: each run's "
-                        "val split.", flag_values=fv)
-    flags.DEFINE_integer("windows", 1000, "How many windows to draw at random (a sample size: intervals narrow "
-                         f"as it grows), at most {MAX_WINDOWS:,}.", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the window draw and of the bootstrap.", flag_values=fv)
+                        "val split. Corpus runs only: a task run draws its sequences from its task.", flag_values=fv)
+    flags.DEFINE_integer("windows", 1000, "How many windows (a task run: sequences) to draw at random (a sample "
+                         f"size: intervals narrow as it grows), at most {MAX_WINDOWS:,}.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the window (or task sequence) draw and of the bootstrap.",
+                         flag_values=fv)
     flags.DEFINE_bool("ablations", True, "Measure the eval-time ablations (one more forward pass each).",
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the run config's batch_size).",

@@ -111,8 +111,9 @@ def means(totals: dict) -> dict:
     # Per position, over the rows that count it (every row, but for a task only where it has an answer).
     counted_T = totals["tokens_T"]
     out["ce_by_position"] = [float(ce / n) if n else None for ce, n in zip(totals["ce_T"], counted_T)]
-    if "embedding_T" in totals:
-        out["embedding_loss_by_position"] = (totals["embedding_T"] / totals["rows"]).tolist()
+    if "embedding_T" in totals:  # over the same rows and positions as the CE: a task's answers alone
+        out["embedding_loss_by_position"] = [float(e / n) if n else None
+                                             for e, n in zip(totals["embedding_T"], counted_T)]
     return out
 
 

@@ -84,13 +84,32 @@ def bootstrap_band(samples_NxK: np.ndarray, seed: int, resamples: int = 1000,
                    confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """(low_K, high_K): the percentile bootstrap band of the mean over the N rows of each of K columns
     (a curve measured on N sampled windows): `resamples` draws of N rows with replacement, the same rows
-    for every column, and the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means."""
+    for every column, and the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means.
+
+    NaN marks a value a row does not have (a task's sequence has no answer at that position): a
+    resample's mean of a column is then over the values its rows have, the resamples with none are left
+    out of the quantiles, and a column no row has a value in gets NaN bounds."""
     samples_NxK = np.asarray(samples_NxK, np.float64)
     rng, n = np.random.default_rng(seed), len(samples_NxK)
     # The resampled rows a chunk of draws at a time, about 2^25 numbers (256 MB), not R x N x K at once
     # (8 GB for 1,000 windows of 1,024 positions); drawn chunk after chunk, they are the rows of one draw.
     chunk = max(1, 2**25 // max(1, samples_NxK.size))
-    means_RxK = np.concatenate([samples_NxK[rng.integers(0, n, (min(chunk, resamples - i), n))].mean(axis=1)
-                                for i in range(0, resamples, chunk)])
     tail = (1 - confidence) / 2
-    return np.quantile(means_RxK, tail, axis=0), np.quantile(means_RxK, 1 - tail, axis=0)
+    present_NxK = ~np.isnan(samples_NxK)
+    if present_NxK.all():
+        means_RxK = np.concatenate([samples_NxK[rng.integers(0, n, (min(chunk, resamples - i), n))].mean(axis=1)
+                                    for i in range(0, resamples, chunk)])
+        return np.quantile(means_RxK, tail, axis=0), np.quantile(means_RxK, 1 - tail, axis=0)
+    values_NxK, counts_NxK = np.where(present_NxK, samples_NxK, 0.0), present_NxK.astype(np.float64)
+    means = []
+    for i in range(0, resamples, chunk):
+        rows_RxN = rng.integers(0, n, (min(chunk, resamples - i), n))
+        sums_RxK, counts_RxK = values_NxK[rows_RxN].sum(axis=1), counts_NxK[rows_RxN].sum(axis=1)
+        means.append(np.where(counts_RxK > 0, sums_RxK / np.maximum(counts_RxK, 1.0), np.nan))
+    means_RxK = np.concatenate(means)
+    low_K, high_K = np.full(samples_NxK.shape[1], np.nan), np.full(samples_NxK.shape[1], np.nan)
+    for k, means_R in enumerate(means_RxK.T):
+        kept_R = means_R[~np.isnan(means_R)]
+        if len(kept_R):
+            low_K[k], high_K[k] = np.quantile(kept_R, tail), np.quantile(kept_R, 1 - tail)
+    return low_K, high_K

@@ -26,6 +26,7 @@ from aed_jax import data as data_lib
 from aed_jax import errors
 from aed_jax import model as model_lib
 from aed_jax import stats
+from aed_jax import tasks
 from aed_jax import train
 
 T, V = 8, 97
@@ -631,3 +632,156 @@ def test_labels_are_the_shortest_path_ends_that_tell_runs_apart():
     assert analysis.labels(["runs/tiny/mse/seed1", "runs/tiny/base/seed1", "runs/tiny/mse/seed2"]) == [
         "mse/seed1", "base/seed1", "mse/seed2"]
     assert analysis.labels(["x/run", "x/run"]) == ["x/run", "x/run"]
+
+
+# Task runs: sequences drawn from the task, scored on their answers.
+
+def task_run_config(model_type, task="mqar", **settings):
+    config = tiny_config(model_type, **(LOSS if model_type == "aed" else {}))
+    config.dataset = f"task:{task}"
+    config.task.update({"num_kv_pairs": 2, "copy_length": 3, **settings})
+    return config
+
+
+@pytest.fixture(scope="module")
+def task_runs(saved_models, tmp_path_factory):
+    """{label: (workdir, params, config, analysis)}: the saved tiny AED and baseline as runs of task:mqar
+    (the same sequences: paired), the AED as a run of task:copy, and of mqar with one pair fewer (other
+    sequences: no difference), each analysed on WINDOWS sequences drawn with seed 3."""
+    runs = {}
+    for label, model, task, settings in (("mqar", "aed", "mqar", {}), ("mqar_baseline", "baseline", "mqar", {}),
+                                         ("copy", "aed", "copy", {}), ("fewer_pairs", "aed", "mqar",
+                                                                       dict(num_kv_pairs=1))):
+        config, params = task_run_config(model, task, **settings), saved_models[model][1]
+        workdir = str(tmp_path_factory.mktemp(label))
+        api.save_params(workdir, params, config)
+        got = analysis.analyze_run(workdir, windows=WINDOWS, seed=3, with_ablations=label != "mqar_baseline",
+                                   label=label)
+        runs[label] = (workdir, params, config, got)
+    return runs
+
+
+def test_a_task_run_draws_the_same_sequences_whatever_the_batch_size():
+    """The first N of the stream make_batch draws from default_rng(seed), TASK_DRAW at a time: the same for
+    any batch size and any N (a run's batch size never changes which sequences it is measured on)."""
+    config, count = task_run_config("aed"), analysis.TASK_DRAW + 5
+    rng = np.random.default_rng(3)
+    stream = [tasks.make_batch(config, rng, analysis.TASK_DRAW) for _ in range(2)]
+    expected = {k: np.concatenate([b[k] for b in stream])[:count] for k in ("x", "y", "weight")}
+    for batch_size in (7, 4096):
+        batches = list(analysis.task_sequences(config, count, 3, batch_size))
+        assert [len(b["x"]) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+        for k, v in expected.items():
+            np.testing.assert_array_equal(np.concatenate([b[k] for b in batches]), v)
+    fewer = next(analysis.task_sequences(config, 6, 3, 100))
+    np.testing.assert_array_equal(fewer["x"], expected["x"][:6])
+
+
+def masked(values_WxT, answers_WxT):
+    return np.where(answers_WxT, values_WxT, np.nan)
+
+
+def test_a_task_run_is_scored_on_its_answers_as_numpy_scores_them(task_runs):
+    """CE, CE by position, token accuracy, embedding loss by position and each ablation's paired change:
+    over the answers of the drawn sequences alone, as a numpy forward pass gives them (and not what the
+    same numbers over every position give)."""
+    workdir, params, config, got = task_runs["mqar"]
+    b = tasks.make_batch(config, np.random.default_rng(3), analysis.TASK_DRAW)
+    x, y, answers = b["x"][:WINDOWS], b["y"][:WINDOWS], b["weight"][:WINDOWS] > 0
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    cfg = model_lib.ModelConfig.from_config(config)
+    _, _, _, logits, terms = numpy_forward(p, cfg, x)
+    ce = numpy_ce(logits, y)
+    assert got["task"]["name"] == "mqar" and got["data"] == "task:mqar" and got["tokens"] == answers.sum()
+    assert got["ce_loss"] == pytest.approx(ce[answers].mean(), rel=1e-4)
+    assert abs(ce.mean() - ce[answers].mean()) > 1e-3  # every position would give another number: a real test
+    np.testing.assert_array_equal(np.isnan(got["_ce_WxT"]), ~answers)
+    np.testing.assert_allclose(got["_ce_WxT"][answers], ce[answers], rtol=1e-4)
+    never = ~answers.any(0)
+    assert never[:4].all() and not never.all()  # the key-value pairs come first: never an answer
+    assert [v is None for v in got["ce_by_position"]] == never.tolist()
+    assert [v is None for v in got["embedding_loss_by_position"]] == never.tolist()
+    by_position = lambda values: [values[answers[:, t], t].mean() for t in range(T) if answers[:, t].any()]
+    np.testing.assert_allclose([v for v in got["ce_by_position"] if v is not None], by_position(ce), rtol=1e-4)
+    np.testing.assert_allclose([v for v in got["embedding_loss_by_position"] if v is not None], by_position(terms),
+                               rtol=1e-4)
+    right = logits.argmax(-1) == y
+    assert 0.0 <= got["token_accuracy"] <= 1.0
+    assert got["token_accuracy"] == pytest.approx(right[answers].mean())
+    assert got["task"]["chance_token_accuracy"] == 1 / 2
+    # Each ablation: the paired change of each sequence's mean over its answers.
+    for name in ("no_cross_attention", "encoder_out_running_mean"):
+        _, _, _, ablated_logits, _ = numpy_forward(p, cfg, x, name)
+        change_W = np.nanmean(masked(numpy_ce(ablated_logits, y) - ce, answers), 1)
+        everywhere_W = (numpy_ce(ablated_logits, y) - ce).mean(1)
+        assert abs(change_W.mean() - everywhere_W.mean()) > 1e-3, name
+        half = T_975_9 * change_W.std(ddof=1) / math.sqrt(WINDOWS)
+        effect = got["ablations"][name]
+        assert effect["ce"]["mean"] == pytest.approx(change_W.mean(), rel=1e-3, abs=1e-5), name
+        assert effect["ce"]["low"] == pytest.approx(change_W.mean() - half, rel=1e-3, abs=1e-5), name
+        accuracy_W = np.nanmean(masked((ablated_logits.argmax(-1) == y).astype(float) - right, answers), 1)
+        assert effect["accuracy"]["mean"] == pytest.approx(accuracy_W.mean(), abs=1e-6), name
+        assert -1.0 <= effect["accuracy"]["mean"] <= 1.0
+
+
+def test_task_runs_are_paired_on_the_same_sequences_only_and_the_report_says_so(task_runs, tmp_path):
+    runs = {label: got for label, (_, _, _, got) in task_runs.items()}
+    diffs = analysis.differences(runs, seed=3)
+    assert set(diffs) == {"mqar_baseline"}
+    difference = runs["mqar_baseline"]["_ce_WxT"] - runs["mqar"]["_ce_WxT"]  # NaN off the answers in both
+    answers = ~np.isnan(difference)
+    d = diffs["mqar_baseline"]
+    assert [v is None for v in d["by_position"]] == (~answers.any(0)).tolist()
+    np.testing.assert_allclose([v for v in d["by_position"] if v is not None],
+                               [difference[answers[:, t], t].mean() for t in range(T) if answers[:, t].any()])
+    assert d["mean"]["mean"] == pytest.approx(np.mean([row[~np.isnan(row)].mean() for row in difference]))
+    accuracy = runs["mqar_baseline"]["_accuracy_W"] - runs["mqar"]["_accuracy_W"]
+    assert d["accuracy"]["mean"] == pytest.approx(accuracy.mean())
+    assert all(lo is None or lo <= m <= hi for lo, m, hi in zip(d["low"], d["by_position"], d["high"]))
+
+    analysis.write_report(runs, str(tmp_path / "all"), "analyze ...", seed=3)
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert f"What each run was measured on: mqar, {WINDOWS} sequences of `task:mqar` ({T} tokens) drawn from the " \
+           "task with seed 3; " in report
+    assert "scored on their answer positions alone (the task's `weight` mask)" in report
+    assert "- mqar_baseline - mqar: " in report and "; token accuracy " in report
+    assert ("- copy - mqar: no difference: its windows come from the task `task:copy`, the first run's from the task "
+            "`task:mqar`, so no sequence was measured by both.") in report
+    assert ("- fewer_pairs - mqar: no difference: its task settings differ (task.num_kv_pairs 1, the first run's 2), "
+            "so no sequence was measured by both.") in report
+    assert f"| mqar | aed | 0 | {runs['mqar']['tokens']} | " in report and "(0.500) |" in report
+    assert "Change in token accuracy (task runs):" in report
+    written = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert written["runs"]["copy"]["task"]["settings"]["copy_length"] == 3
+    assert set(written["differences"]) == {"mqar_baseline"}
+
+    paired = {label: runs[label] for label in ("mqar", "mqar_baseline")}
+    analysis.write_report(paired, str(tmp_path / "paired"), "analyze ...", seed=3)
+    report = (tmp_path / "paired" / "report.md").read_text()
+    assert f"Every run measured on the same {WINDOWS} sequences of `task:mqar` ({T} tokens), drawn from the task " \
+           "with seed 3" in report
+    assert (tmp_path / "paired" / "ce_difference.png").exists()
+
+
+def test_data_with_a_task_run_is_one_line(task_runs, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--workdir", task_runs["mqar"][0], "--data", data, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: --data {data}: {task_runs['mqar'][0]} is a run of task:mqar: ")
+    assert err.endswith("a task run draws its sequences from its task; --data is for corpus runs\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_analyzes_a_task_run(task_runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    run_cli(["--workdir", task_runs["mqar"][0], "--workdir", task_runs["copy"][0], "--windows", str(WINDOWS),
+             "--seed", "3", "--out", str(out)])
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    written = json.loads((out / "metrics.json").read_text())["runs"]
+    mqar = written[os.path.basename(task_runs["mqar"][0])]
+    assert mqar["ce_loss"] == pytest.approx(task_runs["mqar"][3]["ce_loss"], rel=1e-6)
+    windows = np.load(out / "windows.npz")
+    np.testing.assert_array_equal(np.isnan(windows["run0_ce_WxT"]), np.isnan(task_runs["mqar"][3]["_ce_WxT"]))
+    for name in ("ce_by_position.png", "ablations.png", "embedding_loss_by_position.png"):
+        assert matplotlib.image.imread(out / name)[..., :3].std() > 0.05, name

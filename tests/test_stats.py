@@ -75,3 +75,17 @@ def test_bootstrap_band_by_hand():
     np.testing.assert_array_equal(stats.bootstrap_band(few, 3), stats.bootstrap_band(few, 3))
     width = lambda band: float(band[1][0] - band[0][0])
     assert width(stats.bootstrap_band(many, 3)) < width(stats.bootstrap_band(few, 3)) / 3
+
+
+def test_bootstrap_band_leaves_out_missing_values():
+    """NaN marks a value a row lacks (a task's position without an answer): a column with every value has
+    the band it has alone, one with some is resampled over the values it has, one with none has NaN bounds."""
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=8)
+    some = np.where(np.arange(8) % 2, rng.normal(10.0, 1.0, 8), np.nan)
+    low, high = stats.bootstrap_band(np.stack([full, some, np.full(8, np.nan)], axis=1), seed=4, resamples=500)
+    alone = stats.bootstrap_band(full[:, None], seed=4, resamples=500)
+    assert (low[0], high[0]) == (alone[0][0], alone[1][0])
+    present = some[~np.isnan(some)]
+    assert present.min() <= low[1] < np.mean(present) < high[1] <= present.max()
+    assert np.isnan(low[2]) and np.isnan(high[2])

@@ -240,6 +240,7 @@ def numpy_ce(logits, y):
 T_975_9 = 2.2621571627409915  # Student t quantile 0.975 at 9 degrees of freedom (WINDOWS - 1), from a table
 
 
+@pytest.mark.fast
 def test_ablations_are_the_numpy_model_with_the_part_taken_out(analysed):
     """Each ablation's change in CE (and embedding loss) is the numpy model's with that part taken out,
     window by window, with the t-interval computed by hand."""
@@ -273,6 +274,7 @@ def cosine(a, b):
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
+@pytest.mark.fast
 def test_the_embedding_loss_layer_norms_and_the_alignment_the_loss_sees(analysed):
     got, p, x = (analysed[k] for k in ("got", "p", "x"))
     cfg = analysed["model"].cfg

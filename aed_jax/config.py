@@ -357,7 +357,7 @@ def meanings() -> dict[str, str]:
     found = (re.match(r"\s*(c|m|m\.cross_attn_config)\.(\w+) = .*?  # (.*)", line)
              for line in inspect.getsource(base_config).splitlines())
     out = {prefixes[f[1]] + f[2]: f[3] for f in found if f}
-    out["dataset"] += ": " + " | ".join(tasks.PREFIX + name for name in tasks.TASKS)  # every registered task, so a new one is listed
+    out["dataset"] += ": " + " | ".join(tasks.PREFIX + name for name in tasks.TASKS)  # a new task is listed too
     return out | {f"task.{key}": f"{name}: {setting.meaning}" for key, (name, setting) in tasks.settings().items()}
 
 

@@ -133,19 +133,16 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.est_steps = 200  # batches of train and of val per estimate
 
     # Data and outputs.
-    c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task: task:mqar | task:copy | task:sort
+    c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task
     c.data_dir = config_dict.placeholder(str)  # folder of <dataset>_train.bin/_val.bin; default data/<dataset>
     c.workdir = config_dict.placeholder(str)  # run folder; default runs/<config file name>
     c.keep_checkpoints = 3  # most recent checkpoints kept (the best one, best/, is kept besides)
     c.log_interval = 10  # steps between training-metric log lines
 
     # Synthetic tasks (dataset "task:<name>"): sequences drawn on the fly, context_size tokens long over
-    # alphabet_size ids, scored only on the answer positions (aed_jax/tasks.py).
-    t = c.task = ml_collections.ConfigDict()
-    t.num_kv_pairs = 8  # mqar: key-value pairs per sequence, each queried once
-    t.power_a = 0.01  # mqar: power-law parameter of the query gaps (Zoology's power_a), in (0, 1]
-    t.copy_length = 16  # copy: tokens in the segment that reappears later
-    t.sort_length = 8  # sort: numbers to sort
+    # alphabet_size ids, scored only on the answer positions. Every task's settings, as its entry in
+    # aed_jax/tasks.py's registry declares them (their meanings too: `meanings`), so a new task needs no key here.
+    c.task = ml_collections.ConfigDict({key: setting.default for key, (_, setting) in tasks.settings().items()})
     c.lock()
     return c
 
@@ -217,10 +214,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"random_seed: must be in [0, 2**32), got {c.random_seed}")
     if not c.dataset or os.sep in c.dataset or (os.altsep and os.altsep in c.dataset):
         raise ConfigError(_dataset_is_not_a_name(c.dataset))
-    for key in ("num_kv_pairs", "copy_length", "sort_length"):  # how they fit the sequence: tasks.settings_problem
-        if isinstance(c.task[key], bool) or not isinstance(c.task[key], int) or c.task[key] <= 0:
-            raise ConfigError(f"task.{key}: must be a positive integer, got {c.task[key]!r}")
-    check_number("task.power_a", c.task.power_a, lambda v: 0 < v <= 1, "in (0, 1]")
+    for key, (_, setting) in tasks.settings().items():  # each key's own range; how they fit: settings_problem
+        problem = setting.problem(key, c.task[key])
+        if problem:
+            raise ConfigError(problem)
     problem = tasks.settings_problem(c)  # here, not in the trainer: a bad setting is told before jax loads
     if problem:
         raise ConfigError(problem)
@@ -350,11 +347,14 @@ def load(path: str) -> ml_collections.ConfigDict:
 
 def meanings() -> dict[str, str]:
     """Each key's meaning, e.g. {"model_config.n_embed": "D: embedding width"}: the comment closing
-    its line in `base_config`, so a default and its meaning are written once, side by side."""
-    prefixes = {"c": "", "m": "model_config.", "m.cross_attn_config": "model_config.cross_attn_config.", "t": "task."}
-    found = (re.match(r"\s*(c|m|m\.cross_attn_config|t)\.(\w+) = .*?  # (.*)", line)
+    its line in `base_config`, so a default and its meaning are written once, side by side; the task
+    settings' from the task registry, which declares them with their defaults (aed_jax/tasks.py)."""
+    prefixes = {"c": "", "m": "model_config.", "m.cross_attn_config": "model_config.cross_attn_config."}
+    found = (re.match(r"\s*(c|m|m\.cross_attn_config)\.(\w+) = .*?  # (.*)", line)
              for line in inspect.getsource(base_config).splitlines())
-    return {prefixes[f[1]] + f[2]: f[3] for f in found if f}
+    out = {prefixes[f[1]] + f[2]: f[3] for f in found if f}
+    out["dataset"] += ": " + " | ".join(tasks.PREFIX + name for name in tasks.TASKS)  # a new task is listed too
+    return out | {f"task.{key}": f"{name}: {setting.meaning}" for key, (name, setting) in tasks.settings().items()}
 
 
 def describe(c: ml_collections.ConfigDict) -> str:

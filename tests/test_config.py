@@ -12,6 +12,7 @@ from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import model as model_lib
 from aed_jax import summary
+from aed_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +129,8 @@ def test_every_float_key_must_be_finite():
                     r"or task:<name>, got ''$"),
     ("dataset", "data/foo/", r"^dataset: 'data/foo/' is a path, and dataset is a name: for the token files in "
                              r"data/foo, pass --config\.dataset=foo --config\.data_dir=data/foo$"),
-    ("dataset", "task:nope", r"^dataset: 'task:nope' is not one of task:mqar, task:copy, task:sort$"),
+    ("dataset", "task:nope",
+     rf"^dataset: 'task:nope' is not one of {', '.join(tasks.PREFIX + t for t in tasks.TASKS)}$"),
     ("save_interval", 700, r"^save_interval: must be a positive multiple of est_interval=500 \(best/ is chosen among "
                            r"the checkpoints' estimates\), or None, got 700$"),
     ("save_interval", 0, r"^save_interval: must be a positive multiple of est_interval=500 .*, got 0$"),

@@ -101,7 +101,7 @@ def test_evaluate_scores_the_answers_alone_as_numpy_does(tmp_path, capsys):
 
 @pytest.mark.parametrize("task,key,value,message", [
     ("mqar", "num_kv_pairs", 5, r"task\.num_kv_pairs: 5 pairs need 4 \* 5 = 20 tokens, more than context_size=16"),
-    ("nope", None, None, r"dataset: 'task:nope' is not one of task:mqar, task:copy, task:sort"),
+    ("nope", None, None, rf"dataset: 'task:nope' is not one of {', '.join(tasks.PREFIX + t for t in tasks.TASKS)}$"),
 ])
 def test_bad_task_settings_are_one_line_config_errors(tmp_path, task, key, value, message):
     c = task_config(task)

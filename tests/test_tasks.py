@@ -1,14 +1,27 @@
 """The synthetic tasks: each generator against layouts worked out by hand on tiny configs and
-against its structure on larger ones, determinism, check()'s one-line errors, and mqar's power-law
-gaps against Zoology's probabilities."""
+against its structure on larger ones, determinism and batches pinned for a seed, the settings' one-line
+errors, mqar's power-law gaps against Zoology's probabilities, and the registry: README's table of it,
+and docs/package.md's worked example registered at runtime, checked, drawn and trained on."""
 import collections
+import dataclasses
+import hashlib
+import json
 import math
+import os
+import re
+import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
+from aed_jax import cli
+from aed_jax import config as config_lib
 from aed_jax import tasks
+from aed_jax import train
 from aed_jax.config import ConfigError, base_config, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def task_config(name: str, T: int, V: int, **task):
@@ -207,8 +220,11 @@ def test_defaults_pass_check():
         validate(c)
 
 
+REGISTERED = ", ".join(tasks.PREFIX + name for name in tasks.TASKS)  # in the registry's order, as errors list them
+
+
 @pytest.mark.parametrize("name, T, V, task, match", [
-    ("bogus", 64, 100, {}, r"^dataset: 'task:bogus' is not one of task:mqar, task:copy, task:sort$"),
+    ("bogus", 64, 100, {}, rf"^dataset: 'task:bogus' is not one of {REGISTERED}$"),
     ("mqar", 64, 100, {"num_kv_pairs": 40},
      r"^task\.num_kv_pairs: 40 pairs need 4 \* 40 = 160 tokens, more than context_size=64$"),
     ("mqar", 64, 100, {"num_kv_pairs": 0}, r"^task\.num_kv_pairs: must be a positive integer, got 0$"),
@@ -259,3 +275,107 @@ def test_the_smallest_accepted_settings_still_need_the_skill(c):
     if tasks.task_name(c.dataset) == "sort":
         lists = s[:, :2]
         assert (lists[:, 0] > lists[:, 1]).any()  # some lists need sorting
+
+
+@pytest.mark.parametrize("name, T, V, settings, digest", [
+    ("mqar", 64, 100, {"num_kv_pairs": 8}, "9cddf01ed6b43147"),
+    ("mqar", 40, 41, {"num_kv_pairs": 3, "power_a": 0.5}, "532eabb835b82bf9"),
+    ("copy", 64, 50, {"copy_length": 8}, "1ebe4e32b269740b"),
+    ("copy", 32, 3, {"copy_length": 2}, "7626561a1ade7f32"),
+    ("sort", 64, 50, {"sort_length": 8}, "94d819a769c48168"),
+    ("sort", 10, 10, {"sort_length": 2}, "fc3e8ffd14c7015d"),
+])
+def test_batches_are_pinned_for_a_seed(name, T, V, settings, digest):
+    """The generators' output for a seed never changes (a run resumes, and a finished run reproduces, only if
+    its stream does): sha256 of x, y and weight (dtype, shape, bytes) of 16 rows, as drawn when pinned."""
+    batch = tasks.make_batch(task_config(name, T, V, **settings), np.random.default_rng((1337, 5)), 16)
+    h = hashlib.sha256()
+    for key in ("x", "y", "weight"):
+        a = np.ascontiguousarray(batch[key])
+        h.update(f"{key}{a.dtype}{a.shape}".encode() + a.tobytes())
+    assert h.hexdigest()[:16] == digest
+
+
+def test_every_registered_task_has_its_row_in_the_readme():
+    """README's table of tasks says what each task is with its registered doc line, and lists no other task."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        rows = re.findall(r"^\| `task:(\w+)` \| (.*?) \|", f.read(), re.M)
+    assert rows == [(task.name, task.doc) for task in tasks.TASKS.values()]
+
+
+@pytest.fixture
+def reverse_task(monkeypatch):
+    """docs/package.md's worked example, "Add a task", registered as written (the block is run in the
+    namespace tasks.py's own tasks are defined in), on a copy of the registry that is put back after."""
+    monkeypatch.setattr(tasks, "TASKS", dict(tasks.TASKS))
+    with open(os.path.join(ROOT, "docs", "package.md"), encoding="utf-8") as f:
+        section = f.read().split("\n## Add a task\n")[1].split("\n## ")[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(block, {"np": np, "Task": tasks.Task, "Setting": tasks.Setting, "register": tasks.register})
+    return tasks.TASKS["reverse"]
+
+
+def test_a_task_added_to_the_registry_is_configured_and_checked(reverse_task, monkeypatch, capsys):
+    assert list(tasks.TASKS)[-1] == "reverse" and "reverse" not in REGISTERED  # the fixture's, not the package's
+    c = task_config("reverse", 16, 32)
+    assert c.task.reverse_length == 8  # the key and its default come from the registry: config.py names neither
+    validate(c)
+    meanings = config_lib.meanings()
+    assert meanings["task.reverse_length"] == "reverse: tokens to reverse"
+    assert meanings["dataset"].endswith("| task:reverse")
+    # From the command line, as any key.
+    monkeypatch.chdir(ROOT)
+    args = ["prog", "--config=configs/tiny.py", "--config.dataset=task:reverse", "--config.task.reverse_length=3",
+            "--config.model_config.alphabet_size=16"]
+    monkeypatch.setattr(sys, "argv", args)
+    flag_values = flags.FlagValues()
+    cli.define_config_flag(flag_values)
+    cli.parse_flags(args, flag_values)
+    assert cli.get_config(flag_values).task.reverse_length == 3
+    for length, match in [(0, r"^task\.reverse_length: must be a positive integer, got 0$"),
+                          (1, r"^task\.reverse_length: must be at least 2 \(one token is its own reverse\), got 1$"),
+                          (9, r"^task\.reverse_length: the segment and its reverse need 18 tokens, more than "
+                              r"context_size=16$")]:
+        c.task.reverse_length = length
+        with pytest.raises(ConfigError, match=match):
+            validate(c)
+    c = task_config("mqar", 16, 32, num_kv_pairs=2, reverse_length=9)  # not reverse: not its rules
+    validate(c)
+    c.dataset = "task:reversed"
+    with pytest.raises(ConfigError, match=rf"^dataset: 'task:reversed' is not one of {REGISTERED}, task:reverse$"):
+        validate(c)
+
+
+def test_a_registered_setting_or_name_cannot_be_declared_twice(reverse_task):
+    """The config's task section is flat: a second task declaring reverse_length would share its value."""
+    with pytest.raises(ValueError, match="setting task.reverse_length is task reverse's already"):
+        tasks.register(dataclasses.replace(reverse_task, name="mirror"))
+    with pytest.raises(ValueError, match="task name 'reverse': must be an identifier no task has"):
+        tasks.register(dataclasses.replace(reverse_task, settings={}))
+    assert list(tasks.TASKS)[-1] == "reverse"
+
+
+def test_a_task_added_to_the_registry_draws_its_batches(reverse_task):
+    T, L = 16, 5
+    c = task_config("reverse", T, 32, reverse_length=L)
+    validate(c)
+    s, weight = draw(c, 50)
+    np.testing.assert_array_equal(weight, np.tile(np.arange(T) // L == 1, (50, 1)))  # y at t = L .. 2L - 1
+    np.testing.assert_array_equal(s[:, L + 1:2 * L + 1], s[:, L - 1::-1])
+    assert (s[:, :L] > 0).all() and not s[:, L].any() and not s[:, 2 * L + 1:].any()
+    assert tasks.problems_per_sequence(c) == 1 and tasks.chance_token_accuracy(c) == 1 / 31
+
+
+def test_a_task_added_to_the_registry_trains(reverse_task, tmp_path):
+    """The trainer streams it, estimates its accuracies and records its settings: nothing else to edit."""
+    c = base_config("baseline")  # the smaller program to compile
+    c.dataset, c.task.reverse_length = "task:reverse", 4
+    c.model_config.update(dict(context_size=16, alphabet_size=32, n_embed=16, n_head=2, n_layer=1))
+    c.update(dict(batch_size=4, gradient_accumulation_steps=1, train_steps=2, warmup_iters=1, lr_decay_iters=4,
+                  est_interval=2, est_steps=1, log_interval=1))
+    validate(c)
+    workdir = str(tmp_path / "run")
+    outcome = train.train_and_evaluate(c, workdir)
+    assert 0.0 <= outcome.estimate["val_token_accuracy"] <= 1.0 and outcome.estimate["step"] == 2
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["task"]["reverse_length"] == 4

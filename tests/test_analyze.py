@@ -274,7 +274,6 @@ def cosine(a, b):
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-@pytest.mark.fast
 def test_the_embedding_loss_layer_norms_and_the_alignment_the_loss_sees(analysed):
     got, p, x = (analysed[k] for k in ("got", "p", "x"))
     cfg = analysed["model"].cfg

@@ -334,7 +334,6 @@ def test_an_unreadable_step_metadata_file_is_damage(run, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.fast
 def test_garbage_in_the_checksums_item_names_the_json_error(run):
     """Not `StopIteration: 0`, the json decoder's internal exception that the error was raised beside."""
     _, workdir, _, _ = run

@@ -197,7 +197,6 @@ def test_output_layer_is_the_token_embedding(model_type):
 
 
 @pytest.mark.parametrize("model_type", ["aed", "baseline"])
-@pytest.mark.fast
 def test_initial_loss_is_near_uniform(model_type):
     cfg = small(model_type=model_type, alphabet_size=50257, n_embed=32)
     model, params = build(cfg)

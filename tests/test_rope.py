@@ -21,7 +21,6 @@ T, V, D = 16, 64, 32
 
 
 @pytest.mark.parametrize("head", [8, 15])  # an odd head turns its first 14 features and keeps the last
-@pytest.mark.fast
 def test_shifting_every_position_leaves_the_attention_scores_unchanged(head):
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, T, 3, head))
     positions = jnp.arange(T)

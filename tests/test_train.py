@@ -149,7 +149,6 @@ def test_weight_decay_only_on_matrices():
     assert optim.decay_mask(params) == {"w": True, "b": False, "ln": {"scale": False}, "emb": True}
 
 
-@pytest.mark.fast
 def test_loss_falls(data_dir, tmp_path):
     c = small_config(data_dir, train_steps=60, est_interval=30, est_steps=4)
     c.model_config.dropout_rate = 0.0

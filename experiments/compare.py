@@ -1,7 +1,7 @@
 """`python -m experiments.compare --workdir A --workdir B [...] [--out DIR] [--smooth N]`: any runs side by side.
 
-Each --workdir is a run folder (main's, or one of reproduce's `<out>/<run>[/<point>]/seed<k>`); a folder
-with no run of its own but `seed<k>/` runs in it stands for those seeds. Runs whose config.json differ
+Each --workdir is a run folder (main's, or one of reproduce's `<out>/<run>[/<point>]/seed<k>`), or a
+folder of runs, which stands for every run below it: a run's seeds, a sweep's or a suite's `--out`. Runs whose config.json differ
 in nothing but random_seed are one configuration: drawn as the mean of its seeds in a band from the
 lowest to the highest, tabled as mean ± sd over them. Writes DIR/compare.md, DIR/compare.csv and
 DIR/compare.png: the training cross-entropy logged per step (a moving mean), the val loss at each estimate, and
@@ -30,8 +30,9 @@ METRICS = ("val_loss", "val_token_accuracy", "val_sequence_accuracy")
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_multi_string("workdir", None, "A run folder, or a folder of seed<k>/ runs; repeat it for each run "
-                              "(runs that differ only in their seed are grouped).", flag_values=fv)
+    flags.DEFINE_multi_string("workdir", None, "A run folder, or a folder of runs (every run below it: a run's "
+                              "seeds, a sweep's or a suite's --out); repeat it (runs that differ only in their seed "
+                              "are grouped).", flag_values=fv)
     flags.DEFINE_string("out", os.path.join("runs", "compare"), "Folder for compare.md, compare.csv and compare.png.",
                         flag_values=fv)
     flags.DEFINE_integer("smooth", 10, "The training-loss curve's moving mean, in logged steps (1: raw).",
@@ -39,14 +40,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def runs_of(workdir: str) -> list[str]:
-    """The run folders `workdir` stands for: itself, or its seed<k>/ runs; one line when it holds none."""
+    """The run folders `workdir` stands for: itself, or every run below it (its seed<k>/ runs, a suite's or
+    a sweep's `<out>` whole), in path order; one line when it holds none."""
     if os.path.isfile(os.path.join(workdir, "config.json")):
         return [workdir]
-    seeds = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(glob.escape(workdir), "seed*", "config.json")))
-    if not seeds:
-        cli.fail(f"--workdir {workdir}: no run here (no config.json, nor seed*/config.json): a folder that "
+    runs = []
+    for folder, subfolders, files in os.walk(workdir):
+        if "config.json" in files:
+            runs.append(folder)
+            subfolders.clear()  # a run's own folders (checkpoints/, best/) hold no other run
+        else:
+            subfolders.sort()
+    if not runs:
+        cli.fail(f"--workdir {workdir}: no run here or below (no config.json): a folder that "
                  "python -m aed_jax.main or experiments.reproduce trained")
-    return seeds
+    return runs
 
 
 def read_config(workdir: str) -> dict:

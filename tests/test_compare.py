@@ -62,12 +62,17 @@ def test_compare_groups_seeds_tables_them_and_draws_chance(tmp_path):
     md = (out / "compare.md").read_text()
     assert "| aed | 3 | aed | task:mqar | 10 | 3.3000 ± 0.2000 | 0.700 ± 0.200 | 0.350 ± 0.100 | 0.25 |" in md
     assert "![runs compared](compare.png)" in md and os.path.getsize(out / "compare.png") > 20_000
+    whole = compare("--workdir", str(tmp_path / "sweep"), "--out", str(tmp_path / "all"))  # a sweep's folder whole
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    with open(tmp_path / "all" / "compare.csv") as f:
+        assert [(r["label"], r["n"]) for r in csv.DictReader(f)] == [("aed", "3"), ("baseline", "1"),
+                                                                      ("baseline_lr", "1")]
 
 
 def test_compare_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     for args, message in ((["--out", str(tmp_path / "o")], "give the runs to compare"),
-                          (["--workdir", str(tmp_path / "empty")], "no run here"),
+                          (["--workdir", str(tmp_path / "empty")], "no run here or below"),
                           (["--workdir", str(tmp_path / "empty"), "--smooth", "0"], "flag --smooth=0")):
         result = compare(*args)
         assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr, \

@@ -99,7 +99,7 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("experiments.reproduce", ["--suite=smoke", "--grid=config.lr"], "error: --grid config.lr: give KEY=VALUE"),
     ("experiments.reproduce", ["--suite=smoke", "--config.lr_typo=1"], "unknown config key lr_typo"),
     ("experiments.compare", ["--help"], "--smooth: The training-loss"),
-    ("experiments.compare", ["--workdir=/nonexistent"], "error: --workdir /nonexistent: no run here"),
+    ("experiments.compare", ["--workdir=/nonexistent"], "error: --workdir /nonexistent: no run here or below"),
     ("experiments.plot", ["--help"], "--suite: <"),
     ("experiments.plot", ["--out=/nonexistent"], "error: --out: no such folder"),
     ("experiments.profile_cpu", ["--help"], "--thunks: Also list"),

@@ -69,9 +69,15 @@ def get_config(flag_values: flags.FlagValues = flags.FLAGS):
         print(f"{filename}, overrides applied:\n{config_lib.describe(flag.value)}")
         sys.exit(0)
     note = past_decay_note(flag.value, config_flags.get_override_values(flag), filename)
-    if note:
+    if note and _first_process():
         print(note, file=sys.stderr)
     return flag.value
+
+
+def _first_process() -> bool:
+    """Whether this is process 0 of a job (or the one process of a run), told before jax joins the others,
+    from JAX_PROCESS_ID or SLURM's rank: the other processes print only their own errors."""
+    return os.environ.get("JAX_PROCESS_ID", os.environ.get("SLURM_PROCID", "0")).strip() in ("0", "")
 
 
 def past_decay_note(c, overridden: dict, filename: str) -> str | None:

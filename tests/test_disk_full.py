@@ -98,8 +98,8 @@ def test_analyze_and_prepare_with_no_room_are_one_line_and_write_nothing(tmp_pat
     code, lines, stderr = _command("analyze", f"--workdir={workdir}", "--windows=4", "--noablations", f"--out={out}",
                                    no_file_growth=True)
     assert code == 1 and "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
-    assert lines[0].startswith(f"error: --out {out}: cannot write the report: File too large: free space on its "
-                               "disk (or choose another folder), then run the same command again"), lines
+    assert lines[0].startswith(f"error: --out {out}: File too large: free space on its disk (or choose another "
+                               "folder), then run the same command again"), lines  # refused before any work
     assert not [p for p in out.iterdir() if p.stat().st_size] if out.exists() else True
     (tmp_path / "corpus.txt").write_text("Some text to tokenize. " * 2000)
     code, lines, stderr = _command("prepare", f"--input={tmp_path / 'corpus.txt'}", f"--out={tmp_path / 'tokens'}",

@@ -142,7 +142,8 @@ def _mqar(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
     key is queried once, at s[2N + 2g] for N distinct gaps g in [0, (T - 2N) // 2) drawn one after another
     without replacement with p(g) proportional to (g + 1) ** (power_a - 1) (np.random.choice(replace=False,
     p=p)), the i-th pair at the i-th gap drawn (so earlier pairs tend to be queried sooner); every other
-    token is uniform in [0, V) (random_non_queries=True); the answer scored is the query's value. Zoology's
+    token is uniform in [0, V) with task.random_non_queries = 1 (Zoology's default), 0 with
+    task.random_non_queries = 0 (Zoology's figure 2); the answer scored is the query's value. Zoology's
     asserts are `_mqar_problem`'s: T even, V > T, 4N <= T.
 
     Deviations: (1) Zoology's inputs and labels are separate arrays, so the input after a query is random
@@ -152,6 +153,8 @@ def _mqar(c, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
     the keys and values, an exponential race for the gaps), with the same distribution."""
     T, V, N = c.model_config.context_size, c.model_config.alphabet_size, c.task.num_kv_pairs
     seq_BxT1 = rng.integers(0, V, size=(B, T + 1), dtype=np.int32)  # the non-query tokens
+    if not c.task.random_non_queries:  # drawn all the same, so one seed's keys and gaps do not depend on it
+        seq_BxT1[:] = 0
     keys_BxN, values_BxN = 1 + _distinct(rng, B, V // 2 - 1, N), V // 2 + _distinct(rng, B, V - V // 2, N)
     seq_BxT1[:, 0:2 * N:2], seq_BxT1[:, 1:2 * N:2] = keys_BxN, values_BxN
     # Successive draws without replacement with probabilities p come in the order in which exponential
@@ -207,7 +210,10 @@ register(Task(
         "queried once at power-law gaps; emit its value",
     settings={"num_kv_pairs": Setting(8, "key-value pairs per sequence, each queried once"),
               "power_a": Setting(0.01, "power-law parameter of the query gaps (Zoology's power_a), in (0, 1]",
-                                 ok=lambda a: 0 < a <= 1, rule="a finite number in (0, 1]")},
+                                 ok=lambda a: 0 < a <= 1, rule="a finite number in (0, 1]"),
+              "random_non_queries": Setting(1, "1: the tokens that are neither pairs nor queries are uniform in [0, "
+                                               "alphabet_size) (Zoology's default); 0: they are 0 (Zoology's figure 2)",
+                                            ok=lambda v: v in (0, 1), rule="0 or 1")},
     problem=_mqar_problem,
     make=_mqar,
     # One of the N values seen in the context (1/N, not 1/V: the values are few and there to be copied).

@@ -98,6 +98,23 @@ def test_mqar_structure():
         np.testing.assert_array_equal(row[query + 1], [row[2 * slot[k] + 1] for k in row[query]])
 
 
+
+def test_mqar_zero_filler_is_zoologys_figure_2_layout():
+    # random_non_queries=0: the same pairs, queries and values as with random filler from the same seed,
+    # and 0 everywhere else (Zoology's figure 2 data).
+    T, V, N = 32, 40, 4
+    s_random, w_random = draw(task_config("mqar", T, V, num_kv_pairs=N), 200, seed=5)
+    s_zero, w_zero = draw(task_config("mqar", T, V, num_kv_pairs=N, random_non_queries=0), 200, seed=5)
+    np.testing.assert_array_equal(w_zero, w_random)
+    kept = np.zeros_like(s_zero, dtype=bool)
+    kept[:, :2 * N] = True
+    query_rows, query_cols = np.nonzero(w_zero)
+    kept[query_rows, query_cols] = kept[query_rows, query_cols + 1] = True
+    np.testing.assert_array_equal(s_zero[kept], s_random[kept])
+    assert (s_zero[~kept] == 0).all() and (s_random[~kept] != 0).any()
+    with pytest.raises(ConfigError, match=r"task.random_non_queries: must be 0 or 1, got 2"):
+        validate(task_config("mqar", 64, 100, num_kv_pairs=4, random_non_queries=2))
+
 @pytest.mark.parametrize("power_a", [0.01, 0.5, 1.0])
 def test_mqar_gaps_follow_zoologys_power_law(power_a):
     # The first pair is queried at Zoology's first gap drawn, which has Zoology's p exactly.

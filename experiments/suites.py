@@ -88,6 +88,7 @@ class Difficulty:
     title: str  # the panel's title
     context_size: int
     settings: dict  # task.* config keys
+    train_steps: int | None = None  # this difficulty's budget; None: its scale's train_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +100,14 @@ class TaskScale:
     alphabet_size: int  # vocabulary; MQAR needs it above the context size
     batch_size: int
     train_steps: int
-    lr: float  # peak; warmup over the first 5% of the steps, cosine decay to lr / 10 at the last
+    lr: float  # peak; warmup over the first 5% of the steps, cosine decay to min_lr at the last
     estimates: int  # estimates per run, the last at train_steps
     est_steps: int  # batches of each split per estimate
     difficulties: dict[str, tuple[Difficulty, ...]]  # task name -> its settings, easiest first
+    # None: lr / 10. 0.0 for a scale swept over lr (--grid lr=...), so that the points differ in lr alone,
+    # not also in how far their schedule decays.
+    min_lr: float | None = None
+    saves: int | None = None  # checkpoints per run, the last at train_steps; None: one at every estimate
 
 
 def _mqar(context_size: int, pairs: int) -> Difficulty:
@@ -297,10 +302,12 @@ def task_config(model: str, task: str, difficulty: Difficulty, width: int, s: Ta
     c.model_config.cross_attn_config.n_head = 2 * n_head
     c.dataset = f"task:{task}"
     c.task.update(difficulty.settings)
-    c.update(dict(batch_size=s.batch_size, gradient_accumulation_steps=1, train_steps=s.train_steps, lr=s.lr,
-                  min_lr=s.lr / 10, warmup_iters=s.train_steps // 20, lr_decay_iters=s.train_steps,
-                  est_interval=max(1, s.train_steps // s.estimates), est_steps=s.est_steps,
-                  log_interval=max(1, s.train_steps // 50)))
+    steps = difficulty.train_steps or s.train_steps
+    est_interval = max(1, steps // s.estimates)
+    c.update(dict(batch_size=s.batch_size, gradient_accumulation_steps=1, train_steps=steps, lr=s.lr,
+                  min_lr=s.lr / 10 if s.min_lr is None else s.min_lr, warmup_iters=steps // 20, lr_decay_iters=steps,
+                  est_interval=est_interval, est_steps=s.est_steps, log_interval=max(1, steps // 50),
+                  save_interval=None if s.saves is None else est_interval * max(1, s.estimates // s.saves)))
     config_lib.validate(c)  # a size in TASK_SCALES that the task cannot take fails here, before any run trains
     return c
 

@@ -1,8 +1,9 @@
 """What `python -m experiments.reproduce` runs: a suite's runs trained (or resumed, or skipped when
 finished), seed by seed, and their results tabulated: results.md, results.csv, seeds.csv,
 differences.csv (each comparison's paired differences over the seeds with their 95% t-intervals and
-p-values, Holm-adjusted over every difference of the results.md, `aed_jax/stats.py`) and the figures (`experiments/figures.py`). The command's docstring says what a
-user gets; the suites themselves are `experiments/suites.py`'s.
+p-values, Holm-adjusted over every difference of the results.md, `aed_jax/stats.py`) and the figures
+(`experiments/figures.py`). The command's docstring says what a user gets; the suites themselves are
+`experiments/suites.py`'s.
 """
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def tables(out: str) -> None:
         writer = csv.writer(f)
         writer.writerow(["a", "b", "metric", "n", "mean", "sd", "ci_low", "ci_high", "p", "p_holm"])
         for (a, b), i, p_holm in zip(PAIRS, intervals, adjusted):
-            writer.writerow([a, b, "full_val_ce", i.n] + [f"{v:.6g}" for v in (i.mean, i.sd, i.low, i.high, i.p, p_holm)])
+            writer.writerow([a, b, "full_val_ce", i.n]
+                            + [f"{v:.6g}" for v in (i.mean, i.sd, i.low, i.high, i.p, p_holm)])
     lines = ["# Tiny suite: cross-entropy on the whole val split", "",
              "`evaluate --full` (every window of wiki_vital's val split, 106k tokens) of each run's last "
              "checkpoint (step 1,200); mean ± sd over seeds 1337, 1338, 1339.", "",

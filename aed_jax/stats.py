@@ -1,11 +1,17 @@
 """Confidence intervals, in one place: over random seeds (a run's mean and standard deviation, and the
-paired difference of two runs with its Student t interval, said in a sentence; experiments.reproduce)
+paired difference of two runs with its Student t interval and t-test p-value, Holm-adjusted over a table's
+comparisons, said in a sentence; experiments.reproduce)
 and over sampled windows (a t-interval of paired differences, and a bootstrap band of a curve;
 aed_jax.analyze).
 
 Why paired: two runs with the same seed share their initialisation, data order and dropout draws,
 so the difference seed by seed cancels much of what the seed alone moves; its interval is
 mean ± t_{0.975, n-1} · sd / sqrt(n) over the n seeds both runs have.
+
+Why Holm: a table of many comparisons at 95% each finds some interval that excludes zero by luck (one in
+twenty where nothing differs). Holm's step-down adjustment keeps the chance of any false "excludes zero"
+in the whole family at 5%, whatever the dependence between the comparisons; a difference whose interval
+excludes zero only before it is called suggestive, not shown.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
+ALPHA = round(1 - CONFIDENCE, 10)  # the test's level: p < ALPHA exactly when the interval excludes zero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +37,14 @@ class Summary:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    """The mean of `n` values and its two-sided t-interval at CONFIDENCE; low and high are None for one value."""
+    """The mean of `n` values and its two-sided t-interval at CONFIDENCE, and the p-value of the t-test that
+    the true mean is zero (`t_test_p`); low, high and p are None for one value."""
     mean: float
     sd: float | None
     n: int
     low: float | None
     high: float | None
+    p: float | None = None
 
     def excludes_zero(self) -> bool | None:
         return None if self.low is None else self.low > 0 or self.high < 0
@@ -56,7 +65,32 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> Interval 
     if s.sd is None:
         return Interval(s.mean, None, 1, None, None)
     half = float(scipy_stats.t.ppf((1 + confidence) / 2, s.n - 1)) * s.sd / math.sqrt(s.n)
-    return Interval(s.mean, s.sd, s.n, s.mean - half, s.mean + half)
+    return Interval(s.mean, s.sd, s.n, s.mean - half, s.mean + half, t_test_p(s.mean, s.sd, s.n))
+
+
+def t_test_p(mean: float, sd: float, n: int) -> float | None:
+    """The two-sided p-value of the one-sample t-test that the true mean is zero, from the mean, the sample sd
+    and the count of the values (a paired test when they are paired differences): 2 P(T_{n-1} > |t|) with
+    t = mean / (sd / sqrt(n)). None for one value. With sd 0 (every value the same) it is 1 when they are 0
+    and 0 otherwise, as the interval mean ± 0 says."""
+    if n < 2:
+        return None
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * scipy_stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given. With the m p-values sorted, p_(1) <= ... <= p_(m),
+    the i-th adjusted value is max over j <= i of min(1, (m - j + 1) p_(j)): monotone in p, capped at 1, and
+    never below p. An adjusted value under ALPHA rejects its hypothesis with the chance of any false rejection
+    in the family at most ALPHA."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
@@ -64,20 +98,37 @@ def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
 
 
-def sentence(a: str, b: str, interval: Interval | None, what: str, digits: int = 3) -> str:
+def p_text(p: float) -> str:
+    """A p-value as the sentences write it: three decimals, "< 0.001" below that."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def sentence(a: str, b: str, interval: Interval | None, what: str, digits: int = 3,
+             p_holm: float | None = None, family: int | None = None) -> str:
     """The paired difference a - b in words, e.g. "mse_pos_sub - baseline: -0.012 val loss (95% CI -0.020 to
-    -0.004, 3 seeds): lower, the interval excludes zero"."""
+    -0.004, 3 seeds): lower, the interval excludes zero".
+
+    With `p_holm`, its Holm-adjusted p-value in a family of `family` comparisons, the sentence gives p and
+    says one of three things: the interval excludes zero after Holm correction (p_holm < ALPHA); suggestive,
+    only the unadjusted interval excludes zero; or the interval includes zero."""
     head = f"{a} - {b}"
     if interval is None:
         return f"{head}: no seed has both runs' {what} yet"
     mean = f"{interval.mean:+.{digits}f} {what}"
     if interval.low is None:
         return f"{head}: {mean} (1 seed): no interval from one seed; run more (--seeds 3)"
-    ci = (f"({CONFIDENCE:.0%} CI {interval.low:.{digits}f} to {interval.high:.{digits}f}, "
-          f"{interval.n} seeds)")
-    if interval.excludes_zero():
-        return f"{head}: {mean} {ci}: {'lower' if interval.mean < 0 else 'higher'}, the interval excludes zero"
-    return f"{head}: {mean} {ci}: the interval includes zero: no difference shown at {interval.n} seeds"
+    p = f", p = {p_text(interval.p)}" if p_holm is not None else ""
+    ci = f"({CONFIDENCE:.0%} CI {interval.low:.{digits}f} to {interval.high:.{digits}f}, {interval.n} seeds{p})"
+    side = "lower" if interval.mean < 0 else "higher"
+    if not interval.excludes_zero():
+        return f"{head}: {mean} {ci}: the interval includes zero: no difference shown at {interval.n} seeds"
+    if p_holm is None:
+        return f"{head}: {mean} {ci}: {side}, the interval excludes zero"
+    adjusted = f"Holm-adjusted p = {p_text(p_holm)} over {family} comparison{'' if family == 1 else 's'}"
+    if p_holm < ALPHA:
+        return f"{head}: {mean} {ci}: {side}, the interval excludes zero after Holm correction ({adjusted})"
+    return (f"{head}: {mean} {ci}: suggestive, {side}: only the unadjusted interval excludes zero "
+            f"({adjusted})")
 
 
 def bootstrap_band(samples_NxK: np.ndarray, seed: int, resamples: int = 1000,

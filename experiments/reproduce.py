@@ -14,7 +14,8 @@ Seeds: `--seeds 3` trains every run with the seeds 1337, 1338, 1339 (the config 
 initialisation, data order, dropout), `--seeds 7,8` with those, each in `<out>/<run>/seed<k>`.
 results.csv then holds each run's mean and standard deviation over its seeds and n, seeds.csv the
 values of every seed, differences.csv (and results.md, in words) each comparison's paired
-differences (run a minus run b, seed by seed) with their 95% t-intervals (aed_jax/stats.py).
+differences (run a minus run b, seed by seed) with their 95% t-intervals and paired t-test p-values,
+Holm-adjusted over every difference of the results.md (aed_jax/stats.py).
 Without --seeds a run trains once, with its config's seed, in `<out>/<run>`.
 
 Each run trains in a process of its own, `--jobs` at a time (default: one per usable core on CPU,

@@ -1,8 +1,9 @@
 """What `python -m experiments.reproduce` runs: a suite's runs trained (or resumed, or skipped when
 finished), seed by seed, and their results tabulated: results.md, results.csv, seeds.csv,
-differences.csv (each comparison's paired differences over the seeds with their 95% t-intervals,
-`aed_jax/stats.py`) and the figures (`experiments/figures.py`). The command's docstring says what a
-user gets; the suites themselves are `experiments/suites.py`'s.
+differences.csv (each comparison's paired differences over the seeds with their 95% t-intervals and
+p-values, Holm-adjusted over every difference of the results.md, `aed_jax/stats.py`) and the figures
+(`experiments/figures.py`). The command's docstring says what a user gets; the suites themselves are
+`experiments/suites.py`'s.
 """
 from __future__ import annotations
 
@@ -143,8 +144,13 @@ def aggregate(run: Run, seed_rows: list[dict]) -> dict:
 
 def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
     """Each comparison's paired differences a - b of each of the suite's metrics, over the seeds at which both
-    runs have an estimate of the same step, with their t-interval and the sentence that says it."""
-    out, runs = [], {run.name: run for run in suite.runs}
+    runs have an estimate of the same step, with their t-interval, t-test p-value, Holm-adjusted p-value and
+    the sentence that says them.
+
+    The Holm family is every paired difference of the one results.md (every comparison, every metric) that
+    has a p-value (two seeds or more): where nothing differs, a table of 72 differences at 95% each
+    would show about four intervals excluding zero by luck alone."""
+    out, runs, intervals = [], {run.name: run for run in suite.runs}, []
     for comparison in suite.comparisons:
         for a, b in comparison.differences():
             where, names = "", (a, b)
@@ -158,13 +164,20 @@ def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
                           if values[0][seed][0] == values[1][seed][0]]
                 interval = stats.t_interval(stats.paired({s: values[0][s][1] for s in common},
                                                          {s: values[1][s][1] for s in common}))
+                intervals.append((where, names, metric, interval))
                 out.append({
                     "comparison": comparison.name, "a": a, "b": b, "metric": metric,
                     "n": interval.n if interval else 0, "seeds": " ".join(map(str, sorted(common))),
                     "mean": interval and interval.mean, "sd": interval and interval.sd,
                     "ci_low": interval and interval.low, "ci_high": interval and interval.high,
                     "excludes_zero": interval and interval.excludes_zero(),
-                    "sentence": where + stats.sentence(*names, interval, suites.METRIC_NAMES[metric])})
+                    "p": interval and interval.p, "p_holm": None})
+    family = [row for row in out if row["p"] is not None]
+    for row, adjusted in zip(family, stats.holm([row["p"] for row in family])):
+        row["p_holm"] = adjusted
+    for row, (where, names, metric, interval) in zip(out, intervals):
+        row["sentence"] = where + stats.sentence(*names, interval, suites.METRIC_NAMES[metric],
+                                                 p_holm=row["p_holm"], family=len(family))
     return out
 
 
@@ -174,7 +187,7 @@ CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params
 SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
                     "wall_time_s", "tokens_per_s", "workdir")
 DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
-                          "excludes_zero", "sentence")
+                          "excludes_zero", "p", "p_holm", "sentence")
 
 
 def _fmt(value, kind: str = "loss", sd: float | None = None) -> str:
@@ -223,7 +236,10 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                   "value is the mean ± standard deviation over a run's seeds with an estimate (n and the values of "
                   "each seed: results.csv, seeds.csv); wall time and tokens/s are means per seed. A difference "
                   "a - b is paired by seed, with its "
-                  f"{stats.CONFIDENCE:.0%} Student t-interval over the seeds (differences.csv); figures draw the "
+                  f"{stats.CONFIDENCE:.0%} Student t-interval over the seeds and the paired t-test's p-value, "
+                  "Holm-adjusted over every paired difference on this page (differences.csv: p, p_holm): a "
+                  "difference is shown when it excludes zero after Holm correction, suggestive when only the "
+                  "unadjusted interval excludes zero; figures draw the "
                   f"mean, in a band from the lowest to the highest seed.", ""]
     if tasks:
         lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "

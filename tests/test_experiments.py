@@ -139,6 +139,8 @@ def test_seeds_give_means_sds_and_paired_intervals(seeded):
     assert float(diff["ci_low"]) == pytest.approx(mean - half, rel=1e-6)
     assert float(diff["ci_high"]) == pytest.approx(mean + half, rel=1e-6)
     assert diff["excludes_zero"] == str((mean - half) * (mean + half) > 0)
+    p = 1 - 2 * math.atan(abs(mean) / (sd / math.sqrt(2))) / math.pi  # the t distribution with 1 df is Cauchy
+    assert float(diff["p"]) == pytest.approx(p, rel=1e-6) and diff["p_holm"] == diff["p"]  # a family of one
     md = (out / "results.md").read_text()
     assert f"- {diff['sentence']}" in md and diff["sentence"].startswith(f"tiny - tiny_baseline: {mean:+.3f} val loss")
     line = next(line for line in md.splitlines() if line.startswith("| tiny AED (MSE + pos sub) (`tiny`)"))
@@ -536,3 +538,37 @@ def test_colab_notebook_trains_the_cpu_quick_start_when_it_finds_no_gpu(tmp_path
         exec(prepare_cell.source, scope)
         assert scope["CONFIG"] == expected and scope["config"].model_config.n_embed == (64 if preset else 150)
         assert ("No GPU on this runtime: training configs/tiny.py" in capsys.readouterr().out) == preset
+
+
+@pytest.mark.fast
+def test_differences_give_p_values_holm_adjusted_over_the_page():
+    """The tiny suite's committed per-seed val losses through `runner.differences`: each paired difference's
+    p-value is scipy's paired t-test, the Holm family is the page's three differences (adjusted by hand from
+    the sorted p-values), and each sentence says which of the three verdicts it is."""
+    from scipy import stats as scipy_stats
+    suite = suites.get("tiny")
+    val = {(r["run"], int(r["seed"])): float(r["val_loss"])
+           for r in read_csv(os.path.join(ROOT, "results", "tiny-2026-12-04", "seeds.csv"))}
+    seed_rows = {run.name: [{"seed": seed, "estimate_step": 1200, "val_loss": v}
+                            for (name, seed), v in val.items() if name == run.name] for run in suite.runs}
+    diffs = runner.differences(suite, seed_rows)
+    seeds = (1337, 1338, 1339)
+    p = [scipy_stats.ttest_rel([val[d["a"], s] for s in seeds], [val[d["b"], s] for s in seeds]).pvalue for d in diffs]
+    assert [d["p"] for d in diffs] == pytest.approx(p, rel=1e-9)
+    order = sorted(range(3), key=lambda i: p[i])
+    by_hand = [0.0] * 3
+    by_hand[order[0]] = 3 * p[order[0]]
+    by_hand[order[1]] = max(by_hand[order[0]], 2 * p[order[1]])
+    by_hand[order[2]] = max(by_hand[order[1]], p[order[2]])
+    assert [d["p_holm"] for d in diffs] == pytest.approx([min(1.0, v) for v in by_hand], rel=1e-9)
+    for d in diffs:
+        if d["p_holm"] < 0.05:
+            assert "excludes zero after Holm correction (Holm-adjusted p = " in d["sentence"], d
+        elif d["excludes_zero"]:
+            assert "suggestive" in d["sentence"] and "over 3 comparisons)" in d["sentence"], d
+        else:
+            assert "the interval includes zero" in d["sentence"], d
+    # mse_pos_sub - baseline: p = 0.0153, adjusted 3 x 0.0153 = 0.046: shown; - no_loss_no_pos (p = 0.049,
+    # adjusted 2 x 0.049 = 0.098): suggestive.
+    assert [d["b"] for d in diffs if "after Holm" in d["sentence"]] == ["baseline"]
+    assert [d["b"] for d in diffs if "suggestive" in d["sentence"]] == ["no_loss_no_pos"]

@@ -89,3 +89,43 @@ def test_bootstrap_band_leaves_out_missing_values():
     present = some[~np.isnan(some)]
     assert present.min() <= low[1] < np.mean(present) < high[1] <= present.max()
     assert np.isnan(low[2]) and np.isnan(high[2])
+
+
+def test_holm_by_hand():
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4). Sorted: 0.005, 0.01, 0.03, 0.04; times 4, 3, 2, 1: 0.02, 0.03, 0.06,
+    0.04; the running maximum keeps them monotone: 0.02, 0.03, 0.06, 0.06. In the order given: 0.03, 0.06, 0.06,
+    0.02."""
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.6, 0.9]) == [1.0, 1.0]  # 1.2 and 0.9, capped at 1, kept monotone
+    assert stats.holm([0.01, 0.01]) == pytest.approx([0.02, 0.02])  # ties: 0.02, then max(0.02, 0.01)
+    assert stats.holm([0.2]) == [0.2] and stats.holm([]) == []
+
+
+def test_t_test_p_by_hand_and_against_the_interval():
+    """differences -0.02, -0.03, -0.025 (above): t = -0.025 / (0.005 / sqrt(3)) = -8.660254; with 2 degrees of
+    freedom P(|T| > t) = 1 - t / sqrt(2 + t^2) = 1 - 8.660254 / sqrt(77) = 0.0130736 (the t distribution with
+    2 degrees of freedom has that closed form)."""
+    interval = stats.t_interval([-0.02, -0.03, -0.025])
+    assert interval.p == pytest.approx(1 - 8.660254 / math.sqrt(77), rel=1e-6)
+    assert stats.t_test_p(-0.025, 0.005, 3) == interval.p
+    # The interval excludes zero exactly when p < 0.05: its bounds at p = 0.05 sit on zero.
+    for values in ([3.10 - 3.12, 3.05 - 3.09, 3.20 - 3.21], [0.5, 0.4, 0.45], [0.1, -0.2, 0.3, 0.05]):
+        i = stats.t_interval(values)
+        assert (i.p < stats.ALPHA) == i.excludes_zero(), values
+    assert stats.t_test_p(0.0, 0.0, 3) == 1.0 and stats.t_test_p(0.2, 0.0, 3) == 0.0
+    assert stats.t_test_p(0.2, 0.1, 1) is None and stats.t_interval([0.25]).p is None
+
+
+def test_sentences_say_what_holm_leaves():
+    """The three verdicts: excludes zero after Holm, suggestive (the unadjusted interval alone), includes zero."""
+    below = stats.t_interval([-0.02, -0.03, -0.025])  # p = 0.0131
+    assert stats.sentence("a", "b", below, "val loss", p_holm=0.0131, family=1) == (
+        "a - b: -0.025 val loss (95% CI -0.037 to -0.013, 3 seeds, p = 0.013): lower, the interval excludes zero "
+        "after Holm correction (Holm-adjusted p = 0.013 over 1 comparison)")
+    assert stats.sentence("a", "b", below, "val loss", p_holm=0.0524, family=4) == (
+        "a - b: -0.025 val loss (95% CI -0.037 to -0.013, 3 seeds, p = 0.013): suggestive, lower: only the "
+        "unadjusted interval excludes zero (Holm-adjusted p = 0.052 over 4 comparisons)")
+    wide = stats.t_interval([3.10 - 3.12, 3.05 - 3.09, 3.20 - 3.21])
+    assert stats.sentence("a", "b", wide, "val loss", p_holm=1.0, family=4).endswith(
+        f"3 seeds, p = {wide.p:.3f}): the interval includes zero: no difference shown at 3 seeds")
+    assert stats.p_text(0.0004) == "< 0.001" and stats.p_text(0.0386) == "0.039"

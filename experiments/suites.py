@@ -134,6 +134,12 @@ TASK_SCALES = {
         estimates=2, est_steps=8,
         difficulties={"mqar": (_mqar(64, 4), _mqar(64, 8)), "copy": (_copy(64, 8), _copy(64, 16)),
                       "sort": (_sort(64, 8), _sort(64, 16))}),
+    # Budgets at which the tasks can be learnt, each point meant to be swept over lr (--grid lr=...; min_lr 0 so
+    # the points differ in lr alone) with an estimate every 2% of the run for its steps-to-accuracy curve.
+    "calibrated": TaskScale(
+        widths=(32,), head_dim=16, n_layer=2, alphabet_size=128, batch_size=32, train_steps=1500, lr=3e-3,
+        estimates=50, est_steps=4, min_lr=0.0, saves=2,
+        difficulties={"sort": (_sort(64, 8),)}),
     "full": TaskScale(
         widths=(64, 128, 256, 512), head_dim=32, n_layer=2, alphabet_size=8192, batch_size=64, train_steps=5000,
         lr=1e-3, estimates=5, est_steps=32,

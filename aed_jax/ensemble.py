@@ -161,9 +161,10 @@ def diverged_before(workdir: str) -> int | None:
 
 
 def train_ensemble(members: list[tuple[str, ml_collections.ConfigDict]], root: str, fresh: bool = False,
-                   started: float | None = None) -> Outcome:
+                   started: float | None = None, devices=None) -> Outcome:
     """Trains `members` (`config.member_configs`' (name, config) pairs) as one ensemble, member `name` in
-    `<root>/<name>`, holding every member's lock, from the newest step every member has a checkpoint of."""
+    `<root>/<name>`, holding every member's lock, from the newest step every member has a checkpoint of,
+    on `devices` (default: every device of this process)."""
     phases = progress.Phases(started)
     if jax.process_count() > 1:
         raise EnsembleError("an ensemble trains in one process (its members split over that host's devices); "
@@ -172,7 +173,7 @@ def train_ensemble(members: list[tuple[str, ml_collections.ConfigDict]], root: s
     for c in configs:
         config_lib.validate(c)
     c0 = configs[0]
-    mesh = mesh_lib.ensemble_mesh(c0, len(members))
+    mesh = mesh_lib.ensemble_mesh(c0, len(members), devices)
     per_member = mesh.size // mesh.shape[mesh_lib.MEMBER]
     for key in ("batch_size", "micro_batch_size"):
         if c0[key] is not None and c0[key] % per_member:

@@ -4,7 +4,8 @@ Trains a config end to end; re-running the same command resumes from the workdir
 checkpoint, and says so when the run is already finished. At the end it prints the final losses
 and a greedy and a sampled continuation of a prompt. On a cluster, pass --distributed on every
 host (jax.distributed.initialize reads the coordinator from SLURM or the
-JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables). With `--members KEY=V1,V2,...`, the
+runs that differ only in those keys train as one ensemble (`ensemble`), each in <workdir>/<its values>.
 """
 import os
 import signal
@@ -64,7 +65,7 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("members", None, "An ensemble: KEY=V1,V2,... (repeat for more keys, each with as "
                               "many values), member k the config with the k-th value of each; the members train as "
                               "one vmapped step, each in <workdir>/<KEY=V,...>, as it would alone. Keys: "
-                              + ", ".join(k.rsplit(".", 1)[-1] for k in config_lib.ENSEMBLE_KEYS) + ".")
+                              + ", ".join(k.rsplit(".", 1)[-1] for k in config_lib.ENSEMBLE_KEYS))
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
     flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
                          "training ends; 0 prints none.", lower_bound=0)

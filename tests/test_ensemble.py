@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from aed_jax import benchmark
 from aed_jax import config as config_lib
 from aed_jax import ensemble
 from aed_jax import rundir
@@ -213,12 +214,13 @@ EIGHT_DEVICES = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
     import jax
-    from aed_jax import config as config_lib, ensemble
+    from aed_jax import config as config_lib, ensemble, mesh as mesh_lib
     from test_ensemble import tiny
     c = tiny("aed", sys.argv[1], train_steps=6, est_interval=3)
     pairs = config_lib.member_configs(c, config_lib.parse_members(["random_seed=1,2,3,4", "lr=3e-3,1e-3,2e-3,1e-3"]))
     ensemble.train_ensemble(pairs, os.path.join(sys.argv[2], "one"), devices=jax.devices()[:1])
     ensemble.train_ensemble(pairs, os.path.join(sys.argv[2], "eight"))  # member 4 x data 2
+    print(dict(mesh_lib.ensemble_mesh(c, 4).shape))
     print("\\n".join(name for name, _ in pairs))
 """)
 
@@ -227,7 +229,18 @@ def test_members_split_over_8_devices_equal_them_on_one(data_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, data_dir, str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    names = result.stdout.strip().splitlines()
-    assert len(names) == 4
+    *_, shape, a, b, c, d = result.stdout.strip().splitlines()
+    assert shape == str({"member": 4, "data": 2, "fsdp": 1})
+    names = [a, b, c, d]
     for name in names:
         assert_same_run(str(tmp_path / "one" / name), str(tmp_path / "eight" / name))
+
+
+def test_bench_times_an_ensemble_step_at_each_k():
+    c = tiny("baseline", None)
+    rows = benchmark.run_ensemble(c, [1, 2], steps=1)
+    assert [(r["members"], r["mesh"]) for r in rows] == [(1, "1x1x1"), (2, "1x1x1")]
+    for r in rows:  # every member's tokens count: K x batch x T a step
+        assert r["tokens_per_s"] == pytest.approx(r["members"] * 4 * 16 / (r["step_ms"] / 1e3))
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
+    assert "| 2 | 1x1x1 |" in benchmark.format_ensemble_table("tiny", "cpu", rows)

@@ -191,21 +191,26 @@ def train_ensemble(members: list[tuple[str, ml_collections.ConfigDict]], root: s
             rundir.set_aside_damaged_best(workdir)
         if tasks.task_name(c0.dataset) is None:
             prepare.ensure_data(c0)
-        return _train(members, workdirs, mesh, phases)
+        outcome = _train(members, workdirs, mesh, phases)
+    outcome.members.sort(key=lambda m: workdirs.index(m.workdir))  # in the order given, left-out members too
+    return outcome
 
 
 def _train(members, workdirs, mesh: Mesh, phases: progress.Phases) -> Outcome:
     out = []
-    for (name, c), workdir in zip(members, workdirs):
+    for (name, _), workdir in zip(members, workdirs):
         if (step := diverged_before(workdir)) is not None:
             logging.warning("member %s diverged at step %d in an earlier run (%s): left out", name, step, workdir)
-            out.append(Member(name, workdir, step, rundir.last_estimate(workdir), f"diverged at step {step} before"))
+            folder = os.path.join(workdir, rundir.CHECKPOINTS)
+            saved = max((int(n) for n in os.listdir(folder) if n.isdigit()), default=0) if os.path.isdir(folder) else 0
+            out.append(Member(name, workdir, saved, rundir.last_estimate(workdir),
+                              f"diverged at step {step} in an earlier run, left out"))
     left_out = {m.workdir for m in out}
     live = [(name, c, w) for (name, c), w in zip(members, workdirs) if w not in left_out]
     if not live:
         return Outcome(out)
     names, configs, workdirs = [n for n, _, _ in live], [c for _, c, _ in live], [w for _, _, w in live]
-    c0, K = configs[0], len(live)
+    c0 = configs[0]
     T, rows = c0.model_config.context_size, c0.batch_size * c0.gradient_accumulation_steps
     task = tasks.task_name(c0.dataset)
     if task is None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from aed_jax import data
 from aed_jax import decoding
+from aed_jax import ensemble
 from aed_jax import memory
 from aed_jax import mesh as mesh_lib
 from aed_jax import metrics
@@ -159,6 +160,58 @@ def run(c, steps: int = 10, generate_tokens: int = 32, input_pipeline: bool = Fa
             decoding.generate(model, params_host, prompt, generate_tokens, greedy=True)
             out[key] = b * generate_tokens / (time.perf_counter() - start)
     return out
+
+
+def run_ensemble(c, sizes: list[int], steps: int = 10) -> list[dict]:
+    """An ensemble's step (`ensemble.member_step`: K members of `c`, seeds 0..K-1, one vmapped program) timed
+    at each K of `sizes` on random tokens (a task's own batches): per K its compile time, median step time
+    and aggregate tokens/s (every member's tokens), and that throughput against K = 1's where K = 1 is timed,
+    what training K runs as one program gains over training them one after another."""
+    rows, T = c.batch_size * c.gradient_accumulation_steps, c.model_config.context_size
+    model, optimizer = model_lib.from_config(c), optim.make_optimizer(c)
+    out = []
+    for K in sizes:
+        mesh = mesh_lib.ensemble_mesh(c, K)
+        abstract = train.abstract_state(model, optimizer, mesh)
+        stacked = jax.tree_util.tree_map(lambda a: mesh_lib.stacked(a.sharding), abstract)
+        state = jax.jit(jax.vmap(functools.partial(train.init_state, model=model, optimizer=optimizer)),
+                        out_shardings=stacked)(jax.random.split(jax.random.key(0), K))
+        rng = np.random.default_rng(0)
+        if tasks.task_name(c.dataset) is None:
+            tokens = rng.integers(0, c.model_config.alphabet_size, (K, rows, T + 1)).astype(np.int32)
+            host_batch = {"x": tokens[..., :-1], "y": tokens[..., 1:]}
+        else:
+            batches = [tasks.make_batch(c, rng, rows) for _ in range(K)]
+            host_batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        batch = jax.device_put(host_batch, mesh_lib.stacked(mesh_lib.batch_sharding(mesh)))
+        args = (jnp.ones(K, bool), batch, jax.random.split(jax.random.key(1), K), jnp.full(K, c.lr, jnp.float32), {})
+        step = ensemble.member_step(c, mesh, abstract, c.micro_batch_size or c.batch_size)
+        start = time.perf_counter()
+        step = step.lower(state["params"], state["opt_state"], *args).compile()
+        compile_s = time.perf_counter() - start
+
+        def one_step():
+            state["params"], state["opt_state"], _, metrics = step(state["params"], state["opt_state"], *args)
+            return metrics
+
+        step_s = timed(one_step, repeats=steps)
+        out.append({"members": K, "mesh": "x".join(str(n) for n in mesh.devices.shape), "compile_s": compile_s,
+                    "step_ms": 1e3 * step_s, "tokens_per_s": K * rows * T / step_s})
+    base = next((r["tokens_per_s"] for r in out if r["members"] == 1), None)
+    for r in out:
+        r["speedup"] = r["tokens_per_s"] / base if base else None
+    return out
+
+
+def format_ensemble_table(config: str, device: str, rows: list[dict]) -> str:
+    """`run_ensemble`'s rows as the markdown table of BENCHMARKS.md."""
+    lines = [f"{config} on {device}", "", "| members K | mesh (member x data x fsdp) | compile s | step ms | "
+             "tokens/s (all members) | vs K = 1 |", "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        speedup = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        lines.append(f"| {r['members']} | {r['mesh']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | "
+                     f"{r['tokens_per_s']:,.0f} | {speedup} |")
+    return "\n".join(lines)
 
 
 def time_input_pipeline(c, step, state: dict, mesh: Mesh, steps: int) -> dict:

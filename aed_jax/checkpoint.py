@@ -437,16 +437,17 @@ def _check_step(state, position: dict | None, step: int) -> None:
         raise Damaged(f"{STREAM}: next_index {position['next_index']} is not the step {step} (one batch a step)")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter, damaged_dir: str
-                   ) -> tuple[object, int] | None:
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter, damaged_dir: str,
+                   at_most: int | None = None) -> tuple[object, int] | None:
     """(state, step) of the newest step that restores and verifies, the data iterator (if any) set to
     its position; None when there is no checkpoint. Each damaged step is reported in one warning line
-    and moved to `damaged_dir`; CheckpointError (one line) when every step is damaged.
+    and moved to `damaged_dir`; CheckpointError (one line) when every step is damaged. `at_most`: only
+    steps up to it (an ensemble's members resume from the step they all have).
 
     A step without a stream position leaves the iterator at its start: a warning, except at step 0
     (what `interop import` writes), where a new run starts the stream too.
     """
-    steps = sorted(mngr.all_steps(), reverse=True)
+    steps = sorted((s for s in mngr.all_steps() if at_most is None or s <= at_most), reverse=True)
     if not steps:
         return None
     for step in steps:

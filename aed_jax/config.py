@@ -374,3 +374,73 @@ def leaves(c: ml_collections.ConfigDict, prefix: str = ""):
             yield from leaves(value, f"{prefix}{key}.")
         else:
             yield prefix + key, value
+
+
+# An ensemble's members (`aed_jax.ensemble`) share every other key: their shapes, and so one compiled step.
+# The host's keys seed each member's own initialisation, data stream and dropout, or set its schedule's
+# rate, given to the step each step; the step's keys are per-member arrays inside the vmapped step.
+ENSEMBLE_HOST_KEYS = ("random_seed", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "decay_lr")
+ENSEMBLE_STEP_KEYS = ("weight_decay", "beta1", "beta2", "model_config.embedding_loss_coeff")
+ENSEMBLE_KEYS = ENSEMBLE_HOST_KEYS + ENSEMBLE_STEP_KEYS
+
+
+def parse_members(items: list[str]) -> list[tuple[str, list[str]]]:
+    """--members KEY=V1,V2,... (each flag one key, every key the same number of values, member k taking the
+    k-th of each): [(dotted key, [value texts])]. A key is its dotted name or its last part
+    (embedding_loss_coeff); only ENSEMBLE_KEYS. ConfigError (one line) for anything else."""
+    by_leaf = {key.rsplit(".", 1)[-1]: key for key in ENSEMBLE_KEYS}
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = by_leaf.get(key.strip(), key.strip())
+        texts = [t.strip() for t in text.split(",")]
+        if not sep or not all(texts):
+            raise ConfigError(f"--members {item}: give KEY=V1,V2,..., e.g. --members random_seed=1337,1338,1339")
+        if key not in ENSEMBLE_KEYS:
+            raise ConfigError(f"--members {item}: {key} is not a key an ensemble's members may differ in "
+                              f"(one of {', '.join(by_leaf)}; every other key shapes the shared step)")
+        if key in (k for k, _ in out):
+            raise ConfigError(f"--members {item}: {key} is given twice")
+        if out and len(texts) != len(out[0][1]):
+            raise ConfigError(f"--members {item}: {len(texts)} values, but --members {out[0][0]} has "
+                              f"{len(out[0][1])}: member k takes the k-th value of each key")
+        out.append((key, texts))
+    return out
+
+
+def member_configs(c: ml_collections.ConfigDict, members: list[tuple[str, list[str]]]
+                   ) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, config) of each member of `parse_members`' `members` on `c`, each validated. The name is the
+    member's values, "random_seed=1338" or "lr=0.001,random_seed=1338": its folder under the ensemble's.
+    ConfigError (one line) for a value of the wrong type, a bad member or two alike."""
+    out = []
+    for k in range(len(members[0][1])):
+        m = c.copy_and_resolve_references()
+        for key, texts in members:
+            *parents, leaf = key.split(".")
+            node = m
+            for parent in parents:
+                node = node[parent]
+            if leaf not in node:
+                raise ConfigError(f"--members {key}: a {c.model_type} config has no such key")
+            node[leaf] = _parse_value(f"--members {key}", texts[k], node.get_type(leaf))
+        name = ",".join(f"{key.rsplit('.', 1)[-1]}={texts[k]}" for key, texts in members)
+        try:
+            validate(m)
+        except ConfigError as e:
+            raise ConfigError(f"member {name}: {e}") from None
+        if any(dict(leaves(m)) == dict(leaves(other)) for _, other in out):
+            raise ConfigError(f"member {name}: the same run as another member")
+        out.append((name.replace(os.sep, "_"), m))
+    return out
+
+
+def _parse_value(where: str, text: str, kind: type):
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(f"{where}: {text!r} is not true or false")
+        return text.lower() == "true"
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None

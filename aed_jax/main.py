@@ -4,7 +4,8 @@ Trains a config end to end; re-running the same command resumes from the workdir
 checkpoint, and says so when the run is already finished. At the end it prints the final losses
 and a greedy and a sampled continuation of a prompt. On a cluster, pass --distributed on every
 host (jax.distributed.initialize reads the coordinator from SLURM or the
-JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables).
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables). With `--members KEY=V1,V2,...`, the
+runs that differ only in those keys train as one ensemble (`ensemble`), each in <workdir>/<its values>.
 """
 import os
 import signal
@@ -61,6 +62,10 @@ def define_flags() -> None:
                         f"dataset is not {config_lib.DEFAULT_DATASET}.")
     flags.DEFINE_bool("fresh", False, "Delete the workdir's checkpoints (a linked checkpoints/ or best/ keeps "
                       "its link and loses the steps inside), metrics and TensorBoard events and start over.")
+    flags.DEFINE_multi_string("members", None, "An ensemble: KEY=V1,V2,... (repeat for more keys, each with as "
+                              "many values), member k the config with the k-th value of each; the members train as "
+                              "one vmapped step, each in <workdir>/<KEY=V,...>, as it would alone. Keys: "
+                              + ", ".join(k.rsplit(".", 1)[-1] for k in config_lib.ENSEMBLE_KEYS))
     flags.DEFINE_string("sample_prompt", "The history of", "Prompt of the continuations printed at the end.")
     flags.DEFINE_integer("sample_tokens", 40, "Tokens of the greedy and the sampled continuation printed when "
                          "training ends; 0 prints none.", lower_bound=0)
@@ -89,9 +94,17 @@ def print_continuations(workdir: str, prompt: str, max_new_tokens: int) -> None:
 def main(argv):
     cli.no_extra_args(argv)
     c = cli.get_config()
+    fv = flags.FLAGS
+    if fv.members:
+        if fv.distributed:
+            cli.fail("--members trains in one process: an ensemble's members split over its host's devices")
+        try:
+            members = config_lib.member_configs(c, config_lib.parse_members(fv.members))
+        except config_lib.ConfigError as e:
+            cli.fail(str(e))
+        return train_ensemble(c, members)
     import jax
     from aed_jax import cluster, rundir, train
-    fv = flags.FLAGS
     finished = threading.Event()  # training has ended: a signal or a lost process costs no training now
     liveness = cluster.join(fv.join_timeout, finished) if fv.distributed else None
     cluster.on_signals_outside_training(liveness, finished)
@@ -119,6 +132,45 @@ def main(argv):
         report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)
     if liveness is not None:
         liveness.finish()
+
+
+def train_ensemble(c, members) -> None:
+    """--members: the ensemble trained (`ensemble`) in <workdir>/<member>, default runs/<config name>-ensemble
+    (plus -<dataset> as a single run's); one closing line a member. Exit 1 when every member diverged."""
+    import jax
+    from aed_jax import cluster, ensemble, rundir
+    fv = flags.FLAGS
+    finished = threading.Event()  # a signal outside the ensemble's loop: one line, as for a single run
+    cluster.on_signals_outside_training(None, finished)
+    if fv.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compilation_cache_dir))
+    root = fv.workdir or c.workdir or \
+        rundir.default_workdir(c, config_flags.get_config_filename(flags.FLAGS["config"])) + "-ensemble"
+    try:
+        outcome = ensemble.train_ensemble(members, root, fresh=fv.fresh, started=STARTED)
+    except OSError as e:
+        cli.fail(errors.write_failed(e, e.filename or root, "run the same command to resume"))
+    finished.set()
+    for m in outcome.members:
+        est = m.estimate
+        losses = (f"train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}"
+                  + (f", val accuracy {est['val_token_accuracy']:.4f} a token" if "val_token_accuracy" in est else "")
+                  + f" (estimated at step {est['step']})") if est else "no estimate yet"
+        if m.diverged:
+            print(f"{m.name}: {m.diverged}: frozen; its last checkpoint is step {m.step}; last {losses} ({m.workdir})")
+        elif m.already_finished:
+            print(f"{m.name}: already finished at step {m.step}: {losses} ({m.workdir})")
+        elif outcome.stopped_by:
+            print(f"{m.name}: stopped by {outcome.stopped_by} at step {m.step}, checkpoint saved; last {losses} "
+                  f"({m.workdir})")
+        else:
+            print(f"{m.name}: final: {losses} ({m.workdir})")
+    if outcome.times:
+        from aed_jax import progress
+        print(f"{len(members)} members in {progress.phases_line(outcome.times)}"
+              + ("; run the same command to resume" if outcome.stopped_by else ""))
+    if all(m.diverged for m in outcome.members):
+        sys.exit(1)
 
 
 def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:

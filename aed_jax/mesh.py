@@ -9,6 +9,11 @@ XLA's SPMD partitioner inserts the collectives (all-gather a layer's weights bef
 reduce-scatter its gradients, all-reduce over `data`); no collective is written by hand. The
 default mesh puts every device on `data`, which replicates everything: plain data parallel.
 
+An ensemble (K runs of one shape trained as one vmapped step, `ensemble`) adds a third axis before
+them, `member`: each array of the K runs' state and batch is stacked on a leading member dimension
+split over it, and each member's own rows and parameters follow the same rules over the devices
+that member gets (`ensemble_mesh`).
+
 The global batch of a step is one array whatever the mesh or the number of processes; each
 process supplies the rows of its own devices (`rows`), so the data stream and the losses of a run
 do not depend on the cluster's shape.
@@ -25,6 +30,7 @@ import numpy as np
 from aed_jax import config as config_lib
 
 AXES = ("data", "fsdp")
+MEMBER = "member"  # an ensemble's leading axis: its members, split over their devices
 MIN_SHARDED_SIZE = 2**12  # elements: smaller arrays (LayerNorm scales, biases) are replicated
 
 
@@ -65,6 +71,21 @@ def make_mesh(c: ml_collections.ConfigDict, devices=None) -> Mesh:
     """
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices).reshape(axis_sizes(c, len(devices))), AXES)
+
+
+def ensemble_mesh(c: ml_collections.ConfigDict, members: int, devices=None) -> Mesh:
+    """The (member, data, fsdp) mesh of an ensemble of `members` runs of `c`: the member axis takes
+    gcd(members, devices) of them, so members split evenly over as many devices as can be (8 members on
+    8 devices: one each; 2 members on 8: 4 each, their rows over `c`'s data x fsdp mesh of those 4)."""
+    devices = jax.devices() if devices is None else devices
+    member = math.gcd(members, len(devices))
+    return Mesh(np.asarray(devices).reshape((member, *axis_sizes(c, len(devices) // member))), (MEMBER, *AXES))
+
+
+def stacked(sharding: NamedSharding) -> NamedSharding:
+    """`sharding` (a rule of one member's array, on an ensemble mesh) for the members' arrays stacked on a
+    leading dimension: that dimension over the member axis, the rest as the rule says."""
+    return NamedSharding(sharding.mesh, P(MEMBER, *sharding.spec))
 
 
 def spec(shape: tuple[int, ...], fsdp: int) -> P:

@@ -52,7 +52,8 @@ class Evaluator:
         self.c, self.mesh, self.tokens = c, mesh, tokens  # tokens: {"train", "val"}, None for a task
         self.eval_fn = jax.jit(functools.partial(eval_step, model=model, problems=tasks.problems_per_sequence(c)))
 
-    def _batches(self, split: str, step: int):
+    def batches(self, split: str, step: int):
+        """The estimate's batches of `split` at `step` (host arrays, this process's rows)."""
         c, rows = self.c, mesh_lib.process_slice(self.c.batch_size)
         seed = (c.random_seed, step, int(split == "val"))
         if self.tokens is None:
@@ -61,16 +62,21 @@ class Evaluator:
                                        seed, rows)
 
     def __call__(self, params, step: int) -> dict:
-        out = {}
-        for split in ("train", "val"):
-            sums = [jax.device_get(self.eval_fn(params, mesh_lib.to_global(self.mesh, b)))
-                    for b in self._batches(split, step)]
-            out[f"{split}_loss"] = float(np.mean([s["loss"] for s in sums]))
-            out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in sums]))
-            if self.tokens is None:
-                totals = {k: sum(float(s[k]) for s in sums) for k in sums[0] if k not in ("loss", "accuracy_loss")}
-                out.update({f"{split}_{k}": v for k, v in losses.exact_match(totals).items()})
-        return out
+        return estimate({split: [jax.device_get(self.eval_fn(params, mesh_lib.to_global(self.mesh, b)))
+                                 for b in self.batches(split, step)] for split in ("train", "val")})
+
+
+def estimate(sums: dict[str, list[dict]]) -> dict:
+    """`Evaluator`'s numbers from each split's `eval_step` results (host values, a list a split): the means
+    of the batches' losses and, for a task's (with exact-match sums), its accuracies from the summed counts."""
+    out = {}
+    for split, batches in sums.items():
+        out[f"{split}_loss"] = float(np.mean([s["loss"] for s in batches]))
+        out[f"{split}_accuracy_loss"] = float(np.mean([s["accuracy_loss"] for s in batches]))
+        if "answers" in batches[0]:
+            totals = {k: sum(float(s[k]) for s in batches) for k in batches[0] if k not in ("loss", "accuracy_loss")}
+            out.update({f"{split}_{k}": v for k, v in losses.exact_match(totals).items()})
+    return out
 
 
 def loss_sums(logits_BxTxV, y_BxT, weight_B, embedding_terms_BxT=None, answers_BxT=None, problems: int = 1) -> dict:

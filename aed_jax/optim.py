@@ -38,8 +38,10 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-    """AdamW(beta1, beta2, eps 1e-8) with the seed's decay mask; no gradient clipping.
+def make_optimizer(c: ml_collections.ConfigDict, **hyper) -> optax.GradientTransformationExtraArgs:
+    """AdamW(beta1, beta2, eps 1e-8) with the seed's decay mask; no gradient clipping. `hyper` (beta1,
+    beta2, weight_decay) stands in for the config's values: an ensemble's per-member values, traced
+    arrays inside its vmapped step (`ensemble`).
 
     Each update is given its step's learning rate (`update(..., learning_rate=learning_rate(c)(i))`)
     instead of computing it from the schedule, so the compiled train step holds no scalar of the
@@ -47,7 +49,8 @@ def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation
     and a learning-rate sweep hits the compilation cache. The state is optax.adamw's with a schedule
     (its step count included), so checkpoints keep their layout.
     """
-    adamw = functools.partial(optax.adamw, b1=c.beta1, b2=c.beta2, eps=1e-8, weight_decay=c.weight_decay,
+    h = {"beta1": c.beta1, "beta2": c.beta2, "weight_decay": c.weight_decay, **hyper}
+    adamw = functools.partial(optax.adamw, b1=h["beta1"], b2=h["beta2"], eps=1e-8, weight_decay=h["weight_decay"],
                               mask=decay_mask)
 
     def update(updates, state, params=None, *, learning_rate):

@@ -9,8 +9,8 @@ it finished. Every row's output goes to OUT/lease.log. In order:
    configs/mse_pos_sub.py at the seed's effective batch (50 x 16 sequences of 200 tokens), 5 timed
    steps, no eval or generation timing: one compilation of the step (the one that sized its
    micro-batch), which is what let the first lease's rows overrun.
-2. `ensemble_k16`: a placeholder, skipped with its reason: 16 task models as one program needs the
-   ensembles (K models trained as one vmapped step), which the trainer does not have yet. Its row says so.
+2. `ensemble_k16`: a placeholder, skipped with its reason: 16 task models as one program (`aed_jax.bench
+   --ensemble`, timed on CPU in BENCHMARKS.md) is not yet one of the lease's rows. Its row says so.
 3. `seed_mini_mse_pos_sub`, `seed_mini_baseline`: the trainer end to end (`aed_jax.main`: start,
    compile, steps, an estimate, a save) on the seed's models with `reproduce --scale mini`'s schedule
    (experiments/suites.py), its train_steps cut to MINI_STEPS and one estimate at the end, so that
@@ -49,8 +49,8 @@ MINI_STEPS = 50  # train steps of a mini seed row: 8M tokens, ~7 s at the issue'
 MINI_EST_STEPS = 10  # batches of each split in its one estimate
 ROW_TIMEOUT_S = 110  # a row's limit on a GPU: the four rows that run fit one 600 s device command
 DRY_RUN_TIMEOUT_S = 300  # on a shared 2-core CPU, start-up and compilation alone can take a minute
-SKIPPED_ENSEMBLE = ("skipped: bench --ensemble K (16 task models in one compiled program) needs ensembles, which the "
-                    "trainer does not have yet")
+SKIPPED_ENSEMBLE = ("skipped: bench --ensemble K (16 task models in one compiled program) is not yet a lease row; "
+                    "python -m aed_jax.bench --ensemble 1,2,4,8,16 measures it")
 
 # name -> (kind, the GPU row's config, the dry run's config)
 ROWS = {

@@ -234,7 +234,7 @@ def test_lease_dry_run_writes_one_row_per_step(tmp_path):
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert [r["row"] for r in rows] == list(lease.ROWS)
     by_name = {r["row"]: r for r in rows}
-    assert by_name["ensemble_k16"]["status"] == "skipped" and "needs ensembles" in by_name["ensemble_k16"]["note"]
+    assert by_name["ensemble_k16"]["status"] == "skipped" and "bench --ensemble" in by_name["ensemble_k16"]["note"]
     for name in ("baseline", "aed_mse_pos_sub"):
         r = by_name[name]
         assert r["status"] == "ok", r

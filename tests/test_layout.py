@@ -76,6 +76,8 @@ _LOADED_JAX = ("import runpy, sys\n"
     ("aed_jax.main", ["--help"], "--sample_tokens: Tokens"),
     ("aed_jax.main", ["--config=configs/tiny.py", "--config.train_step=1"], "error: unknown config key"),
     ("aed_jax.main", ["--config=configs/tiny.py", "--join_timeout=0"], "error: flag --join_timeout=0"),
+    ("aed_jax.main", ["--config=configs/tiny.py", "--members=n_layer=1,2"], "error: --members n_layer=1,2: n_layer is"),
+    ("aed_jax.bench", ["--config=configs/tiny.py", "--ensemble=0"], "error: --ensemble 0: give member counts"),
     ("aed_jax.evaluate", ["--help"], "--[no]full: Evaluate every"),
     ("aed_jax.evaluate", ["--workdir=x", "--full", "--batches=2"], "error: --full and --batches exclude"),
     ("aed_jax.summary", ["--help"], "--config: Path to a config file"),

@@ -148,7 +148,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         c, workdir = suites.seed_config(configs[run.name], seed), suites.workdir(out, run.name, seed)
         plan.check_scale(workdir, scale)
         job = scheduler.Job(run.name + ("" if seed is None else f" seed {seed}"), run.name, c, workdir, scale)
-        if fv.train and plan.finished(workdir, c.train_steps):
+        if fv.train and plan.finished(workdir, c):
             print(f"[{i}/{total}] {job.name}: skipped", flush=True)
         elif fv.train:
             todo.append((i, job))

@@ -62,8 +62,7 @@ def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str 
     """
     info_path = os.path.join(workdir, "run.json")
     info = plan.read_json(info_path)
-    step = latest_step(workdir)
-    if step is not None and step >= c.train_steps:
+    if is_finished(c, workdir, latest_step(workdir)):
         return "skipped"
     os.makedirs(workdir, exist_ok=True)
     start, error = time.perf_counter(), None
@@ -73,15 +72,22 @@ def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str 
         error = str(e)
     finally:
         step = latest_step(workdir)
+        finished, early = is_finished(c, workdir, step), train.stopped_early(c, workdir, step)
         rundir.write_atomic(info_path, json.dumps({
             "run": name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
-            "finished": step is not None and step >= c.train_steps, "error": error,
+            "finished": finished, "stopped_early": early, "stop_accuracy": c.stop_accuracy, "error": error,
             "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "updated": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2, sort_keys=True))
     if error:
         return f"failed: {error}"
-    return "finished" if step is not None and step >= c.train_steps else "interrupted"
+    return "finished" if finished else "interrupted"
+
+
+def is_finished(c: ml_collections.ConfigDict, workdir: str, step: int | None) -> bool:
+    """Whether the run of `c` whose latest checkpoint is `step` is done: at train_steps, or stopped early there
+    by stop_accuracy (its estimate at that step reached it)."""
+    return step is not None and (step >= c.train_steps or train.stopped_early(c, workdir, step))
 
 
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
@@ -97,7 +103,7 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -
     elif step is None:
         status = "not run"
     else:
-        status = "finished" if step >= c.train_steps else "partial"
+        status = "finished" if is_finished(c, workdir, step) else "partial"
     return {
         "run": run.name, "label": run.label, "model": c.model_type, "seed": c.random_seed, "status": status,
         "step": step or 0, "train_steps": c.train_steps, "params": params, "shape": shape(c),

@@ -60,6 +60,7 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> Interval 
 
 
 LEVELS = (0.5, 0.9, 0.99)  # the accuracies whose first step a task run's table gives (steps to 50%, 90%, 99%)
+STEPS_TO = {f"steps_to_{100 * level:g}": level for level in LEVELS}  # each level's column: "steps_to_50", ...
 
 
 def first_step_at(curve: list[tuple[int, float]], level: float) -> int | None:
@@ -97,6 +98,22 @@ class Crossing:
         if i.low is None:
             return f"{i.mean:,.0f}"
         return f"{i.mean:,.0f} ({CONFIDENCE:.0%} CI {i.low:,.0f} to {i.high:,.0f}, {i.n} seeds)"
+
+    def columns(self, key: str) -> dict:
+        """A CSV's columns of this crossing, named from `key` ("steps_to_50"): the mean and `_ci_low`/`_ci_high`
+        its interval, only when every seed reached the level; `_reached`, how many did ("2/3"); `_seeds`, each
+        seed's step (">N": not by its last estimate N). None where there is nothing to say."""
+        i = self.interval
+        return {key: i and i.mean, f"{key}_ci_low": i and i.low, f"{key}_ci_high": i and i.high,
+                f"{key}_reached": f"{self.reached}/{len(self.steps)}" if self.steps else None,
+                f"{key}_seeds": " ".join(f">{last}" if step is None else str(step)
+                                         for step, last in zip(self.steps, self.last)) or None}
+
+
+CROSSING_COLUMNS = tuple(f"{key}{part}" for key in STEPS_TO for part in ("", "_ci_low", "_ci_high", "_reached", "_seeds"))
+STEPS_TO_TEXT = (f"Steps to 50%, 90%, 99%: the first estimate whose val token accuracy reached it (estimates are "
+                 f"est_interval steps apart), the mean over the seeds with its {CONFIDENCE:.0%} t-interval when "
+                 "every seed reached it, else how many did and when; > N: not by the last estimate, step N.")
 
 
 def crossing(curves: list[list[tuple[int, float]]], level: float) -> Crossing:

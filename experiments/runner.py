@@ -33,8 +33,6 @@ EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss col
 # The values a results row averages over seeds (its sd beside each), in the order of results.csv.
 METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss", "embedding_loss",
            "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
-# The first estimate step at which val token accuracy reached each of stats.LEVELS: "steps_to_50", ...
-STEPS_TO = {f"steps_to_{100 * level:g}": level for level in stats.LEVELS}
 
 
 def recipe(c: ml_collections.ConfigDict) -> str:
@@ -94,7 +92,7 @@ def is_finished(c: ml_collections.ConfigDict, workdir: str, step: int | None) ->
 
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
     """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, the seed's numbers, and
-    a task run's curve of val token accuracy with the first step at each of STEPS_TO's levels."""
+    a task run's curve of val token accuracy with the first step at each of stats.STEPS_TO's levels."""
     train_rows, estimates = rundir.read_metrics(workdir)
     curve = [(e["step"], e["val_token_accuracy"]) for e in estimates if "val_token_accuracy" in e]
     info, last = plan.read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
@@ -115,7 +113,8 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -
         "embedding_loss": sum(tail) / len(tail) if has_embedding_loss and tail else None,
         "estimate_step": last.get("step"),
         "wall_time_s": info.get("wall_time_s"), "tokens_per_s": statistics.median(speeds) if speeds else None,
-        "workdir": workdir, "curve": curve, **{key: stats.first_step_at(curve, level) for key, level in STEPS_TO.items()},
+        "workdir": workdir, "curve": curve,
+        **{key: stats.first_step_at(curve, level) for key, level in stats.STEPS_TO.items()},
     }
 
 
@@ -148,29 +147,11 @@ def aggregate(run: Run, seed_rows: list[dict]) -> dict:
         row[key] = summary.mean if summary else None
     row.update({f"seed_{key}": getattr(run.seed, key)
                 for key in ("train_loss", "val_loss", "embedding_loss", "params")})
-    row["crossings"] = {key: stats.crossing([r["curve"] for r in seed_rows], level) for key, level in STEPS_TO.items()}
-    row.update(crossing_columns(row["crossings"]))
+    row["crossings"] = {key: stats.crossing([r["curve"] for r in seed_rows], level)
+                        for key, level in stats.STEPS_TO.items()}
+    for key, crossing in row["crossings"].items():
+        row.update(crossing.columns(key))
     return row
-
-
-def crossing_columns(crossings: dict[str, "stats.Crossing"]) -> dict:
-    """A CSV's columns of each level's crossing: `steps_to_50` the mean and `_ci_low`/`_ci_high` its interval,
-    only when every seed reached it; `_reached`, how many did ("2/3"); `_seeds`, each seed's step (">N": not
-    by its last estimate N)."""
-    out = {}
-    for key, x in crossings.items():
-        i = x.interval
-        out.update({key: i and i.mean, f"{key}_ci_low": i and i.low, f"{key}_ci_high": i and i.high,
-                    f"{key}_reached": f"{x.reached}/{len(x.steps)}" if x.steps else None,
-                    f"{key}_seeds": " ".join(f">{last}" if step is None else str(step)
-                                             for step, last in zip(x.steps, x.last)) or None})
-    return out
-
-
-STEPS_TO_TEXT = (f"Steps to 50%, 90%, 99%: the first estimate whose val token accuracy reached it (estimates are "
-                 f"est_interval steps apart), the mean over the seeds with its {stats.CONFIDENCE:.0%} t-interval when "
-                 "every seed reached it, else how many did and when; > N: not by the last estimate, step N.")
-CROSSING_COLUMNS = tuple(f"{key}{part}" for key in STEPS_TO for part in ("", "_ci_low", "_ci_high", "_reached", "_seeds"))
 
 
 def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
@@ -203,9 +184,9 @@ def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
 CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "shape", "n", "seeds",
                *(f"{key}{sd}" for key in METRICS for sd in ("", "_sd")), "estimate_step", "wall_time_s",
                "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params",
-               *CROSSING_COLUMNS)
+               *stats.CROSSING_COLUMNS)
 SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
-                    "wall_time_s", "tokens_per_s", "workdir", *STEPS_TO)
+                    "wall_time_s", "tokens_per_s", "workdir", *stats.STEPS_TO)
 DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
                           "excludes_zero", "sentence")
 
@@ -260,7 +241,7 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                   f"mean, in a band from the lowest to the highest seed.", ""]
     if tasks:
         lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "
-                  "estimate, over `est_steps` fresh batches. " + STEPS_TO_TEXT + " Wall time: training, estimates "
+                  "estimate, over `est_steps` fresh batches. " + stats.STEPS_TO_TEXT + " Wall time: training, estimates "
                   "and compilation together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
                   f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
                   f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
@@ -317,7 +298,7 @@ def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[di
         if comparison.name in figures:
             lines += [f"![{comparison.title}]({os.path.basename(figures[comparison.name])})", ""]
         lines += ["| difficulty | width | model | run | status | steps | shape | params | token accuracy | "
-                  "sequence accuracy | val loss | " + " | ".join(f"steps to {k[9:]}%" for k in STEPS_TO) +
+                  "sequence accuracy | val loss | " + " | ".join(f"steps to {k[9:]}%" for k in stats.STEPS_TO) +
                   " | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name in comparison.runs:
             r, point = by_name[name], runs[name].point
@@ -327,7 +308,8 @@ def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[di
                 f"{_fmt(r['val_token_accuracy'], sd=r['val_token_accuracy_sd'])} | "
                 f"{_fmt(r['val_sequence_accuracy'], sd=r['val_sequence_accuracy_sd'])} | "
                 f"{_fmt(r['val_loss'], sd=r['val_loss_sd'])} | "
-                + "".join(f"{r['crossings'][key].text()} | " for key in STEPS_TO) + f"{_fmt(r['wall_time_s'], 'time')} |")
+                + "".join(f"{r['crossings'][key].text()} | " for key in stats.STEPS_TO)
+                + f"{_fmt(r['wall_time_s'], 'time')} |")
         lines += _difference_lines(comparison.name, diffs) + [""]
     return lines
 

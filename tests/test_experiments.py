@@ -22,6 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
+from aed_jax import stats  # noqa: E402
 from experiments import plan  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import suites  # noqa: E402
@@ -565,7 +566,7 @@ def test_task_results_give_steps_to_each_accuracy_over_seeds(tmp_path):
     assert (row["steps_to_50_reached"], row["steps_to_50_seeds"]) == ("3/3", "4 2 6")
     assert (row["steps_to_90"], row["steps_to_90_reached"], row["steps_to_90_seeds"]) == (None, "2/3", "6 >8 8")
     assert (row["steps_to_99"], row["steps_to_99_reached"]) == (None, "0/3")
-    cells = [row["crossings"][key].text() for key in runner.STEPS_TO]
+    cells = [row["crossings"][key].text() for key in stats.STEPS_TO]
     assert cells == ["4 (95% CI -1 to 9, 3 seeds)", "2 of 3 seeds: 6, 8; > 8", "> 8"]
     one = dataclasses.replace(suite, comparisons=(dataclasses.replace(suite.comparisons[0], runs=(run.name,)),))
     md = "\n".join(runner._task_sections(one, [row], {}, []))

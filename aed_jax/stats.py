@@ -110,7 +110,8 @@ class Crossing:
                                          for step, last in zip(self.steps, self.last)) or None}
 
 
-CROSSING_COLUMNS = tuple(f"{key}{part}" for key in STEPS_TO for part in ("", "_ci_low", "_ci_high", "_reached", "_seeds"))
+CROSSING_COLUMNS = tuple(f"{key}{part}" for key in STEPS_TO
+                         for part in ("", "_ci_low", "_ci_high", "_reached", "_seeds"))  # Crossing.columns' names
 STEPS_TO_TEXT = (f"Steps to 50%, 90%, 99%: the first estimate whose val token accuracy reached it (estimates are "
                  f"est_interval steps apart), the mean over the seeds with its {CONFIDENCE:.0%} t-interval when "
                  "every seed reached it, else how many did and when; > N: not by the last estimate, step N.")

@@ -314,7 +314,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progr
                     outcome.estimate = {**est, "step": i + 1}
                     shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
                     early = i + 1 < c.train_steps and reached_stop_accuracy(c, est)  # every process: the same numbers
-                if save_now or stop or early:  # best/ is chosen among the checkpoints' estimates (config: save_interval)
+                if save_now or stop or early:  # best/ is chosen among the checkpoints' estimates (save_interval)
                     phases.enter("saves")
                     _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
                     phases.enter("steps")

@@ -241,8 +241,8 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                   f"mean, in a band from the lowest to the highest seed.", ""]
     if tasks:
         lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "
-                  "estimate, over `est_steps` fresh batches. " + stats.STEPS_TO_TEXT + " Wall time: training, estimates "
-                  "and compilation together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
+                  "estimate, over `est_steps` fresh batches. " + stats.STEPS_TO_TEXT + " Wall time: training, "
+                  "estimates and compilation together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
                   f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
                   f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
         return "\n".join(lines + _task_sections(suite, rows, figures, diffs)) + "\n"

@@ -115,13 +115,13 @@ def problem(workdir: str) -> str | None:
 
 def rate(label: str, config: dict, key: str, workdirs: list[str], last: list[dict], task: bool) -> Rate:
     """The rate of a group of seeds: `last`, each seed's last estimate; excluded when a seed has a `problem`."""
-    value_ = value(config, key)
+    swept = value(config, key)
     problems = [p for p in map(problem, workdirs) if p]
     if problems:
-        return Rate(label, value_, task, None, None, problems[0] + (f" ({len(problems)} of {len(workdirs)} seeds)"
+        return Rate(label, swept, task, None, None, problems[0] + (f" ({len(problems)} of {len(workdirs)} seeds)"
                                                                      if len(workdirs) > 1 else ""))
     accuracy = statistics.fmean(e["val_token_accuracy"] for e in last) if task else None
-    return Rate(label, value_, task, accuracy, statistics.fmean(e["val_loss"] for e in last))
+    return Rate(label, swept, task, accuracy, statistics.fmean(e["val_loss"] for e in last))
 
 
 def choose(members: list[str], rates: list[Rate]) -> Point:

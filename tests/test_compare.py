@@ -163,6 +163,7 @@ def make_tiny(workdir, model_type, lr, seed, curve, val_loss=1.0, dataset="task:
                                                                      "val_sequence_accuracy": accuracy / 2})}) + "\n")
 
 
+@pytest.mark.slow  # three runs of the command: over 10 s on one core
 def test_compare_best_lr_tables_each_point_at_its_best_rate_with_its_compute(tmp_path):
     """A sweep of two models over three rates, two seeds each: each model at its best rate, the edge flagged, a
     diverged rate left out; steps to each accuracy; params and FLOPs against a count by hand."""

@@ -541,6 +541,7 @@ def test_colab_notebook_trains_the_cpu_quick_start_when_it_finds_no_gpu(tmp_path
         assert ("No GPU on this runtime: training configs/tiny.py" in capsys.readouterr().out) == preset
 
 
+@pytest.mark.fast
 def test_task_results_give_steps_to_each_accuracy_over_seeds(tmp_path):
     """results.csv and results.md of a task run from its seeds' logged curves: steps to 50% (every seed: the mean
     and its t-interval), 90% (two of three seeds: a count, no mean) and 99% (none: beyond the last estimate)."""

@@ -169,6 +169,7 @@ def test_stop_accuracy_ends_a_task_run_at_its_first_estimate_that_reaches_it(tmp
     assert not on.stopped_early and on.step == c.train_steps
 
 
+@pytest.mark.fast
 def test_stop_accuracy_is_a_task_runs_key():
     c = config_lib.base_config("baseline")
     c.stop_accuracy = 0.9

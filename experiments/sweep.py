@@ -117,6 +117,8 @@ def rate(label: str, config: dict, key: str, workdirs: list[str], last: list[dic
     """The rate of a group of seeds: `last`, each seed's last estimate; excluded when a seed has a `problem`."""
     swept = value(config, key)
     problems = [p for p in map(problem, workdirs) if p]
+    if not problems and task and any("val_token_accuracy" not in e for e in last):
+        problems = ["no val token accuracy in its last estimate"]
     if problems:
         return Rate(label, swept, task, None, None, problems[0] + (f" ({len(problems)} of {len(workdirs)} seeds)"
                                                                      if len(workdirs) > 1 else ""))

@@ -33,7 +33,7 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # The kinds of key, declared once: `rundir` (what a resume may change) and `model` (what ModelConfig
 # takes) read them from here. What the reference implementation has is `reference`'s declaration.
 MODEL_KEYS = ("model_type", "model_config", "scan_layers")  # what the parameters' names and shapes depend on
-SCHEDULE_KEYS = ("train_steps", "est_interval", "save_interval", "est_steps", "log_interval",
+SCHEDULE_KEYS = ("train_steps", "stop_accuracy", "est_interval", "save_interval", "est_steps", "log_interval",
                  "keep_checkpoints")  # how long, how often
 LOCATION_KEYS = ("workdir", "data_dir")  # where (the data's identity is checked by its size and hash instead)
 EXECUTION_KEYS = ("dtype", "attention_impl", "ce_chunk_tokens", "remat", "micro_batch_size", "mesh_data",
@@ -131,6 +131,8 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     c.est_interval = 500  # estimate every est_interval steps and at the last step
     c.save_interval = config_dict.placeholder(int)  # checkpoint every save_interval steps and at the last; None: est_interval
     c.est_steps = 200  # batches of train and of val per estimate
+    # A task run can end once it has learnt the task (steps to a level, and no compute spent after it).
+    c.stop_accuracy = config_dict.placeholder(float)  # task runs: end at the first estimate of val token accuracy >= it, in (0, 1]; None: never
 
     # Data and outputs.
     c.dataset = DEFAULT_DATASET  # corpus name (wiki_vital is built in), or a synthetic task
@@ -214,6 +216,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"random_seed: must be in [0, 2**32), got {c.random_seed}")
     if not c.dataset or os.sep in c.dataset or (os.altsep and os.altsep in c.dataset):
         raise ConfigError(_dataset_is_not_a_name(c.dataset))
+    if c.stop_accuracy is not None:
+        check_number("stop_accuracy", c.stop_accuracy, lambda v: 0 < v <= 1, "in (0, 1], or None")
+        if tasks.task_name(c.dataset) is None:
+            raise ConfigError(f"stop_accuracy: a task run's key (its val token accuracy), and dataset {c.dataset!r} "
+                              "is a corpus; unset it, or train on task:<name>")
     for key, (_, setting) in tasks.settings().items():  # each key's own range; how they fit: settings_problem
         problem = setting.problem(key, c.task[key])
         if problem:

@@ -129,7 +129,7 @@ def main(argv):
         cluster.end_after_training(liveness, outcome.signalled_after)
     if jax.process_index() == 0:
         is_task = tasks.task_name(c.dataset) is not None  # no text to continue: its accuracies instead
-        report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens)
+        report(outcome, workdir, c.train_steps, fv.sample_prompt, 0 if is_task else fv.sample_tokens, c.stop_accuracy)
     if liveness is not None:
         liveness.finish()
 
@@ -173,7 +173,8 @@ def train_ensemble(c, members) -> None:
         sys.exit(1)
 
 
-def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int) -> None:
+def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str, sample_tokens: int,
+           stop_accuracy: float | None = None) -> None:
     from aed_jax import decoding, progress, rundir
     est = outcome.estimate
     accuracies = (f", val accuracy {est['val_token_accuracy']:.4f} a token, {est['val_sequence_accuracy']:.4f} a "
@@ -184,12 +185,16 @@ def report(outcome: "train.Outcome", workdir: str, train_steps: int, prompt: str
         print(f"stopped by {outcome.stopped_by} at step {outcome.step} of {train_steps}, checkpoint saved; run the "
               f"same command to resume. Last {losses}")
         return
+    early = f"stopped early at step {outcome.step} of {train_steps}, its val token accuracy at least stop_accuracy " \
+            f"{stop_accuracy:g}" if outcome.stopped_early else ""
     if outcome.already_finished:
-        print(f"{workdir} is already finished at step {outcome.step} (train_steps {train_steps}): {losses}. "
-              f"Checkpoints in {os.path.join(workdir, rundir.CHECKPOINTS)}, the best in {os.path.join(workdir, rundir.BEST)}. "
-              "Raise --config.train_steps to train on, or pass --fresh to start over")
+        print(f"{workdir} is already finished at step {outcome.step} ({early or f'train_steps {train_steps}'}): "
+              f"{losses}. Checkpoints in {os.path.join(workdir, rundir.CHECKPOINTS)}, the best in "
+              f"{os.path.join(workdir, rundir.BEST)}. Raise --config." + ("stop_accuracy (or unset it)" if early else
+                                                                            "train_steps")
+              + " to train on, or pass --fresh to start over")
         return
-    print(f"final: {losses}, in {progress.phases_line(outcome.times)} ({workdir})")
+    print(f"final: {early + ': ' if early else ''}{losses}, in {progress.phases_line(outcome.times)} ({workdir})")
     if sample_tokens:
         try:
             print_continuations(workdir, prompt, sample_tokens)

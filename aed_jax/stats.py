@@ -1,7 +1,7 @@
-"""Confidence intervals, in one place: over random seeds (a run's mean and standard deviation, and the
-paired difference of two runs with its Student t interval and t-test p-value, Holm-adjusted over a table's
-comparisons, said in a sentence; experiments.reproduce)
-and over sampled windows (a t-interval of paired differences, and a bootstrap band of a curve;
+"""Confidence intervals, in one place: over random seeds (a run's mean and standard deviation, the paired
+difference of two runs with its Student t interval and t-test p-value, Holm-adjusted over a table's
+comparisons, said in a sentence, and the steps a task run took to reach an accuracy; experiments.reproduce
+and compare) and over sampled windows (a t-interval of paired differences, and a bootstrap band of a curve;
 aed_jax.analyze).
 
 Why paired: two runs with the same seed share their initialisation, data order and dropout draws,
@@ -91,6 +91,72 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+LEVELS = (0.5, 0.9, 0.99)  # the accuracies whose first step a task run's table gives (steps to 50%, 90%, 99%)
+STEPS_TO = {f"steps_to_{100 * level:g}": level for level in LEVELS}  # each level's column: "steps_to_50", ...
+
+
+def first_step_at(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The step of the first point of `curve` ((step, value) pairs, in any order) whose value is at least
+    `level`: the first crossing, even where the curve falls back below it later; None when none reaches it."""
+    return next((step for step, value in sorted(curve) if value >= level), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossing:
+    """When the seeds of one configuration first reached a level: each seed's step (None: never, by its
+    last estimate, `last`), and their t-interval only when every seed reached it; a mean over the seeds that
+    did would flatter the configuration, so a table says how many did instead."""
+    steps: tuple[int | None, ...]
+    last: tuple[int, ...]  # each seed's last estimated step
+    interval: Interval | None  # over `steps` when every seed has one; else None
+
+    @property
+    def reached(self) -> int:
+        return sum(step is not None for step in self.steps)
+
+    def text(self) -> str:
+        """"1,200 (95% CI 900 to 1,500, 3 seeds)", "400" (one seed), "> 3,000" (no seed reached it by its
+        last estimate: the earliest such), "2 of 3 seeds: 400, 600; > 3,000"."""
+        if not self.steps:
+            return "–"
+        never = [last for step, last in zip(self.steps, self.last) if step is None]
+        beyond = f"> {min(never):,}" if never else ""
+        if not self.reached:
+            return beyond
+        if never:
+            reached = ", ".join(f"{step:,}" for step in self.steps if step is not None)
+            return f"{self.reached} of {len(self.steps)} seeds: {reached}; {beyond}"
+        i = self.interval
+        if i.low is None:
+            return f"{i.mean:,.0f}"
+        return f"{i.mean:,.0f} ({CONFIDENCE:.0%} CI {i.low:,.0f} to {i.high:,.0f}, {i.n} seeds)"
+
+    def columns(self, key: str) -> dict:
+        """A CSV's columns of this crossing, named from `key` ("steps_to_50"): the mean and `_ci_low`/`_ci_high`
+        its interval, only when every seed reached the level; `_reached`, how many did ("2/3"); `_seeds`, each
+        seed's step (">N": not by its last estimate N). None where there is nothing to say."""
+        i = self.interval
+        return {key: i and i.mean, f"{key}_ci_low": i and i.low, f"{key}_ci_high": i and i.high,
+                f"{key}_reached": f"{self.reached}/{len(self.steps)}" if self.steps else None,
+                f"{key}_seeds": " ".join(f">{last}" if step is None else str(step)
+                                         for step, last in zip(self.steps, self.last)) or None}
+
+
+CROSSING_COLUMNS = tuple(f"{key}{part}" for key in STEPS_TO
+                         for part in ("", "_ci_low", "_ci_high", "_reached", "_seeds"))  # Crossing.columns' names
+STEPS_TO_TEXT = (f"Steps to 50%, 90%, 99%: the first estimate whose val token accuracy reached it (estimates are "
+                 f"est_interval steps apart), the mean over the seeds with its {CONFIDENCE:.0%} t-interval when "
+                 "every seed reached it, else how many did and when; > N: not by the last estimate, step N.")
+
+
+def crossing(curves: list[list[tuple[int, float]]], level: float) -> Crossing:
+    """`first_step_at` each seed's curve (one a seed; a seed without a point is left out)."""
+    curves = [curve for curve in curves if curve]
+    steps = tuple(first_step_at(curve, level) for curve in curves)
+    interval = t_interval([float(s) for s in steps]) if steps and None not in steps else None
+    return Crossing(steps, tuple(max(step for step, _ in curve) for curve in curves), interval)
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:

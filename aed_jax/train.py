@@ -129,6 +129,7 @@ class Outcome:
     stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run
     signalled_after: str | None = None  # a signal that came once the last step was done: the run is complete
     already_finished: bool = False  # the workdir's run had already reached train_steps: nothing trained
+    stopped_early: bool = False  # stop_accuracy ended the run at `step` (in this call, or already before it)
     times: dict = dataclasses.field(default_factory=dict)  # progress.Phases.record: where the time went; {} untrained
 
 
@@ -181,6 +182,22 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
         if jax.process_count() > 1:  # the workdir is clean and the data there before anyone reads them
             multihost_utils.sync_global_devices("workdir and data ready")
         return _train(c, workdir, mesh, phases)
+
+
+def reached_stop_accuracy(c: ml_collections.ConfigDict, estimate: dict) -> bool:
+    """Whether `estimate` (an estimate's numbers) ends a task run of `c`: its val token accuracy is at least
+    stop_accuracy (None: no estimate does)."""
+    return c.stop_accuracy is not None and estimate.get("val_token_accuracy", -np.inf) >= c.stop_accuracy
+
+
+def stopped_early(c: ml_collections.ConfigDict, workdir: str, step: int | None) -> bool:
+    """Whether the run of `c` in `workdir`, its latest checkpoint at `step`, is finished short of train_steps:
+    the estimate it logged at that step reached stop_accuracy. metrics.jsonl says it: a step's estimate is
+    logged before its checkpoint is saved, so a checkpoint's step has its line, and a run's config decides
+    (a resume may raise or unset stop_accuracy, as it may raise train_steps, to train on)."""
+    if c.stop_accuracy is None or step is None:
+        return False
+    return any(e["step"] == step and reached_stop_accuracy(c, e) for e in rundir.read_metrics(workdir)[1])
 
 
 def _last_good(saves) -> str:
@@ -247,10 +264,13 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progr
     else:
         state, start = restored
         logging.info("resuming from step %d in %s", start, workdir)
-    if start >= c.train_steps:
+    early = start < c.train_steps and stopped_early(c, workdir, start)
+    if jax.process_count() > 1:  # process 0's reading for all: no process trains on while the others stop
+        early = bool(multihost_utils.broadcast_one_to_all(np.bool_(early)))
+    if start >= c.train_steps or early:
         saves.close()
         best_saves.close()
-        return Outcome(start, rundir.last_estimate(workdir), already_finished=True)
+        return Outcome(start, rundir.last_estimate(workdir), already_finished=True, stopped_early=early)
     if jax.process_index() == 0:
         rundir.accept(workdir, c, data_record)
 
@@ -279,7 +299,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progr
                 if not (boundary or stop):
                     continue
                 stop = _record(pending, shown, stopper, saves) or stop
-                pending, est = None, None
+                pending, est, early = None, None, False
                 if not bool(finite_fn(state)):
                     raise TrainError(f"step {i + 1} produced non-finite parameters; stopped without saving them; "
                                      f"{_last_good(saves)}")
@@ -293,18 +313,25 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progr
                     writer.write(i + 1, est)
                     outcome.estimate = {**est, "step": i + 1}
                     shown.write(f"step {i + 1}: train loss {est['train_loss']:.4f}, val loss {est['val_loss']:.4f}")
-                if save_now or stop:  # best/ is chosen among the checkpoints' estimates (config: save_interval)
+                    early = i + 1 < c.train_steps and reached_stop_accuracy(c, est)  # every process: the same numbers
+                if save_now or stop or early:  # best/ is chosen among the checkpoints' estimates (save_interval)
                     phases.enter("saves")
                     _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
                     phases.enter("steps")
                     outcome.step = i + 1
+                if early:  # the run is complete: a signal that came with it changes nothing (signalled_after)
+                    logging.info("stopped early at step %d: val token accuracy %.4f >= stop_accuracy %g", i + 1,
+                                 est["val_token_accuracy"], c.stop_accuracy)
+                    outcome.stopped_early = True
+                    break
                 if stop:
                     logging.info("stopped by %s: checkpoint saved at step %d, exiting", stopper.reason, i + 1)
                     outcome.stopped_by = stopper.reason
                     break
                 shown.restart_clock()
-        outcome.times = phases.record()
-        writer.write(outcome.step, outcome.times)
+        outcome.times = phases.record()  # the closing line; an early stop's names the level it reached
+        writer.write(outcome.step, {**outcome.times, **({"stop_accuracy": c.stop_accuracy} if outcome.stopped_early
+                                                         else {})})
     finally:
         try:
             shown.close()

@@ -110,13 +110,16 @@ def check_scale(workdir: str, scale: str | None) -> None:
         raise ReproduceError(f"{workdir} was trained at scale {trained}; pass that scale or another --out")
 
 
-def finished(workdir: str, train_steps: int) -> bool:
-    """Whether `workdir` holds its run trained to `train_steps`, told without jax: its run.json says so
-    and the last step's checkpoint folder is there (the child that would train it checks the checkpoint
-    itself; this spares a finished run a process)."""
+def finished(workdir: str, c) -> bool:
+    """Whether `workdir` holds its run of config `c` finished, told without jax: its run.json says so, at
+    c.train_steps or stopped early by c.stop_accuracy (`train.stopped_early`), and that step's checkpoint
+    folder is there (the child that would train it checks the checkpoint itself; this spares a finished run
+    a process)."""
     info = read_json(os.path.join(workdir, "run.json"))
-    return bool(info.get("finished") and info.get("train_steps") == train_steps
-                and os.path.isdir(os.path.join(workdir, "checkpoints", str(train_steps))))
+    step = info.get("step")
+    done = info.get("train_steps") == c.train_steps == step or (
+        info.get("stopped_early") and info.get("stop_accuracy") == c.stop_accuracy)
+    return bool(info.get("finished") and done and os.path.isdir(os.path.join(workdir, "checkpoints", str(step))))
 
 
 def has_accelerator() -> bool:

@@ -21,7 +21,8 @@ Without --seeds a run trains once, with its config's seed, in `<out>/<run>`.
 Each run trains in a process of its own, `--jobs` at a time (default: one per usable core on CPU,
 each pinned to its own cores with its output in <workdir>/train.log; one on a GPU or TPU):
 experiments/scheduler.py. Re-running the same command resumes unfinished runs from their latest
-checkpoint and skips finished ones (latest checkpoint step = train_steps), so it can be stopped and
+checkpoint and skips finished ones (latest checkpoint step = train_steps, or a task run's estimate there
+reached its stop_accuracy), so it can be stopped and
 restarted at will (and more seeds added later: those trained are skipped). SIGTERM or Ctrl-C: no run
 starts after it, the runs training save and stop, the results so far are written, one line says so,
 exit 0; before any run starts, one `error:` line, exit 1. Every flag, the data and the output folder
@@ -149,7 +150,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         c, workdir = suites.seed_config(configs[run.name], seed), suites.workdir(out, run.name, seed)
         plan.check_scale(workdir, scale)
         job = scheduler.Job(run.name + ("" if seed is None else f" seed {seed}"), run.name, c, workdir, scale)
-        if fv.train and plan.finished(workdir, c.train_steps):
+        if fv.train and plan.finished(workdir, c):
             print(f"[{i}/{total}] {job.name}: skipped", flush=True)
         elif fv.train:
             todo.append((i, job))

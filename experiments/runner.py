@@ -63,8 +63,7 @@ def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str 
     """
     info_path = os.path.join(workdir, "run.json")
     info = plan.read_json(info_path)
-    step = latest_step(workdir)
-    if step is not None and step >= c.train_steps:
+    if is_finished(c, workdir, latest_step(workdir)):
         return "skipped"
     os.makedirs(workdir, exist_ok=True)
     start, error = time.perf_counter(), None
@@ -74,20 +73,29 @@ def train_run(name: str, c: ml_collections.ConfigDict, workdir: str, scale: str 
         error = str(e)
     finally:
         step = latest_step(workdir)
+        finished, early = is_finished(c, workdir, step), train.stopped_early(c, workdir, step)
         rundir.write_atomic(info_path, json.dumps({
             "run": name, "scale": scale, "seed": c.random_seed, "train_steps": c.train_steps, "step": step,
-            "finished": step is not None and step >= c.train_steps, "error": error,
+            "finished": finished, "stopped_early": early, "stop_accuracy": c.stop_accuracy, "error": error,
             "wall_time_s": info.get("wall_time_s", 0.0) + time.perf_counter() - start,
             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "updated": datetime.datetime.now().isoformat(timespec="seconds")}, indent=2, sort_keys=True))
     if error:
         return f"failed: {error}"
-    return "finished" if step is not None and step >= c.train_steps else "interrupted"
+    return "finished" if finished else "interrupted"
+
+
+def is_finished(c: ml_collections.ConfigDict, workdir: str, step: int | None) -> bool:
+    """Whether the run of `c` whose latest checkpoint is `step` is done: at train_steps, or stopped early there
+    by stop_accuracy (its estimate at that step reached it)."""
+    return step is not None and (step >= c.train_steps or train.stopped_early(c, workdir, step))
 
 
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
-    """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, and the seed's numbers."""
+    """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, the seed's numbers, and
+    a task run's curve of val token accuracy with the first step at each of stats.STEPS_TO's levels."""
     train_rows, estimates = rundir.read_metrics(workdir)
+    curve = [(e["step"], e["val_token_accuracy"]) for e in estimates if "val_token_accuracy" in e]
     info, last = plan.read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
     step = latest_step(workdir)
     has_embedding_loss = c.model_type == "aed" and c.model_config.embedding_loss_type != "NONE"
@@ -98,7 +106,7 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -
     elif step is None:
         status = "not run"
     else:
-        status = "finished" if step >= c.train_steps else "partial"
+        status = "finished" if is_finished(c, workdir, step) else "partial"
     return {
         "run": run.name, "label": run.label, "model": c.model_type, "seed": c.random_seed, "status": status,
         "step": step or 0, "train_steps": c.train_steps, "params": params, "shape": shape(c),
@@ -106,7 +114,8 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -
         "embedding_loss": sum(tail) / len(tail) if has_embedding_loss and tail else None,
         "estimate_step": last.get("step"),
         "wall_time_s": info.get("wall_time_s"), "tokens_per_s": statistics.median(speeds) if speeds else None,
-        "workdir": workdir,
+        "workdir": workdir, "curve": curve,
+        **{key: stats.first_step_at(curve, level) for key, level in stats.STEPS_TO.items()},
     }
 
 
@@ -139,6 +148,10 @@ def aggregate(run: Run, seed_rows: list[dict]) -> dict:
         row[key] = summary.mean if summary else None
     row.update({f"seed_{key}": getattr(run.seed, key)
                 for key in ("train_loss", "val_loss", "embedding_loss", "params")})
+    row["crossings"] = {key: stats.crossing([r["curve"] for r in seed_rows], level)
+                        for key, level in stats.STEPS_TO.items()}
+    for key, crossing in row["crossings"].items():
+        row.update(crossing.columns(key))
     return row
 
 
@@ -183,9 +196,10 @@ def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
 
 CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "shape", "n", "seeds",
                *(f"{key}{sd}" for key in METRICS for sd in ("", "_sd")), "estimate_step", "wall_time_s",
-               "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params")
+               "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params",
+               *stats.CROSSING_COLUMNS)
 SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
-                    "wall_time_s", "tokens_per_s", "workdir")
+                    "wall_time_s", "tokens_per_s", "workdir", *stats.STEPS_TO)
 DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
                           "excludes_zero", "p", "p_holm", "sentence")
 
@@ -243,8 +257,8 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                   f"mean, in a band from the lowest to the highest seed.", ""]
     if tasks:
         lines += ["Token and sequence accuracy and val loss (cross-entropy over the answer positions): the last "
-                  "estimate, over `est_steps` fresh batches. Wall time: training, estimates and compilation "
-                  "together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
+                  "estimate, over `est_steps` fresh batches. " + stats.STEPS_TO_TEXT + " Wall time: training, "
+                  "estimates and compilation together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
                   f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
                   f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
         return "\n".join(lines + _task_sections(suite, rows, figures, diffs)) + "\n"
@@ -300,7 +314,8 @@ def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[di
         if comparison.name in figures:
             lines += [f"![{comparison.title}]({os.path.basename(figures[comparison.name])})", ""]
         lines += ["| difficulty | width | model | run | status | steps | shape | params | token accuracy | "
-                  "sequence accuracy | val loss | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "sequence accuracy | val loss | " + " | ".join(f"steps to {k[9:]}%" for k in stats.STEPS_TO) +
+                  " | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name in comparison.runs:
             r, point = by_name[name], runs[name].point
             lines.append(
@@ -308,7 +323,9 @@ def _task_sections(suite: Suite, rows: list[dict], figures: dict, diffs: list[di
                 f"{r['step']:,}/{r['train_steps']:,} | {r['shape']} | {_fmt(r['params'], 'int')} | "
                 f"{_fmt(r['val_token_accuracy'], sd=r['val_token_accuracy_sd'])} | "
                 f"{_fmt(r['val_sequence_accuracy'], sd=r['val_sequence_accuracy_sd'])} | "
-                f"{_fmt(r['val_loss'], sd=r['val_loss_sd'])} | {_fmt(r['wall_time_s'], 'time')} |")
+                f"{_fmt(r['val_loss'], sd=r['val_loss_sd'])} | "
+                + "".join(f"{r['crossings'][key].text()} | " for key in stats.STEPS_TO)
+                + f"{_fmt(r['wall_time_s'], 'time')} |")
         lines += _difference_lines(comparison.name, diffs) + [""]
     return lines
 

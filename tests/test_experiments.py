@@ -1,6 +1,7 @@
 """The reproduction's smoke suite (results.md, results.csv, figures) and the Colab notebook, run headless on CPU."""
 import ast
 import csv
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -21,6 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ is not installed: import it from the checkout, as `python -m` does
+from aed_jax import stats  # noqa: E402
 from experiments import plan  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import suites  # noqa: E402
@@ -180,6 +182,7 @@ def test_task_suite_smoke(tmp_path):
         for key in ("train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy"):
             assert 0 <= float(r[key]) <= 1, (key, r)
         assert float(r["val_loss"]) > 0 and r["n"] == "1"
+        assert r["steps_to_50_reached"] in ("0/1", "1/1") and r["steps_to_99_seeds"]  # a step, or ">4"
     by_name = {r["run"]: r for r in rows}
     md = (tmp_path / "results.md").read_text()
     for task, difficulty in (("mqar", "T32_kv4"), ("copy", "T32_len4"), ("sort", "T32_len4")):
@@ -572,3 +575,35 @@ def test_differences_give_p_values_holm_adjusted_over_the_page():
     # adjusted 2 x 0.049 = 0.098): suggestive.
     assert [d["b"] for d in diffs if "after Holm" in d["sentence"]] == ["baseline"]
     assert [d["b"] for d in diffs if "suggestive" in d["sentence"]] == ["no_loss_no_pos"]
+
+
+def test_task_results_give_steps_to_each_accuracy_over_seeds(tmp_path):
+    """results.csv and results.md of a task run from its seeds' logged curves: steps to 50% (every seed: the mean
+    and its t-interval), 90% (two of three seeds: a count, no mean) and 99% (none: beyond the last estimate)."""
+    suite = suites.get("tasks", "smoke")
+    run = suite.runs[0]
+    curves = {1: [(2, 0.3), (4, 0.6), (6, 0.95), (8, 0.9)], 2: [(2, 0.55), (4, 0.5), (6, 0.7), (8, 0.8)],
+              3: [(2, 0.2), (4, 0.4), (6, 0.6), (8, 0.92)]}
+    seed_rows = []
+    for seed, curve in curves.items():
+        workdir = tmp_path / f"seed{seed}"
+        workdir.mkdir()
+        with open(workdir / "metrics.jsonl", "w") as f:
+            for step, accuracy in curve:
+                f.write(json.dumps({"step": step, "train_loss": 1.0, "val_loss": 1.0, "val_token_accuracy": accuracy})
+                        + "\n")
+        c = suites.seed_config(run.make_config(), seed)
+        seed_rows.append(runner.collect(run, c, str(workdir), 100))
+    assert [(r["steps_to_50"], r["steps_to_90"], r["steps_to_99"]) for r in seed_rows] == [
+        (4, 6, None), (2, None, None), (6, 8, None)]
+    row = runner.aggregate(run, seed_rows)
+    half = 4.302653 * 2 / math.sqrt(3)  # steps 4, 2, 6: mean 4, sd 2
+    assert row["steps_to_50"] == pytest.approx(4) and row["steps_to_50_ci_low"] == pytest.approx(4 - half, abs=1e-4)
+    assert (row["steps_to_50_reached"], row["steps_to_50_seeds"]) == ("3/3", "4 2 6")
+    assert (row["steps_to_90"], row["steps_to_90_reached"], row["steps_to_90_seeds"]) == (None, "2/3", "6 >8 8")
+    assert (row["steps_to_99"], row["steps_to_99_reached"]) == (None, "0/3")
+    cells = [row["crossings"][key].text() for key in stats.STEPS_TO]
+    assert cells == ["4 (95% CI -1 to 9, 3 seeds)", "2 of 3 seeds: 6, 8; > 8", "> 8"]
+    one = dataclasses.replace(suite, comparisons=(dataclasses.replace(suite.comparisons[0], runs=(run.name,)),))
+    md = "\n".join(runner._task_sections(one, [row], {}, []))
+    assert "| steps to 50% | steps to 90% | steps to 99% |" in md and " | ".join(cells) in md

@@ -129,3 +129,31 @@ def test_sentences_say_what_holm_leaves():
     assert stats.sentence("a", "b", wide, "val loss", p_holm=1.0, family=4).endswith(
         f"3 seeds, p = {wide.p:.3f}): the interval includes zero: no difference shown at 3 seeds")
     assert stats.p_text(0.0004) == "< 0.001" and stats.p_text(0.0386) == "0.039"
+
+
+def test_steps_to_a_level_count_the_first_crossing():
+    """A curve that rises, falls back and rises again: the first estimate at or above each level counts."""
+    curve = [(100, 0.2), (200, 0.55), (300, 0.4), (400, 0.91), (500, 0.85), (600, 0.95)]
+    assert [stats.first_step_at(curve, level) for level in stats.LEVELS] == [200, 400, None]
+    assert stats.first_step_at(list(reversed(curve)), 0.5) == 200  # by step, whatever the order given
+    assert stats.first_step_at(curve, 0.55) == 200  # at the level counts
+    assert stats.first_step_at([], 0.5) is None
+
+
+def test_steps_to_a_level_over_seeds():
+    """Three seeds reaching 0.5 at 200, 300, 400: mean 300, sd 100, half width 4.302653 * 100 / sqrt(3) =
+    248.413; a seed that never reaches a level makes it a count, not a mean."""
+    curves = [[(100, 0.1), (200, 0.6), (300, 0.95)], [(100, 0.2), (300, 0.7), (500, 0.8)],
+              [(200, 0.3), (400, 0.5), (600, 0.92)]]
+    half = T_975_2DF * 100 / math.sqrt(3)
+    at_half = stats.crossing(curves, 0.5)
+    assert at_half.steps == (200, 300, 400) and at_half.last == (300, 500, 600) and at_half.reached == 3
+    assert at_half.interval.mean == pytest.approx(300) and at_half.interval.low == pytest.approx(300 - half, abs=1e-3)
+    assert at_half.text() == f"300 (95% CI {300 - half:,.0f} to {300 + half:,.0f}, 3 seeds)" == \
+        "300 (95% CI 52 to 548, 3 seeds)"
+    at_90 = stats.crossing(curves, 0.9)
+    assert at_90.steps == (300, None, 600) and at_90.interval is None
+    assert at_90.text() == "2 of 3 seeds: 300, 600; > 500"
+    assert stats.crossing(curves, 0.99).text() == "> 300"  # none: the earliest last estimate bounds them all
+    assert stats.crossing([[(1000, 0.7)]], 0.5).text() == "1,000"  # one seed: no interval
+    assert stats.crossing([[]], 0.5).text() == "–"  # no estimate

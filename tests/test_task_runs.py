@@ -11,10 +11,13 @@ from aed_jax import cli
 from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import evaluate
+from aed_jax import main
 from aed_jax import model as model_lib
 from aed_jax import rundir
 from aed_jax import tasks
 from aed_jax import train
+from experiments import plan
+from experiments import runner
 
 
 def task_config(task="mqar", **overrides):
@@ -124,3 +127,56 @@ def test_evaluate_refuses_full_on_a_task(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --full: task:mqar draws its sequences afresh") and "\n" not in err
     assert tasks.task_name("task:mqar") == "mqar"
+
+
+@pytest.mark.slow  # four short runs: about 30 s on one core
+def test_stop_accuracy_ends_a_task_run_at_its_first_estimate_that_reaches_it(tmp_path, capsys):
+    """The same run trained straight through and with stop_accuracy (as reproduce trains it): it ends at the
+    first estimate of the straight run's curve at or above the level (the curve need not rise steadily), saves
+    that step, says so in metrics.jsonl's closing line and run.json, and a re-run of the same config (reproduce's
+    or main's) is finished, trains nothing; unset, the key lets it train on."""
+    sort = dict(model_config=dict(alphabet_size=16), task=dict(sort_length=4))
+    straight = str(tmp_path / "straight")
+    c = task_config("sort", train_steps=8, est_interval=2)
+    c.update(sort)
+    train.train_and_evaluate(c, straight)
+    curve = [(e["step"], e["val_token_accuracy"]) for e in rundir.read_metrics(straight)[1]]
+    level = max(a for _, a in curve[:-1])  # reached before the last step: the run stops short of train_steps
+    assert level > 0
+    expected = next(step for step, a in curve if a >= level)
+    c.stop_accuracy = level
+    workdir = str(tmp_path / "stopped")
+    assert runner.train_run("sort", c, workdir, None) == "finished"  # as reproduce trains it
+    assert rundir.checkpoints(workdir, create=False).latest_step() == expected < c.train_steps
+    info = json.loads((tmp_path / "stopped" / "run.json").read_text())
+    assert (info["finished"], info["stopped_early"], info["step"]) == (True, True, expected)
+    assert plan.finished(workdir, c) and runner.train_run("sort", c, workdir, None) == "skipped"
+    assert not plan.finished(workdir, task_config("sort", train_steps=8, est_interval=2, stop_accuracy=1.0))
+    lines = [json.loads(line) for line in open(tmp_path / "stopped" / "metrics.jsonl")]
+    assert lines[-1]["step"] == expected and lines[-1]["stop_accuracy"] == level and "time_total_s" in lines[-1]
+    assert [(e["step"], e["val_token_accuracy"]) for e in rundir.read_metrics(workdir)[1]] == \
+        [p for p in curve if p[0] <= expected]  # the same estimates as the straight run's, up to the stop
+    assert train.stopped_early(c, workdir, expected)
+    again = train.train_and_evaluate(c, workdir)
+    assert again.already_finished and again.stopped_early and again.step == expected
+    capsys.readouterr()
+    main.report(again, workdir, c.train_steps, "", 0, c.stop_accuracy)
+    said = capsys.readouterr().out
+    assert f"already finished at step {expected} (stopped early at step {expected} of 8" in said
+    assert "Raise --config.stop_accuracy" in said
+    c.stop_accuracy = None  # unset: it trains on to train_steps
+    on = train.train_and_evaluate(c, workdir)
+    assert not on.stopped_early and on.step == c.train_steps
+
+
+@pytest.mark.fast
+def test_stop_accuracy_is_a_task_runs_key():
+    c = config_lib.base_config("baseline")
+    c.stop_accuracy = 0.9
+    with pytest.raises(config_lib.ConfigError, match=r"^stop_accuracy: a task run's key .* 'wiki_vital' is a corpus"):
+        config_lib.validate(c)
+    for bad in (0.0, 1.5, float("nan")):
+        c = task_config(stop_accuracy=bad)
+        with pytest.raises(config_lib.ConfigError, match=r"^stop_accuracy: must be a finite number in \(0, 1\]"):
+            config_lib.validate(c)
+    config_lib.validate(task_config(stop_accuracy=1))

@@ -536,3 +536,21 @@ def test_colab_notebook_trains_the_cpu_quick_start_when_it_finds_no_gpu(tmp_path
         exec(prepare_cell.source, scope)
         assert scope["CONFIG"] == expected and scope["config"].model_config.n_embed == (64 if preset else 150)
         assert ("No GPU on this runtime: training configs/tiny.py" in capsys.readouterr().out) == preset
+
+
+@pytest.mark.fast
+def test_the_emb_loss_suite_differs_from_mse_pos_sub_only_in_the_loss():
+    """Each run of --suite emb_loss is the task suite's cpu AED on sort 8 in 64 tokens at width 32, the seed's
+    MSE + pos sub run but for its own loss keys; the recipe is the same for every run."""
+    configs = {run.name: run.make_config().to_dict() for run in suites.get("emb_loss").runs}
+    assert list(configs) == [name for name, *_ in suites.EMB_LOSS_RUNS]
+    seed = configs["mse_pos_sub"]
+    assert (seed["dataset"], seed["task"]["sort_length"], seed["model_config"]["context_size"],
+            seed["model_config"]["n_embed"], seed["train_steps"]) == ("task:sort", 8, 64, 32, 300)
+    assert seed["model_config"]["embedding_loss_type"] == "MSE"
+    for name, _, model, changes in suites.EMB_LOSS_RUNS:
+        c = configs[name]
+        assert {k: v for k, v in c.items() if k != "model_config"} == {k: v for k, v in seed.items() if k != "model_config"}
+        if model == "mse_pos_sub":
+            assert {k: v for k, v in c["model_config"].items() if seed["model_config"][k] != v} == changes
+    assert configs["no_loss_no_pos"]["model_config"]["embedding_loss_type"] == "NONE"

@@ -294,11 +294,32 @@ def test_the_embedding_loss_layer_norms_and_the_alignment_the_loss_sees(analysed
     biases = p["encoder_out_ln"]["bias"], p["embeddings_ln"]["bias"]
     np.testing.assert_allclose(got["alignment_unbiased_by_layer_position"],
                                [cosine(a - biases[0], target - biases[1]).mean(0) for a in after], rtol=1e-4, atol=1e-5)
+    # Each feature's standard deviation over every window and position, on both sides, raw and as compared.
+    raw_mean = np.cumsum(emb, 1) / np.arange(1, T + 1)[None, :, None]
+    for side, v in zip(analysis.FEATURE_SIDES, (outputs[-1], after[-1], raw_mean, target)):
+        std = v.reshape(-1, v.shape[-1]).std(0)
+        assert got["feature_std"][side] == pytest.approx(
+            {"min": std.min(), "median": np.median(std), "max": std.max()}, rel=1e-3), side
+    assert got["feature_std"]["encoder_out_compared"]["max"] < got["feature_std"]["encoder_out"]["max"]  # scales < 1
     # The shrinking factor: the loss with unit scales over the loss as it is, from the numpy model.
     unit_terms = numpy_forward(p, cfg, x, "unit_ln_scales")[4]
     assert got["shrinking_factor"] == pytest.approx(unit_terms.mean() / terms.mean(), rel=1e-3)
     assert got["shrinking_factor"] > analysis.SHRINKING  # scales of 0.02-0.3: the report must say so
     assert "met mostly by shrinking the LayerNorm scales" in analysis.shrinking_sentence("run", got)
+
+
+@pytest.mark.fast
+def test_a_parameter_free_loss_is_measured_on_the_sides_standardised():
+    """For NORM_MSE and CENTERED_COSINE a layer is compared as the loss compares it: standardised over its
+    features, whatever encoder_out_ln holds (it is not in their path)."""
+    config = tiny_config("aed", **dict(LOSS, embedding_loss_type="NORM_MSE"))
+    cfg = model_lib.ModelConfig.from_config(config)
+    params = {"encoder_out_ln": {"scale": jnp.full((16,), 1e-3), "bias": jnp.ones(16)}}
+    layer = np.random.default_rng(0).normal(0.3, 2.0, (2, T, 16))
+    centred = layer - layer.mean(-1, keepdims=True)
+    expected = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True))
+    np.testing.assert_allclose(analysis.after_embedding_lns(cfg, params, jnp.asarray(layer)), expected, rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_the_shrinking_sentence_follows_its_rule():

@@ -805,7 +805,6 @@ def test_parameter_free_and_variance_floor_settings_that_cannot_work_are_one_lin
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-@pytest.mark.fast
 def test_parameter_free_losses_and_the_floor_validate_on_the_seed_config():
     for model in (dict(embedding_loss_type="NORM_MSE"), dict(embedding_loss_type="CENTERED_COSINE"),
                   dict(embedding_var_coeff=1), dict(embedding_var_coeff=0.0),

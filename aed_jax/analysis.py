@@ -25,8 +25,11 @@ and position:
   output, the cross-attention, the embedding-loss LayerNorms' scales), each a mean over the windows
   of the paired per-window change with its 95% t-interval;
 - the embedding-loss LayerNorms: their scales and biases, the cosine of each encoder layer's output
-  with the running mean before them (raw) and after them (as the loss compares them), and a
-  sentence when the loss is met mostly by shrinking the scales (`shrinking_factor`);
+  with the running mean before them (raw) and after them (as the loss compares them: standardised,
+  for the parameter-free NORM_MSE and CENTERED_COSINE), each feature's standard deviation on both
+  sides (`feature_sums`: min / median / max over the features, raw and as compared), and a
+  sentence when the loss is met mostly by shrinking the scales (`shrinking_factor`, the run's own
+  loss with the scales reset to 1);
 - the positional table's cosine-similarity matrix (ROPE: the table of "next position" vectors, if
   any), its row norms next to the token embeddings' norms weighted by token frequency in the
   training split;
@@ -58,7 +61,9 @@ import optax
 import tqdm
 
 from aed_jax import ablations as ablations_lib
+from aed_jax import config as config_lib
 from aed_jax import data as data_lib
+from aed_jax import losses
 from aed_jax import metrics
 from aed_jax import model as model_lib
 from aed_jax import plotting
@@ -72,6 +77,7 @@ import matplotlib.ticker  # noqa: E402  (once plotting has set matplotlib up)
 KS = (1, 2, 4, 8, 16, 32, 64)  # subspace dimensions of the overlap, those below D and the table's rows
 _ATTENTION_DENSE = ("batch_attn_weights", "q_weights", "k_v_weights")
 ATTENTION_KINDS = ("self", "encoder self", "decoder self", "decoder cross")  # baseline; AED
+FEATURE_SIDES = ("encoder_out", "encoder_out_compared", "running_mean", "running_mean_compared")  # `feature_sums`
 SHRINKING = 10.0  # shrinking_factor at or above this: the report says the scales, not alignment, meet the loss
 RESAMPLES = 1000  # bootstrap resamples of the windows
 TASK_DRAW = 1000  # a task run's sequences are drawn this many at a time: the first N are the same for every N
@@ -130,6 +136,22 @@ def cosine_sums(a_BxTxD, b_BxTxD, weight_B):
     norms_BxT = (jnp.maximum(jnp.linalg.norm(a_BxTxD, axis=-1), 1e-8)
                  * jnp.maximum(jnp.linalg.norm(b_BxTxD, axis=-1), 1e-8))
     return jnp.einsum("bt,b->t", jnp.sum(a_BxTxD * b_BxTxD, axis=-1) / norms_BxT, weight_B)
+
+
+def feature_sums(side: str, v_BxTxD, weight_B) -> dict:
+    """{"features/<side>/sum_D", "features/<side>/square_D"}: each feature's sum and sum of squares over the
+    positions of weighted rows, from which `feature_spread` takes each feature's standard deviation."""
+    v_BxTxD = v_BxTxD.astype(jnp.float32)
+    return {f"features/{side}/sum_D": jnp.einsum("btd,b->d", v_BxTxD, weight_B),
+            f"features/{side}/square_D": jnp.einsum("btd,b->d", jnp.square(v_BxTxD), weight_B)}
+
+
+def feature_spread(sum_D: np.ndarray, square_D: np.ndarray, count: float) -> dict:
+    """{"min", "median", "max"} over the features of each one's standard deviation over `count` values
+    (its sum and sum of squares): a collapsed feature is a min near 0."""
+    mean_D = sum_D / count
+    std_D = np.sqrt(np.maximum(square_D / count - mean_D ** 2, 0.0))
+    return {"min": float(std_D.min()), "median": float(np.median(std_D)), "max": float(std_D.max())}
 
 
 def alignment_sums(layer_BxTxD, emb_BxTxD, weight_B):
@@ -195,8 +217,12 @@ def _capture(module: nn.Module, method_name: str) -> bool:
         isinstance(module, nn.Dense) and module.name in _ATTENTION_DENSE))
 
 
-def after_embedding_lns(params, layer_BxTxD):
-    """A layer's output as the embedding loss compares it: through `encoder_out_ln` when the run has one."""
+def after_embedding_lns(cfg: model_lib.ModelConfig, params, layer_BxTxD):
+    """A layer's output as the embedding loss compares it: standardised over its features for a
+    parameter-free loss (NORM_MSE, CENTERED_COSINE: no LayerNorm in their path), else through
+    `encoder_out_ln` when the run has one."""
+    if cfg.embedding_loss_type in config_lib.PARAMETER_FREE_LOSSES:
+        return losses.standardise(layer_BxTxD.astype(jnp.float32))
     if "encoder_out_ln" not in params:
         return layer_BxTxD.astype(jnp.float32)
     ln = nn.LayerNorm(epsilon=1e-5, use_bias=True, dtype=jnp.float32)
@@ -219,6 +245,7 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool, problems: int = 1):
     activations stay over every position (the representation, not the scoring)."""
     model = model_lib.make_model(cfg)
     with_embedding_loss = metrics.has_embedding_loss(cfg)
+    parameter_free = cfg.model_type == "aed" and cfg.embedding_loss_type in config_lib.PARAMETER_FREE_LOSSES
     stack, depth = (("encoder_transformer_blocks", cfg.encoder_layers) if cfg.model_type == "aed"
                     else ("transformer_blocks", cfg.n_layer))
     ablated = {name: ablations_lib.ablated_config(name, cfg)
@@ -249,13 +276,19 @@ def _pass(cfg: model_lib.ModelConfig, with_ablations: bool, problems: int = 1):
         out["alignment_LxT"] = jnp.stack([alignment_sums(layer, emb_BxTxD, weight_B) for layer in layers])
         if with_embedding_loss:  # the same layers as the loss compares them: after the LayerNorms
             target_BxTxD = captured["embedding_loss_target_BxTxD"][0]
-            after = [after_embedding_lns(params, layer) for layer in layers]
+            after = [after_embedding_lns(cfg, params, layer) for layer in layers]
             out["alignment_after_ln_LxT"] = jnp.stack([cosine_sums(a, target_BxTxD, weight_B) for a in after])
             if cfg.embedding_aggregation == "CUM_MEAN":  # a bias b shifts a running mean by b: take both out
-                bias_enc, bias_emb = (params[n]["bias"][None, None] if n in params else 0.0
+                # (a parameter-free loss has no bias in its path: nothing to take out)
+                bias_enc, bias_emb = (params[n]["bias"][None, None] if n in params and not parameter_free else 0.0
                                       for n in model_lib.EMBEDDING_LNS)
                 out["alignment_unbiased_LxT"] = jnp.stack([
                     cosine_sums(a - bias_enc, target_BxTxD - bias_emb, weight_B) for a in after])
+            # Each feature's spread over every position of every row: both sides raw and as the loss compares
+            # them, so that a collapsed feature (or a LayerNorm scale shrunk to nothing) shows.
+            for side, v_BxTxD in zip(FEATURE_SIDES, (layers[-1], after[-1], model_lib.running_mean(emb_BxTxD),
+                                                     target_BxTxD)):
+                out.update(feature_sums(side, v_BxTxD, weight_B))
         for name, pairs in attentions(cfg, captured).items():
             probs = [model_lib.causal_probs(q, k) for q, k in pairs]
             out[f"entropy/{name}"] = jnp.stack([entropy_sums(p, weight_B) for p in probs])
@@ -282,6 +315,10 @@ def summarise(totals: dict) -> dict:
         if key in totals:
             out[f"{name}_by_layer_position"] = (totals[key] / rows).tolist()
             out[f"{name}_by_layer"] = (totals[key].sum(-1) / (rows * t)).tolist()
+    sides = sorted({key.split("/")[1] for key in totals if key.startswith("features/")})
+    if sides:
+        out["feature_std"] = {side: feature_spread(totals[f"features/{side}/sum_D"],
+                                                   totals[f"features/{side}/square_D"], rows * t) for side in sides}
     out["attention"] = {key.split("/")[1]: {"entropy": (totals[key] / (rows * t)).tolist(),
                                             "distance": (totals["distance/" + key.split("/")[1]] / (rows * t)).tolist()}
                         for key in sorted(totals) if key.startswith("entropy/")}
@@ -427,6 +464,7 @@ def analyze_run(workdir: str, checkpoint: str = "latest", data: str | None = Non
            "position_embedding_type": cfg.position_embedding_type, "context_size": context, "n_embed": cfg.n_embed,
            "sub_pos_embed_to_decoder": cfg.sub_pos_embed_to_decoder,
            "embedding_loss_type": cfg.embedding_loss_type if cfg.model_type == "aed" else None,
+           "embedding_var_coeff": cfg.embedding_var_coeff if cfg.model_type == "aed" else None,
            "pos_rows": cfg.pos_rows, **summarise(totals), **table_metrics(params, counts_V),
            "layer_norms": layer_norm_stats(params), "ablations": ablation_effects(by_row),
            "_ce_WxT": rows["rows/ce_BxT"], "_offsets": offsets}
@@ -820,11 +858,16 @@ def shrinking_sentence(label: str, m: dict) -> str | None:
         return None
     loss = m["embedding_loss"]
     scales = ", ".join(f"`{n}` {v['scale_abs_mean']:.3g}" for n, v in m["layer_norms"].items())
-    cosines = (f"{m['alignment_by_layer'][-1]:.2f} before the LayerNorms, "
-               f"{m['alignment_after_ln_by_layer'][-1]:.2f} after")
-    if "alignment_unbiased_by_layer" in m:
-        cosines += f" and {m['alignment_unbiased_by_layer'][-1]:.2f} with their biases taken out"
-    detail = (f"with the scales reset to 1 the loss is {loss * factor:.3g}, {factor:,.0f} times larger; the mean "
+    if m.get("embedding_loss_type") in config_lib.PARAMETER_FREE_LOSSES:  # no LayerNorm in the loss path
+        cosines = (f"{m['alignment_by_layer'][-1]:.2f}, and {m['alignment_after_ln_by_layer'][-1]:.2f} standardised "
+                   f"as {m['embedding_loss_type']} compares them (no LayerNorm in its path)")
+    else:
+        cosines = (f"{m['alignment_by_layer'][-1]:.2f} before the LayerNorms, "
+                   f"{m['alignment_after_ln_by_layer'][-1]:.2f} after")
+        if "alignment_unbiased_by_layer" in m:
+            cosines += f" and {m['alignment_unbiased_by_layer'][-1]:.2f} with their biases taken out"
+    times = f"{factor:,.0f}" if factor >= SHRINKING else f"{factor:.2f}"
+    detail = (f"with the scales reset to 1 the loss is {loss * factor:.3g}, {times} times as large; the mean "
               f"|scale| is {scales}; the last encoder layer's cosine with the running mean is {cosines}")
     if factor >= SHRINKING:
         return (f"**{label}: the embedding loss ({loss:.3g}) is met mostly by shrinking the LayerNorm scales, not by "
@@ -912,31 +955,47 @@ def write_report(runs: dict, out: str, command: str, seed: int = 0) -> list[str]
                                                    else "-" for m in runs.values()) + " |" for n in names]
         lines.append("")
     with_lns = {label: m for label, m in runs.items() if m["layer_norms"]}
+    with_loss = {label: m for label, m in runs.items() if "alignment_after_ln_by_layer" in m}
+    if with_lns or with_loss:
+        lines += ["## The embedding loss and its LayerNorms", ""]
     if with_lns:
-        lines += ["## The embedding loss and its LayerNorms", "",
-                  "| run | LayerNorm | mean scale | mean abs scale | max abs scale | mean abs bias |",
+        lines += ["| run | LayerNorm | mean scale | mean abs scale | max abs scale | mean abs bias |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {label} | `{n}` | {v['scale_mean']:.3g} | {v['scale_abs_mean']:.3g} | {v['scale_abs_max']:.3g} | "
                   f"{v['bias_abs_mean']:.3g} |" for label, m in with_lns.items() for n, v in m["layer_norms"].items()]
-        lines += ["", "Mean cosine with the running mean, by layer (layer 0: the input embeddings): before the "
+        lines.append("")
+    if with_loss:
+        lines += ["Mean cosine with the running mean, by layer (layer 0: the input embeddings): before the "
                   "LayerNorms / after them, as the loss compares / after them with their biases taken out (a shared "
-                  "bias on both sides makes the cosine after them high whatever the directions):", ""]
-        for label, m in with_lns.items():
-            if "alignment_after_ln_by_layer" in m:
-                columns = [m[k] for k in ("alignment_by_layer", "alignment_after_ln_by_layer",
-                                          "alignment_unbiased_by_layer") if k in m]
-                lines.append(f"- {label}: " + ", ".join(" / ".join(f"{v:.3f}" for v in values)
-                                                        for values in zip(*columns)))
+                  "bias on both sides makes the cosine after them high whatever the directions). NORM_MSE and "
+                  "CENTERED_COSINE compare the sides standardised over their features, with no LayerNorm: their "
+                  "second and third numbers are that cosine.", ""]
+        for label, m in with_loss.items():
+            columns = [m[k] for k in ("alignment_by_layer", "alignment_after_ln_by_layer",
+                                      "alignment_unbiased_by_layer") if k in m]
+            floor = f", variance floor {m['embedding_var_coeff']:g}" if m.get("embedding_var_coeff") else ""
+            lines.append(f"- {label} ({m['embedding_loss_type']}{floor}): " + ", ".join(
+                " / ".join(f"{v:.3f}" for v in values) for values in zip(*columns)))
+        lines += ["", "Each feature's standard deviation over every position of the windows, min / median / max "
+                  "over the features: the last encoder layer's output and the running mean of the input "
+                  "embeddings, raw and as the loss compares them (a collapsed feature, or a LayerNorm scale "
+                  "shrunk towards 0, is a min or a median near 0):", "",
+                  "| run | encoder output | encoder output, as compared | running mean | running mean, as compared |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | " + " | ".join(" / ".join(f"{m['feature_std'][side][k]:.3g}"
+                                                         for k in ("min", "median", "max"))
+                                              for side in FEATURE_SIDES) + " |" for label, m in with_loss.items()]
+        lines.append("")
         sentences = [s for s in (shrinking_sentence(label, m) for label, m in with_lns.items()) if s]
         if sentences:
-            lines += [""] + sentences + ["", f"How that is decided: the loss compares the two LayerNormed sides, and "
-                                         f"scaling both by a factor g scales an MSE by about g^2 whatever their "
-                                         f"directions. So the loss with the scales reset to 1 (the `unit_ln_scales` "
-                                         f"ablation) is compared with the loss as trained: at {SHRINKING:.0f} times "
-                                         f"or more, at least {1 - 1 / SHRINKING:.0%} of the disagreement the "
-                                         f"normalised sides still have is hidden by the scales rather than removed "
-                                         f"by alignment."]
-        lines.append("")
+            lines += sentences + ["", f"How that is decided: the loss compares the two LayerNormed sides, and "
+                                  f"scaling both by a factor g scales an MSE by about g^2 whatever their "
+                                  f"directions. So the loss with the scales reset to 1 (the `unit_ln_scales` "
+                                  f"ablation, the run's own loss type) is compared with the loss as trained: at "
+                                  f"{SHRINKING:.0f} times or more, at least {1 - 1 / SHRINKING:.0%} of the "
+                                  f"disagreement the normalised sides still have is hidden by the scales rather "
+                                  f"than removed by alignment. NORM_MSE and CENTERED_COSINE read the sides before "
+                                  f"the LayerNorms, so their factor is 1 whatever the scales.", ""]
     lines += ["## Alignment with the running mean of the input embeddings", "",
               "Mean cosine by layer, before any LayerNorm (layer 0: the input embeddings; then each encoder block, or "
               "each block of a baseline).", ""]

@@ -24,7 +24,8 @@ MODEL_TYPES = ("aed", "baseline")
 ORDER_TYPES = ("ORIGINAL", "ALT")
 SUB_POS_EMBED_TYPES = ("NO", "YES_NO_LN", "YES_LN")
 POSITION_EMBEDDING_TYPES = ("LEARNED", "ROPE")
-EMBEDDING_LOSS_TYPES = ("NONE", "MSE", "COSINE", "LOG_COSINE", "HUBER")
+EMBEDDING_LOSS_TYPES = ("NONE", "MSE", "COSINE", "LOG_COSINE", "HUBER", "NORM_MSE", "CENTERED_COSINE")
+PARAMETER_FREE_LOSSES = ("NORM_MSE", "CENTERED_COSINE")  # compare the sides before the LayerNorms (docs/model.md)
 DETACH_TYPES = ("NONE", "EMBEDDING", "ENCODER_OUT")
 EMBEDDING_LN_TYPES = ("NONE", "INIT", "AVG_CUM_SUM")
 EMBEDDING_AGGREGATIONS = ("CUM_MEAN", "CAUSAL_CONV")
@@ -45,6 +46,7 @@ AED_KEYS = (
     "order_type", "add_pos_embed_to_decoder", "use_ln_on_encoder_out", "add_ln_before_decoder_ff",
     "embedding_loss_type", "detach_type", "embedding_loss_coeff", "embedding_ln_type", "cross_attn_config",
     "n_layer_encoder", "n_layer_decoder", "embedding_aggregation", "embedding_aggregation_kernel_size",
+    "embedding_var_coeff",
 )
 
 
@@ -82,12 +84,15 @@ def base_config(model_type: str = "aed") -> ml_collections.ConfigDict:
     if model_type == "aed":
         m.order_type = "ORIGINAL"  # ORIGINAL: self-attn then cross-attn; ALT: the reverse
         m.add_pos_embed_to_decoder = False  # add pos_emb(1..T) to the decoder input
-        m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on the encoder output in the embedding loss
+        m.use_ln_on_encoder_out = config_dict.placeholder(bool)  # LN on the encoder output in the embedding loss (unused by NORM_MSE, CENTERED_COSINE)
         m.add_ln_before_decoder_ff = False  # LN before the encoder->decoder Linear
-        m.embedding_loss_type = "NONE"  # encoder output vs mean embedding: NONE | MSE | COSINE | LOG_COSINE | HUBER
+        # NORM_MSE and CENTERED_COSINE compare the two sides before the LayerNorms, each standardised (centred)
+        # over its features: no learnable scale or bias in their path, so shrinking a scale cannot meet them.
+        m.embedding_loss_type = "NONE"  # encoder output vs mean embedding: NONE | MSE | COSINE | LOG_COSINE | HUBER | NORM_MSE | CENTERED_COSINE
         m.detach_type = config_dict.placeholder(str)  # embedding-loss gradient stop: NONE | EMBEDDING | ENCODER_OUT
         m.embedding_loss_coeff = config_dict.placeholder(float)  # scale of the embedding loss, > 0; None: 1
-        m.embedding_ln_type = config_dict.placeholder(str)  # embedding LN: NONE | INIT | AVG_CUM_SUM
+        m.embedding_ln_type = config_dict.placeholder(str)  # embedding LN: NONE | INIT | AVG_CUM_SUM (unused by NORM_MSE, CENTERED_COSINE)
+        m.embedding_var_coeff = config_dict.placeholder(float)  # weight of a variance floor on the encoder side, >= 0; None/0: off
         m.cross_attn_config = ml_collections.ConfigDict()
         m.cross_attn_config.n_head = config_dict.placeholder(int)  # cross-attention heads; None: 2 * n_head
         m.cross_attn_config.use_bias = config_dict.placeholder(bool)  # cross-attention biases; None: use_bias
@@ -247,7 +252,7 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
     check_choice("model_config.embedding_loss_type", m.embedding_loss_type, EMBEDDING_LOSS_TYPES)
     loss_keys = ("use_ln_on_encoder_out", "embedding_ln_type", "detach_type")
     if m.embedding_loss_type == "NONE":
-        for key in loss_keys + ("embedding_loss_coeff",):
+        for key in loss_keys + ("embedding_loss_coeff", "embedding_var_coeff"):
             if m[key] is not None:
                 raise ConfigError(f"model_config.{key}: must be unset (None) when embedding_loss_type is NONE")
         if m.embedding_aggregation != "CUM_MEAN":
@@ -261,6 +266,7 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
         check_choice("model_config.embedding_ln_type", m.embedding_ln_type, EMBEDDING_LN_TYPES)
         if m.embedding_loss_coeff is not None:
             check_number("model_config.embedding_loss_coeff", m.embedding_loss_coeff, lambda v: v > 0, "> 0")
+        _validate_parameter_free(m)
     check_choice("model_config.embedding_aggregation", m.embedding_aggregation, EMBEDDING_AGGREGATIONS)
     for key in ("n_layer_encoder", "n_layer_decoder", "embedding_aggregation_kernel_size"):
         if m[key] is not None and m[key] <= 0:
@@ -271,6 +277,25 @@ def _validate_aed(m: ml_collections.ConfigDict) -> None:
     if m.position_embedding_type == "ROPE" and m.n_embed // (heads or 2 * m.n_head) < 2:
         raise ConfigError(f"model_config.cross_attn_config.n_head: ROPE turns pairs of features, so a head needs at "
                           f"least 2 (n_embed={m.n_embed} / {heads or 2 * m.n_head} heads)")
+
+
+def _validate_parameter_free(m: ml_collections.ConfigDict) -> None:
+    """What a parameter-free loss (no learnable scale or bias in its path) cannot be combined with (a
+    learned aggregation: its bias would be one), and the variance floor's weight, refused where the
+    floor would train nothing (the encoder side detached, with no encoder_out_ln in the loss path)."""
+    free = m.embedding_loss_type in PARAMETER_FREE_LOSSES
+    if free and m.embedding_aggregation != "CUM_MEAN":
+        raise ConfigError(f"model_config.embedding_aggregation: {m.embedding_loss_type} has no learnable scale or "
+                          f"bias in its path, and {m.embedding_aggregation} would put one there; use CUM_MEAN")
+    if m.embedding_var_coeff is None:
+        return
+    check_number("model_config.embedding_var_coeff", m.embedding_var_coeff, lambda v: v >= 0, ">= 0")
+    if m.embedding_var_coeff and m.detach_type == "ENCODER_OUT" and (free or not m.use_ln_on_encoder_out):
+        why = (f"{m.embedding_loss_type} reads the encoder output before encoder_out_ln" if free
+               else "use_ln_on_encoder_out is False")
+        raise ConfigError(f"model_config.embedding_var_coeff: with detach_type ENCODER_OUT no parameter reaches the "
+                          f"encoder side ({why}), so the variance floor would train nothing; use detach_type NONE or "
+                          "EMBEDDING")
 
 
 def read(path: str) -> ml_collections.ConfigDict:

@@ -128,21 +128,50 @@ def _ce_sum_bwd(dtype, residuals, g):
 _ce_sum.defvjp(_ce_sum_fwd, _ce_sum_bwd)
 
 
+# The standardisation of NORM_MSE: far below any variance a trained side has, so that it scales nothing.
+# LayerNorm's 1e-5 would not do: against a running mean's feature variance of ~1e-4, a side shrunk towards
+# eps would count as partly zero, and the loss would fall by shrinking it (docs/model.md, NORM_MSE).
+STANDARDISE_EPS = 1e-12
+VARIANCE_FLOOR_EPS = 1e-4  # VICReg's, inside the square root of the variance floor
+
+
+def standardise(v_BxTxD):
+    """Each vector centred and scaled to unit variance over its features, with nothing learnable: the
+    parameter-free normalisation of NORM_MSE (and, up to a positive factor, of CENTERED_COSINE)."""
+    centred_BxTxD = v_BxTxD - jnp.mean(v_BxTxD, axis=-1, keepdims=True)
+    return centred_BxTxD * jax.lax.rsqrt(jnp.mean(jnp.square(centred_BxTxD), axis=-1, keepdims=True) + STANDARDISE_EPS)
+
+
+def variance_floor(enc_BxTxD):
+    """[B]: VICReg's variance hinge of each sequence, mean over features d of max(0, 1 - sqrt(Var_t(enc_d) + eps)),
+    the variance over the sequence's positions. Zero once every feature varies along the sequence with a
+    standard deviation of at least 1; it grows as features collapse to constants. Per sequence, not over
+    the batch, so that a sequence's loss never depends on the others in its (micro-)batch."""
+    std_BxD = jnp.sqrt(jnp.var(enc_BxTxD, axis=1) + VARIANCE_FLOOR_EPS)
+    return jnp.mean(jnp.maximum(0.0, 1.0 - std_BxD), axis=-1)
+
+
 def embedding_loss_terms(avg_BxTxD, enc_BxTxD, loss_type: str):
     """Per-position disaffinity between the aggregated embeddings and the encoder output.
 
     The mean of these terms over positions is the embedding loss: for MSE (and HUBER) it equals the
-    mean over every element, since every position has D features.
+    mean over every element, since every position has D features. NORM_MSE and CENTERED_COSINE are
+    given the sides before any LayerNorm (`model.AED._embedding_loss`) and normalise them here.
     """
     if loss_type == "MSE":
         return jnp.mean(jnp.square(avg_BxTxD - enc_BxTxD), axis=-1)
     if loss_type == "HUBER":  # quadratic within 1.0, linear beyond: MSE that tolerates outliers
         return jnp.mean(optax.huber_loss(avg_BxTxD, enc_BxTxD, delta=1.0), axis=-1)
+    if loss_type == "NORM_MSE":  # MSE of the standardised sides: 2 - 2 r, r their correlation over the features
+        return jnp.mean(jnp.square(standardise(avg_BxTxD) - standardise(enc_BxTxD)), axis=-1)
+    if loss_type == "CENTERED_COSINE":  # each side less its feature mean: no shared offset makes the cosine high
+        avg_BxTxD = avg_BxTxD - jnp.mean(avg_BxTxD, axis=-1, keepdims=True)
+        enc_BxTxD = enc_BxTxD - jnp.mean(enc_BxTxD, axis=-1, keepdims=True)
     eps = 1e-8  # torch.nn.functional.cosine_similarity clamps each norm at eps
     norms_BxT = (jnp.maximum(jnp.linalg.norm(avg_BxTxD, axis=-1), eps)
                  * jnp.maximum(jnp.linalg.norm(enc_BxTxD, axis=-1), eps))
     cos_BxT = jnp.sum(avg_BxTxD * enc_BxTxD, axis=-1) / norms_BxT
-    if loss_type == "COSINE":
+    if loss_type in ("COSINE", "CENTERED_COSINE"):
         return 1.0 - (cos_BxT + 1.0) / 2.0
     if loss_type == "LOG_COSINE":
         return -jnp.log((cos_BxT + 1.0) / 2.0)

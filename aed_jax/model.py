@@ -51,6 +51,7 @@ class ModelConfig:
     detach_type: str | None = None
     embedding_loss_coeff: float | None = None
     embedding_ln_type: str | None = None
+    embedding_var_coeff: float | None = None  # (ours) the encoder side's variance floor; None or 0: off
     cross_n_head: int | None = None  # cross_attn_config.n_head; None -> 2 * n_head
     cross_use_bias: bool | None = None  # cross_attn_config.use_bias; None -> use_bias
     # The seed's "next steps" (off by default). Unequal depths keep the residual init at n_layer.
@@ -520,6 +521,15 @@ class AED(nn.Module):
             emb_BxTxD = jax.lax.stop_gradient(emb_BxTxD)
         elif cfg.detach_type == "ENCODER_OUT":
             enc_BxTxD = jax.lax.stop_gradient(enc_BxTxD)
+        if cfg.embedding_loss_type in config_lib.PARAMETER_FREE_LOSSES:
+            # (ours) The sides before the LayerNorms, normalised without parameters: the LayerNorms are still
+            # declared (the parameters of the same config with a seed loss), but no scale or bias is in the path.
+            for ln in (enc_ln, emb_ln) if self.is_initializing() else ():
+                if ln is not None:
+                    ln(emb_BxTxD)
+            avg_BxTxD = running_mean(emb_BxTxD)
+            terms_BxT = losses.embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
+            return self._loss(terms_BxT, losses.standardise(enc_BxTxD), losses.standardise(avg_BxTxD))
         if enc_ln is not None:
             enc_BxTxD = enc_ln(enc_BxTxD)
         if cfg.embedding_ln_type == "INIT":
@@ -534,6 +544,14 @@ class AED(nn.Module):
         if cfg.embedding_ln_type == "AVG_CUM_SUM":
             avg_BxTxD = emb_ln(avg_BxTxD)
         terms_BxT = losses.embedding_loss_terms(avg_BxTxD, enc_BxTxD, cfg.embedding_loss_type)
+        return self._loss(terms_BxT, enc_BxTxD, avg_BxTxD)
+
+    def _loss(self, terms_BxT, enc_BxTxD, avg_BxTxD):
+        """The embedding loss from its terms by position, given both sides as the terms compare them:
+        (ours) plus `embedding_var_coeff` times each sequence's variance floor on the encoder side, added to
+        each of its positions' terms."""
+        if self.cfg.embedding_var_coeff:
+            terms_BxT = terms_BxT + self.cfg.embedding_var_coeff * losses.variance_floor(enc_BxTxD)[:, None]
         self.sow("intermediates", "embedding_loss_BxT", terms_BxT)
         self.sow("intermediates", "embedding_loss_target_BxTxD", avg_BxTxD)  # what analyze compares layers with
         return terms_BxT.mean()

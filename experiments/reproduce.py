@@ -1,10 +1,11 @@
-"""`python -m experiments.reproduce --suite seed|rope|smoke|tiny|tasks [--scale SCALE] [--seeds N|a,b,...]
+"""`python -m experiments.reproduce --suite seed|rope|smoke|tiny|tasks|emb_loss [--scale SCALE] [--seeds N|a,b,...]
 [--dataset NAME] [--runs a,b,...] [--out DIR] [--grid KEY=V1,V2,...] [--config.KEY=VALUE] [--jobs N]`.
 
 Trains the seed's eight runs (or the named subset; `--suite rope`: RoPE in AED and the baseline,
 with and without position subtraction, beside the seed's learned-table pair; `--suite tiny`: the
 seed's comparisons at configs/tiny.py's size on CPU; `--suite tasks`: synthetic tasks, accuracy
-against width), each in its own workdir `<out>/<run>`, then
+against width; `--suite emb_loss`: the embedding losses that shrinking cannot meet, on sort), each in
+its own workdir `<out>/<run>`, then
 writes `<out>/results.md` and `<out>/results.csv` (train loss, val loss, embedding loss, params,
 wall time, tokens/s, with the seed's published numbers beside ours, in the layout of the seed's
 README tables) and one PNG per comparison: loss curves for the seed's README's comparisons,
@@ -75,7 +76,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "embeddings in AED and the baseline, with and without pos sub, beside the seed's learned-table "
                       "pair; smoke: two tiny configs for a few steps (a CPU check of the whole pipeline); tiny: the "
                       "seed's comparisons at configs/tiny.py's size (CPU); tasks: AED against a baseline of matched "
-                      "size on synthetic tasks (MQAR, copy, sort), accuracy against width.", flag_values=fv)
+                      "size on synthetic tasks (MQAR, copy, sort), accuracy against width; emb_loss: the seed's MSE "
+                      "embedding loss against NORM_MSE, CENTERED_COSINE, a variance floor and no loss, on sort "
+                      "(CPU).", flag_values=fv)
     flags.DEFINE_enum("scale", None, sorted({s for scales in suites.SCALES.values() for s in scales}),
                       "For --suite seed and rope: full (the seed's recipe, the default) or mini (steps and schedule "
                       f"divided by {MINI_FACTOR}). For --suite tasks: cpu (the default; the whole suite with 3 seeds "
@@ -117,7 +120,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
     cli.no_extra_args(argv)
     scale = suites.pick_scale(fv.suite, fv.scale)
-    if fv.suite == "tasks" and (fv.dataset or fv.data_dir):
+    if fv.suite in suites.TASK_SUITES and (fv.dataset or fv.data_dir):
         cli.fail("--dataset and --data_dir: the task suite draws its own data")
     suite = suites.get(fv.suite, scale)
     names = [run.name for run in suite.runs]

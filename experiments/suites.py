@@ -5,8 +5,9 @@ experiments/figures.py (which draws them) and the commands all read the suites w
 each other.
 
 Suites: `seed` (the seed's eight runs), `rope` (rotary positions), `smoke` (two tiny configs for a
-few steps: CI), `tiny` (the seed's comparisons at configs/tiny.py's size, on CPU) and `tasks`
-(synthetic tasks, accuracy against width, AED against a baseline of matched size). The sizes of
+few steps: CI), `tiny` (the seed's comparisons at configs/tiny.py's size, on CPU), `tasks`
+(synthetic tasks, accuracy against width, AED against a baseline of matched size) and `emb_loss`
+(the embedding losses that shrinking cannot meet against the seed's MSE, on sort). The sizes of
 the task suite's scales are the constants in TASK_SCALES, one place to calibrate them.
 """
 from __future__ import annotations
@@ -152,7 +153,20 @@ TASK_SCALES = {
 }
 TASK_MODELS = (("mse_pos_sub", "AED, MSE loss + pos sub"), ("no_loss_no_pos", "AED, no loss, no pos sub"),
                ("baseline", "baseline, matched params"))
-SCALES = {"seed": ("full", "mini"), "rope": ("full", "mini"), "smoke": (), "tiny": (), "tasks": tuple(TASK_SCALES)}
+SCALES = {"seed": ("full", "mini"), "rope": ("full", "mini"), "smoke": (), "tiny": (), "tasks": tuple(TASK_SCALES),
+          "emb_loss": ()}
+TASK_SUITES = ("tasks", "emb_loss")  # suites of task runs: they draw their own data
+# --suite emb_loss (issue 34): the embedding losses that shrinking cannot meet against the seed's MSE and no loss,
+# on one task at the task suite's cpu recipe; each run is mse_pos_sub but for the keys given (no_loss_no_pos: all).
+EMB_LOSS_TASK, EMB_LOSS_DIFFICULTY, EMB_LOSS_WIDTH, EMB_LOSS_SCALE = "sort", _sort(64, 8), 32, "cpu"
+EMB_LOSS_RUNS = (
+    ("no_loss_no_pos", "AED, no embedding loss, no pos sub", "no_loss_no_pos", {}),
+    ("mse_pos_sub", "AED, MSE loss + pos sub (the seed's)", "mse_pos_sub", {}),
+    ("norm_mse", "AED, NORM_MSE loss + pos sub", "mse_pos_sub", {"embedding_loss_type": "NORM_MSE"}),
+    ("centered_cosine", "AED, CENTERED_COSINE loss + pos sub", "mse_pos_sub",
+     {"embedding_loss_type": "CENTERED_COSINE"}),
+    ("mse_var", "AED, MSE loss + variance floor + pos sub", "mse_pos_sub", {"embedding_var_coeff": 1.0}),
+)
 
 
 def _config_file(name: str) -> Callable[[], ml_collections.ConfigDict]:
@@ -345,6 +359,33 @@ def _task_suite(scale: str) -> Suite:
              "problems a sequence).")
 
 
+def _emb_loss_config(model: str, changes: dict) -> ml_collections.ConfigDict:
+    """One run of the emb_loss suite: `task_config`'s AED at EMB_LOSS_WIDTH on EMB_LOSS_TASK, with `changes`."""
+    c = task_config(model, EMB_LOSS_TASK, EMB_LOSS_DIFFICULTY, EMB_LOSS_WIDTH, TASK_SCALES[EMB_LOSS_SCALE])
+    c.model_config.update(changes)
+    config_lib.validate(c)
+    return c
+
+
+def _emb_loss_suite() -> Suite:
+    runs = tuple(Run(name, label, functools.partial(_emb_loss_config, model, changes), _UNPUBLISHED,
+                     Point(EMB_LOSS_DIFFICULTY.title, label, EMB_LOSS_WIDTH, name))
+                 for name, label, model, changes in EMB_LOSS_RUNS)
+    variants = [name for name, *_ in EMB_LOSS_RUNS[2:]]
+    pairs = (("mse_pos_sub", "no_loss_no_pos"), *((v, "mse_pos_sub") for v in variants),
+             *((v, "no_loss_no_pos") for v in variants))
+    return Suite(
+        runs=runs, metrics=TASK_METRICS,
+        comparisons=(Comparison("emb_loss", f"Embedding losses on task:{EMB_LOSS_TASK} ({EMB_LOSS_DIFFICULTY.title})",
+                                tuple(run.name for run in runs), "params", pairs),),
+        note=f"Embedding-loss suite (issue 34): the AED of the task suite (scale `{EMB_LOSS_SCALE}`, width "
+             f"{EMB_LOSS_WIDTH}) on task:{EMB_LOSS_TASK} ({EMB_LOSS_DIFFICULTY.title}): the seed's MSE + pos sub "
+             "(configs/mse_pos_sub.py), the same with each loss that shrinking its LayerNorms cannot meet "
+             "(NORM_MSE, CENTERED_COSINE) and with the variance floor (embedding_var_coeff 1), every other key the "
+             "same, and the AED with neither loss nor pos sub. Whether a loss is met by collapse: "
+             "`python -m aed_jax.analyze` on the runs (the shrinking factor, docs/model.md).")
+
+
 def pick_scale(name: str, scale: str | None) -> str | None:
     """`scale`, or suite `name`'s default (its first; None for a suite of one size); an errors.UserError, one line, for
     a scale the suite does not have."""
@@ -358,6 +399,8 @@ def pick_scale(name: str, scale: str | None) -> str | None:
 def get(name: str, scale: str | None = None) -> Suite:
     """Suite `name` at `scale` (for the task suite: which of TASK_SCALES; the others build their scale's configs
     in experiments.reproduce)."""
+    if name == "emb_loss":
+        return _emb_loss_suite()
     return _task_suite(scale or SCALES["tasks"][0]) if name == "tasks" else _FIXED[name]
 
 

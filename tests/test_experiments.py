@@ -607,3 +607,20 @@ def test_task_results_give_steps_to_each_accuracy_over_seeds(tmp_path):
     one = dataclasses.replace(suite, comparisons=(dataclasses.replace(suite.comparisons[0], runs=(run.name,)),))
     md = "\n".join(runner._task_sections(one, [row], {}, []))
     assert "| steps to 50% | steps to 90% | steps to 99% |" in md and " | ".join(cells) in md
+
+
+def test_the_emb_loss_suite_differs_from_mse_pos_sub_only_in_the_loss():
+    """Each run of --suite emb_loss is the task suite's cpu AED on sort 8 in 64 tokens at width 32, the seed's
+    MSE + pos sub run but for its own loss keys; the recipe is the same for every run."""
+    configs = {run.name: run.make_config().to_dict() for run in suites.get("emb_loss").runs}
+    assert list(configs) == [name for name, *_ in suites.EMB_LOSS_RUNS]
+    seed = configs["mse_pos_sub"]
+    assert (seed["dataset"], seed["task"]["sort_length"], seed["model_config"]["context_size"],
+            seed["model_config"]["n_embed"], seed["train_steps"]) == ("task:sort", 8, 64, 32, 300)
+    assert seed["model_config"]["embedding_loss_type"] == "MSE"
+    for name, _, model, changes in suites.EMB_LOSS_RUNS:
+        c = configs[name]
+        assert {k: v for k, v in c.items() if k != "model_config"} == {k: v for k, v in seed.items() if k != "model_config"}
+        if model == "mse_pos_sub":
+            assert {k: v for k, v in c["model_config"].items() if seed["model_config"][k] != v} == changes
+    assert configs["no_loss_no_pos"]["model_config"]["embedding_loss_type"] == "NONE"

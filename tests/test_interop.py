@@ -291,7 +291,8 @@ def test_a_broken_model_json_beside_the_npz_is_one_line(run, capsys):
 OURS_ONLY = {
     "aed": (("position_embedding_type", "ROPE"), ("n_layer_encoder", 3), ("n_layer_decoder", 1),
             ("embedding_aggregation", "CAUSAL_CONV"), ("embedding_aggregation_kernel_size", 4),
-            ("embedding_loss_type", "HUBER")),
+            ("embedding_loss_type", "HUBER"), ("embedding_loss_type", "NORM_MSE"),
+            ("embedding_loss_type", "CENTERED_COSINE"), ("embedding_var_coeff", 0.5)),
     "baseline": (("position_embedding_type", "ROPE"), ("sub_pos_embed_to_decoder", "YES_LN")),
 }
 CHOICES = {"order_type": config_lib.ORDER_TYPES, "sub_pos_embed_to_decoder": config_lib.SUB_POS_EMBED_TYPES,

@@ -647,3 +647,169 @@ def test_causal_conv_off_in_eval_mode():
     cum = model_lib.make_model(dataclasses.replace(cfg, embedding_aggregation="CUM_MEAN"))
     same = {k: v for k, v in params.items() if k != "embedding_aggregation"}
     np.testing.assert_array_equal(cum.apply({"params": same}, x, x)[0], logits)
+
+
+# --- 6. Embedding losses that shrinking cannot meet (ours, issue 34) ------------------------------------
+
+def np_standardise(v):
+    centred = v - v.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-12)
+
+
+def np_variance_floor(enc):
+    """[B]: mean over features of max(0, 1 - sqrt(Var over the sequence's positions + 1e-4))."""
+    return np.maximum(0.0, 1.0 - np.sqrt(enc.var(axis=1) + 1e-4)).mean(-1)
+
+
+def np_sides(params, state, cfg, x):
+    """The encoder output and the running mean of the input embeddings, both raw (before any LayerNorm)."""
+    emb = np_embeddings(params, x)
+    return last_encoder_output(state, cfg), np.cumsum(emb, axis=1) / np.arange(1, T + 1)[None, :, None]
+
+
+def np_parameter_free_terms(loss_type, enc, avg):
+    if loss_type == "NORM_MSE":
+        return ((np_standardise(avg) - np_standardise(enc)) ** 2).mean(-1)
+    a, e = avg - avg.mean(-1, keepdims=True), enc - enc.mean(-1, keepdims=True)
+    cos = (a * e).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(e, axis=-1))
+    return 1.0 - (cos + 1.0) / 2.0
+
+
+@pytest.mark.parametrize("loss_type", config_lib.PARAMETER_FREE_LOSSES)
+@pytest.mark.parametrize("ln_type", ["INIT", "AVG_CUM_SUM"])
+@pytest.mark.fast
+def test_parameter_free_losses_match_numpy(loss_type, ln_type):
+    """NORM_MSE and CENTERED_COSINE compare the sides before the LayerNorms (perturbed here, so that using
+    them anywhere would show), each standardised or centred over its features."""
+    cfg = small(**dict(LOSS, embedding_loss_type=loss_type, embedding_ln_type=ln_type, embedding_loss_coeff=3.0))
+    model, params = build(cfg)
+    params = perturb(params, ["ln"])
+    x = tokens(cfg)
+    (_, losses), state = model.apply({"params": params}, x, x, train=True, capture_intermediates=True)
+    enc, avg = np_sides(params, state, cfg, x)
+    terms = np_parameter_free_terms(loss_type, enc, avg)
+    np.testing.assert_allclose(state["intermediates"]["embedding_loss_BxT"][0], terms, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses["embedding_loss"], terms.mean(), rtol=1e-5)
+    np.testing.assert_allclose(losses["total"], losses["ce"] + 3.0 * terms.mean(), rtol=1e-5)
+    # The two are one function up to a factor: NORM_MSE = 2 - 2r, CENTERED_COSINE = (1 - r) / 2.
+    other = [t for t in config_lib.PARAMETER_FREE_LOSSES if t != loss_type][0]
+    ratio = 4.0 if loss_type == "NORM_MSE" else 0.25
+    np.testing.assert_allclose(terms, ratio * np_parameter_free_terms(other, enc, avg), rtol=1e-4)
+    # The LayerNorms stay declared: the parameters (and their count) of the same config with a seed loss.
+    _, seed_params = build(dataclasses.replace(cfg, embedding_loss_type="MSE"))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(seed_params)
+
+
+@pytest.mark.parametrize("loss_type", config_lib.PARAMETER_FREE_LOSSES)
+@pytest.mark.fast
+def test_parameter_free_losses_ignore_the_layer_norm_scales_and_biases(loss_type):
+    """Scaling both embedding-loss LayerNorms' scales by 1e-3 and giving them one shared bias, the collapse
+    that meets the seed's MSE, leaves these losses exactly as they were; the seed's MSE falls a hundredfold."""
+    cfg = small(**LOSS)
+    model, params = build(cfg)
+    params = perturb(params, ["ln"])
+    shared = jax.random.normal(jax.random.key(7), (D,))
+    collapsed = dict(params, **{n: {"scale": params[n]["scale"] * 1e-3, "bias": shared}
+                                for n in model_lib.EMBEDDING_LNS})
+    x = tokens(cfg)
+
+    def loss(p, c):
+        return float(model_lib.make_model(c).apply({"params": p}, x, x, train=True)[1]["embedding_loss"])
+
+    free = dataclasses.replace(cfg, embedding_loss_type=loss_type)
+    assert loss(collapsed, free) == loss(params, free)
+    assert loss(collapsed, cfg) < 0.01 * loss(params, cfg)  # the hole these losses close: a real test
+
+
+@pytest.mark.parametrize("loss_type,detach", [("MSE", "ENCODER_OUT"), ("NORM_MSE", "NONE"),
+                                              ("CENTERED_COSINE", "EMBEDDING")])
+@pytest.mark.fast
+def test_variance_floor_matches_numpy(loss_type, detach):
+    """embedding_var_coeff times each sequence's variance hinge on the encoder side as the loss compares it
+    (after encoder_out_ln for MSE, standardised for the parameter-free losses), added to every position's term."""
+    cfg = small(**dict(LOSS, embedding_loss_type=loss_type, detach_type=detach, embedding_var_coeff=0.5))
+    model, params = build(cfg)
+    params = perturb(params, ["ln"])
+    x = tokens(cfg)
+    (_, losses), state = model.apply({"params": params}, x, x, train=True, capture_intermediates=True)
+    enc, avg = np_sides(params, state, cfg, x)
+    if loss_type == "MSE":
+        enc = np_layer_norm(enc, params["encoder_out_ln"])
+        avg = np.cumsum(np_layer_norm(np_embeddings(params, x), params["embeddings_ln"]), axis=1)
+        avg = avg / np.arange(1, T + 1)[None, :, None]
+        align = ((avg - enc) ** 2).mean(-1)
+        floor = np_variance_floor(enc)
+    else:
+        align = np_parameter_free_terms(loss_type, enc, avg)
+        floor = np_variance_floor(np_standardise(enc))
+    assert floor.min() > 0.01  # the floor is active: a real test
+    terms = align + 0.5 * floor[:, None]
+    np.testing.assert_allclose(state["intermediates"]["embedding_loss_BxT"][0], terms, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses["embedding_loss"], terms.mean(), rtol=1e-5)
+
+
+@pytest.mark.fast
+def test_variance_floor_makes_shrinking_the_encoder_ln_cost():
+    """With the floor, the seed's MSE can no longer be met by shrinking encoder_out_ln's scale: shrunk 1000-fold,
+    the MSE part falls but the loss rises, the floor then near its maximum of 1 a feature."""
+    cfg = small(**LOSS)
+    model, params = build(cfg)
+    x = tokens(cfg)
+    shrunk = dict(params, encoder_out_ln={**params["encoder_out_ln"], "scale": params["encoder_out_ln"]["scale"] * 1e-3})
+    floored = model_lib.make_model(dataclasses.replace(cfg, embedding_var_coeff=1.0))
+
+    def loss(m, p):
+        return float(m.apply({"params": p}, x, x, train=True)[1]["embedding_loss"])
+
+    assert loss(model, shrunk) < loss(model, params)
+    assert loss(floored, shrunk) > loss(floored, params) + 0.3
+    assert loss(floored, shrunk) - loss(model, shrunk) == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("loss_type", config_lib.PARAMETER_FREE_LOSSES)
+def test_parameter_free_losses_train_the_side_detach_type_leaves(loss_type):
+    """ENCODER_OUT (the seed's): the loss trains the input embeddings alone, no encoder block and no LayerNorm
+    (none is in its path); EMBEDDING: it trains the encoder blocks."""
+    for detach, encoder_trained in (("ENCODER_OUT", False), ("EMBEDDING", True)):
+        cfg = small(**dict(LOSS, embedding_loss_type=loss_type, detach_type=detach, n_layer=1))
+        model, params = build(cfg)
+        x = tokens(cfg)
+        grads = jax.grad(lambda p: model.apply({"params": p}, x, x, train=True)[1]["scaled_embedding_loss"])(params)
+        size = {name: sum(float(np.abs(g).sum()) for g in jax.tree_util.tree_leaves(sub)) for name, sub in grads.items()}
+        assert (size["encoder_transformer_blocks_0"] > 0) == encoder_trained
+        assert size["token_embedding"] > 0  # ENCODER_OUT: through the running mean; EMBEDDING: through the encoder
+        assert size["encoder_out_ln"] == size["embeddings_ln"] == 0.0
+        assert size["decoder_transformer_blocks_0"] == 0.0
+
+
+@pytest.mark.parametrize("model,message", [
+    (dict(embedding_var_coeff=-1.0), "model_config.embedding_var_coeff: must be a finite number >= 0"),
+    (dict(embedding_var_coeff=float("nan")), "model_config.embedding_var_coeff: must be a finite number >= 0"),
+    (dict(embedding_loss_type="NONE", embedding_loss_coeff=None, use_ln_on_encoder_out=None, detach_type=None,
+          embedding_ln_type=None, embedding_var_coeff=1.0), "model_config.embedding_var_coeff: must be unset"),
+    (dict(embedding_loss_type="NORM_MSE", embedding_aggregation="CAUSAL_CONV"),
+     "model_config.embedding_aggregation: NORM_MSE has no learnable scale or bias in its path"),
+    (dict(embedding_loss_type="CENTERED_COSINE", embedding_var_coeff=1.0),
+     "model_config.embedding_var_coeff: with detach_type ENCODER_OUT no parameter reaches the encoder side "
+     "(CENTERED_COSINE reads"),
+    (dict(use_ln_on_encoder_out=False, embedding_var_coeff=1.0),
+     "model_config.embedding_var_coeff: with detach_type ENCODER_OUT no parameter reaches the encoder side "
+     "(use_ln_on_encoder_out is False)"),
+])
+@pytest.mark.fast
+def test_parameter_free_and_variance_floor_settings_that_cannot_work_are_one_line(model, message):
+    c = load("mse_pos_sub")
+    c.model_config.update(model)
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(c)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_parameter_free_losses_and_the_floor_validate_on_the_seed_config():
+    for model in (dict(embedding_loss_type="NORM_MSE"), dict(embedding_loss_type="CENTERED_COSINE"),
+                  dict(embedding_var_coeff=1), dict(embedding_var_coeff=0.0),
+                  dict(embedding_loss_type="NORM_MSE", detach_type="EMBEDDING", embedding_var_coeff=0.5)):
+        c = load("mse_pos_sub")
+        c.model_config.update(model)
+        config_lib.validate(c)
+        assert count(model_lib.ModelConfig.from_config(c).abstract_params()) == 15_763_500

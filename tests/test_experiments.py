@@ -434,7 +434,7 @@ def test_cli_reports_user_errors_in_one_line():
     for args, message in ((["--runs", "nope"], "unknown run 'nope'"),
                           (["--suite", "smoke", "--scale", "mini"], "--scale"),
                           (["--suite", "tasks", "--scale", "mini"],
-                           "--scale mini: --suite tasks takes cpu, full or smoke"),
+                           "--scale mini: --suite tasks takes cpu, calibrated, full or smoke"),
                           (["--seeds", "0"], "--seeds 0: a count of seeds is 1 to 100"),
                           (["--dataset", "not_prepared"], "data/not_prepared/not_prepared_train.bin: no such file")):
         result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,

@@ -1,5 +1,5 @@
-"""`python -m experiments.compare --workdir A --workdir B [...] [--out DIR] [--smooth N] [--best KEY]`: any runs
-side by side.
+"""`python -m experiments.compare --workdir A --workdir B [...] [--out DIR] [--smooth N] [--best KEY]
+[--against ROW]`: any runs side by side.
 
 Each --workdir is a run folder (main's, or one of reproduce's `<out>/<run>[/<point>]/seed<k>`), or a
 folder of runs, which stands for every run below it: a run's seeds, a sweep's or a suite's `--out`. Runs whose config.json differ
@@ -11,7 +11,9 @@ aed_jax/tasks.py, chance_token_accuracy). A task run's row gives the steps its s
 val token accuracy (`stats.crossing`); every row, the parameters, the training FLOPs per token
 (`model.flops_per_token`) and the FLOPs of the steps trained. With `--best KEY` (a sweep's key, `lr`) each
 configuration is one row, at its best value of the key on validation (experiments/sweep.py), with every
-value's score and a flag where the best is at the edge of the values tried. Nothing is trained or
+value's score and a flag where the best is at the edge of the values tried. With `--against ROW` every
+other row's paired difference from that row, seed by seed, with its interval, p and Holm adjustment
+(compare_differences.csv, and a section of compare.md). Nothing is trained or
 evaluated: it reads what the runs logged.
 """
 from __future__ import annotations
@@ -48,6 +50,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("best", None, "A swept config key (lr, or a dotted one): each configuration (runs that "
                         "differ only in it and their seed) at its best value on validation, a task's by val token "
                         "accuracy, a corpus's by val loss; diverged values left out, the edge of the grid flagged.",
+                        flag_values=fv)
+    flags.DEFINE_string("against", None, "A row's label, or a part of it that names one row: every other row's "
+                        "paired difference from it, seed by seed (runs matched by random_seed), on a task's last "
+                        "val token accuracy or a corpus's last val loss, with its 95% t-interval, p and the Holm "
+                        "adjustment over the table's differences (compare_differences.csv, and in compare.md).",
                         flag_values=fv)
 
 
@@ -133,6 +140,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
             print(f"{point_row['label']}: {key} {_value(point_row['best_value'])}"
                   + (f" (edge of the grid: {point_row['edge']})" if point_row["edge"] else "")
                   + f"; scores {point_row['scores']}")
+    differences = paired(rows, fv.against) if fv.against else None
     shared = {r["chance"] for r in rows if r["chance"] is not None}
     chance = shared.pop() if len(shared) == 1 else None  # one line, where every task run has the same chance
     os.makedirs(fv.out, exist_ok=True)
@@ -143,8 +151,19 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
-    rundir.write_atomic(os.path.join(fv.out, "compare.md"), markdown(rows, png, fv, config_lib.DEFAULT_DATASET))
-    for name in ("compare.md", "compare.csv") + (("compare.png",) if png else ()):
+    text = markdown(rows, png, fv, config_lib.DEFAULT_DATASET)
+    written = ("compare.md", "compare.csv")
+    if differences is not None:
+        text += differences_markdown(differences, fv.against)
+        with rundir.atomic_file(os.path.join(fv.out, "compare_differences.csv")) as f:
+            writer = csv.DictWriter(f, fieldnames=DIFFERENCE_COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: "" if d.get(k) is None else d[k] for k in DIFFERENCE_COLUMNS} for d in differences)
+        written += ("compare_differences.csv",)
+        for d in differences:
+            print(d["sentence"])
+    rundir.write_atomic(os.path.join(fv.out, "compare.md"), text)
+    for name in written + (("compare.png",) if png else ()):
         print(os.path.join(fv.out, name))
 
 
@@ -236,6 +255,63 @@ def best_rows(rows: list[dict], points: list, groups: dict[str, list[str]], key:
                    scores=point.scores())
         out.append(row)
     return out
+
+
+DIFFERENCE_COLUMNS = ("a", "b", "metric", "n", "seeds", "mean", "ci_low", "ci_high", "p", "p_holm", "sentence")
+
+
+def paired(rows: list[dict], against: str) -> list[dict]:
+    """Each row but the reference (the row whose label is `against`, else the one row whose label contains it)
+    minus the reference, seed by seed over the random seeds both have, on the last estimate's val token
+    accuracy (task runs) or val loss: its t-interval and p (`stats.t_interval`) and the Holm adjustment over
+    every difference of the table that has an interval (`stats.holm`). One line when `against` names no row
+    or several."""
+    from aed_jax import rundir
+    from aed_jax import stats
+    named = [r for r in rows if r["label"] == against] or [r for r in rows if against in r["label"]]
+    if len(named) != 1:
+        cli.fail(f"--against {against}: " + ("names no row" if not named else "names several rows: "
+                                             + ", ".join(r["label"] for r in named)) + "; the rows are "
+                 + ", ".join(r["label"] for r in rows))
+    reference = named[0]
+    metric = "val_token_accuracy" if reference["chance"] is not None else "val_loss"
+
+    def by_seed(row: dict) -> dict:
+        out = {}
+        for member in row["members"]:
+            estimates = rundir.read_metrics(member)[1]
+            if estimates and metric in estimates[-1]:
+                out[read_config(member).get("random_seed")] = estimates[-1][metric]
+        return out
+
+    base = by_seed(reference)
+    out = []
+    for row in rows:
+        if row is reference:
+            continue
+        values = by_seed(row)
+        seeds = sorted(set(values) & set(base))
+        interval = stats.t_interval([values[s] - base[s] for s in seeds])
+        out.append({"a": row["label"], "b": reference["label"], "metric": metric, "n": len(seeds),
+                    "seeds": " ".join(map(str, seeds)), "interval": interval,
+                    "mean": interval and interval.mean, "ci_low": interval and interval.low,
+                    "ci_high": interval and interval.high, "p": interval and interval.p})
+    tested = [d for d in out if d["p"] is not None]
+    for d, adjusted in zip(tested, stats.holm([d["p"] for d in tested])):
+        d["p_holm"] = adjusted
+    for d in out:
+        d["sentence"] = stats.sentence(d["a"], d["b"], d["interval"], metric.replace("_", " "),
+                                       p_holm=d.get("p_holm"), family=len(tested))
+    return out
+
+
+def differences_markdown(differences: list[dict], against: str) -> str:
+    return "\n".join(["", f"## Paired differences against {differences[0]['b'] if differences else against}", "",
+                      "Each row minus the reference, seed by seed (the seeds both have), on the last estimate; "
+                      "95% t-intervals, p of the paired t-test, and Holm's adjustment over the differences "
+                      "listed: a difference is shown where the adjusted p is under 0.05, suggestive where only "
+                      "the unadjusted interval excludes zero.", ""]
+                     + [f"- {d['sentence']}" for d in differences]) + "\n"
 
 
 def _value(value) -> str:

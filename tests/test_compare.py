@@ -217,3 +217,36 @@ def test_compare_best_lr_tables_each_point_at_its_best_rate_with_its_compute(tmp
     bad = compare("--workdir", str(corpus), "--best", "model_config.nope", "--out", str(tmp_path / "d"))
     assert bad.returncode == 1 and bad.stderr.startswith("error: --best model_config.nope: ") and \
         len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_against_gives_paired_differences_seed_by_seed_with_holm(tmp_path):
+    """--against: each other row minus the reference over the seeds both have, against a direct computation
+    (scipy's paired t-test, Holm by hand over the two differences), and its one-line error."""
+    from scipy import stats as scipy_stats
+    aed = {1: 0.9, 2: 0.8, 3: 0.85}
+    base = {1: 0.5, 2: 0.45, 3: 0.6, 4: 0.5}  # seed 4: no partner, left out
+    other = {1: 0.52, 2: 0.47, 3: 0.58}
+    for name, model, accuracies in (("aed", "aed", aed), ("baseline", "baseline", base),
+                                    ("other", "aed", other)):
+        for seed, accuracy in accuracies.items():
+            make_run(tmp_path / "runs" / name / f"seed{seed}", model, seed, (0.1, accuracy),
+                     lr=1e-3 if name == "other" else 3e-3)
+    out = tmp_path / "cmp"
+    result = compare("--workdir", str(tmp_path / "runs"), "--out", str(out), "--against", "baseline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "compare_differences.csv") as f:
+        rows = {r["a"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"aed", "other"} and rows["aed"]["seeds"] == "1 2 3"
+    p = {name: scipy_stats.ttest_rel([d[s] for s in (1, 2, 3)], [base[s] for s in (1, 2, 3)]).pvalue
+         for name, d in (("aed", aed), ("other", other))}
+    low, high = sorted(p, key=p.get)
+    assert float(rows["aed"]["mean"]) == pytest.approx(statistics.fmean(aed[s] - base[s] for s in (1, 2, 3)))
+    assert float(rows["aed"]["p"]) == pytest.approx(p["aed"], rel=1e-6)
+    assert float(rows[low]["p_holm"]) == pytest.approx(min(1, 2 * p[low]), rel=1e-6)
+    assert float(rows[high]["p_holm"]) == pytest.approx(max(min(1, 2 * p[low]), p[high]), rel=1e-6)
+    md = (out / "compare.md").read_text()
+    assert "## Paired differences against baseline" in md and rows["aed"]["sentence"] in md
+    assert "after Holm correction" in rows["aed"]["sentence"] and "includes zero" in rows["other"]["sentence"]
+    bad = compare("--workdir", str(tmp_path / "runs"), "--out", str(out), "--against", "nothing")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --against nothing: names no row") \
+        and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -53,7 +53,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("against", None, "A row's label, or a part of it that names one row: every other row's "
                         "paired difference from it, seed by seed (runs matched by random_seed), on a task's last "
-                        "val token accuracy or a corpus's last val loss, with its 95% t-interval, p and the Holm "
+                        "val token accuracy and steps to 50/90/99% or a corpus's last val loss, with its 95% "
+                        "t-interval, p and the Holm "
                         "adjustment over the table's differences (compare_differences.csv, and in compare.md).",
                         flag_values=fv)
 
@@ -262,10 +263,11 @@ DIFFERENCE_COLUMNS = ("a", "b", "metric", "n", "seeds", "mean", "ci_low", "ci_hi
 
 def paired(rows: list[dict], against: str) -> list[dict]:
     """Each row but the reference (the row whose label is `against`, else the one row whose label contains it)
-    minus the reference, seed by seed over the random seeds both have, on the last estimate's val token
-    accuracy (task runs) or val loss: its t-interval and p (`stats.t_interval`) and the Holm adjustment over
-    every difference of the table that has an interval (`stats.holm`). One line when `against` names no row
-    or several."""
+    minus the reference, seed by seed over the random seeds both have: on the last estimate's val loss, or
+    for task runs its val token accuracy and the steps to each of stats.LEVELS (over the seeds where both
+    reached the level; how many did, in `n`). Each difference's t-interval and p (`stats.t_interval`), and
+    the Holm adjustment over every difference of the table that has one (`stats.holm`). One line when
+    `against` names no row or several."""
     from aed_jax import rundir
     from aed_jax import stats
     named = [r for r in rows if r["label"] == against] or [r for r in rows if against in r["label"]]
@@ -274,14 +276,24 @@ def paired(rows: list[dict], against: str) -> list[dict]:
                                              + ", ".join(r["label"] for r in named)) + "; the rows are "
                  + ", ".join(r["label"] for r in rows))
     reference = named[0]
-    metric = "val_token_accuracy" if reference["chance"] is not None else "val_loss"
+    task = reference["chance"] is not None
+    metrics = ("val_token_accuracy", *stats.STEPS_TO) if task else ("val_loss",)
 
     def by_seed(row: dict) -> dict:
-        out = {}
+        """{metric: {seed: value}}, a seed left out of a metric it has no value for."""
+        out = {metric: {} for metric in metrics}
         for member in row["members"]:
-            estimates = rundir.read_metrics(member)[1]
-            if estimates and metric in estimates[-1]:
-                out[read_config(member).get("random_seed")] = estimates[-1][metric]
+            estimates, seed = rundir.read_metrics(member)[1], read_config(member).get("random_seed")
+            if not estimates:
+                continue
+            for metric in metrics:
+                if metric in stats.STEPS_TO:
+                    curve = [(e["step"], e["val_token_accuracy"]) for e in estimates if "val_token_accuracy" in e]
+                    value = stats.first_step_at(curve, stats.STEPS_TO[metric])
+                else:
+                    value = estimates[-1].get(metric)
+                if value is not None:
+                    out[metric][seed] = value
         return out
 
     base = by_seed(reference)
@@ -290,24 +302,29 @@ def paired(rows: list[dict], against: str) -> list[dict]:
         if row is reference:
             continue
         values = by_seed(row)
-        seeds = sorted(set(values) & set(base))
-        interval = stats.t_interval([values[s] - base[s] for s in seeds])
-        out.append({"a": row["label"], "b": reference["label"], "metric": metric, "n": len(seeds),
-                    "seeds": " ".join(map(str, seeds)), "interval": interval,
-                    "mean": interval and interval.mean, "ci_low": interval and interval.low,
-                    "ci_high": interval and interval.high, "p": interval and interval.p})
+        for metric in metrics:
+            seeds = sorted(set(values[metric]) & set(base[metric]))
+            interval = stats.t_interval([values[metric][s] - base[metric][s] for s in seeds])
+            out.append({"a": row["label"], "b": reference["label"], "metric": metric, "n": len(seeds),
+                        "seeds": " ".join(map(str, seeds)), "interval": interval,
+                        "mean": interval and interval.mean, "ci_low": interval and interval.low,
+                        "ci_high": interval and interval.high, "p": interval and interval.p})
     tested = [d for d in out if d["p"] is not None]
     for d, adjusted in zip(tested, stats.holm([d["p"] for d in tested])):
         d["p_holm"] = adjusted
     for d in out:
-        d["sentence"] = stats.sentence(d["a"], d["b"], d["interval"], metric.replace("_", " "),
+        steps = d["metric"] in stats.STEPS_TO
+        what = f"steps to {stats.STEPS_TO[d['metric']]:.0%}" if steps else d["metric"].replace("_", " ")
+        d["sentence"] = stats.sentence(d["a"], d["b"], d["interval"], what,
+                                       digits=0 if steps else 3,
                                        p_holm=d.get("p_holm"), family=len(tested))
     return out
 
 
 def differences_markdown(differences: list[dict], against: str) -> str:
     return "\n".join(["", f"## Paired differences against {differences[0]['b'] if differences else against}", "",
-                      "Each row minus the reference, seed by seed (the seeds both have), on the last estimate; "
+                      "Each row minus the reference, seed by seed (the seeds both have), on the last estimate (a "
+                      "task's steps to 50/90/99%: over the seeds where both reached it); "
                       "95% t-intervals, p of the paired t-test, and Holm's adjustment over the differences "
                       "listed: a difference is shown where the adjusted p is under 0.05, suggestive where only "
                       "the unadjusted interval excludes zero.", ""]

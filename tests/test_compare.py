@@ -221,9 +221,10 @@ def test_compare_best_lr_tables_each_point_at_its_best_rate_with_its_compute(tmp
 
 def test_against_gives_paired_differences_seed_by_seed_with_holm(tmp_path):
     """--against: each other row minus the reference over the seeds both have, against a direct computation
-    (scipy's paired t-test, Holm by hand over the two differences), and its one-line error."""
+    (scipy's paired t-test; Holm over the table's differences, by hand for the smallest p), steps to a level
+    paired over the seeds where both reached it, and its one-line error."""
     from scipy import stats as scipy_stats
-    aed = {1: 0.9, 2: 0.8, 3: 0.85}
+    aed = {1: 0.9, 2: 0.88, 3: 0.93}
     base = {1: 0.5, 2: 0.45, 3: 0.6, 4: 0.5}  # seed 4: no partner, left out
     other = {1: 0.52, 2: 0.47, 3: 0.58}
     for name, model, accuracies in (("aed", "aed", aed), ("baseline", "baseline", base),
@@ -235,15 +236,24 @@ def test_against_gives_paired_differences_seed_by_seed_with_holm(tmp_path):
     result = compare("--workdir", str(tmp_path / "runs"), "--out", str(out), "--against", "baseline")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "compare_differences.csv") as f:
-        rows = {r["a"]: r for r in csv.DictReader(f)}
+        every = list(csv.DictReader(f))
+    rows = {r["a"]: r for r in every if r["metric"] == "val_token_accuracy"}
     assert set(rows) == {"aed", "other"} and rows["aed"]["seeds"] == "1 2 3"
+    # Steps to 50%: aed reaches it at step 10 in every seed (0.1 at 5), so does the baseline but for seed 2
+    # (0.45 at 10: never): paired over seeds 1 and 3 alone, both 10 - 10 = 0.
+    steps = next(r for r in every if r["a"] == "aed" and r["metric"] == "steps_to_50")
+    assert (steps["n"], steps["seeds"], float(steps["mean"])) == ("2", "1 3", 0.0)
+    assert len(every) == 8  # 2 rows x (accuracy, steps to 50, 90, 99)
+    tested = [r for r in every if r["p"]]
     p = {name: scipy_stats.ttest_rel([d[s] for s in (1, 2, 3)], [base[s] for s in (1, 2, 3)]).pvalue
          for name, d in (("aed", aed), ("other", other))}
     low, high = sorted(p, key=p.get)
     assert float(rows["aed"]["mean"]) == pytest.approx(statistics.fmean(aed[s] - base[s] for s in (1, 2, 3)))
     assert float(rows["aed"]["p"]) == pytest.approx(p["aed"], rel=1e-6)
-    assert float(rows[low]["p_holm"]) == pytest.approx(min(1, 2 * p[low]), rel=1e-6)
-    assert float(rows[high]["p_holm"]) == pytest.approx(max(min(1, 2 * p[low]), p[high]), rel=1e-6)
+    from aed_jax import stats
+    assert [float(r["p_holm"]) for r in tested] == pytest.approx(stats.holm([float(r["p"]) for r in tested]))
+    m = len(tested)  # Holm by hand for the two accuracy differences, the smallest p's of the family
+    assert float(rows[low]["p_holm"]) == pytest.approx(min(1, m * p[low]), rel=1e-6)
     md = (out / "compare.md").read_text()
     assert "## Paired differences against baseline" in md and rows["aed"]["sentence"] in md
     assert "after Holm correction" in rows["aed"]["sentence"] and "includes zero" in rows["other"]["sentence"]

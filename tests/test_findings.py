@@ -331,7 +331,57 @@ def task_checks():
                          f"{float(copy16['ci_high']):.3f}), none after Holm")
 
 
-CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks()]
+# Sort re-tested at each model's best rate (results/tasks_calibrated-2026-12-07) ---------------------------
+
+CALIBRATED = os.path.join(ROOT, "results", "tasks_calibrated-2026-12-07")
+CALIBRATED_README = "results/tasks_calibrated-2026-12-07/README.md"
+SORT = "sort_T64_len8_w32_"
+
+
+def calibrated_checks():
+    rows = {r["label"].removeprefix(SORT): r for r in read_csv(os.path.join(CALIBRATED, "evaluation", "compare.csv"))}
+    diffs = {(r["a"].removeprefix(SORT), r["metric"]): r
+             for r in read_csv(os.path.join(CALIBRATED, "evaluation", "compare_differences.csv"))}
+    chosen = {r["label"].removeprefix(SORT): float(r["best_value"])
+              for r in read_csv(os.path.join(CALIBRATED, "selection", "compare.csv"))}
+    edges = [r["edge"] for r in read_csv(os.path.join(CALIBRATED, "selection", "compare.csv"))]
+    assert not any(edges)  # "none at the edge of the grid"
+    acc = {run: float(r["val_token_accuracy"]) for run, r in rows.items()}
+    mse, plain = diffs["mse_pos_sub", "val_token_accuracy"], diffs["no_loss_no_pos", "val_token_accuracy"]
+    assert float(mse["p_holm"]) < stats.ALPHA <= float(plain["p_holm"])  # "shown" and "suggestive" below
+    steps = {(run, key): rows[run][f"{key}_seeds"].replace(" ", ", ") for run in rows for key in ("steps_to_50",
+                                                                                                    "steps_to_99")}
+    d99 = diffs["no_loss_no_pos", "steps_to_99"]
+    step_rows = [r for (run, metric), r in diffs.items() if metric.startswith("steps_to")]
+    assert all(float(r["ci_low"]) <= 0 <= float(r["ci_high"]) or float(r["p_holm"]) >= stats.ALPHA
+               for r in step_rows)  # "includes zero, or excludes it before Holm correction only"
+    params = {run: int(rows[run]["params"]) for run in rows}
+    flops = {run: float(rows[run]["flops_per_token"]) for run in rows}
+    assert flops["mse_pos_sub"] == flops["no_loss_no_pos"]
+
+    rate = {run: f"{value:.0e}".replace("e-0", "e-") for run, value in chosen.items()}  # 3e-3, as the text writes it
+    yield CALIBRATED_README, (f"Chosen: the baseline {rate['baseline']}, both AEDs {rate['mse_pos_sub']}"
+                              if chosen["mse_pos_sub"] == chosen["no_loss_no_pos"] else "both AEDs differ")
+    yield CALIBRATED_README, (f"baseline {acc['baseline']:.3f}, AED with MSE loss and pos sub {acc['mse_pos_sub']:.3f}, "
+                              f"AED without them {acc['no_loss_no_pos']:.3f}")
+    yield CALIBRATED_README, (f"ends {float(mse['mean']):+.3f} ahead of the baseline (95% CI {float(mse['ci_low']):.3f} "
+                              f"to {float(mse['ci_high']):.3f}, Holm-adjusted p = {float(mse['p_holm']):.3f}: shown)")
+    yield CALIBRATED_README, (f"the AED without the additions {float(plain['mean']):+.3f} (CI "
+                              f"{float(plain['ci_low']):.3f} to {float(plain['ci_high']):.3f}, adjusted p = "
+                              f"{float(plain['p_holm']):.3f}: suggestive)")
+    yield CALIBRATED_README, (f"Steps to 50% accuracy: baseline {steps['baseline', 'steps_to_50']} (seeds 1338-1340), "
+                              f"AED with MSE + pos sub {steps['mse_pos_sub', 'steps_to_50']}, AED without "
+                              f"{steps['no_loss_no_pos', 'steps_to_50']}; to 99%: baseline "
+                              f"{steps['baseline', 'steps_to_99']}, the AEDs {steps['mse_pos_sub', 'steps_to_99']} and "
+                              f"{steps['no_loss_no_pos', 'steps_to_99']}")
+    yield CALIBRATED_README, (f"{float(d99['mean']):+.0f} steps, CI {float(d99['ci_low']):.0f} to "
+                              f"{float(d99['ci_high']):.0f}, adjusted p = {float(d99['p_holm']):.3f}: suggestive")
+    yield CALIBRATED_README, (f"(baseline {params['baseline']:,}, AEDs {params['mse_pos_sub']:,} and "
+                              f"{params['no_loss_no_pos']:,}) and nearly in training FLOPs per token "
+                              f"({flops['baseline']:,.0f} against {flops['mse_pos_sub']:,.0f})")
+
+
+CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks(), *calibrated_checks()]
 
 
 @pytest.mark.fast

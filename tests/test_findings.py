@@ -376,6 +376,15 @@ def calibrated_checks():
                               f"{steps['no_loss_no_pos', 'steps_to_99']}")
     yield CALIBRATED_README, (f"{float(d99['mean']):+.0f} steps, CI {float(d99['ci_low']):.0f} to "
                               f"{float(d99['ci_high']):.0f}, adjusted p = {float(d99['p_holm']):.3f}: suggestive")
+    yield FINDINGS, (f"Chosen: the baseline {rate['baseline']}, both AEDs {rate['mse_pos_sub']}")
+    yield FINDINGS, (f"(final val token accuracy: baseline {acc['baseline']:.3f}, AED with MSE loss and pos sub "
+                     f"{acc['mse_pos_sub']:.3f}, AED without them {acc['no_loss_no_pos']:.3f}); the AED with the "
+                     f"additions ends {float(mse['mean']):+.3f} ahead of the baseline (95% CI {float(mse['ci_low']):.3f} "
+                     f"to {float(mse['ci_high']):.3f}, Holm-adjusted p = {float(mse['p_holm']):.3f}: shown), the one "
+                     f"without them {float(plain['mean']):+.3f} (CI {float(plain['ci_low']):.3f} to "
+                     f"{float(plain['ci_high']):.3f}, adjusted p = {float(plain['p_holm']):.3f}: suggestive)")
+    yield FINDINGS, (f"nearly in training FLOPs per token ({flops['baseline']:,.0f} against "
+                     f"{flops['mse_pos_sub']:,.0f})")
     yield CALIBRATED_README, (f"(baseline {params['baseline']:,}, AEDs {params['mse_pos_sub']:,} and "
                               f"{params['no_loss_no_pos']:,}) and nearly in training FLOPs per token "
                               f"({flops['baseline']:,.0f} against {flops['mse_pos_sub']:,.0f})")

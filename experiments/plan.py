@@ -228,6 +228,22 @@ def apply(c, settings: dict[str, str], where: str):
     return c
 
 
+def without(suite: suites.Suite, names: set[str]) -> suites.Suite:
+    """The suite less the runs `names` (runs that `--runs` leaves out and that cannot take a `--grid` or
+    `--config.KEY=V` setting, e.g. an embedding-loss coefficient on a run with no embedding loss), and
+    less their places in its comparisons (a comparison left with fewer than two runs goes)."""
+    if not names:
+        return suite
+    comparisons = []
+    for comparison in suite.comparisons:
+        runs = tuple(r for r in comparison.runs if r not in names)
+        pairs = tuple((a, b) for a, b in comparison.pairs if a not in names and b not in names)
+        if len(runs) > 1 and (pairs or not comparison.pairs):
+            comparisons.append(dataclasses.replace(comparison, runs=runs, pairs=pairs))
+    return dataclasses.replace(suite, runs=tuple(r for r in suite.runs if r.name not in names),
+                               comparisons=tuple(comparisons))
+
+
 def expand(suite: suites.Suite, configs: dict, points: list[dict[str, str]]) -> tuple[suites.Suite, dict]:
     """The suite with each run and comparison once per grid point: run `<run>/<point>` (its workdir a
     folder per point under the run's), comparison `<name>_<point>`, each point's configs `apply`'d.

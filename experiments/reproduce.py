@@ -133,18 +133,29 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     overrides = plan.data_override(fv.data_dir, fv.dataset)
     out = fv.out or suites.default_out(fv.suite, scale, overrides.get("dataset", config_lib.DEFAULT_DATASET)) + (
         f"+{plan.point_name(settings)}" if settings else "")
-    configs = {}
+    configs, refused = {}, set()
     for run in suite.runs:
         c = suites.apply_scale(run.make_config(), scale)
         c.update(overrides)
-        configs[run.name] = plan.apply(c, settings, f"run {run.name}") if settings else c
-    suite, configs = plan.expand(suite, configs, points)
+        try:
+            configs[run.name] = plan.apply(c, settings, f"run {run.name}") if settings else c
+            for point in points if fv.runs and run.name not in fv.runs else ():
+                plan.apply(configs[run.name], point, f"--grid {plan.point_name(point)}, run {run.name}")
+        except config_lib.ConfigError:
+            if not fv.runs or run.name in fv.runs:
+                raise
+            refused.add(run.name)  # a run --runs leaves out that cannot take the setting: out of this command
+    suite = plan.without(suite, refused)
+    suite, configs = plan.expand(suite, {name: c for name, c in configs.items() if name not in refused}, points)
     if settings or points != [{}]:  # results.md says what the command changed
         suite = dataclasses.replace(suite, note=" ".join(filter(None, (
             suite.note, settings and f"Set for every run: {plan.point_name(settings)}.",
             points != [{}] and f"Grid: {len(points)} points ({'; '.join(map(plan.point_name, points))}), each run "
                                "trained at each, in <run>/<point>/."))))
     selected = [run for run in suite.runs if not fv.runs or run.name.split("/")[0] in fv.runs]
+    if not fv.train and not os.path.isdir(out):
+        cli.fail(f"--notrain: {out} does not exist: --notrain tables the runs already trained there (give the "
+                 "--out they were trained in)")
     plan.check_layout(out, suite.runs, seeds)
     cli.check_writable_folder(out)  # before any work: created by the first run, written by the results
     total, todo = len(selected) * len(seeds or [None]), []

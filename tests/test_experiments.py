@@ -436,11 +436,36 @@ def test_cli_reports_user_errors_in_one_line():
                           (["--suite", "tasks", "--scale", "mini"],
                            "--scale mini: --suite tasks takes cpu, calibrated, full or smoke"),
                           (["--seeds", "0"], "--seeds 0: a count of seeds is 1 to 100"),
-                          (["--dataset", "not_prepared"], "data/not_prepared/not_prepared_train.bin: no such file")):
+                          (["--dataset", "not_prepared"], "data/not_prepared/not_prepared_train.bin: no such file"),
+                          (["--suite", "emb_loss", "--notrain", "--out", os.path.join(ROOT, "runs", "no_such_out")],
+                           "--notrain: "),
+                          # A run --runs names must take the grid; one it leaves out need not (next test).
+                          (["--suite", "emb_loss", "--runs", "no_loss_no_pos", "--grid",
+                            "model_config.embedding_loss_coeff=0.1"], "run no_loss_no_pos: model_config.embedding_loss_coeff")):
         result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_grid_leaves_out_the_unnamed_runs_that_cannot_take_it(tmp_path):
+    """--runs norm_mse --grid embedding_loss_coeff=...: no_loss_no_pos (no embedding loss, so no coefficient) is
+    out of this command and of its comparisons, not an error; the named run is trained at each point (here
+    --notrain: the table's rows)."""
+    out = tmp_path / "coeff"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--suite", "emb_loss", "--runs", "norm_mse",
+                             "--grid", "model_config.embedding_loss_coeff=0.01,0.1", "--out", str(out), "--notrain"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out / "results.csv") as f:
+        runs = [row["run"] for row in csv.DictReader(f)]
+    assert "norm_mse/embedding_loss_coeff=0.01" in runs and "norm_mse/embedding_loss_coeff=0.1" in runs
+    assert not any(run.startswith("no_loss_no_pos") for run in runs)
+    suite = suites.get("emb_loss")
+    narrowed = plan.without(suite, {"no_loss_no_pos"})
+    assert [run.name for run in narrowed.runs] == [run.name for run in suite.runs if run.name != "no_loss_no_pos"]
+    assert all("no_loss_no_pos" not in pair for c in narrowed.comparisons for pair in c.pairs) and narrowed.comparisons
 
 
 @pytest.mark.slow

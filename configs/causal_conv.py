@@ -6,19 +6,14 @@ embeddings replaced by a learned causal depthwise convolution (`embedding_aggreg
 a learned mix of the embeddings at t-15..t (zeros before position 0). It adds 16*150 + 150 =
 2,550 parameters to the seed's 15,763,500.
 """
+from aed_jax import recipes
 from aed_jax.config import base_config
 
 
 def get_config():
     c = base_config("aed")
     m = c.model_config
-    m.sub_pos_embed_to_decoder = "YES_NO_LN"
-    m.use_ln_on_encoder_out = True
-    m.embedding_loss_type = "MSE"
-    m.detach_type = "ENCODER_OUT"
-    m.embedding_loss_coeff = 8.0
-    m.embedding_ln_type = "INIT"
-    m.cross_attn_config.n_head = 10
-    m.cross_attn_config.use_bias = False
+    recipes.mse_pos_sub(m)
+    recipes.cross_attention(m, 10)
     m.embedding_aggregation = "CAUSAL_CONV"
     return c

@@ -7,27 +7,11 @@ scanned and rematerialised, and parameters and AdamW moments are sharded over ev
 -1); on a cluster, set --config.mesh_data to the number of hosts so that the shards stay within a host.
 Compare with gpt2_medium.py, the AED of the same width and total depth.
 """
+from aed_jax import recipes
 from aed_jax.config import base_config
 
 
 def get_config():
     c = base_config("baseline")
-    m = c.model_config
-    m.context_size = 1024
-    m.n_embed = 1024
-    m.n_head = 16
-    m.n_layer = 24
-    c.batch_size = 16
-    c.gradient_accumulation_steps = 32
-    c.train_steps = 20000
-    c.lr = 0.0003
-    c.min_lr = 3e-05
-    c.warmup_iters = 2000
-    c.lr_decay_iters = 20000
-    c.scan_layers = True
-    c.remat = True
-    c.mesh_data = 1
-    c.mesh_fsdp = -1
-    c.est_interval = 1000
-    c.est_steps = 50
+    recipes.gpt2(c, "medium")
     return c

@@ -1,15 +1,11 @@
 """Seed run "MSE embedding loss": coeff 1, no pos sub (15,763,500 params)."""
+from aed_jax import recipes
 from aed_jax.config import base_config
 
 
 def get_config():
     c = base_config("aed")
     m = c.model_config
-    m.use_ln_on_encoder_out = True
-    m.embedding_loss_type = "MSE"
-    m.detach_type = "ENCODER_OUT"
-    m.embedding_loss_coeff = 1.0
-    m.embedding_ln_type = "INIT"
-    m.cross_attn_config.n_head = 10
-    m.cross_attn_config.use_bias = False
+    recipes.embedding_loss(m, "MSE", 1.0)
+    recipes.cross_attention(m, 10)
     return c

@@ -6,23 +6,11 @@ same estimates). It is the `baseline` run of `experiments.reproduce --suite tiny
 compare configs/tiny.py with in `aed_jax.analyze` (README, "Analysis"). 3,413,632 parameters
 against the AED's 3,451,008 (`python -m aed_jax.summary --config=configs/tiny_baseline.py`).
 """
+from aed_jax import recipes
 from aed_jax.config import base_config
 
 
 def get_config():
     c = base_config("baseline")
-    m = c.model_config
-    m.context_size = 64
-    m.n_embed = 64
-    m.n_head = 4
-    m.n_layer = 4
-    c.batch_size = 8
-    c.gradient_accumulation_steps = 1
-    c.train_steps = 1200
-    c.lr = 0.003
-    c.min_lr = 0.0003
-    c.warmup_iters = 30
-    c.lr_decay_iters = 1200
-    c.est_interval = 300
-    c.est_steps = 10
+    recipes.tiny(c)
     return c

@@ -8,20 +8,15 @@ is heavier than an encoder block (12*D^2 + 2*D), so moving three blocks to the e
 n_layer stays 13 and still sets the init of every residual_proj weight, N(0, 0.02/sqrt(2*13)), as
 in the reference (docs/model.md, "Initialisation"): the depths change, the init scale does not.
 """
+from aed_jax import recipes
 from aed_jax.config import base_config
 
 
 def get_config():
     c = base_config("aed")
     m = c.model_config
-    m.sub_pos_embed_to_decoder = "YES_NO_LN"
-    m.use_ln_on_encoder_out = True
-    m.embedding_loss_type = "MSE"
-    m.detach_type = "ENCODER_OUT"
-    m.embedding_loss_coeff = 8.0
-    m.embedding_ln_type = "INIT"
-    m.cross_attn_config.n_head = 10
-    m.cross_attn_config.use_bias = False
+    recipes.mse_pos_sub(m)
+    recipes.cross_attention(m, 10)
     m.n_layer_encoder = 16
     m.n_layer_decoder = 10
     return c

@@ -21,6 +21,7 @@ import ml_collections
 
 from aed_jax import config as config_lib
 from aed_jax import errors
+from aed_jax import recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_STEPS = 9000  # the seed's published runs
@@ -173,19 +174,17 @@ def _config_file(name: str) -> Callable[[], ml_collections.ConfigDict]:
     return lambda: config_lib.load(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
-def _variant(name: str, **model) -> Callable[[], ml_collections.ConfigDict]:
-    """configs/<name>.py with some model_config keys changed."""
+def _variant(name: str, recipe: Callable[[ml_collections.ConfigDict], None] | None = None,
+             **model) -> Callable[[], ml_collections.ConfigDict]:
+    """configs/<name>.py with a recipe of aed_jax/recipes.py applied to its model_config, then some keys changed."""
     def make() -> ml_collections.ConfigDict:
         c = _config_file(name)()
+        if recipe is not None:
+            recipe(c.model_config)
         c.model_config.update(model)
         config_lib.validate(c)
         return c
     return make
-
-
-# The AED's "no embedding loss, no pos sub" (configs/no_loss_no_pos.py), as model_config keys.
-NO_LOSS_NO_POS = dict(sub_pos_embed_to_decoder="NO", embedding_loss_type="NONE", embedding_loss_coeff=None,
-                      use_ln_on_encoder_out=None, detach_type=None, embedding_ln_type=None)
 
 
 def count_params(c: ml_collections.ConfigDict) -> int:
@@ -274,7 +273,7 @@ _FIXED = {
         runs=(Run("mse_pos_sub", "tiny AED, MSE embedding loss and pos sub", _config_file("tiny"),
                   _SEED["mse_pos_sub"]),
               Run("no_loss_no_pos", "tiny AED, no embedding loss and no pos sub",
-                  _variant("tiny", **NO_LOSS_NO_POS), _SEED["no_loss_no_pos"]),
+                  _variant("tiny", recipes.no_loss_no_pos), _SEED["no_loss_no_pos"]),
               Run("baseline", "tiny baseline (4 blocks, 64 wide)", _config_file("tiny_baseline"), _SEED["baseline"]),
               Run("matched_baseline", "tiny baseline matched to the AED's size",
                   lambda: matched_baseline(_config_file("tiny")()), _SEED["smaller_baseline"])),

@@ -331,3 +331,23 @@ def test_a_config_json_that_is_not_a_runs_is_one_line(tmp_path):
     old = {k: v for k, v in c.items() if k != "est_steps"}  # a key added since the run was recorded
     path.write_text(json.dumps(old))
     assert config_lib.read(str(path)).est_steps == config_lib.base_config().est_steps
+
+
+def test_every_config_is_its_pinned_keys_on_base_config():
+    """Each configs/*.py is base_config(model_type) with exactly the keys tests/data/configs.json pins for it,
+    values and types (8.0 is not 8): a recipe of aed_jax/recipes.py, or a file's call of one, that changes
+    any config's dict fails here, naming the config and the key. A new config adds its entry; a new key at
+    its default, none."""
+    import json
+    with open(os.path.join(ROOT, "tests", "data", "configs.json"), encoding="utf-8") as f:
+        pinned = json.load(f)
+    names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py"))
+    assert names == sorted(pinned)
+    for name in names:
+        c = config_lib.load(os.path.join(ROOT, "configs", f"{name}.py"))
+        base = dict(config_lib.leaves(config_lib.base_config(c.model_type)))
+        changed = {key: value for key, value in config_lib.leaves(c)
+                   if key == "model_type" or value != base[key] or type(value) is not type(base[key])}
+        for key in sorted(set(changed) | set(pinned[name])):
+            assert json.dumps(changed.get(key, base.get(key))) == json.dumps(pinned[name].get(key, base.get(key))), \
+                f"{name}: {key}"

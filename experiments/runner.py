@@ -22,6 +22,7 @@ from aed_jax import checkpoint
 from aed_jax import config as config_lib
 from aed_jax import data
 from aed_jax import errors
+from aed_jax import progress
 from aed_jax import rundir
 from aed_jax import stats
 from aed_jax import train
@@ -34,6 +35,8 @@ EMBEDDING_TAIL = 5  # logged training values averaged for the embedding-loss col
 # The values a results row averages over seeds (its sd beside each), in the order of results.csv.
 METRICS = ("train_loss", "val_loss", "train_accuracy_loss", "val_accuracy_loss", "embedding_loss",
            "train_token_accuracy", "val_token_accuracy", "train_sequence_accuracy", "val_sequence_accuracy")
+# A run's seconds per phase (progress.PHASES) and in all, as its metrics.jsonl's phase lines name them.
+PHASE_COLUMNS = (*(f"time_{key}_s" for key in progress.PHASES), "time_total_s")
 
 
 def recipe(c: ml_collections.ConfigDict) -> str:
@@ -91,9 +94,31 @@ def is_finished(c: ml_collections.ConfigDict, workdir: str, step: int | None) ->
     return step is not None and (step >= c.train_steps or train.stopped_early(c, workdir, step))
 
 
+def phase_times(workdir: str) -> dict:
+    """The run's seconds per phase (PHASE_COLUMNS), summed over the phase lines of its metrics.jsonl: a
+    resumed run writes one per session. Every value is None where there is no line (a run from before
+    them, one never trained, one whose sessions all failed): unknown, never zero. A phase no line has
+    (start-up, where it was not measured) is None too; one some lines lack counts 0 in those. A session
+    killed outright wrote no line, so its time is missing from the sum."""
+    times = dict.fromkeys(PHASE_COLUMNS)
+    path = os.path.join(workdir, rundir.METRICS)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if "time_total_s" in row:
+                    for key in PHASE_COLUMNS:
+                        if key in row:
+                            times[key] = (times[key] or 0.0) + row[key]
+    return times
+
+
 def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -> dict:
-    """One seed's row: our last estimate, embedding loss, params, wall time, tokens/s, the seed's numbers, and
-    a task run's curve of val token accuracy with the first step at each of stats.STEPS_TO's levels."""
+    """One seed's row: our last estimate, embedding loss, params, wall time and its phases, tokens/s, the seed's
+    numbers, and a task run's curve of val token accuracy with the first step at each of stats.STEPS_TO's levels."""
     train_rows, estimates = rundir.read_metrics(workdir)
     curve = [(e["step"], e["val_token_accuracy"]) for e in estimates if "val_token_accuracy" in e]
     info, last = plan.read_json(os.path.join(workdir, "run.json")), (estimates[-1] if estimates else {})
@@ -114,7 +139,7 @@ def collect(run: Run, c: ml_collections.ConfigDict, workdir: str, params: int) -
         "embedding_loss": sum(tail) / len(tail) if has_embedding_loss and tail else None,
         "estimate_step": last.get("step"),
         "wall_time_s": info.get("wall_time_s"), "tokens_per_s": statistics.median(speeds) if speeds else None,
-        "workdir": workdir, "curve": curve,
+        **phase_times(workdir), "workdir": workdir, "curve": curve,
         **{key: stats.first_step_at(curve, level) for key, level in stats.STEPS_TO.items()},
     }
 
@@ -129,7 +154,9 @@ def shape(c: ml_collections.ConfigDict) -> str:
 
 def aggregate(run: Run, seed_rows: list[dict]) -> dict:
     """A run's results row from its seeds' rows: each metric's mean and sd over the seeds that have it (n: the
-    seeds with an estimate), the fewest steps, the mean wall time and speed, and the seed's numbers."""
+    seeds with an estimate), the fewest steps, the mean wall time and speed, each phase's mean seconds over
+    the seeds with phase lines (time_n of them) and the share of their time in train steps, and the seed's
+    numbers."""
     first, statuses = seed_rows[0], [r["status"] for r in seed_rows]
     estimated = [r for r in seed_rows if r["estimate_step"] is not None]
     if len(set(statuses)) == 1:
@@ -146,6 +173,13 @@ def aggregate(run: Run, seed_rows: list[dict]) -> dict:
     for key in ("wall_time_s", "tokens_per_s"):
         summary = stats.summary([r[key] for r in seed_rows if r[key] is not None])
         row[key] = summary.mean if summary else None
+    timed = [r for r in seed_rows if r["time_total_s"] is not None]
+    for key in PHASE_COLUMNS:
+        known = [r[key] for r in timed if r[key] is not None]
+        row[key] = sum(known) / len(known) if known else None
+    row["time_n"] = len(timed)
+    total = sum(r["time_total_s"] for r in timed)
+    row["time_steps_share"] = sum(r["time_steps_s"] for r in timed) / total if total else None
     row.update({f"seed_{key}": getattr(run.seed, key)
                 for key in ("train_loss", "val_loss", "embedding_loss", "params")})
     row["crossings"] = {key: stats.crossing([r["curve"] for r in seed_rows], level)
@@ -196,10 +230,10 @@ def differences(suite: Suite, seed_rows: dict[str, list[dict]]) -> list[dict]:
 
 CSV_COLUMNS = ("run", "label", "model", "status", "step", "train_steps", "params", "shape", "n", "seeds",
                *(f"{key}{sd}" for key in METRICS for sd in ("", "_sd")), "estimate_step", "wall_time_s",
-               "tokens_per_s", "seed_train_loss", "seed_val_loss", "seed_embedding_loss", "seed_params",
-               *stats.CROSSING_COLUMNS)
+               "tokens_per_s", *PHASE_COLUMNS, "time_n", "time_steps_share", "seed_train_loss", "seed_val_loss",
+               "seed_embedding_loss", "seed_params", *stats.CROSSING_COLUMNS)
 SEED_CSV_COLUMNS = ("run", "seed", "status", "step", "train_steps", "params", "shape", *METRICS, "estimate_step",
-                    "wall_time_s", "tokens_per_s", "workdir", *stats.STEPS_TO)
+                    "wall_time_s", "tokens_per_s", *PHASE_COLUMNS, "workdir", *stats.STEPS_TO)
 DIFFERENCE_CSV_COLUMNS = ("comparison", "a", "b", "metric", "n", "seeds", "mean", "sd", "ci_low", "ci_high",
                           "excludes_zero", "p", "p_holm", "sentence")
 
@@ -232,7 +266,7 @@ def _bold_if(text: str, value, best) -> str:
 
 
 def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict], configs: dict, figures: dict,
-             diffs: list[dict], seeds: list[int] | None) -> str:
+             diffs: list[dict], seeds: list[int] | None, seed_rows: list[dict]) -> str:
     first = configs[rows[0]["run"]]
     tasks = suite.metrics == suites.TASK_METRICS
     scale_text = {"full": "the seed's recipe",
@@ -261,7 +295,7 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                   "estimates and compilation together.", "", f"Data: {_data_text(first)}. Device: {jax.device_count()} x "
                   f"{jax.devices()[0].device_kind}. Commit: {_commit()}. Written "
                   f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
-        return "\n".join(lines + _task_sections(suite, rows, figures, diffs)) + "\n"
+        return "\n".join(lines + _task_sections(suite, rows, figures, diffs) + _time_lines(seed_rows)) + "\n"
     lines += ["Train and val loss: eval-mode cross-entropy at the last estimate (`est_steps` random batches of each "
               "split), as the seed reports them. Seed: the seed's published numbers (single A100, Wikipedia, 9k "
               f"steps). Embedding loss: the mean of the last {EMBEDDING_TAIL} logged training values. Wall time: "
@@ -298,7 +332,30 @@ def markdown(suite_name: str, suite: Suite, scale: str | None, rows: list[dict],
                 f"{_fmt(r['seed_val_loss'])} | {_fmt(r[last[1]], last[2], r.get(last[1] + '_sd'))} | "
                 f"{_fmt(r['seed_' + last[1]], last[2])} |")
         lines += _difference_lines(comparison.name, diffs)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + _time_lines(seed_rows)) + "\n"
+
+
+def _time_lines(seed_rows: list[dict]) -> list[str]:
+    """"Where the wall time went": each phase's seconds summed over the suite's runs (every seed) that have
+    phase lines, and its share of their total; a run without any (trained before them) is unknown, said so
+    and left out, never counted as zero; a run never trained has no time to count."""
+    timed = [r for r in seed_rows if r["time_total_s"] is not None]
+    unknown = sum(r["time_total_s"] is None and r["status"] != "not run" for r in seed_rows)
+    lines = ["## Where the wall time went", ""]
+    unknown_text = (f" {unknown} of the {len(timed) + unknown} runs have no phase line (trained before runs wrote "
+                    "one, or failed): their time is unknown and not counted." if unknown else "")
+    total = sum(r["time_total_s"] for r in timed)
+    if not total:
+        return lines + [f"No run has its phase times.{unknown_text}", ""]
+    lines += [f"Each phase's seconds summed over the {len(timed)} runs (a run: one seed; a resumed run's sessions "
+              f"summed) from their metrics.jsonl's phase lines (seeds.csv: each run's).{unknown_text} "
+              f"{sum(r['time_steps_s'] for r in timed) / total:.1%} of their wall time went to train steps.", "",
+              "| phase | seconds | share |", "|---|---|---|"]
+    for key, words in progress.PHASES.items():
+        known = [r[f"time_{key}_s"] for r in timed if r[f"time_{key}_s"] is not None]
+        if known:  # start-up is absent where it was not measured
+            lines.append(f"| {words} | {sum(known):,.1f} | {sum(known) / total:.1%} |")
+    return lines + [f"| total | {total:,.1f} | 100.0% |", ""]
 
 
 def _difference_lines(comparison: str, diffs: list[dict]) -> list[str]:
@@ -382,7 +439,7 @@ def write_report(out: str, suite_name: str, suite: Suite, scale: str | None, con
                                      f"scale {scale}" if scale else suite_name, points)
     named = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
     rundir.write_atomic(os.path.join(out, "results.md"), markdown(suite_name, suite, scale, rows, configs, named,
-                                                                   diffs, seeds))
+                                                                   diffs, seeds, sum(seed_rows.values(), [])))
     tables = (("results.csv", CSV_COLUMNS, rows), ("seeds.csv", SEED_CSV_COLUMNS, sum(seed_rows.values(), [])),
               ("differences.csv", DIFFERENCE_CSV_COLUMNS, diffs))
     for name, columns, table in tables:

@@ -196,6 +196,10 @@ def test_task_suite_smoke(tmp_path):
     diffs = read_csv(tmp_path / "differences.csv")
     assert len(diffs) == 3 * 3 * 2 and {d["metric"] for d in diffs} == {"val_token_accuracy", "val_sequence_accuracy"}
     assert all(d["n"] == "1" and "no interval from one seed" in d["sentence"] for d in diffs)
+    times = [float(r["time_total_s"]) for r in read_csv(tmp_path / "seeds.csv")]  # every run wrote its phase line
+    assert len(times) == len(rows) and min(times) > 0
+    assert "## Where the wall time went" in md and "of their wall time went to train steps" in md
+    assert "no phase line" not in md and f"| total | {sum(times):,.1f} | 100.0% |" in md
 
 
 @pytest.mark.slow
@@ -649,3 +653,42 @@ def test_the_emb_loss_suite_differs_from_mse_pos_sub_only_in_the_loss():
         if model == "mse_pos_sub":
             assert {k: v for k, v in c["model_config"].items() if seed["model_config"][k] != v} == changes
     assert configs["no_loss_no_pos"]["model_config"]["embedding_loss_type"] == "NONE"
+
+
+@pytest.mark.fast
+def test_results_say_where_the_wall_time_went(tmp_path):
+    """Each run's phase seconds summed over its sessions' phase lines (seeds.csv's columns), results.csv's mean
+    per timed seed, and results.md's table of the suite's totals and shares; a run without a phase line (an
+    older one) is unknown, said so, and counted in no sum."""
+    suite = suites.get("tasks", "smoke")
+    run = suite.runs[0]
+    lines = {1: [{"step": 2, "ce": 1.0}, {"step": 2, "val_loss": 1.0, "val_token_accuracy": 0.5},
+                 {"step": 2, "time_startup_s": 1.0, "time_setup_s": 2.0, "time_compile_s": 3.0, "time_steps_s": 10.0,
+                  "time_estimates_s": 1.5, "time_saves_s": 0.5, "time_total_s": 18.0},
+                 {"step": 4, "ce": 0.5},
+                 {"step": 4, "time_startup_s": 1.0, "time_setup_s": 1.0, "time_compile_s": 2.0, "time_steps_s": 20.0,
+                  "time_estimates_s": 0.5, "time_saves_s": 1.5, "time_total_s": 26.0}],  # resumed: two sessions
+             2: [{"step": 4, "ce": 0.7}, {"step": 4, "val_loss": 0.9, "val_token_accuracy": 0.6}]}  # no phase line
+    seed_rows = []
+    for seed, rows in lines.items():
+        workdir = tmp_path / f"seed{seed}"
+        workdir.mkdir()
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "ti')
+        (workdir / "run.json").write_text(json.dumps({"wall_time_s": 50.0}))
+        seed_rows.append(runner.collect(run, suites.seed_config(run.make_config(), seed), str(workdir), 100))
+    assert [seed_rows[0][k] for k in runner.PHASE_COLUMNS] == pytest.approx([2.0, 3.0, 5.0, 30.0, 2.0, 2.0, 44.0])
+    assert all(seed_rows[1][k] is None for k in runner.PHASE_COLUMNS)  # unknown, not zero
+    row = runner.aggregate(run, seed_rows)
+    assert (row["time_n"], row["time_steps_s"], row["time_total_s"]) == (1, pytest.approx(30.0), pytest.approx(44.0))
+    assert row["time_steps_share"] == pytest.approx(30 / 44)
+    for r in seed_rows:
+        r["status"] = "partial"  # no checkpoint here; a run trained all the same
+    md = "\n".join(runner._time_lines(seed_rows))
+    assert "1 of the 2 runs have no phase line" in md and "their time is unknown and not counted" in md
+    assert f"{30 / 44:.1%} of their wall time went to train steps" in md  # 68.2%
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| phase")]
+    assert table == ["| start-up | 2.0 | 4.5% |", "| set-up | 3.0 | 6.8% |", "| compiling | 5.0 | 11.4% |",
+                     "| steps | 30.0 | 68.2% |", "| estimates | 2.0 | 4.5% |", "| saves | 2.0 | 4.5% |",
+                     "| total | 44.0 | 100.0% |"]
+    seed_rows[1]["status"] = "not run"  # never trained: no time to count, and nothing unknown
+    assert runner._time_lines(seed_rows[1:]) == ["## Where the wall time went", "", "No run has its phase times.", ""]

@@ -390,7 +390,52 @@ def calibrated_checks():
                               f"({flops['baseline']:,.0f} against {flops['mse_pos_sub']:,.0f})")
 
 
-CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks(), *calibrated_checks()]
+# Embedding losses that shrinking cannot meet (results/emb_loss-2026-12-07) ---------------------------------
+
+EMB = os.path.join(ROOT, "results", "emb_loss-2026-12-07")
+EMB_README = "results/emb_loss-2026-12-07/README.md"
+
+
+def emb_checks():
+    acc = {r["label"]: float(r["val_token_accuracy"]) for r in read_csv(os.path.join(EMB, "against_no_loss", "compare.csv"))}
+    d = {(folder, r["a"]): r for folder in ("against_no_loss", "against_mse")
+         for r in read_csv(os.path.join(EMB, folder, "compare_differences.csv")) if r["metric"] == "val_token_accuracy"}
+    f = lambda r, key, digits=3: f"{float(r[key]):.{digits}f}"
+    cc, nm = d["against_no_loss", "centered_cosine"], d["against_no_loss", "norm_mse"]
+    mse, var = d["against_no_loss", "mse_pos_sub"], d["against_no_loss", "mse_var"]
+    floor = d["against_mse", "mse_var"]
+    assert float(cc["p_holm"]) < stats.ALPHA <= float(nm["p_holm"]) and float(nm["p"]) < stats.ALPHA
+    assert not any(float(r["ci_low"]) > 0 or float(r["ci_high"]) < 0 for r in (mse, var, floor))
+    analysis_runs = json.load(open(os.path.join(EMB, "analysis", "metrics.json"), encoding="utf-8"))["runs"]
+    last = {run.split("/")[0]: m["alignment_by_layer"][-1] for run, m in analysis_runs.items()}
+    factor = {run.split("/")[0]: m.get("shrinking_factor") for run, m in analysis_runs.items()}
+    coeff = {r["label"]: float(r["val_token_accuracy"]) for r in read_csv(os.path.join(EMB, "coefficient", "compare.csv"))}
+
+    yield EMB_README, (f"no loss, no pos sub {acc['no_loss_no_pos']:.3f}; the seed's MSE {acc['mse_pos_sub']:.3f}; MSE with "
+                       f"the variance floor {acc['mse_var']:.3f}; NORM_MSE {acc['norm_mse']:.3f}; CENTERED_COSINE "
+                       f"{acc['centered_cosine']:.3f}")
+    yield EMB_README, (f"CENTERED_COSINE is {f(cc, 'mean')} (95% CI {f(cc, 'ci_low')} to {f(cc, 'ci_high')}, "
+                       f"Holm-adjusted p = {f(cc, 'p_holm')}: shown) and NORM_MSE {f(nm, 'mean')} (CI {f(nm, 'ci_low')} "
+                       f"to {f(nm, 'ci_high')}, adjusted p = {f(nm, 'p_holm')}: suggestive); the seed's MSE "
+                       f"({f(mse, 'mean')}, CI {f(mse, 'ci_low')} to {f(mse, 'ci_high')}) and the floor ({f(var, 'mean')})")
+    yield EMB_README, f"({f(floor, 'mean')}, CI {f(floor, 'ci_low')} to {f(floor, 'ci_high')})"
+    yield EMB_README, (f"no loss {last['no_loss_no_pos']:.3f}, the seed's MSE {last['mse_pos_sub']:.3f}, NORM_MSE "
+                       f"{last['norm_mse']:.3f}, CENTERED_COSINE {last['centered_cosine']:.3f}")
+    yield EMB_README, (f"{factor['norm_mse']:.2f} for NORM_MSE and CENTERED_COSINE (no scale in their path), "
+                       f"{factor['mse_var']:.2f} with the floor, {factor['mse_pos_sub']:.2f} for the seed's MSE")
+    assert factor["norm_mse"] == factor["centered_cosine"] == 1.0
+    tiny_factor = by_seed("mse_pos_sub", lambda m: m["shrinking_factor"])
+    yield EMB_README, (f"(factor {factor['mse_pos_sub']:.2f}, where the tiny language models' reached "
+                       f"{min(tiny_factor):,.0f}-{max(tiny_factor):,.0f})")
+    yield EMB_README, (f"NORM_MSE scores {coeff['norm_mse/lr=3e-3']:.3f} at coefficient 8, "
+                       f"{coeff['norm_mse/embedding_loss_coeff=0.1']:.3f} at 0.1 and "
+                       f"{coeff['norm_mse/embedding_loss_coeff=0.01']:.3f} at 0.01; CENTERED_COSINE "
+                       f"{coeff['centered_cosine/lr=3e-3']:.3f}, {coeff['centered_cosine/embedding_loss_coeff=0.1']:.3f} "
+                       f"and {coeff['centered_cosine/embedding_loss_coeff=0.01']:.3f}; no loss "
+                       f"{coeff['no_loss_no_pos/lr=3e-3']:.3f}")
+
+
+CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks(), *calibrated_checks(), *emb_checks()]
 
 
 @pytest.mark.fast

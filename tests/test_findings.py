@@ -424,6 +424,13 @@ def emb_checks():
     yield EMB_README, (f"{factor['norm_mse']:.2f} for NORM_MSE and CENTERED_COSINE (no scale in their path), "
                        f"{factor['mse_var']:.2f} with the floor, {factor['mse_pos_sub']:.2f} for the seed's MSE")
     assert factor["norm_mse"] == factor["centered_cosine"] == 1.0
+    yield FINDINGS, (f"NORM_MSE {last['norm_mse']:.3f}, CENTERED_COSINE {last['centered_cosine']:.3f}, against "
+                     f"{last['no_loss_no_pos']:.3f} without a loss and {last['mse_pos_sub']:.3f} with the seed's MSE")
+    yield FINDINGS, (f"val token accuracy no loss, no pos sub {acc['no_loss_no_pos']:.3f}; the seed's MSE "
+                     f"{acc['mse_pos_sub']:.3f}; MSE with the variance floor {acc['mse_var']:.3f}; NORM_MSE "
+                     f"{acc['norm_mse']:.3f}; CENTERED_COSINE {acc['centered_cosine']:.3f} (CENTERED_COSINE against no "
+                     f"loss: {f(cc, 'mean')}, CI {f(cc, 'ci_low')} to {f(cc, 'ci_high')}, shown after Holm")
+    yield FINDINGS, f"(factor {factor['mse_pos_sub']:.2f})"
     tiny_factor = by_seed("mse_pos_sub", lambda m: m["shrinking_factor"])
     yield EMB_README, (f"(factor {factor['mse_pos_sub']:.2f}, where the tiny language models' reached "
                        f"{min(tiny_factor):,.0f}-{max(tiny_factor):,.0f})")

@@ -431,6 +431,21 @@ def emb_checks():
                      f"{acc['norm_mse']:.3f}; CENTERED_COSINE {acc['centered_cosine']:.3f} (CENTERED_COSINE against no "
                      f"loss: {f(cc, 'mean')}, CI {f(cc, 'ci_low')} to {f(cc, 'ci_high')}, shown after Holm")
     yield FINDINGS, f"(factor {factor['mse_pos_sub']:.2f})"
+    at = {r["label"]: float(r["val_token_accuracy"]) for r in read_csv(os.path.join(EMB, "coefficient_eval", "compare.csv"))}
+    plus = lambda r: f"{float(r['mean']):+.3f}"
+    small = {r["a"]: r for r in read_csv(os.path.join(EMB, "coefficient_eval", "compare_differences.csv"))
+             if r["metric"] == "val_token_accuracy"}
+    assert all(float(small[run]["ci_low"]) <= 0 <= float(small[run]["ci_high"]) for run in ("norm_mse", "centered_cosine"))
+    pair = (f"({plus(small['norm_mse'])}, CI {f(small['norm_mse'], 'ci_low')} to {f(small['norm_mse'], 'ci_high')}"
+            f"; {plus(small['centered_cosine'])}, CI {f(small['centered_cosine'], 'ci_low')} to "
+            f"{f(small['centered_cosine'], 'ci_high')})")
+    yield FINDINGS, (f"NORM_MSE {at['norm_mse']:.3f} and CENTERED_COSINE {at['centered_cosine']:.3f} against "
+                     f"{at['no_loss_no_pos']:.3f} {pair}")
+    yield EMB_README, (f"NORM_MSE {at['norm_mse']:.3f}, CENTERED_COSINE {at['centered_cosine']:.3f}, no loss "
+                       f"{at['no_loss_no_pos']:.3f}; against no loss {plus(small['norm_mse'])} (CI "
+                       f"{f(small['norm_mse'], 'ci_low')} to {f(small['norm_mse'], 'ci_high')}) and "
+                       f"{plus(small['centered_cosine'])} (CI {f(small['centered_cosine'], 'ci_low')} to "
+                       f"{f(small['centered_cosine'], 'ci_high')})")
     tiny_factor = by_seed("mse_pos_sub", lambda m: m["shrinking_factor"])
     yield EMB_README, (f"(factor {factor['mse_pos_sub']:.2f}, where the tiny language models' reached "
                        f"{min(tiny_factor):,.0f}-{max(tiny_factor):,.0f})")

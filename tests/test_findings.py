@@ -457,7 +457,36 @@ def emb_checks():
                        f"{coeff['no_loss_no_pos/lr=3e-3']:.3f}")
 
 
-CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks(), *calibrated_checks(), *emb_checks()]
+# The MQAR anchor (results/mqar_anchor-2026-12-07) -------------------------------------------------------
+
+ANCHOR_README = "results/mqar_anchor-2026-12-07/README.md"
+
+
+def anchor_checks():
+    runs = {r["run"]: r for r in read_csv(os.path.join(ROOT, "results", "mqar_anchor-2026-12-07", "runs.csv"))}
+    anchor, aed = runs["t64_baseline_lr4.6e-4_b64"], runs["t64_aed_lr4.6e-4_b64"]
+    assert float(anchor["best_accuracy"]) < 0.99 and not anchor["steps_to_99"]  # "not yet reached"
+    others = [r for name, r in runs.items() if name.startswith("t64_") and r["model_type"] == "baseline" and r is not anchor]
+    assert max(float(r["best_accuracy"]) for r in others) < 0.30  # "never passed 0.30" / "stayed below 0.30"
+    assert {float(r["lr"]) for r in others} >= {1e-3, 1e-2} and min(float(r["lr"]) for r in others) == 1e-3
+    t16_1e3 = [runs[name] for name in ("t16_baseline_lr1e-3", "t16_baseline_lr1e-3_seed1")]
+    assert all(float(r["last_accuracy"]) == 1.0 for r in t16_1e3)
+    done = sorted(int(r["steps_to_99"]) for r in t16_1e3)
+    t16_3e3 = [float(runs[name]["best_accuracy"]) for name in ("t16_baseline_lr3e-3", "t16_baseline_lr3e-3_seed1",
+                                                                "t16_baseline_1head_lr3e-3")]
+    yield ANCHOR_README, (f"first at or above 50% at step {anchor['steps_to_50']}, 90% at step {anchor['steps_to_90']}; "
+                          f"at its last estimate (step {anchor['last_step']} of a 20,000-step schedule) it scores "
+                          f"{float(anchor['last_accuracy']):.3f}")
+    yield ANCHOR_README, f"learns MQAR at 64 tokens to {float(anchor['best_accuracy']):.3f}, not 0.99"
+    yield ANCHOR_README, (f"(100% by step {done[0]}-{done[-1]}, two seeds) and stalls at 2e-3 "
+                          f"({float(runs['t16_baseline_lr2e-3']['best_accuracy']):.2f}) and 3e-3 ({span(t16_3e3, '.2f')}")
+    yield ANCHOR_README, f"at 4.6e-4 was at {float(aed['last_accuracy']):.2f} after {aed['last_step']} steps"
+    yield FINDINGS, (f"50% at step {anchor['steps_to_50']}, 90% at step {anchor['steps_to_90']}, "
+                     f"{float(anchor['last_accuracy']):.3f} at its last estimate (step {anchor['last_step']})")
+
+
+CHECKS = [*tiny_checks(), *analysis_checks(), *example_checks(), *task_checks(), *calibrated_checks(), *emb_checks(),
+          *anchor_checks()]
 
 
 @pytest.mark.fast

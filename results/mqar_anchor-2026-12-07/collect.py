@@ -9,9 +9,10 @@ import csv
 import os
 import sys
 
-from aed_jax import config as config_lib
-from aed_jax import rundir
-from aed_jax import stats
+sys.path.insert(0, os.getcwd())  # run from the repository root
+from aed_jax import config as config_lib  # noqa: E402
+from aed_jax import rundir  # noqa: E402
+from aed_jax import stats  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = ("model_type", "context_size", "num_kv_pairs", "random_non_queries", "alphabet_size", "n_embed", "n_head",

@@ -870,8 +870,10 @@ def shrinking_sentence(label: str, m: dict) -> str | None:
     detail = (f"with the scales reset to 1 the loss is {loss * factor:.3g}, {times} times as large; the mean "
               f"|scale| is {scales}; the last encoder layer's cosine with the running mean is {cosines}")
     if factor >= SHRINKING:
+        # Not "by the encoder tracking the running mean": with detach_type ENCODER_OUT (the seed's) the encoder
+        # gets no gradient from the loss at all, so the sentence names no side.
         return (f"**{label}: the embedding loss ({loss:.3g}) is met mostly by shrinking the LayerNorm scales, not by "
-                f"the encoder tracking the running mean**: {detail}.")
+                f"bringing the two sides together**: {detail}.")
     return f"{label}: the embedding loss ({loss:.3g}) is not explained by small scales alone: {detail}."
 
 

@@ -317,8 +317,8 @@ def _train(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, phases: progr
                 if save_now or stop or early:  # best/ is chosen among the checkpoints' estimates (save_interval)
                     phases.enter("saves")
                     _save(c, workdir, (saves, best_saves), i + 1, state, train_iter, est, mesh)
-                    phases.enter("steps")
                     outcome.step = i + 1
+                phases.enter("steps")  # also after an estimate with no save (save_interval > est_interval)
                 if early:  # the run is complete: a signal that came with it changes nothing (signalled_after)
                     logging.info("stopped early at step %d: val token accuracy %.4f >= stop_accuracy %g", i + 1,
                                  est["val_token_accuracy"], c.stop_accuracy)

@@ -212,6 +212,21 @@ def test_estimates_every_est_interval_and_checkpoints_every_save_interval_resume
         assert steps == sorted(steps) and len(steps) == len(set(steps)) + len(estimates)  # a step once, or twice
 
 
+def test_the_steps_after_an_estimate_without_a_save_are_steps_again(data_dir, tmp_path, monkeypatch):
+    """save_interval 4 > est_interval 2: the phases the loop enters, in order, return to "steps" after every
+    estimate, saved or not, so the steps that follow are not counted as the estimate's time."""
+    from aed_jax import progress
+    entered = []
+    enter = progress.Phases.enter
+    monkeypatch.setattr(progress.Phases, "enter", lambda self, phase: (entered.append(phase), enter(self, phase))[1])
+    train.train_and_evaluate(small_config(data_dir, est_interval=2, save_interval=4, train_steps=8), str(tmp_path / "r"))
+    loop = entered[entered.index("steps"):]
+    assert loop.count("estimates") == 4 and loop.count("saves") == 2  # estimates at 2, 4, 6, 8; saves at 4, 8
+    for a, b in zip(loop, loop[1:]):
+        assert (a, b) in {("steps", "estimates"), ("estimates", "saves"), ("estimates", "steps"), ("saves", "steps"),
+                          ("steps", "steps")}, loop
+
+
 def _phase_lines(workdir):
     return [row for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if "time_total_s" in row]
 

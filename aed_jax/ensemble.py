@@ -184,11 +184,7 @@ def train_ensemble(members: list[tuple[str, ml_collections.ConfigDict]], root: s
         for workdir in workdirs:
             locks.enter_context(rundir.locked(workdir))
             rundir.check_layout(workdir)
-            if fresh:
-                rundir.start_over(workdir)
-            for path in rundir.clean_interrupted(workdir):
-                logging.warning("removed %s, left by an interrupted save", path)
-            rundir.set_aside_damaged_best(workdir)
+            rundir.tidy_for_training(workdir, fresh)
         if tasks.task_name(c0.dataset) is None:
             prepare.ensure_data(c0)
         outcome = _train(members, workdirs, mesh, phases)

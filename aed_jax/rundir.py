@@ -96,6 +96,17 @@ def set_aside_damaged_best(workdir: str) -> list[str]:
     return moved
 
 
+def tidy_for_training(workdir: str, fresh: bool) -> None:
+    """What a trainer does to its run folder before it restores (process 0, holding the lock): with `fresh`,
+    `start_over`; then the interrupted saves removed and the damaged best/ steps set aside, a warning each.
+    The trainer and an ensemble's members share it."""
+    if fresh:
+        start_over(workdir)
+    for path in clean_interrupted(workdir):
+        logging.warning("removed %s, left by an interrupted save", path)
+    set_aside_damaged_best(workdir)
+
+
 def resolve_step(workdir: str, which: str | int = "latest"):
     """(manager, step) for a reader's `which`: "latest", "best" or a step number; CheckpointError
     (one line) if absent."""

@@ -172,11 +172,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str, fresh: bool =
     with rundir.locked(workdir):
         rundir.check_layout(workdir)
         if jax.process_index() == 0:
-            if fresh:
-                rundir.start_over(workdir)
-            for path in rundir.clean_interrupted(workdir):
-                logging.warning("removed %s, left by an interrupted save", path)
-            rundir.set_aside_damaged_best(workdir)
+            rundir.tidy_for_training(workdir, fresh)
             if tasks.task_name(c.dataset) is None:
                 prepare.ensure_data(c)  # the built-in corpus, prepared on first use
         if jax.process_count() > 1:  # the workdir is clean and the data there before anyone reads them
